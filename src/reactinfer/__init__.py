@@ -1,0 +1,36 @@
+"""ReAct: make a trained model's inference fast and cheap on the hardware at hand, with
+the quality loss measured against the original and bounded.
+
+    import reactinfer as ri
+    h = ri.load("minilm")
+    report = ri.bench(h, batch_size=32)
+
+Attributes are imported lazily so `import reactinfer` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "reactinfer.models:load",
+    "compress": "reactinfer.core.transform:compress",
+    "bench": "reactinfer.bench:bench",
+    "Artifact": "reactinfer.core.artifact:Artifact",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'reactinfer' has no attribute {name!r}")
+    module, _, attr = _EXPORTS[name].partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

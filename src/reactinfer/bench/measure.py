@@ -1,0 +1,149 @@
+"""Measure a model where it runs: latency percentiles at batch 1, throughput at a batch
+size on real dynamic-length text, generation speed for LMs, memory, size, and quality
+against the reference model on held-out data."""
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..core.backend import Batch, Runner
+from ..core.errors import UserError
+from ..core.handle import ModelHandle
+from ..core.hardware import hardware_profile, package_versions
+from ..data import texts_for
+from ..models import load
+from ..tasks import get_task, tokenize
+
+GEN_PROMPT = "Explain in one paragraph what a Python docstring is for."
+
+
+class _Counted:
+    """Wraps a runner to tick a progress bar once per batch."""
+
+    def __init__(self, runner: Runner, bar: tqdm):
+        self.runner, self.bar = runner, bar
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        out = self.runner(batch)
+        self.bar.update(len(next(iter(batch.values()))))
+        return out
+
+
+def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "n": len(ms)}
+
+
+def latency_batch1(handle: ModelHandle, runner: Runner, texts: Sequence[str], n: int,
+                   warmup: int = 3) -> dict[str, float]:
+    """One request at a time, tokenization included (what a caller waits for)."""
+    if not texts:
+        raise UserError("no texts to measure latency on")
+    picks = [texts[i % len(texts)] for i in range(n + warmup)]
+    samples = []
+    for i, text in enumerate(picks):
+        t0 = time.perf_counter()
+        runner(tokenize(handle.tokenizer, [text], handle.max_length))
+        if i >= warmup:
+            samples.append(time.perf_counter() - t0)
+    return percentiles(samples)
+
+
+def generation_speed(handle: ModelHandle, runner: Any, new_tokens: int = 32,
+                     repeats: int = 3) -> dict[str, float]:
+    """Greedy decoding at batch 1 after a short prompt: tokens/s of new tokens."""
+    prompt = handle.tokenizer(GEN_PROMPT)["input_ids"]
+    runner.generate(prompt, 4)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = runner.generate(prompt, new_tokens)
+        times.append(time.perf_counter() - t0)
+    n = len(out)
+    best = float(np.median(times))
+    return {"tokens_per_s": n / best, "ms_per_token": best / max(n, 1) * 1e3,
+            "new_tokens": n, "prompt_tokens": len(prompt), "repeats": repeats}
+
+
+def reference_for(handle: ModelHandle) -> ModelHandle | None:
+    """The model `handle` was made from, when it can be reloaded here."""
+    src = handle.source
+    if src.get("kind") != "artifact":
+        return None  # an original model is its own reference
+    origin = src.get("origin", {})
+    ref = origin.get("ref")
+    if origin.get("kind") == "builtin":
+        return load(ref)
+    if origin.get("kind") in ("hf", "gguf") and ref and Path(ref).exists():
+        ref_handle = load(ref, task=handle.task)
+        if ref_handle.source.get("sha256") == origin.get("sha256"):
+            return ref_handle
+    return None
+
+
+def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
+          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
+          progress: bool = True, eval_texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure `model` (anything `load` takes). Quality is judged against `reference`,
+    by default the model an artifact was made from, or the model itself."""
+    handle = load(model)
+    task = get_task(handle.task)
+    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+    if not texts:
+        raise UserError("the evaluation data is empty")
+    if handle.task == "causal-lm":  # full-vocabulary logits are large: keep batches small
+        eval_batch = min(batch_size, 8)
+    else:
+        eval_batch = batch_size
+    runner = handle.runner()
+    # warm-up: first calls allocate, compile, and fill caches
+    runner(tokenize(handle.tokenizer, texts[:min(len(texts), eval_batch)], handle.max_length))
+
+    with tqdm(total=len(texts), desc=f"bench {handle.name} [{handle.backend}]",
+              disable=not progress, unit="text", leave=False) as bar:
+        t0 = time.perf_counter()
+        results = task.evaluate(_Counted(runner, bar), handle.tokenizer, texts, eval_batch,
+                                handle.max_length)
+        elapsed = time.perf_counter() - t0
+    n_tokens = sum(int(np.sum(tokenize(handle.tokenizer, texts[i:i + 256],
+                                       handle.max_length)["attention_mask"]))
+                   for i in range(0, len(texts), 256))
+    report: dict[str, Any] = {
+        "model": handle.name, "task": handle.task, "backend": handle.backend,
+        "backend_options": handle.backend_options, "transforms": list(handle.transforms),
+        "batch_size": eval_batch, "n_eval": len(texts), "max_length": handle.max_length,
+        "latency_ms": latency_batch1(handle, runner, texts, latency_runs),
+        "throughput": {"items_per_s": len(texts) / elapsed, "tokens_per_s": n_tokens / elapsed,
+                       "batch_size": eval_batch, "seconds": elapsed},
+    }
+    if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
+        report["generation"] = generation_speed(handle, runner, gen_tokens)
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["size_mb"] = handle.size_bytes() / 2**20
+    report["params"] = handle.num_parameters()
+
+    ref_handle = load(reference) if reference is not None else reference_for(handle)
+    if ref_handle is None and handle.source.get("kind") == "artifact":
+        report["quality"] = None
+        report["quality_note"] = "the source model could not be reloaded here; no reference"
+    else:
+        if ref_handle is None:
+            ref_results, ref_name = results, f"{handle.name} (itself)"
+        else:
+            ref_results = task.evaluate(ref_handle.runner(), ref_handle.tokenizer, texts,
+                                        eval_batch, ref_handle.max_length)
+            ref_name = ref_handle.name
+        quality = task.compare(ref_results, results)
+        report["quality"] = quality
+        report["quality_drop"] = task.drop(quality)
+        report["reference"] = ref_name
+    report["hardware"] = hardware_profile().to_dict()
+    report["versions"] = package_versions()
+    return report

@@ -1,0 +1,43 @@
+"""Readable tables for bench reports."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return str(v)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = [
+        ("model", f"{r['model']} ({r['task']}) on {r['backend']}"),
+        ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
+        ("eval texts", f"{r['n_eval']} (max length {r['max_length']} tokens)"),
+    ]
+    lat = r["latency_ms"]
+    rows.append(("latency @ batch 1",
+                 f"p50 {lat['p50']:.2f} ms · p95 {lat['p95']:.2f} ms · p99 {lat['p99']:.2f} ms"))
+    tp = r["throughput"]
+    rows.append((f"throughput @ batch {tp['batch_size']}",
+                 f"{tp['items_per_s']:.1f} items/s · {tp['tokens_per_s']:.0f} tokens/s"))
+    if "generation" in r:
+        g = r["generation"]
+        rows.append(("generation @ batch 1",
+                     f"{g['tokens_per_s']:.1f} tokens/s ({g['ms_per_token']:.1f} ms/token, "
+                     f"{g['new_tokens']} new tokens)"))
+    rows.append(("peak memory (RSS)", f"{r['peak_rss_mb']:.0f} MiB"))
+    params = f" · {r['params'] / 1e6:.1f}M params" if r.get("params") else ""
+    rows.append(("size", f"{r['size_mb']:.1f} MiB{params}"))
+    if r.get("quality"):
+        q = " · ".join(f"{k} {_fmt(v)}" for k, v in r["quality"].items())
+        rows.append((f"quality vs {r['reference']}", q))
+    else:
+        rows.append(("quality", r.get("quality_note", "not measured")))
+    hw = r["hardware"]
+    flags = ",".join(k for k, v in hw["isa"].items() if v) or "none"
+    rows.append(("hardware", f"{hw['cpu_model']} · {hw['cores_logical']} threads · {flags}"
+                             + (f" · GPU {hw['gpu_name']}" if hw.get("gpu") else "")))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

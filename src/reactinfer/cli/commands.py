@@ -1,0 +1,136 @@
+"""Built-in commands: models, bench, info, backends. Other packages' commands
+(compress, optimize, serve, batch, ...) live in their own cli modules, imported below."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .main import command, print_json
+
+
+@command("models", "List the built-in models (they load with no network).")
+def _models(p: argparse.ArgumentParser):
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..models.zoo import BUILTINS, DEFAULT_MODEL
+
+        rows = []
+        for m in BUILTINS.values():
+            try:
+                where = str(m.path())
+            except ValueError as e:
+                where = f"not installed ({e})"
+            rows.append({"name": m.name, "task": m.task, "params": m.params,
+                         "package": m.package, "default": m.name == DEFAULT_MODEL,
+                         "description": m.description, "path": where})
+        if a.json:
+            print_json(rows)
+        else:
+            for r in rows:
+                star = " (default)" if r["default"] else ""
+                print(f"{r['name']}{star}\n  {r['description']}\n  task {r['task']} · "
+                      f"{r['params']} params · package {r['package']}\n  {r['path']}")
+        return 0
+
+    return run
+
+
+@command("bench", "Measure latency, throughput, memory, size and quality of a model or "
+                  "artifact on held-out data.")
+def _bench(p: argparse.ArgumentParser):
+    p.add_argument("model", help="built-in name, model path, or artifact directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field")
+    p.add_argument("--n-eval", type=int, default=None, help="use only the first N eval texts")
+    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--reference", help="judge quality against this model instead")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..bench import bench, format_report
+
+        report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
+                       latency_runs=a.latency_runs, reference=a.reference,
+                       progress=not a.no_progress)
+        print_json(report) if a.json else print(format_report(report))
+        return 0
+
+    return run
+
+
+@command("info", "Print an artifact's manifest readably (verifies its files).")
+def _info(p: argparse.ArgumentParser):
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..core.artifact import verify_artifact
+
+        m = verify_artifact(a.artifact)
+        if a.json:
+            print_json(m)
+            return 0
+        src = m.get("source", {})
+        print(f"artifact   {a.artifact} (format {m['format_version']}, created {m.get('created')})")
+        print(f"model      {m.get('name')} · task {m['task']} · source {src.get('kind')} "
+              f"{src.get('ref')} (sha256 {str(src.get('sha256'))[:12]}…)")
+        print(f"backend    {m.get('backend')} {m.get('backend_options') or ''}".rstrip())
+        print("transforms " + (", ".join(
+            f"{t['type']}({', '.join(f'{k}={v}' for k, v in t.items() if k not in ('type', 'version'))})"
+            for t in m.get("transforms", [])) or "none"))
+        print("files      " + "\n           ".join(
+            f"{name}  {digest[:12]}…" for name, digest in m["files"].items()))
+        metrics = m.get("metrics") or {}
+        if metrics:
+            print("metrics    " + json_line(metrics))
+        hw = m.get("hardware", {})
+        print(f"hardware   {hw.get('cpu_model')} · {hw.get('cores_logical')} threads")
+        print("versions   " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+        print("verified   every file matches its sha256")
+        return 0
+
+    return run
+
+
+def json_line(d: dict) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = "{" + ", ".join(f"{kk}: {vv:.4g}" if isinstance(vv, float) else f"{kk}: {vv}"
+                                for kk, vv in v.items()) + "}"
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        parts.append(f"{k}={v}")
+    return "; ".join(parts)
+
+
+@command("backends", "List backends, whether each is available here, and what it runs.")
+def _backends(p: argparse.ArgumentParser):
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from ..core.backend import list_backends
+
+        rows = [{"name": b.name, "available": b.available(),
+                 "why_unavailable": None if b.available() else b.why_unavailable(),
+                 "description": b.description} for b in list_backends().values()]
+        if a.json:
+            print_json(rows)
+        else:
+            for r in rows:
+                state = "yes" if r["available"] else f"no ({r['why_unavailable']})"
+                print(f"{r['name']:<12} available: {state}\n{'':<12} {r['description']}")
+        return 0
+
+    return run
+
+
+# Commands contributed by other packages; a missing module just means not built yet.
+for _mod in ("compress", "planner", "serve", "cluster"):
+    try:
+        importlib.import_module(f"reactinfer.{_mod}.cli")
+    except ModuleNotFoundError as e:
+        if e.name != f"reactinfer.{_mod}.cli":
+            raise

@@ -1,0 +1,1 @@
+"""Compression techniques, one module each; each registers its configs on import."""

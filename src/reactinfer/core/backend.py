@@ -1,0 +1,91 @@
+"""The backend protocol and registry (DESIGN.md, "How a backend plugs in").
+
+A backend turns a ModelHandle into a Runner. A Runner takes one tokenized batch
+(numpy int64 arrays: input_ids, attention_mask, maybe token_type_ids) and returns the
+task's primary output as a float32 numpy array: sentence embeddings (B, D) for
+`embedding`, logits (B, C) for `classification`, logits (B, T, V) for `causal-lm`.
+Causal-LM runners also generate greedily.
+
+Backends register by name; their heavy imports (onnxruntime, llama_cpp) happen inside
+`available()` / `prepare()`, so `import reactinfer` never needs them.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .handle import ModelHandle
+
+Batch = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    def __call__(self, batch: Batch) -> np.ndarray: ...
+
+
+class GenerativeRunner(Runner, Protocol):
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation of `prompt_ids`: only the new token ids."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+    description: str
+
+    def available(self) -> bool: ...
+
+    def why_unavailable(self) -> str: ...
+
+    def supports(self, handle: ModelHandle) -> bool: ...
+
+    def prepare(self, handle: ModelHandle, **opts: Any) -> Runner: ...
+
+
+_BACKENDS: dict[str, Backend] = {}
+# Modules that register built-in backends on import (kept lazy: importing them is cheap,
+# their own heavy dependencies load only in prepare()).
+_BUILTIN_MODULES = ("reactinfer.backends",)
+
+
+def register_backend(backend: Backend) -> Backend:
+    if backend.name in _BACKENDS and _BACKENDS[backend.name] is not backend:
+        raise ValueError(f"backend {backend.name!r} is registered twice")
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def _ensure_builtin() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def list_backends() -> dict[str, Backend]:
+    _ensure_builtin()
+    return dict(sorted(_BACKENDS.items()))
+
+
+def get_backend(name: str) -> Backend:
+    backends = list_backends()
+    if name not in backends:
+        raise UserError(f"unknown backend {name!r}; known: {', '.join(backends)}")
+    backend = backends[name]
+    if not backend.available():
+        raise UserError(f"backend {name!r} is not available here: {backend.why_unavailable()}")
+    return backend
+
+
+def module_available(module: str) -> Callable[[], bool]:
+    """An `available()` for backends that only need an importable module."""
+
+    def check() -> bool:
+        return importlib.util.find_spec(module) is not None
+
+    return check

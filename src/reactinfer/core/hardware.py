@@ -1,0 +1,99 @@
+"""Hardware profile: what this machine can do, recorded in every manifest and report."""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+
+import psutil
+
+# ISA flags that decide which kernels pay here (int8 GEMM needs VNNI/AMX to gain much).
+_ISA_FLAGS = {
+    "avx2": ("avx2",),
+    "avx512": ("avx512f",),
+    "vnni": ("avx512_vnni", "avx_vnni", "avx512vnni"),
+    "amx": ("amx_tile", "amx_int8", "amx_bf16"),
+    "f16c": ("f16c",),
+    "fma": ("fma",),
+    "neon": ("neon", "asimd"),
+}
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    cores_physical: int
+    cores_logical: int
+    cpu_model: str
+    isa: dict[str, bool]
+    memory_gb: float
+    machine: str
+    gpu: bool = False
+    gpu_name: str | None = None
+    gpu_memory_gb: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        flags = ",".join(k for k, v in self.isa.items() if v) or "none"
+        gpu = f", GPU {self.gpu_name}" if self.gpu else ", no GPU"
+        return (f"{self.cpu_model} ({self.cores_physical} cores / {self.cores_logical} threads, "
+                f"ISA: {flags}), {self.memory_gb:.0f} GiB{gpu}")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: ISA flags stay unknown (False)
+        pass
+    return model, flags
+
+
+@functools.lru_cache(maxsize=1)
+def hardware_profile() -> HardwareProfile:
+    model, flags = _cpuinfo()
+    isa = {name: any(f in flags for f in aliases) for name, aliases in _ISA_FLAGS.items()}
+    gpu, gpu_name, gpu_mem = False, None, None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = True
+            props = torch.cuda.get_device_properties(0)
+            gpu_name, gpu_mem = props.name, round(props.total_memory / 2**30, 1)
+    except ImportError:  # ONNX-only deployments profile without torch
+        pass
+    return HardwareProfile(
+        cores_physical=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+        cores_logical=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        cpu_model=model,
+        isa=isa,
+        memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+        machine=platform.machine(),
+        gpu=gpu,
+        gpu_name=gpu_name,
+        gpu_memory_gb=gpu_mem,
+    )
+
+
+def package_versions(names: tuple[str, ...] = ("reactinfer", "torch", "transformers", "numpy",
+                                               "onnxruntime", "llama_cpp_python", "ray")) -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return out

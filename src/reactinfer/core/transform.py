@@ -1,0 +1,151 @@
+"""Transform configs and their registry.
+
+A transform is a frozen, versioned, JSON-serialisable dataclass config plus a handler
+registered for that config type (DESIGN.md, "How a technique plugs in"):
+
+    @dataclass(frozen=True)
+    class PruneFFN(TransformConfig):
+        keep: float = 0.5
+
+    @register_transform(PruneFFN)
+    def _prune_ffn(handle: ModelHandle, cfg: PruneFFN) -> ModelHandle: ...
+
+Handlers must not mutate the handle they receive (the planner rolls back by keeping
+the old one); they return a new handle, usually via `handle.derive(model=...)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .handle import ModelHandle
+
+Handler = Callable[["ModelHandle", Any], "ModelHandle"]
+C = TypeVar("C", bound="TransformConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+    """Base of every transform config. Subclasses are frozen dataclasses.
+
+    `kind` is the name used in recipes (defaults to the class name); `version` is bumped
+    when a handler's meaning changes so old recipes are recognised. `replay_on_load`
+    marks transforms whose result is not stored as plain float weights (e.g. int8
+    dynamic quantization): the artifact stores the weights before them and replays
+    them when it is loaded.
+    """
+
+    kind: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    replay_on_load: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UserError for bad values, before any work is done."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).kind_name(), "version": self.version,
+                **dataclasses.asdict(self)}
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return cls.kind or cls.__name__
+
+
+_REGISTRY: dict[str, tuple[type[TransformConfig], Handler]] = {}
+
+
+def register_transform(cfg_type: type[C]) -> Callable[[Handler], Handler]:
+    """Register `handler` as the way to apply configs of `cfg_type`."""
+    if not (dataclasses.is_dataclass(cfg_type) and issubclass(cfg_type, TransformConfig)):
+        raise TypeError(f"{cfg_type!r} must be a TransformConfig dataclass")
+
+    def deco(handler: Handler) -> Handler:
+        name = cfg_type.kind_name()
+        if name in _REGISTRY and _REGISTRY[name][0] is not cfg_type:
+            raise ValueError(f"transform kind {name!r} is registered twice")
+        _REGISTRY[name] = (cfg_type, handler)
+        return handler
+
+    return deco
+
+
+def _ensure_builtin_transforms() -> None:
+    # Techniques register themselves on import; importing the package is enough.
+    from .. import compress as _compress  # noqa: F401
+
+
+def registered_transforms() -> dict[str, type[TransformConfig]]:
+    _ensure_builtin_transforms()
+    return {name: cfg for name, (cfg, _) in sorted(_REGISTRY.items())}
+
+
+def config_from_dict(d: dict[str, Any]) -> TransformConfig:
+    """Rebuild a config from its `to_dict()` form (as stored in recipes and manifests)."""
+    _ensure_builtin_transforms()
+    if not isinstance(d, dict) or "type" not in d:
+        raise UserError(f"a recipe entry must be an object with a 'type' field, got {d!r}")
+    d = dict(d)
+    name = d.pop("type")
+    version = d.pop("version", None)
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UserError(f"unknown transform type {name!r}; known: {known}")
+    cfg_type, _ = _REGISTRY[name]
+    if version is not None and version != cfg_type.version:
+        raise UserError(f"{name} recipe is version {version}, this ReAct has version "
+                        f"{cfg_type.version}; re-create the recipe")
+    fields = {f.name for f in dataclasses.fields(cfg_type)}
+    unknown = set(d) - fields
+    if unknown:
+        raise UserError(f"{name}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    try:
+        return cfg_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except TypeError as e:
+        raise UserError(f"{name}: {e}") from None
+
+
+def load_recipe(path: str) -> list[TransformConfig]:
+    """Read a recipe file: a JSON list of config objects."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"recipe file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"recipe file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise UserError(f"recipe file {path} must hold a JSON list of transform configs")
+    return [config_from_dict(d) for d in data]
+
+
+def apply_transform(handle: ModelHandle, cfg: TransformConfig) -> ModelHandle:
+    _ensure_builtin_transforms()
+    entry = _REGISTRY.get(type(cfg).kind_name())
+    if entry is None or entry[0] is not type(cfg):
+        raise UserError(f"no handler registered for {type(cfg).__name__}")
+    new = entry[1](handle, cfg)
+    if new is handle:
+        raise AssertionError(f"handler for {type(cfg).__name__} returned its input handle")
+    return new.with_transform(cfg, previous=handle)
+
+
+def compress(handle: ModelHandle, configs: TransformConfig | Sequence[TransformConfig]
+             | Iterable[TransformConfig]) -> ModelHandle:
+    """Apply configs in order and return the new handle (the input is left unchanged)."""
+    if isinstance(configs, TransformConfig):
+        configs = [configs]
+    configs = list(configs)
+    for cfg in configs:
+        if not isinstance(cfg, TransformConfig):
+            raise TypeError(f"compress() takes TransformConfig objects, got {type(cfg).__name__}")
+    for cfg in configs:
+        handle = apply_transform(handle, cfg)
+    return handle

@@ -1,0 +1,227 @@
+"""Loading models: built-in names, Hugging Face directories, GGUF and ONNX files,
+artifacts, and in-memory torch modules, through one registry of loaders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError
+from ..core.handle import TASKS, ModelHandle
+from .zoo import BUILTINS
+
+# Never reach a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DEFAULT_MAX_LENGTH = {"embedding": 256, "classification": 256, "causal-lm": 512}
+_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
+
+
+@dataclass(frozen=True)
+class Loader:
+    kind: str
+    matches: Callable[[Path], bool]
+    load: Callable[..., ModelHandle]
+
+
+_LOADERS: list[Loader] = []
+
+
+def register_loader(kind: str, matches: Callable[[Path], bool]) -> Callable:
+    def deco(fn: Callable[..., ModelHandle]) -> Callable[..., ModelHandle]:
+        _LOADERS.append(Loader(kind, matches, fn))
+        return fn
+
+    return deco
+
+
+_HASH_CACHE: dict[tuple[str, int, float], str] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _task_from_config(config: Any, directory: Path) -> str:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "ForCausalLM" in archs:
+        return "causal-lm"
+    if "ForSequenceClassification" in archs:
+        return "classification"
+    return "embedding"
+
+
+def _check_task(task: str | None) -> None:
+    if task is not None and task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def hf_model_class(task: str) -> Any:
+    import transformers
+
+    return {"embedding": transformers.AutoModel,
+            "causal-lm": transformers.AutoModelForCausalLM,
+            "classification": transformers.AutoModelForSequenceClassification}[task]
+
+
+def _max_length(directory: Path, task: str, config: Any) -> int:
+    st = directory / "sentence_bert_config.json"
+    if st.exists():
+        return int(json.loads(st.read_text()).get("max_seq_length", DEFAULT_MAX_LENGTH[task]))
+    limit = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH[task]
+    return min(int(limit), DEFAULT_MAX_LENGTH[task])
+
+
+def load_hf_dir(directory: Path, task: str | None = None, name: str | None = None,
+                source: dict | None = None, **_: Any) -> ModelHandle:
+    """A Hugging Face model directory with safetensors weights (pickle is refused)."""
+    import transformers
+
+    directory = Path(directory)
+    unsafe = [p.name for p in directory.iterdir() if p.suffix in _UNSAFE_SUFFIXES]
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        hint = f" (found {', '.join(unsafe)}: pickle formats are refused)" if unsafe else ""
+        raise UserError(f"{directory} has no .safetensors weights{hint}; save the model with "
+                        "save_pretrained(..., safe_serialization=True)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{directory} is not a Hugging Face model directory: {e}") from None
+    task = task or _task_from_config(config, directory)
+    _check_task(task)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    model = hf_model_class(task).from_pretrained(directory, local_files_only=True,
+                                                 use_safetensors=True, torch_dtype="auto")
+    model.eval()
+    if source is None:
+        source = {"kind": "hf", "ref": str(directory.resolve()),
+                  "sha256": _combined_sha(weights)}
+    return ModelHandle(task=task, model=model, tokenizer=tokenizer, name=name or directory.name,
+                       source=source, max_length=_max_length(directory, task, config))
+
+
+def _combined_sha(files: list[Path]) -> str:
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+
+
+def load_gguf(path: Path, task: str | None = None, name: str | None = None,
+              source: dict | None = None, **_: Any) -> ModelHandle:
+    """A GGUF causal LM; transformers de-quantizes it to float32 torch weights."""
+    import torch
+    import transformers
+
+    if task not in (None, "causal-lm"):
+        raise UserError(f"a GGUF file holds a causal LM; task {task!r} does not fit")
+    path = Path(path)
+    kw = {"gguf_file": path.name, "local_files_only": True}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent,
+                                                                  torch_dtype=torch.float32, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"could not read GGUF file {path}: {e}") from None
+    model.eval()
+    if source is None:
+        source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
+    return ModelHandle(task="causal-lm", model=model, tokenizer=tokenizer,
+                       name=name or path.stem, source=source,
+                       max_length=_max_length(path.parent, "causal-lm", model.config),
+                       files={"source.gguf": path})
+
+
+register_loader("artifact", lambda p: p.is_dir() and (p / "manifest.json").exists())(
+    lambda p, **kw: _load_artifact(p, **kw))
+register_loader("hf", lambda p: p.is_dir() and (p / "config.json").exists())(load_hf_dir)
+register_loader("gguf", lambda p: p.is_file() and p.suffix == ".gguf")(load_gguf)
+
+
+def _load_artifact(path: Path, **kw: Any) -> ModelHandle:
+    from ..core.artifact import load_artifact
+
+    return load_artifact(path, **kw)
+
+
+def load_builtin(name: str, **kw: Any) -> ModelHandle:
+    spec = BUILTINS[name]
+    path = spec.path()
+    if kw.get("task") not in (None, spec.task):
+        raise UserError(f"built-in {name!r} is a {spec.task} model, not {kw['task']}")
+    weights = path if path.is_file() else next(path.glob("*.safetensors"))
+    source = {"kind": "builtin", "ref": name, "sha256": sha256_file(weights)}
+    loader = load_gguf if path.suffix == ".gguf" else load_hf_dir
+    kw = {k: v for k, v in kw.items() if k not in ("task", "name", "source")}
+    handle = loader(path, task=spec.task, name=name, source=source, **kw)
+    if path.suffix == ".gguf":  # the packaged GGUF is a runtime file llama.cpp can use as is
+        handle = handle.derive(files={})
+    return handle
+
+
+def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
+    """Load a model: a built-in name (`minilm`, `smollm2`), a Hugging Face directory, a
+    `.gguf` or `.onnx` file, an artifact directory, or a `torch.nn.Module` (give `task`
+    and `tokenizer`)."""
+    _check_task(task)
+    if isinstance(model, ModelHandle):
+        return model
+    try:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            return _from_module(model, task=task, **kw)
+    except ImportError:
+        pass
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"load() takes a name, a path or a torch.nn.Module, "
+                        f"not {type(model).__name__}")
+    if str(model) in BUILTINS:
+        return load_builtin(str(model), task=task, **kw)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise UserError(f"unknown model {str(model)!r}: not a built-in "
+                        f"({', '.join(BUILTINS)}) and no such file or directory")
+    from .. import backends  # noqa: F401  (backends register loaders too, e.g. for .onnx)
+
+    for loader in _LOADERS:
+        if loader.matches(path):
+            return loader.load(path, task=task, **kw)
+    raise UserError(f"{path} is not a model ReAct can load: expected a Hugging Face directory "
+                    "(config.json + .safetensors), an artifact (manifest.json), a .gguf or "
+                    "an .onnx file")
+
+
+def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str = "module",
+                 max_length: int | None = None, **_: Any) -> ModelHandle:
+    import torch
+
+    if task is None:
+        raise UserError("loading a torch.nn.Module needs task= (embedding, causal-lm or "
+                        "classification)")
+    if tokenizer is None:
+        raise UserError("loading a torch.nn.Module needs tokenizer= (a Hugging Face tokenizer)")
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        if isinstance(value, torch.Tensor):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    module.eval()
+    return ModelHandle(task=task, model=module, tokenizer=tokenizer, name=name,
+                       source={"kind": "module", "ref": type(module).__name__,
+                               "sha256": h.hexdigest()},
+                       max_length=max_length or DEFAULT_MAX_LENGTH[task])

@@ -1,0 +1,93 @@
+"""What every task shares: tokenizing into batches, and the task registry.
+
+A task knows how to wrap a model so one forward call returns its primary output
+(`wrap`), how to run a set of texts and keep what quality needs (`evaluate`), and how
+to compare a candidate's results with the reference's (`compare`, `drop`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.backend import Batch, Runner
+
+Results = dict[str, np.ndarray]
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Batch:
+    """Tokenize with dynamic padding: pad to the longest text in this batch only."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                    return_tensors="np")
+    keep = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: np.asarray(enc[k], dtype=np.int64) for k in keep if k in enc}
+
+
+def iter_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int,
+                 sort_by_length: bool = True) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Yield (indices, batch). Sorting by length first (length bucketing) means each batch
+    pads to similar lengths, which is most of the speed on real, varied text."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    order = np.arange(len(texts))
+    if sort_by_length:
+        lengths = [len(t) for t in texts]  # characters: a cheap, monotone proxy for tokens
+        order = np.argsort(lengths, kind="stable")[::-1]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, tokenize(tokenizer, [texts[i] for i in idx], max_length)
+
+
+class Task(Protocol):
+    name: str
+    quality_name: str  # the score `drop` is taken from, for reports
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A module whose forward(input_ids, attention_mask[, token_type_ids]) returns
+        the task's primary output tensor."""
+        ...
+
+    def evaluate(self, runner: Runner, tokenizer: Any, texts: Sequence[str], batch_size: int,
+                 max_length: int) -> Results: ...
+
+    def compare(self, reference: Results, candidate: Results) -> dict[str, float]: ...
+
+    def drop(self, quality: dict[str, float]) -> float:
+        """Relative quality drop against the reference (0 = identical)."""
+        ...
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    from . import causal_lm, classification, embedding  # noqa: F401  (register)
+
+    if name not in _TASKS:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def run_in_order(runner: Runner, tokenizer: Any, texts: Sequence[str], batch_size: int,
+                 max_length: int) -> np.ndarray:
+    """Run per-item outputs (B, ...) over all texts, returned in input order."""
+    out: np.ndarray | None = None
+    for idx, batch in iter_batches(tokenizer, texts, batch_size, max_length):
+        y = runner(batch)
+        if out is None:
+            out = np.empty((len(texts),) + y.shape[1:], dtype=np.float32)
+        out[idx] = y
+    if out is None:
+        raise UserError("no texts to run: the data is empty")
+    return out

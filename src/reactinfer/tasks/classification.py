@@ -1,0 +1,50 @@
+"""Sequence classification: logits (B, C); quality is top-1 agreement with the reference
+(and accuracy when labels exist)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Results, register_task, run_in_order
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out
+        return logits.float()
+
+
+class ClassificationTask:
+    name = "classification"
+    quality_name = "top1_agreement"
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return Logits(model)
+
+    def evaluate(self, runner: Any, tokenizer: Any, texts: Sequence[str], batch_size: int,
+                 max_length: int) -> Results:
+        return {"logits": run_in_order(runner, tokenizer, texts, batch_size, max_length)}
+
+    def compare(self, reference: Results, candidate: Results) -> dict[str, float]:
+        ref, cand = reference["logits"].argmax(-1), candidate["logits"].argmax(-1)
+        out = {"top1_agreement": float(np.mean(ref == cand))}
+        if "labels" in reference:
+            out["accuracy"] = float(np.mean(cand == reference["labels"]))
+            out["reference_accuracy"] = float(np.mean(ref == reference["labels"]))
+        return out
+
+    def drop(self, quality: dict[str, float]) -> float:
+        return 1.0 - quality["top1_agreement"]
+
+
+register_task(ClassificationTask())

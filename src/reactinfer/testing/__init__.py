@@ -1,0 +1,5 @@
+"""Helpers for tests: tiny in-process models and numeric checks."""
+from .numeric import sqnr_db
+from .tiny import save_tiny_hf, tiny_handle, tiny_model, tiny_texts, tiny_tokenizer
+
+__all__ = ["save_tiny_hf", "sqnr_db", "tiny_handle", "tiny_model", "tiny_texts", "tiny_tokenizer"]

@@ -1,0 +1,91 @@
+"""Tiny models built in-process (no download) for tests and examples: a word-level
+tokenizer and 2-layer, 32-wide BERT / Llama / BERT classifier."""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
+
+SENTENCES = [
+    "Return a new list containing all items from the iterable in ascending order.",
+    "The default value is used when the key is not present in the mapping.",
+    "Raise an exception if the file cannot be opened for reading or writing.",
+    "This function is called when the object is about to be destroyed.",
+    "Convert the string to an integer using the given base and return the result.",
+    "A queue that blocks until an item is available or the timeout expires.",
+    "Create a socket connection to the server and send the request headers.",
+    "Compute the hash of the data and compare it with the expected digest.",
+    "The thread waits for the event to be set before it continues with work.",
+    "Open the archive, extract every member and close it when done.",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for s in SENTENCES for w in re.findall(r"\w+|[^\w\s]", s.lower())})
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = {t: i for i, t in enumerate(SPECIALS + [w for w in words + letters
+                                                      if w not in SPECIALS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", eos_token="[EOS]",
+                                   model_max_length=64)
+
+
+def tiny_model(task: str, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4,
+               intermediate: int = 64, labels: int = 3) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    vocab = len(tiny_tokenizer())
+    if task == "causal-lm":
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden,
+                                       num_hidden_layers=layers, num_attention_heads=heads,
+                                       num_key_value_heads=max(1, heads // 2),
+                                       intermediate_size=intermediate, max_position_embeddings=128,
+                                       pad_token_id=0, bos_token_id=2, eos_token_id=4,
+                                       tie_word_embeddings=True)
+        return transformers.LlamaForCausalLM(cfg).eval()
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=heads, intermediate_size=intermediate,
+                                  max_position_embeddings=128, num_labels=labels)
+    if task == "classification":
+        return transformers.BertForSequenceClassification(cfg).eval()
+    if task == "embedding":
+        return transformers.BertModel(cfg).eval()
+    raise ValueError(f"unknown task {task!r}")
+
+
+def tiny_handle(task: str = "embedding", **kw: Any) -> Any:
+    from ..models import load
+
+    return load(tiny_model(task, **kw), task=task, tokenizer=tiny_tokenizer(),
+                name=f"tiny-{task}", max_length=64)
+
+
+def save_tiny_hf(directory: str | Path, task: str = "embedding", **kw: Any) -> Path:
+    """Write a tiny model as a Hugging Face directory (safetensors + tokenizer)."""
+    d = Path(directory)
+    tiny_model(task, **kw).save_pretrained(d, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+def tiny_texts(n: int = 24) -> list[str]:
+    """Deterministic texts of varied length from the tiny vocabulary."""
+    out = []
+    for i in range(n):
+        a, b = SENTENCES[i % len(SENTENCES)], SENTENCES[(i * 3 + 1) % len(SENTENCES)]
+        out.append(a if i % 3 == 0 else a + " " + b if i % 3 == 1 else a.split(",")[0][:40])
+    return out

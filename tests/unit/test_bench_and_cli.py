@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+import reactinfer as ri
+from reactinfer.cli.main import main
+from reactinfer.testing import save_tiny_hf, tiny_handle
+
+
+def test_bench_reports_every_field_and_self_quality_is_perfect(texts):
+    r = ri.bench(tiny_handle("embedding"), batch_size=4, eval_texts=texts, latency_runs=5,
+                 progress=False)
+    for key in ("latency_ms", "throughput", "peak_rss_mb", "size_mb", "params", "quality",
+                "hardware", "versions"):
+        assert key in r
+    lat = r["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert r["throughput"]["items_per_s"] > 0 and r["throughput"]["tokens_per_s"] > 0
+    assert r["quality"]["mean_cosine"] == pytest.approx(1.0)
+    assert r["quality"]["top10_recall"] == 1.0
+
+
+def test_bench_causal_lm_reports_generation(texts):
+    r = ri.bench(tiny_handle("causal-lm"), batch_size=4, eval_texts=texts, latency_runs=3,
+                 gen_tokens=4, progress=False)
+    assert r["quality"]["perplexity_ratio"] == pytest.approx(1.0)
+    assert r["generation"]["new_tokens"] == 4 and r["generation"]["tokens_per_s"] > 0
+
+
+def test_bench_of_artifact_compares_with_its_source(tmp_path, texts):
+    src = save_tiny_hf(tmp_path / "src", "classification")
+    ri.Artifact.save(ri.load(src), tmp_path / "art")
+    r = ri.bench(str(tmp_path / "art"), batch_size=4, eval_texts=texts, latency_runs=3,
+                 progress=False)
+    assert r["reference"] == "src" and r["quality"]["top1_agreement"] == 1.0
+
+
+def test_cli_bench_json_on_hf_dir(tmp_path, capsys):
+    d = save_tiny_hf(tmp_path / "m", "embedding")
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"open the archive and close it {i}" for i in range(12)))
+    rc = main(["bench", str(d), "--data", str(data), "--batch-size", "4", "--latency-runs", "3",
+               "--json", "--no-progress"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    from reactinfer.data import texts_for
+
+    # held-out part of the user's file: the same split calibration and training respect
+    assert out["task"] == "embedding" and out["n_eval"] == len(texts_for("eval", str(data)))
+    assert 0 < out["n_eval"] < 12
+
+
+def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert main(["bench", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    empty = tmp_path / "e.txt"
+    empty.write_text("")
+    assert main(["bench", str(save_tiny_hf(tmp_path / "m", "embedding")), "--data",
+                 str(empty)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_cli_info_and_models_and_backends(tmp_path, capsys):
+    ri.Artifact.save(tiny_handle("embedding"), tmp_path / "a")
+    assert main(["info", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "every file matches its sha256" in out and "embedding" in out
+    assert main(["models", "--json"]) == 0
+    names = [m["name"] for m in json.loads(capsys.readouterr().out)]
+    assert names == ["minilm", "smollm2"]
+    assert main(["backends", "--json"]) == 0
+    assert "torch" in [b["name"] for b in json.loads(capsys.readouterr().out)]
