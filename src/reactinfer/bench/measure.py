@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from tqdm.auto import tqdm
 
 from ..core.backend import Batch, Runner
@@ -88,20 +89,16 @@ def reference_for(handle: ModelHandle) -> ModelHandle | None:
     return None
 
 
-def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
-          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
-          progress: bool = True, eval_texts: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure `model` (anything `load` takes). Quality is judged against `reference`,
-    by default the model an artifact was made from, or the model itself."""
-    handle = load(model)
-    task = get_task(handle.task)
-    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
+            latency_runs: int = 50, gen_tokens: int = 32, progress: bool = True
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Speed, memory and size of `handle` on `texts`, and the task results quality needs.
+    Quality itself is a comparison, done by the caller against a reference's results."""
     if not texts:
         raise UserError("the evaluation data is empty")
-    if handle.task == "causal-lm":  # full-vocabulary logits are large: keep batches small
-        eval_batch = min(batch_size, 8)
-    else:
-        eval_batch = batch_size
+    task = get_task(handle.task)
+    # full-vocabulary LM logits are large (B, T, 49k): keep LM batches small
+    eval_batch = min(batch_size, 8) if handle.task == "causal-lm" else batch_size
     runner = handle.runner()
     # warm-up: first calls allocate, compile, and fill caches
     runner(tokenize(handle.tokenizer, texts[:min(len(texts), eval_batch)], handle.max_length))
@@ -126,8 +123,21 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
     if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
         report["generation"] = generation_speed(handle, runner, gen_tokens)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["rss_mb"] = psutil.Process().memory_info().rss / 2**20
     report["size_mb"] = handle.size_bytes() / 2**20
     report["params"] = handle.num_parameters()
+    return report, results
+
+
+def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
+          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
+          progress: bool = True, eval_texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure `model` (anything `load` takes). Quality is judged against `reference`,
+    by default the model an artifact was made from, or the model itself."""
+    handle = load(model)
+    task = get_task(handle.task)
+    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+    report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
 
     ref_handle = load(reference) if reference is not None else reference_for(handle)
     if ref_handle is None and handle.source.get("kind") == "artifact":
@@ -138,7 +148,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
             ref_results, ref_name = results, f"{handle.name} (itself)"
         else:
             ref_results = task.evaluate(ref_handle.runner(), ref_handle.tokenizer, texts,
-                                        eval_batch, ref_handle.max_length)
+                                        report["batch_size"], ref_handle.max_length)
             ref_name = ref_handle.name
         quality = task.compare(ref_results, results)
         report["quality"] = quality
