@@ -1,5 +1,5 @@
-"""Hugging Face Llama causal LM (possibly pruned: per-layer head and FFN sizes are kept)
-→ GGUF, written with the `gguf` package, at f32 / f16 / bf16 / q8_0 / q4_0 / q4_1 / q5_0 /
+"""Hugging Face Llama causal LM (possibly pruned: per-layer head and FFN sizes are kept,
+written as llama.cpp's "deci" architecture when they differ between layers) → GGUF, written with the `gguf` package, at f32 / f16 / bf16 / q8_0 / q4_0 / q4_1 / q5_0 /
 q5_1 (the types gguf-py can quantize in numpy; its k-quants only de-quantize).
 
 The tokenizer section is copied from the source GGUF when the model came from one (the
@@ -144,6 +144,9 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
         raise UserError("this model holds torch int8 modules; convert the float model and "
                         "pick the GGUF type (outtype='q8_0', 'q4_0', ...) instead")
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    if any(k.endswith(".bias") for k in sd):
+        raise UserError("GGUF conversion supports Llama without biases; this model has bias "
+                        "tensors (attention_bias / mlp_bias)")
     n_layer = config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // \
         config.num_attention_heads
@@ -162,7 +165,10 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
         return v[0] if len(set(v)) == 1 else v
 
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    # llama.cpp's "llama" graph takes layer 0's sizes for every layer; "deci" (the
+    # architecture of NVIDIA's pruned Llamas) reads per-layer head and FFN counts.
+    uneven = any(len(set(v)) > 1 for v in (heads, heads_kv, ffn))
+    writer = gguf.GGUFWriter(str(path), "deci" if uneven else "llama")
     writer.add_name(handle.name)
     writer.add_context_length(int(getattr(config, "max_position_embeddings", 2048)))
     writer.add_embedding_length(hidden)

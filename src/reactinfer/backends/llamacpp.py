@@ -106,6 +106,7 @@ class LlamaCppRunner:
 
 class LlamaCppBackend:
     name = "llama.cpp"
+    precision_option = "outtype"
     description = ("llama.cpp via llama-cpp-python: causal LMs from GGUF (as packaged, or "
                    "converted from our torch model at f16 / q8_0 / q4_0 / ...); KV cache")
     available = staticmethod(module_available("llama_cpp"))
@@ -132,6 +133,11 @@ class LlamaCppBackend:
         """Use the source GGUF as is when the weights are unchanged and no type is asked
         for (outtype='source'); otherwise write one from the torch model."""
         _check_options(opts)
+        if handle.model is None and MODEL_FILE in handle.files and opts.get("outtype") in (
+                None, handle.backend_options.get("outtype")):  # already converted: new options
+            return handle.derive(backend=self.name,
+                                 backend_options={**opts, "outtype": handle.backend_options.get(
+                                     "outtype", "source")})
         outtype = opts.get("outtype") or ("source" if unchanged_gguf(handle) else "q8_0")
         if outtype == "source":
             path = unchanged_gguf(handle)

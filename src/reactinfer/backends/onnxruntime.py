@@ -128,8 +128,18 @@ def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
     quantizing LayerNorm, Softmax and the pooling costs accuracy for little speed."""
     import logging
 
-    # the quantizer logs a pre-processing hint on every call at WARNING on the root logger
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    root = logging.getLogger()
+    level = root.level
+    # the quantizer logs a pre-processing hint at WARNING on the root logger every call
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel)
+    finally:
+        root.setLevel(level)
+
+
+def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
+                       calibration_texts: int, per_channel: bool) -> Path:
     if precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -224,6 +234,7 @@ class OrtRunner:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precision_option = "precision"
     description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
                    "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
     available = staticmethod(module_available("onnxruntime"))
@@ -246,15 +257,16 @@ class OnnxRuntimeBackend:
     def convert(self, handle: ModelHandle, workdir: Path, **opts: Any) -> ModelHandle:
         """Export once (and quantize / cast); the result runs from `model.onnx` alone."""
         _check_options(opts)
-        precision = opts.get("precision", "fp32")
-        if handle.model is None:
+        if handle.model is None:  # already an ONNX model: only session options can change
             if MODEL_FILE not in handle.files:
                 raise UserError("nothing to convert: the handle has no torch model and no "
                                 f"{MODEL_FILE}")
-            if precision != handle.backend_options.get("precision", "fp32"):
-                raise UserError(f"this ONNX model is already {handle.backend_options.get('precision', 'fp32')}; "
-                                "convert from the original torch model to change precision")
-            return handle.derive(backend=self.name, backend_options=opts)
+            have = handle.backend_options.get("precision", "fp32")
+            if opts.get("precision", have) != have:
+                raise UserError(f"this ONNX model is already {have}; convert from the "
+                                "original torch model to change precision")
+            return handle.derive(backend=self.name, backend_options={**opts, "precision": have})
+        precision = opts.get("precision", "fp32")
         fp32 = export_onnx(handle, workdir / ("model.fp32.onnx" if precision != "fp32"
                                               else MODEL_FILE), opset=opts.get("opset", 17))
         path = fp32 if precision == "fp32" else convert_precision(
