@@ -75,6 +75,8 @@ def _compare(handle, batch, ref, out, tol, floor):
 def test_backend_matches_torch_eager(config, task, texts):
     name, opts, tol, floor = config
     backend = _require(name)
+    if name == "torch-compile" and task != "embedding":
+        pytest.skip("torch-compile takes ~45 s per model here; the embedding case covers it")
     handle = _handle(task)
     if not backend.supports(handle):
         pytest.skip(f"{name} does not run {task} models")

@@ -50,6 +50,8 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int, help="threads for the backend")
     p.add_argument("--precision", help="backend precision: onnxruntime fp32|int8-dynamic|"
                    "int8-static|fp16, llama.cpp source|f16|q8_0|q4_0|...")
+    p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
+                   "(default: 0.005 embeddings, 0.01 LMs and classifiers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
@@ -59,7 +61,7 @@ def _bench(p: argparse.ArgumentParser):
         report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
-                       precision=a.precision)
+                       precision=a.precision, max_drop=a.max_drop)
         print_json(report) if a.json else print(format_report(report))
         return 0
 
