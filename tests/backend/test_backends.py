@@ -18,7 +18,7 @@ from reactinfer.backends import choose_backend, to_backend, tune_batch_size, tun
 from reactinfer.core.backend import list_backends
 from reactinfer.core.errors import UserError
 from reactinfer.tasks import tokenize
-from reactinfer.testing import sqnr_db, tiny_handle, tiny_model, tiny_texts, tiny_tokenizer
+from reactinfer.testing import sqnr_db, tiny_handle, tiny_model, tiny_tokenizer
 
 TASKS = ("embedding", "classification", "causal-lm")
 # (backend, options, exact tolerance or None, SQNR floor in dB for lossy ones)

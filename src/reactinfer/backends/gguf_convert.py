@@ -1,6 +1,7 @@
-"""Hugging Face Llama causal LM (possibly pruned: per-layer head and FFN sizes are kept,
-written as llama.cpp's "deci" architecture when they differ between layers) → GGUF, written with the `gguf` package, at f32 / f16 / bf16 / q8_0 / q4_0 / q4_1 / q5_0 /
-q5_1 (the types gguf-py can quantize in numpy; its k-quants only de-quantize).
+"""Hugging Face Llama causal LM → GGUF, written with the `gguf` package, at f32 / f16 /
+bf16 / q8_0 / q4_0 / q4_1 / q5_0 / q5_1 (the types gguf-py can quantize in numpy; its
+k-quants only de-quantize). Pruned models keep their per-layer head and FFN sizes,
+written as llama.cpp's "deci" architecture when they differ between layers.
 
 The tokenizer section is copied from the source GGUF when the model came from one (the
 built-in smollm2), else built from the Hugging Face tokenizer: byte-level BPE → "gpt2"
