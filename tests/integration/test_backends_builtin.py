@@ -28,9 +28,9 @@ def test_minilm_on_onnxruntime_matches_torch(tmp_path):
         h = to_backend(base, "onnxruntime", precision=precision, workdir=tmp_path / precision)
         q = task.compare(ref, task.evaluate(h.runner(), h.tokenizer, texts, 16, h.max_length))
         assert q["mean_cosine"] >= floor, (precision, q)
-    # int8 weights take about a quarter of the fp32 file
+    # MatMul weights become int8; the 47 MB word-embedding table (a Gather) stays fp32
     assert (tmp_path / "int8-dynamic" / "model.onnx").stat().st_size < \
-        0.4 * (tmp_path / "fp32" / "model.onnx").stat().st_size
+        0.7 * (tmp_path / "fp32" / "model.onnx").stat().st_size
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,9 @@ def test_smollm2_packaged_gguf_on_llama_cpp(smollm2):
     h = to_backend(smollm2, "llama.cpp")  # unchanged weights: the packaged file as is
     assert h.backend_options["outtype"] == "source" and h.model is None
     q = task.compare(ref, task.evaluate(h.runner(), h.tokenizer, texts, 4, 128))
-    # the torch weights are the de-quantized Q4_1 ones; llama.cpp also quantizes activations
-    assert abs(q["perplexity_ratio"] - 1) < 0.03 and q["token_agreement"] > 0.9, q
+    # the torch weights are the de-quantized Q4_1 ones, but llama.cpp's Q4_1 kernels also
+    # quantize activations to 8 bits: measured here +2% (8 texts) to +6% (these 4 short ones)
+    assert abs(q["perplexity_ratio"] - 1) < 0.1 and q["token_agreement"] > 0.9, q
     out = h.runner().generate(smollm2.tokenizer("def add(a, b):")["input_ids"], 8)
     assert len(out) == 8
 
