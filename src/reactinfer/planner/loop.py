@@ -98,9 +98,10 @@ class PlanSettings:
 class Builder:
     """Builds models from recipes, reusing the handles of recipe prefixes (small LRU)."""
 
-    def __init__(self, base: ModelHandle, size: int = 4):
+    def __init__(self, base: ModelHandle, size: int = 6):
         self.base = base
         self.cache: OrderedDict[tuple[str, ...], ModelHandle] = OrderedDict()
+        self.built: OrderedDict[str, ModelHandle] = OrderedDict()
         self.size = size
 
     def torch_handle(self, transforms: tuple[str, ...]) -> ModelHandle:
@@ -119,12 +120,20 @@ class Builder:
         return handle
 
     def build(self, cand: Candidate) -> ModelHandle:
+        """The model for a recipe; the last few built are kept, because the best candidate
+        and the Pareto variants are built again to be saved (distillation is not cheap)."""
+        if cand.key in self.built:
+            self.built.move_to_end(cand.key)
+            return self.built[cand.key]
         handle = self.torch_handle(cand.transforms)
-        if cand.backend == "torch" and not cand.backend_options():
-            return handle
-        from ..backends import to_backend
+        if cand.backend != "torch" or cand.backend_options():
+            from ..backends import to_backend
 
-        return to_backend(handle, cand.backend, **cand.backend_options())
+            handle = to_backend(handle, cand.backend, **cand.backend_options())
+        self.built[cand.key] = handle
+        while len(self.built) > self.size:
+            self.built.popitem(last=False)
+        return handle
 
 
 class Planner:
