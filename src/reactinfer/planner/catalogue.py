@@ -15,8 +15,10 @@ ENCODERS = ("embedding", "classification")
 LM = ("causal-lm",)
 
 
-def _recovery(time_budget_s: float = 120.0) -> dict[str, Any]:
-    return {"type": "Distill", "time_budget_s": time_budget_s}
+def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
+    """Recovery distillation from the original model on the train split (never eval)."""
+    return {"type": "Distill", "steps": steps, "time_budget_s": time_budget_s,
+            "progress": False}
 
 
 def catalogue() -> list[Action]:
@@ -26,10 +28,12 @@ def catalogue() -> list[Action]:
                backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
         Action("torch.compile", "compile", _expect_compile, backend=("torch-compile", {}),
                tasks=ENCODERS, lossless=True),
+        Action("llama.cpp (packaged GGUF)", "llamacpp-source", _expect_llamacpp("its packaged", 5.0),
+               backend=("llama.cpp", {"outtype": "source"}), tasks=LM),
         Action("llama.cpp q8_0", "llamacpp", _expect_llamacpp("q8_0", 3.0),
-               backend=("llama.cpp", {"quant": "q8_0"}), tasks=LM),
+               backend=("llama.cpp", {"outtype": "q8_0"}), tasks=LM),
         Action("llama.cpp q4_0", "llamacpp", _expect_llamacpp("q4_0", 4.0),
-               backend=("llama.cpp", {"quant": "q4_0"}), tasks=LM, level=1),
+               backend=("llama.cpp", {"outtype": "q4_0"}), tasks=LM, level=1),
         # structural: physically smaller dense models, with recovery distillation
         Action("prune FFN 25% + distil", "prune-ffn", _expect_prune("FFN neurons", 0.25),
                steps=({"type": "PruneFFN", "keep": 0.75, "importance": "activation"},
@@ -51,14 +55,12 @@ def catalogue() -> list[Action]:
                steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True),
         Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),
                steps=({"type": "QuantizeWeightOnly", "bits": 8},), runtime=True, tasks=LM),
-        Action("bf16", "half", _expect_half("bf16"), steps=({"type": "CastDtype",
-                                                             "dtype": "bfloat16"},),
+        Action("bf16", "half", _expect_half("bf16"), steps=({"type": "CastHalf", "dtype": "bf16"},),
                runtime=True),
-        Action("fp16", "half", _expect_half("fp16"), steps=({"type": "CastDtype",
-                                                             "dtype": "float16"},),
+        Action("fp16", "half", _expect_half("fp16"), steps=({"type": "CastHalf", "dtype": "fp16"},),
                runtime=True, level=1),
         Action("2:4 sparsity", "sparse", _expect_sparse,
-               steps=({"type": "Prune24"},), tasks=ENCODERS),
+               steps=({"type": "Prune2of4"},), tasks=ENCODERS),
     ]
 
 
