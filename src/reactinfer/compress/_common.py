@@ -137,3 +137,18 @@ def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     if hasattr(body, "encoder"):
         return body.encoder.layer  # BERT
     return body.layers  # Llama
+
+
+def effective_params(model: torch.nn.Module) -> int:
+    """Parameters including those held packed by quantized modules (which
+    `parameters()` does not list), so a quantized model counts as many as its source."""
+    import torch
+
+    total = sum(p.numel() for p in model.parameters())
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if callable(w) and not isinstance(w, torch.nn.Parameter):  # torch.ao packed Linear
+            total += w().numel()
+        elif hasattr(m, "qweight") and hasattr(m, "in_features"):  # WeightOnlyLinear
+            total += m.in_features * m.out_features
+    return total
