@@ -288,6 +288,7 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, last_error)
         student.train()
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout too, for exact resumes
         with torch.no_grad():
             t_out = _forward(teacher, handle.task, batch)
         loss = distill_loss(handle.task, cfg, _forward(student, handle.task, batch), t_out, batch)
