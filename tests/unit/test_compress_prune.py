@@ -74,9 +74,9 @@ def ffn_params(model):
 
 
 def attn_weights(model):
-    return count(model, lambda n: n.endswith("weight") and any(k in n for k in ("self.query", "self.key", "self.value",
-                                                        "attention.output.dense", "q_proj",
-                                                        "k_proj", "v_proj", "o_proj")))
+    names = ("self.query", "self.key", "self.value", "attention.output.dense", "q_proj",
+             "k_proj", "v_proj", "o_proj")
+    return count(model, lambda n: n.endswith("weight") and any(k in n for k in names))
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -91,9 +91,10 @@ def test_ffn_pruning_removes_requested_fraction_and_reloads(tmp_path, task, impo
     for layer in blocks(p.model):  # every layer keeps exactly k neurons
         ins, out = _ffn(fam, layer)
         assert {m.out_features for m in ins} == {k} and out.in_features == k
-    ffn_w = lambda m: count(m, lambda n: n.endswith("weight") and any(  # noqa: E731
-        s in n for s in ("intermediate.dense", "gate_proj", "up_proj", "down_proj"))
-        or (n.endswith("output.dense.weight") and "attention" not in n))
+    def ffn_w(m):
+        return count(m, lambda n: n.endswith("weight") and any(
+            s in n for s in ("intermediate.dense", "gate_proj", "up_proj", "down_proj"))
+            or (n.endswith("output.dense.weight") and "attention" not in n))
     assert ffn_w(p.model) == pytest.approx(keep * ffn_w(h.model))  # the requested amount
     assert h.num_parameters() - p.num_parameters() == ffn_params(h.model) - ffn_params(p.model)
     out = outputs(p)

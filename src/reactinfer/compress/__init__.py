@@ -9,10 +9,10 @@ from .prune import DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude, 
 from .quantize import (CastHalf, QuantizeDynamicInt8, QuantizeStaticInt8, QuantizeWeightOnly,
                        layer_sensitivity)
 
-__all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights", "ensemble", "merge_models",
-           "tree_merge", "Prune2of4", "PruneFFN", "PruneHeads", "PruneMagnitude",
-           "QuantizeDynamicInt8", "QuantizeStaticInt8", "QuantizeWeightOnly",
-           "layer_sensitivity", "recalibrate_batchnorm", "sparsity"]
+__all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights", "Prune2of4",
+           "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8",
+           "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble", "layer_sensitivity",
+           "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]
 
 
 class _CallableModule(types.ModuleType):

@@ -1,4 +1,4 @@
-"""Merging checkpoints of one architecture, Θ = Σ αᵢ θᵢ (αᵢ ≥ 0, Σ αᵢ = 1), flat or as a
+"""Merging checkpoints of one architecture, Θ = Σ αᵢ θᵢ (αᵢ ≥ 0, Σ αᵢ = 1), flat or as
 recursive tree (only O(log N) checkpoints in memory at once), and output ensembles
 (mean of embeddings / logits, majority vote) over several models as one Runner."""
 from __future__ import annotations
