@@ -83,7 +83,10 @@ class Batcher:
         self._inflight = 0  # accepted, not yet answered
         self._stopping = False
         self._switches_seen = 0
+        self._last_probe = 0.0
         self.draining = False
+        # A fast tokenizer keeps padding/truncation state between calls: one user at a time.
+        self.tok_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.task = ladder.variants[0].handle.task
         tok = ladder.variants[0].handle.tokenizer
@@ -104,9 +107,14 @@ class Batcher:
             self._thread.join(timeout)
 
     @property
-    def idle(self) -> bool:
+    def inflight(self) -> int:
+        """Requests accepted and not yet answered."""
         with self._cond:
-            return self._inflight == 0
+            return self._inflight
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight == 0
 
     def queue_items(self) -> int:
         with self._cond:
@@ -197,11 +205,14 @@ class Batcher:
                     continue
                 if self._stopping:
                     return None
-                stepped_down = self.ladder.active > 0
-                if self._cond.wait(cfg.probe_s if stepped_down else None) or self._queue:
-                    continue
-                if stepped_down and not self.draining:
-                    return [], self.ladder.active - 1
+                if self.ladder.active > 0 and not self.draining:
+                    due = self._last_probe + cfg.probe_s
+                    if now >= due:  # free, and the better variant's estimate may be stale
+                        self._last_probe = now
+                        return [], self.ladder.active - 1
+                    self._cond.wait(due - now)
+                else:
+                    self._cond.wait()
 
     def _pick(self, edf: list[Request]) -> list[Request]:
         """The earliest-deadline request, plus companions of similar length from the next
@@ -246,7 +257,9 @@ class Batcher:
             self.ladder.update([r.job for r in self._queue], time.monotonic())
             self._report_variant(self.ladder.active)
 
-    def _run_encoder(self, v: Variant, texts: Sequence[str], record: bool) -> np.ndarray:
+    def _run_encoder(self, v: Variant, texts: Sequence[str], record: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs (N, ...) in input order and each text's token count (N,)."""
         from ..tasks import tokenize
 
         h = v.handle
@@ -254,11 +267,15 @@ class Batcher:
         cap = self.config.max_batch
         order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
         out: np.ndarray | None = None
+        counts = np.zeros(len(texts), dtype=np.int64)
         for s in range(0, len(order), cap):
             idx = order[s:s + cap]
             t0 = time.perf_counter()
-            y = runner(tokenize(h.tokenizer, [texts[i] for i in idx], h.max_length))
+            with self.tok_lock:
+                batch = tokenize(h.tokenizer, [texts[i] for i in idx], h.max_length)
+            y = runner(batch)
             dt = time.perf_counter() - t0
+            counts[idx] = batch["attention_mask"].sum(1)
             if record:
                 v.service.observe(len(idx), dt)
                 self.metrics.batch_size.observe(len(idx), model=self.model, variant=v.name)
@@ -267,7 +284,7 @@ class Batcher:
                 out = np.empty((len(texts),) + y.shape[1:], dtype=np.float32)
             out[idx] = y
         assert out is not None
-        return out
+        return out, counts
 
     def _embed(self, batch: list[Request], level: int) -> None:
         v = self.ladder.variants[level]
@@ -275,10 +292,11 @@ class Batcher:
         for r in batch:
             self.metrics.queue_seconds.observe(start - r.arrival, model=self.model)
         texts = [t for r in batch for t in r.texts]
-        y = self._run_encoder(v, texts, record=True)  # (N, D)
+        y, counts = self._run_encoder(v, texts, record=True)  # (N, D), (N,)
         i = 0
         for r in batch:
-            self._finish(r, value=(y[i:i + len(r.texts)], v.name), variant=v)
+            n = len(r.texts)
+            self._finish(r, value=(y[i:i + n], counts[i:i + n], v.name), variant=v)
             i += len(r.texts)
 
     def _generate(self, req: Request, level: int) -> None:

@@ -87,7 +87,7 @@ def register(app: fastapi.FastAPI, state: ServingState) -> None:
             output = {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": [text]}
             variant = gen.variant
         else:
-            y, variant = await encode(state, g, texts, deadline)  # (N, D)
+            y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
             output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
                       "data": y.reshape(-1).tolist()}
         return JSONResponse({"model_name": g.name, "model_version": variant, "id": rid,

@@ -69,11 +69,10 @@ def register(app: fastapi.FastAPI, state: ServingState) -> None:
             raise ApiError(400, "'input' is missing: give a string or a list of strings",
                            param="input")
         texts = check_texts(body["input"], g, state, "input")
-        y, variant = await encode(state, g, texts, deadline_of(request, state))  # (N, D)
+        y, n_tok, variant = await encode(state, g, texts, deadline_of(request, state))  # (N, D)
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()
                  if fmt == "base64" else row.tolist()} for i, row in enumerate(y)]
-        n_tok = _count_tokens(g, texts)
         return JSONResponse({"object": "list", "data": data, "model": g.name,
                              "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}},
                             headers={VARIANT_HEADER: variant})
@@ -98,8 +97,9 @@ def register(app: fastapi.FastAPI, state: ServingState) -> None:
     async def chat(request: HttpRequest) -> Any:
         body = await read_json(request, state)
         g = _group(state, body, "causal-lm")
-        return await _complete(request, g, body, chat_prompt(g.tokenizer, body.get("messages")),
-                               chat=True)
+        with g.batcher.tok_lock:
+            prompt = chat_prompt(g.tokenizer, body.get("messages"))
+        return await _complete(request, g, body, prompt, chat=True)
 
     async def _complete(request: HttpRequest, g: Group, body: dict[str, Any], prompt: str,
                         chat: bool) -> Any:
@@ -170,7 +170,3 @@ def _group(state: ServingState, body: dict[str, Any], task: str) -> Group:
         raise ApiError(400, "'model' must be a string", param="model")
     return state.group(model, task)
 
-
-def _count_tokens(g: Group, texts: list[str]) -> int:
-    enc = g.tokenizer(texts, truncation=True, max_length=g.max_length)["input_ids"]
-    return int(np.sum([len(e) for e in enc]))

@@ -79,7 +79,8 @@ def check_texts(value: Any, g: Group, state: ServingState, param: str) -> list[s
             if state.config.long_text == "truncate":
                 t = t[:limit * CHARS_PER_TOKEN_CAP]  # bounds tokenizer work; truncated later
             else:
-                n = len(g.tokenizer(t)["input_ids"])
+                with g.batcher.tok_lock:
+                    n = len(g.tokenizer(t)["input_ids"])
                 if n > limit:
                     raise ApiError(400, f"'{param}'[{i}] has {n} tokens; this model takes at "
                                    f"most {limit}: shorten it", param=param,
@@ -95,9 +96,9 @@ def _rejected(e: Rejected) -> ApiError:
 
 
 async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: float
-                 ) -> tuple[np.ndarray, str]:
-    """Per-text outputs (N, ...) in input order, and the variant(s) that made them; texts
-    answered before by the active variant come from the cache."""
+                 ) -> tuple[np.ndarray, int, str]:
+    """Per-text outputs (N, ...) in input order, their total tokens, and the variant(s)
+    that made them; texts answered before by the active variant come from the cache."""
     variant = g.ladder.current
     keys = [(variant.name, "encode", normalise(t)) for t in texts]
     found = [state.cache.get(k) for k in keys]
@@ -109,23 +110,24 @@ async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: 
         state.metrics.cache_misses.inc(len(missing), model=g.name)
     if not missing:
         state.cache_answered(g, variant)
-        return np.stack(found), variant.name
+        return np.stack([f[0] for f in found]), sum(f[1] for f in found), variant.name
     loop = asyncio.get_running_loop()
     req = Request("encode", Job(deadline, items=len(missing)), loop, loop.create_future(),
                   texts=[texts[i] for i in missing], length=max(len(texts[i]) for i in missing))
     try:
-        y, served = await g.batcher.submit(req)
+        y, counts, served = await g.batcher.submit(req)
     except Rejected as e:
         raise _rejected(e) from None
     for j, i in enumerate(missing):
-        found[i] = y[j]
-        state.cache.put((served, "encode", normalise(texts[i])), y[j])
+        found[i] = (y[j], int(counts[j]))
+        state.cache.put((served, "encode", normalise(texts[i])), found[i])
     names = served if not hits or served == variant.name else f"{served},{variant.name}"
-    return np.stack(found), names
+    return np.stack([f[0] for f in found]), sum(f[1] for f in found), names
 
 
 def prompt_ids(g: Group, state: ServingState, prompt: str, max_tokens: int) -> list[int]:
-    ids = g.tokenizer(prompt)["input_ids"]
+    with g.batcher.tok_lock:
+        ids = g.tokenizer(prompt)["input_ids"]
     room = g.max_length - max_tokens
     if len(ids) > room:
         if state.config.long_text == "error" or room < 1:
