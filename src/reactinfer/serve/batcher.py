@@ -137,7 +137,7 @@ class Batcher:
                                _retry_after(wait[-1] if wait else 0.0))
             ok, predicted = self.ladder.admissible(sorted(jobs, key=_deadline), req.job, now,
                                                    busy, self.config.admit_headroom)
-            if not ok:
+            if not ok and self.config.deadline_admission:
                 self.metrics.rejected.inc(model=self.model, reason="deadline")
                 raise Rejected(429, f"the deadline cannot be met: predicted "
                                f"{predicted * 1e3:.0f} ms on the fastest variant, "

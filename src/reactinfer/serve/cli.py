@@ -28,6 +28,8 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--no-warmup", action="store_true",
                    help="skip measuring each variant at start-up (the ladder then learns "
                         "from live batches only)")
+    p.add_argument("--no-deadline-admission", action="store_true",
+                   help="shed only when the queue is full, not when a deadline cannot be met")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
@@ -41,7 +43,8 @@ def _serve(p: argparse.ArgumentParser):
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
                              max_body_bytes=a.max_body_bytes, long_text=a.long_text,
-                             warmup=not a.no_warmup)
+                             warmup=not a.no_warmup,
+                             deadline_admission=not a.no_deadline_admission)
         if a.threads is not None:
             from ..backends.torch_eager import set_threads
 

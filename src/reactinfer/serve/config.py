@@ -33,6 +33,8 @@ class ServeConfig:
     warmup          measure every variant's service time per batch size at start-up
     probe_s         when stepped down and idle, re-measure the better variant this often
     drain_timeout_s longest a drain waits for accepted requests before exiting anyway
+    deadline_admission  refuse (429) requests no variant can answer in time; off, only
+                    the queue bound sheds (what most servers do)
     """
 
     slo_ms: float = 100.0
@@ -52,6 +54,7 @@ class ServeConfig:
     warmup: bool = True
     probe_s: float = 0.5
     drain_timeout_s: float = 30.0
+    deadline_admission: bool = True
 
     def __post_init__(self) -> None:
         positive = {"slo_ms": self.slo_ms, "max_batch": self.max_batch,

@@ -132,6 +132,7 @@ def summarise(records: Sequence[tuple[int, float, str]], wall: float, rate: floa
         "latency_ms": pct(ok), "shed_latency_ms": pct(shed),
         "status_counts": dict(sorted(Counter(str(s) for s, _, _ in records).items())),
         "variant_mix": dict(Counter(v for s, _, v in records if s == 200 and v)),
+        "client_errors": dict(Counter(v for s, _, v in records if s == 0)),
     }
     if slo_ms is not None:
         met = sum(1 for lat in ok if lat * 1e3 <= slo_ms)
