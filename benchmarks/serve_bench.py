@@ -246,6 +246,10 @@ def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -
             "accepted_lost": lost}
 
 
+def _cosine(q: Any) -> float:
+    return q if isinstance(q, float) else q["mean_cosine"]
+
+
 def markdown(r: dict) -> str:
     b, lad, o, d = r["batching"], r["ladder"], r["overload"], r["drain"]
 
@@ -273,18 +277,19 @@ def markdown(r: dict) -> str:
         "effective quality | variant mix |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ("ladder", "fixed_fp32", "fixed_fp32_queue_only"):
         s = lad[name]
-        sa, sb = s["slo_attainment_admitted"], s["slo_attainment_all"]
+        sa, sb = (None if x is None else 100 * x
+                  for x in (s["slo_attainment_admitted"], s["slo_attainment_all"]))
         lines.append(f"| {name} | {s['sent']} | {s['status_counts'].get('200', 0)} | "
-                     f"{s['status_counts'].get('429', 0)} | {f(sa * 100 if sa is not None else None)}% | "
-                     f"{f(sb * 100 if sb is not None else None)}% | {s['slo_violations']} | "
+                     f"{s['status_counts'].get('429', 0)} | {f(sa)}% | "
+                     f"{f(sb)}% | {s['slo_violations']} | "
                      f"{f(s['effective_quality'], 3)} | "
                      f"{', '.join(f'{k}: {v}' for k, v in s['variant_mix'].items())} |")
     vr = lad["violation_ratio_vs_fixed"]
     lines += ["", f"Late answers, fixed / ladder: {f(vr['fixed_fp32'], 1)}x (fixed with deadline "
               f"admission), {f(vr['fixed_fp32_queue_only'], 1)}x (fixed, queue bound only). "
               "Variant quality (mean cosine to minilm): " + ", ".join(
-                  f"{k} {f(v['quality'] if isinstance(v['quality'], float) else v['quality']['mean_cosine'], 3)}"
-                  for k, v in r["variants"].items()) + ".", "",
+                  f"{k} {f(_cosine(v['quality']), 3)}" for k, v in r["variants"].items())
+              + ".", "",
               f"## 3. Overload at 10x saturation ({f(o['rate'])} req/s asked, "
               f"{f(o['achieved_send_rate'])} req/s sent by the client)", "",
               f"- 429 latency (client-side, from scheduled send): p50 "

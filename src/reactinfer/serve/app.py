@@ -117,7 +117,8 @@ class ServingState:
         cost, start the workers, then report ready."""
         from ..data import texts_for
 
-        texts = texts_for("calibration", limit=max(64, self.config.max_batch))
+        # sentence-to-paragraph sized texts; live batches refine the estimates (EWMA)
+        texts = [t[:256] for t in texts_for("calibration", limit=max(64, self.config.max_batch))]
         for g in self.groups.values():
             for v in g.ladder.variants:
                 v.handle.runner()  # build every runner now, not on the first request

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from .app import ApiError, ServingState
 from .protocol import (VARIANT_HEADER, check_texts, deadline_of, encode, generate, max_tokens_of,

@@ -73,7 +73,8 @@ class GenTime:
 
     def observe(self, prefill_s: float, token_s: float | None) -> None:
         a = self.alpha
-        self.prefill_s = prefill_s if self.prefill_s == 0 else (1 - a) * self.prefill_s + a * prefill_s
+        self.prefill_s = prefill_s if self.prefill_s == 0 else \
+            (1 - a) * self.prefill_s + a * prefill_s
         if token_s is not None:
             self.token_s = token_s if self.token_s == 0 else (1 - a) * self.token_s + a * token_s
 
