@@ -112,50 +112,57 @@ def metric(base: str, name: str, **labels: str) -> float:
 
 def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -> dict:
     """`concurrency` clients, each sending its next request when the last one returns."""
+    from urllib.parse import urlsplit
 
-    async def go() -> tuple[int, int, list[float]]:
+    from reactinfer.serve.rawhttp import RawClient
+
+    async def go() -> tuple[list[float], int, float]:
+        parts = urlsplit(base)
+        client = RawClient(parts.hostname, parts.port, concurrency, timeout_s=120)
         lat: list[float] = []
         errors = 0
         end = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=concurrency)
-        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
-            async def worker(k: int) -> None:
-                nonlocal errors
-                i = k
-                while time.perf_counter() < end:
-                    t0 = time.perf_counter()
-                    r = await c.post("/v1/embeddings", json={"input": texts[i % len(texts)]},
-                                     headers={"X-Deadline-Ms": "600000"})
-                    if r.status_code == 200:
-                        lat.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-                    i += concurrency
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(k) for k in range(concurrency)))
-            return len(lat), errors, lat + [time.perf_counter() - t0]
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                status, _, _ = await client.post_json(
+                    "/v1/embeddings", {"input": texts[i % len(texts)]},
+                    {"X-Deadline-Ms": "600000"})
+                if status == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+                i += concurrency
 
-    n, errors, lat = asyncio.run(go())
-    wall = lat.pop()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+        await client.close()
+        return lat, errors, wall
+
+    lat, errors, wall = asyncio.run(go())
     ms = np.asarray(lat) * 1e3
-    return {"ok": n, "errors": errors, "seconds": wall, "items_per_s": n / wall,
+    return {"ok": len(lat), "errors": errors, "seconds": wall, "items_per_s": len(lat) / wall,
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
 def batching(variants: dict, texts: list[str], a: argparse.Namespace) -> dict:
+    """Same server, batching on then off: closed-loop throughput at 2 x max batch clients,
+    then p95 under a light Poisson load (a quarter of the batched throughput)."""
     fp32 = [variants["fp32"]["path"]]
     common = ["--slo-ms", "600000", "--max-queue", "4096"]
     res: dict[str, Any] = {}
+    low_rate = None
     for name, flags in (("on", ["--max-batch", str(a.max_batch), "--max-delay-ms", "5"]),
                         ("off", ["--max-batch", "1", "--max-delay-ms", "0"])):
         with server(fp32, *common, *flags) as (base, _):
-            closed_loop(base, texts, 4, 1.0)  # warm the connection pool and the model
+            closed_loop(base, texts, 4, 1.0)  # warm the connections and the model
             res[name] = {"closed_loop": closed_loop(base, texts, 2 * a.max_batch, a.duration)}
-    low_rate = 0.25 * res["off"]["closed_loop"]["items_per_s"]
-    for name, flags in (("on", ["--max-batch", str(a.max_batch), "--max-delay-ms", "5"]),
-                        ("off", ["--max-batch", "1", "--max-delay-ms", "0"])):
-        with server(fp32, *common, *flags) as (base, _):
+            if low_rate is None:
+                low_rate = 0.25 * res[name]["closed_loop"]["items_per_s"]
             res[name]["low_load"] = run_loadtest(base + "/v1/embeddings", low_rate, a.duration,
                                                  texts=texts, seed=1)
     on, off = res["on"], res["off"]
@@ -170,7 +177,9 @@ def _quality(base: str) -> dict[str, float]:
     return {"effective_quality": metric(base, "react_effective_quality"),
             "ontime_quality": metric(base, "react_ontime_quality"),
             "steps_down": metric(base, "react_variant_switches_total", direction="down"),
-            "steps_up": metric(base, "react_variant_switches_total", direction="up")}
+            "steps_up": metric(base, "react_variant_switches_total", direction="up"),
+            "server_answered": metric(base, "react_variant_requests_total"),
+            "server_late": metric(base, "react_slo_violations_total")}
 
 
 def ladder(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
@@ -273,17 +282,19 @@ def markdown(r: dict) -> str:
         f" | {f(b['low_load_p95_ratio'], 2)}x |", "",
         f"## 2. Reactive ladder at 3x fp32 saturation ({f(lad['rate'])} req/s Poisson, "
         f"SLO {r['args']['slo_ms']:g} ms)", "",
-        "| deployment | sent | 200 | 429 | SLO met (answered) | SLO met (all sent) | late | "
-        "effective quality | variant mix |", "|---|---|---|---|---|---|---|---|---|"]
+        "| deployment | sent | 200 | 429 | SLO met (answered) | SLO met (all sent) | late "
+        "(client) | late (server) | effective quality | variant mix | client send lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("ladder", "fixed_fp32", "fixed_fp32_queue_only"):
         s = lad[name]
         sa, sb = (None if x is None else 100 * x
                   for x in (s["slo_attainment_admitted"], s["slo_attainment_all"]))
         lines.append(f"| {name} | {s['sent']} | {s['status_counts'].get('200', 0)} | "
                      f"{s['status_counts'].get('429', 0)} | {f(sa)}% | "
-                     f"{f(sb)}% | {s['slo_violations']} | "
+                     f"{f(sb)}% | {s['slo_violations']} | {s['server_late']:.0f} | "
                      f"{f(s['effective_quality'], 3)} | "
-                     f"{', '.join(f'{k}: {v}' for k, v in s['variant_mix'].items())} |")
+                     f"{', '.join(f'{k}: {v}' for k, v in s['variant_mix'].items())} | "
+                     f"{f((s.get('send_lag_ms') or {}).get('p99'))} |")
     vr = lad["violation_ratio_vs_fixed"]
     lines += ["", f"Late answers, fixed / ladder: {f(vr['fixed_fp32'], 1)}x (fixed with deadline "
               f"admission), {f(vr['fixed_fp32_queue_only'], 1)}x (fixed, queue bound only). "
@@ -296,6 +307,9 @@ def markdown(r: dict) -> str:
               f"{f(o['overload']['shed_latency_ms']['p50'])} ms, p99 "
               f"{f(o['overload']['shed_latency_ms']['p99'])} ms; statuses "
               f"{o['overload']['status_counts']}",
+              f"- client send lag p99 {f((o['overload'].get('send_lag_ms') or {}).get('p99'))} ms"
+              f"; answered {o['overload']['status_counts'].get('200', 0)}, late (client) "
+              f"{o['overload']['slo_violations']}",
               f"- server RSS: before {f(o['rss_mb']['before'])} MB, peak "
               f"{f(o['rss_mb']['peak'])} MB, after {f(o['rss_mb']['after'])} MB",
               f"- recovery at 0.3x saturation right after: statuses "
@@ -311,8 +325,8 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--overload-s", type=float, default=4.0)
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--overload-s", type=float, default=3.0)
     ap.add_argument("--slo-ms", type=float, default=300.0)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--n-eval", type=int, default=200)

@@ -85,31 +85,57 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
                headers: dict[str, str] | None, timeout_s: float) -> dict[str, Any]:
     import httpx
 
+    from .rawhttp import RawClient
+
     base, path = check_loopback(url)
     times = arrival_times(rate, duration, arrivals, seed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    sem = asyncio.Semaphore(concurrency)
-    records: list[tuple[int, float, str]] = []  # (status, latency s, variant)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout_s) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
         path, model = await _payload_for(client, path)
-        t0 = time.perf_counter() + 0.05
+    parts = urlsplit(base)
+    raw = RawClient(parts.hostname or "127.0.0.1", parts.port or 80, concurrency, timeout_s)
+    records: list[tuple[int, float, str]] = []  # (status, latency s, variant or error)
+    lags: list[float] = []
+    t0 = time.perf_counter() + 0.05
 
-        async def one(i: int, at: float) -> None:
-            delay = t0 + at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with sem:
-                try:
-                    r = await client.post(path, json=_body(path, model, texts[i % len(texts)]),
-                                          headers=headers)
-                    status, variant = r.status_code, r.headers.get("x-react-variant", "")
-                except httpx.HTTPError as e:
-                    status, variant = 0, type(e).__name__
-            records.append((status, time.perf_counter() - (t0 + at), variant))
+    async def one(i: int, at: float) -> None:
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(max(0.0, time.perf_counter() - (t0 + at)))
+        try:
+            status, hdrs, _ = await raw.post_json(path, _body(path, model, texts[i % len(texts)]),
+                                                  headers)
+            variant = hdrs.get("x-react-variant", "")
+        except Exception as e:  # noqa: BLE001  (every failure is counted by kind)
+            status, variant = 0, _error_name(e)
+        records.append((status, time.perf_counter() - (t0 + at), variant))
 
-        await asyncio.gather(*(one(i, at) for i, at in enumerate(times)))
-        wall = time.perf_counter() - t0
-    return summarise(records, wall, rate, duration, arrivals, slo_ms, path)
+    await asyncio.gather(*(one(i, at) for i, at in enumerate(times)))
+    wall = time.perf_counter() - t0
+    await raw.close()
+    out = summarise(records, wall, rate, duration, arrivals, slo_ms, path)
+    lag_ms = np.asarray(lags) * 1e3
+    # how far behind schedule the client itself sent: large values mean the client, not
+    # the server, limited the load
+    out["send_lag_ms"] = {"p50": float(np.percentile(lag_ms, 50)),
+                          "p99": float(np.percentile(lag_ms, 99))} if len(lags) else None
+    return out
+
+
+def _error_name(e: BaseException) -> str:
+    """ConnectError: refused before being taken (e.g. the listener closed); ReadError: the
+    connection broke while a request was in flight (a lost request)."""
+    from .rawhttp import ClosedBeforeResponse
+
+    if isinstance(e, ConnectionRefusedError):
+        return "ConnectError"
+    if isinstance(e, ClosedBeforeResponse):
+        return "ClosedBeforeResponse"
+    if isinstance(e, asyncio.TimeoutError):
+        return "Timeout"
+    if isinstance(e, (ConnectionError, asyncio.IncompleteReadError)):
+        return "ReadError"
+    return type(e).__name__
 
 
 def summarise(records: Sequence[tuple[int, float, str]], wall: float, rate: float,
