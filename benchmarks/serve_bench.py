@@ -249,9 +249,14 @@ def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -
         exit_s = time.perf_counter() - t0
         t.join()
     errors = result.get("client_errors", {})
-    lost = sum(v for k, v in errors.items() if k not in ("ConnectError",))
+    # ConnectError: refused (listener closed). ClosedBeforeResponse: a keep-alive connection
+    # closed before the server read the request, and the retry on a new connection did not
+    # get in either. Anything else (a reset or timeout mid-request) is an accepted request lost.
+    not_taken = ("ConnectError", "ClosedBeforeResponse")
+    lost = sum(v for k, v in errors.items() if k not in not_taken)
     return {"rate": sat, "load": result, "exit_code": rc, "drain_seconds": exit_s,
             "refused_after_listener_closed": errors.get("ConnectError", 0),
+            "closed_before_read": errors.get("ClosedBeforeResponse", 0),
             "accepted_lost": lost}
 
 
@@ -318,7 +323,8 @@ def markdown(r: dict) -> str:
               "## 4. Drain under load (SIGTERM half-way)", "",
               f"- statuses {d['load'].get('status_counts')}, accepted requests lost: "
               f"**{d['accepted_lost']}**, refused after the listener closed: "
-              f"{d['refused_after_listener_closed']}, exit code {d['exit_code']}, drain took "
+              f"{d['refused_after_listener_closed']}, closed before being read: "
+              f"{d['closed_before_read']}, exit code {d['exit_code']}, drain took "
               f"{f(d['drain_seconds'], 2)} s", ""]
     return "\n".join(lines)
 

@@ -84,6 +84,8 @@ class Batcher:
         self._stopping = False
         self._switches_seen = 0
         self._last_probe = 0.0
+        self._last_arrival = 0.0
+        self._gap_s = float("inf")  # EWMA of the time between arrivals
         self.draining = False
         # A fast tokenizer keeps padding/truncation state between calls: one user at a time.
         self.tok_lock = threading.Lock()
@@ -143,6 +145,10 @@ class Batcher:
                                f"{predicted * 1e3:.0f} ms on the fastest variant, "
                                f"{(req.job.deadline - now) * 1e3:.0f} ms left",
                                _retry_after(predicted - (req.job.deadline - now)))
+            if self._last_arrival:
+                gap = now - self._last_arrival
+                self._gap_s = gap if self._gap_s == float("inf") else 0.8 * self._gap_s + 0.2 * gap
+            self._last_arrival = now
             self._queue.append(req)
             self._inflight += 1
             self.metrics.queue_length.set(sum(r.job.items for r in self._queue),
@@ -185,7 +191,10 @@ class Batcher:
                     oldest = min(r.arrival for r in self._queue)
                     items = sum(r.job.items for r in self._queue)
                     edf = sorted(self._queue, key=lambda r: r.job.deadline)
-                    ready_at = oldest + cfg.max_delay_s
+                    # Wait for companions only when one is likely to come within the delay:
+                    # at low load waiting adds latency and forms no batch.
+                    expected = cfg.max_delay_s / self._gap_s if self._gap_s > 0 else 1.0
+                    ready_at = oldest + (cfg.max_delay_s if expected >= 0.5 else 0.0)
                     if (edf[0].kind == "generate" or items >= cfg.max_batch or now >= ready_at
                             or self._stopping or self.draining):
                         level = self.ladder.update([r.job for r in edf], now)

@@ -28,7 +28,7 @@ class RawClient:
                 f"{extra}\r\n").encode()
         async with self._slots:
             for attempt in (0, 1):
-                reused = bool(self._idle)
+                reused = bool(self._idle) and attempt == 0  # a retry opens a new connection
                 conn = self._idle.pop() if reused else await asyncio.open_connection(
                     self.host, self.port)
                 try:
