@@ -182,3 +182,12 @@ def test_loadtest_schedule_and_loopback_guard():
     assert s["status_counts"] == {"200": 2, "429": 1}
     assert s["slo_attainment_admitted"] == 0.5 and s["slo_violations"] == 1
     assert s["variant_mix"] == {"a": 1, "b": 1}
+
+
+def test_loadtest_summary_prints():
+    from reactinfer.serve.loadtest import format_summary
+
+    s = summarise([(200, 0.01, "a"), (429, 0.001, "")], 1.0, 2, 1, "poisson", 100,
+                  "/v1/embeddings")
+    text = format_summary(s)
+    assert "2 sent" in text and "429: 1" in text and "a: 1" in text and "SLO 100 ms" in text
