@@ -29,11 +29,11 @@ def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
         drain_task: asyncio.Task | None = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.drain_task is not None or state.draining:
-                super().handle_exit(sig, frame)  # second signal: stop now
+            loop = getattr(self, "_loop", None)
+            if self.drain_task is not None or state.draining or loop is None:
+                super().handle_exit(sig, frame)  # second signal, or not serving yet: stop
                 return
             state.begin_drain()
-            loop = self._loop
             loop.call_soon_threadsafe(self._start_drain)
 
         def _start_drain(self) -> None:
