@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 SCRIPT = """
-import reactinfer.bench.measure, reactinfer.compress   # subpackages imported first
+import reactinfer.bench.measure, reactinfer.compress, reactinfer.serve.config  # first
 import reactinfer as ri
 from reactinfer.compress import PruneFFN
 from reactinfer.testing import tiny_handle, tiny_texts
 h = ri.compress(tiny_handle("embedding"), [PruneFFN(keep=0.5)])
 r = ri.bench(h, batch_size=4, eval_texts=tiny_texts(8), latency_runs=2, progress=False)
+assert callable(ri.serve) and ri.serve.__name__ == "reactinfer.serve"
 print(h.transforms[0]["type"], r["task"])
 """
 

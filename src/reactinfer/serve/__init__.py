@@ -25,16 +25,6 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-class _CallableModule(type(importlib)):  # type: ignore[misc]
-    """`reactinfer.serve` is both this package and the `serve()` function: importing a
-    submodule rebinds the package attribute, so the package itself must be callable."""
+from ..core.verbs import make_callable  # noqa: E402
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .server import serve
-
-        return serve(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "serve")  # `reactinfer.serve(models, ...)` (core/verbs.py)
