@@ -28,3 +28,10 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_configs_resolve_in_a_fresh_process():
+    code = ("from reactinfer.core.transform import config_from_dict; "
+            "print(type(config_from_dict({'type': 'PruneFFN', 'keep': 0.5})).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PruneFFN", out.stderr
