@@ -110,3 +110,41 @@ def run_rows(handle: ModelHandle, texts: Sequence[str], batch_size: int
                 values.append(None)
                 errors.append(f"model failed on this row: {type(e).__name__}: {e}"[:500])
         return values, errors
+
+
+class ModelWorker:
+    """A plain class Ray turns into an actor (ray_api.actor_class): one model copy, run
+    on given rows. Shard, ensemble and probe runs use it; batch uses Ray Data instead."""
+
+    def __init__(self, source: ModelSource, threads: int | None = None,
+                 batch_size: int = 32):
+        self.handle = resolve(source, threads)
+        self.batch_size = batch_size
+        self.variant = variant_of(self.handle)
+
+    def info(self) -> dict[str, Any]:
+        import os
+
+        return {"pid": os.getpid(), "variant": self.variant, "task": self.handle.task}
+
+    def probe(self, texts: Sequence[str], repeats: int = 2) -> float:
+        """Rows/s on `texts` after one warm-up pass (the capability Cᵢ)."""
+        import time
+
+        run_rows(self.handle, texts, self.batch_size)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            run_rows(self.handle, texts, self.batch_size)
+        return repeats * len(texts) / (time.perf_counter() - t)
+
+    def run(self, ids: np.ndarray, texts: Sequence[str]) -> dict[str, Any]:
+        """Outputs for `texts` (stacked when numeric), with timing: `seconds` of compute
+        and `finished` (wall clock, for finish-time balance across workers)."""
+        import time
+
+        t = time.perf_counter()
+        values, errors = run_rows(self.handle, texts, self.batch_size)
+        if values and all(isinstance(v, np.ndarray) for v in values):
+            values = np.stack(values).astype(np.float32)  # (N, D)
+        return {"ids": np.asarray(ids), "values": values, "errors": errors,
+                "seconds": time.perf_counter() - t, "finished": time.time()}
