@@ -95,11 +95,15 @@ def run_ensemble(models: Sequence[Any], texts: Sequence[str], how: str = "mean",
     from .worker import ModelWorker
 
     with ray_api.session(ray_address):
-        actor = ray_api.actor_class(ModelWorker, num_cpus=1)
+        # All members must be placed at once (more members than CPUs would wait forever).
+        cpus = min(1.0, ray_api.cluster_resources().get("CPU", 1.0) / len(models))
+        actor = ray_api.actor_class(ModelWorker, num_cpus=cpus)
         workers = [actor.remote(m, 1, batch_size) for m in models]
         ids = np.arange(len(texts))
         results = ray_api.get([w.run.remote(ids, list(texts)) for w in workers])
         info = ray_api.get([w.info.remote() for w in workers])
+        for w in workers:
+            ray_api.kill(w, no_restart=True)
     outputs = [ordered_gather([(r["ids"], r["values"])], len(texts)) for r in results]
     task = info[0]["task"]
     return {"output": ensemble(outputs, how, task), "members": outputs,
