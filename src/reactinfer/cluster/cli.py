@@ -68,5 +68,3 @@ def _serve_ray(p: argparse.ArgumentParser):
 
     return run
 
-
-__all__ = ["print_json"]
