@@ -19,3 +19,13 @@ def texts():
     from reactinfer.testing import tiny_texts
 
     return tiny_texts(24)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Tests judge numerics, not speed: one intra-op thread keeps them fast and steady even
+    # when the machine is shared (oversubscribed OpenMP threads spin and stall).
+    import torch
+
+    torch.set_num_threads(1)
+    yield

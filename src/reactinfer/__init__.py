@@ -19,6 +19,7 @@ _EXPORTS = {
     "compress": "reactinfer.core.transform:compress",
     "bench": "reactinfer.bench:bench",
     "Artifact": "reactinfer.core.artifact:Artifact",
+    "serve": "reactinfer.serve.server:serve",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -66,6 +66,10 @@ class TorchEagerBackend:
     def why_unavailable(self) -> str:
         return ""
 
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["embedding", "classification", "causal-lm"],
+                "options": {"threads": "int"}, "files": [], "needs_torch_at_run_time": True}
+
     def supports(self, handle: ModelHandle) -> bool:
         return handle.model is not None
 

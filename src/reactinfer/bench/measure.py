@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from tqdm.auto import tqdm
 
 from ..core.backend import Batch, Runner
@@ -76,6 +77,9 @@ def reference_for(handle: ModelHandle) -> ModelHandle | None:
     """The model `handle` was made from, when it can be reloaded here."""
     src = handle.source
     if src.get("kind") != "artifact":
+        if handle.transforms or handle.model is None and src.get("kind") in ("builtin", "hf",
+                                                                              "gguf"):
+            return reference_for(handle.derive(source={"kind": "artifact", "origin": src}))
         return None  # an original model is its own reference
     origin = src.get("origin", {})
     ref = origin.get("ref")
@@ -88,23 +92,23 @@ def reference_for(handle: ModelHandle) -> ModelHandle | None:
     return None
 
 
-def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
-          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
-          progress: bool = True, eval_texts: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure `model` (anything `load` takes). Quality is judged against `reference`,
-    by default the model an artifact was made from, or the model itself."""
-    handle = load(model)
-    task = get_task(handle.task)
-    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
+            latency_runs: int = 50, gen_tokens: int = 32, progress: bool = True
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Speed, memory and size of `handle` on `texts`, and the task results quality needs.
+    Quality itself is a comparison, done by the caller against a reference's results."""
     if not texts:
         raise UserError("the evaluation data is empty")
-    if handle.task == "causal-lm":  # full-vocabulary logits are large: keep batches small
-        eval_batch = min(batch_size, 8)
-    else:
-        eval_batch = batch_size
+    task = get_task(handle.task)
+    # full-vocabulary LM logits are large (B, T, 49k): keep LM batches small
+    eval_batch = min(batch_size, 8) if handle.task == "causal-lm" else batch_size
+    t0 = time.perf_counter()
     runner = handle.runner()
-    # warm-up: first calls allocate, compile, and fill caches
+    prepare_s = time.perf_counter() - t0
+    # warm-up: first calls allocate, compile, and fill caches (reported apart: warmup_s)
+    t0 = time.perf_counter()
     runner(tokenize(handle.tokenizer, texts[:min(len(texts), eval_batch)], handle.max_length))
+    warmup_s = time.perf_counter() - t0
 
     with tqdm(total=len(texts), desc=f"bench {handle.name} [{handle.backend}]",
               disable=not progress, unit="text", leave=False) as bar:
@@ -119,17 +123,78 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
         "model": handle.name, "task": handle.task, "backend": handle.backend,
         "backend_options": handle.backend_options, "transforms": list(handle.transforms),
         "batch_size": eval_batch, "n_eval": len(texts), "max_length": handle.max_length,
+        "prepare_s": prepare_s, "warmup_s": warmup_s,
         "latency_ms": latency_batch1(handle, runner, texts, latency_runs),
         "throughput": {"items_per_s": len(texts) / elapsed, "tokens_per_s": n_tokens / elapsed,
                        "batch_size": eval_batch, "seconds": elapsed},
     }
     if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
         report["generation"] = generation_speed(handle, runner, gen_tokens)
+        report["generation"]["kv_cache"] = getattr(runner, "kv_cache", True)
+    if hasattr(runner, "warmup_s"):  # torch.compile: the calls that compiled
+        report["compile_s"] = runner.warmup_s
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["rss_mb"] = psutil.Process().memory_info().rss / 2**20
     report["size_mb"] = handle.size_bytes() / 2**20
     report["params"] = handle.num_parameters()
+    return report, results
 
-    ref_handle = load(reference) if reference is not None else reference_for(handle)
+
+def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
+                threads: int | None, precision: str | None, batch_size: int,
+                max_drop: float | None = None) -> tuple[ModelHandle, dict[str, Any] | None]:
+    """Move `handle` to the asked backend, or measure and choose one ('auto')."""
+    from ..backends import choose_backend, to_backend
+    from ..core.backend import get_backend
+
+    if backend == "auto":
+        sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
+        return choose_backend(handle, sample, batch_size, threads=threads,
+                              precision=precision, max_drop=max_drop)
+    if backend is None and threads is None and precision is None:
+        return handle, None
+    name = backend or handle.backend
+    opts = dict(handle.backend_options) if name == handle.backend else {}
+    if threads is not None:
+        opts["threads"] = threads
+    if precision is not None:
+        key = getattr(get_backend(name), "precision_option", None)
+        if key is None:
+            raise UserError(f"backend {name!r} has no precision option (int8 on torch is a "
+                            "compress transform); use --backend onnxruntime or llama.cpp")
+        opts[key] = precision
+    return to_backend(handle, name, **opts), None
+
+
+def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
+          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
+          progress: bool = True, eval_texts: Sequence[str] | None = None,
+          backend: str | None = None, threads: int | None = None,
+          precision: str | None = None, max_drop: float | None = None) -> dict[str, Any]:
+    """Measure `model` (anything `load` takes). Quality is judged against `reference`,
+    by default the model an artifact was made from, or the model itself.
+
+    `backend` runs it on that backend first (`to_backend`), or with 'auto' measures the
+    available backends and precisions on a sample and picks the fastest within the quality
+    bound (`max_drop`, default per task; the report's `backend_selection` holds every
+    measurement and the reason); `threads` and `precision` are the backend's options."""
+    original = load(model)
+    task = get_task(original.task)
+    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+    if not texts:
+        raise UserError("the evaluation data is empty")
+    handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
+                                    max_drop)
+    report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
+    if selection is not None:
+        report["backend_selection"] = selection
+
+    if reference is not None:
+        ref_handle = load(reference)
+    elif handle is not original and original.model is not None:  # converted here
+        ref_handle = reference_for(original) or original  # the model before conversion
+    else:
+        ref_handle = reference_for(handle)
     if ref_handle is None and handle.source.get("kind") == "artifact":
         report["quality"] = None
         report["quality_note"] = "the source model could not be reloaded here; no reference"
@@ -138,7 +203,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
             ref_results, ref_name = results, f"{handle.name} (itself)"
         else:
             ref_results = task.evaluate(ref_handle.runner(), ref_handle.tokenizer, texts,
-                                        eval_batch, ref_handle.max_length)
+                                        report["batch_size"], ref_handle.max_length)
             ref_name = ref_handle.name
         quality = task.compare(ref_results, results)
         report["quality"] = quality

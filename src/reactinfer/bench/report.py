@@ -27,6 +27,16 @@ def format_report(r: dict[str, Any]) -> str:
         rows.append(("generation @ batch 1",
                      f"{g['tokens_per_s']:.1f} tokens/s ({g['ms_per_token']:.1f} ms/token, "
                      f"{g['new_tokens']} new tokens)"))
+    if r.get("warmup_s") is not None:
+        rows.append(("warm-up (excluded)", f"{r['warmup_s']:.2f} s first call"
+                     + (f" · {r['compile_s']:.1f} s compiling" if "compile_s" in r else "")))
+    if r.get("backend_selection"):
+        sel = r["backend_selection"]
+        rows.append(("backend choice", sel["reason"]))
+        for c in sel["candidates"]:
+            what = (f"{c['score']:.1f} {c['unit']} · drop {c['quality_drop']:.4f}"
+                    if "score" in c else c.get("error", "?"))
+            rows.append(("  candidate", f"{c['backend']} {c['options']}: {what}"))
     rows.append(("peak memory (RSS)", f"{r['peak_rss_mb']:.0f} MiB"))
     params = f" · {r['params'] / 1e6:.1f}M params" if r.get("params") else ""
     rows.append(("size", f"{r['size_mb']:.1f} MiB{params}"))

@@ -45,6 +45,13 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--n-eval", type=int, default=None, help="use only the first N eval texts")
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--reference", help="judge quality against this model instead")
+    p.add_argument("--backend", help="run on this backend (see `react backends`), or 'auto' "
+                   "to measure them here and pick the fastest within the quality bound")
+    p.add_argument("--threads", type=int, help="threads for the backend")
+    p.add_argument("--precision", help="backend precision: onnxruntime fp32|int8-dynamic|"
+                   "int8-static|fp16, llama.cpp source|f16|q8_0|q4_0|...")
+    p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
+                   "(default: 0.005 embeddings, 0.01 LMs and classifiers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
@@ -53,7 +60,8 @@ def _bench(p: argparse.ArgumentParser):
 
         report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
-                       progress=not a.no_progress)
+                       progress=not a.no_progress, backend=a.backend, threads=a.threads,
+                       precision=a.precision, max_drop=a.max_drop)
         print_json(report) if a.json else print(format_report(report))
         return 0
 
@@ -115,13 +123,19 @@ def _backends(p: argparse.ArgumentParser):
 
         rows = [{"name": b.name, "available": b.available(),
                  "why_unavailable": None if b.available() else b.why_unavailable(),
-                 "description": b.description} for b in list_backends().values()]
+                 "description": b.description,
+                 **(b.capabilities() if hasattr(b, "capabilities") else {})}
+                for b in list_backends().values()]
         if a.json:
             print_json(rows)
         else:
             for r in rows:
                 state = "yes" if r["available"] else f"no ({r['why_unavailable']})"
-                print(f"{r['name']:<12} available: {state}\n{'':<12} {r['description']}")
+                print(f"{r['name']:<14} available: {state}\n{'':<14} {r['description']}")
+                if r.get("tasks"):
+                    print(f"{'':<14} tasks: {', '.join(r['tasks'])}")
+                for k, v in r.get("options", {}).items():
+                    print(f"{'':<14} option {k}: {', '.join(v) if isinstance(v, list) else v}")
         return 0
 
     return run

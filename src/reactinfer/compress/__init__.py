@@ -1,1 +1,16 @@
 """Compression techniques, one module each; each registers its configs on import."""
+from ..core.transform import compress
+from ..core.verbs import make_callable
+from .distill import Distill, recalibrate_batchnorm
+from .merge import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
+from .prune import DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude, sparsity
+from .quantize import (CastHalf, QuantizeDynamicInt8, QuantizeStaticInt8, QuantizeWeightOnly,
+                       layer_sensitivity)
+
+__all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights", "Prune2of4",
+           "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8", "compress",
+           "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble", "layer_sensitivity",
+           "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]
+
+
+make_callable(__name__, "compress")  # `reactinfer.compress(handle, configs)` (core/verbs.py)

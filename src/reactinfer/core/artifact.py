@@ -161,7 +161,7 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
 
 
 def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
-    from ..models.loaders import hf_model_class
+    from ..models.loaders import hf_from_pretrained
     from .transform import config_from_dict
 
     path = Path(path)
@@ -184,8 +184,8 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
             load_model(module, str(path / "model.safetensors"))
             model = module.eval()
         else:
-            model = hf_model_class(task).from_pretrained(
-                path, local_files_only=True, use_safetensors=True, torch_dtype="auto").eval()
+            model = hf_from_pretrained(task, path, local_files_only=True, use_safetensors=True,
+                                       torch_dtype="auto").eval()
     transforms = manifest.get("transforms", [])
     replay_from = manifest.get("replay_from")
     handle = ModelHandle(

@@ -99,8 +99,11 @@ def state_dict_bytes(model: torch.nn.Module) -> int:
     """Bytes of a module's state (packed / quantized tensors included)."""
     import torch
 
-    total = 0
+    total, seen = 0, set()
     for value in model.state_dict().values():
         tensors = value if isinstance(value, tuple) else (value,)  # packed (weight, bias)
-        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and (t.data_ptr(), t.numel()) not in seen:
+                seen.add((t.data_ptr(), t.numel()))  # tied weights (LM head = embedding) once
+                total += t.numel() * t.element_size()
     return total

@@ -78,8 +78,11 @@ def register_transform(cfg_type: type[C]) -> Callable[[Handler], Handler]:
 
 
 def _ensure_builtin_transforms() -> None:
-    # Techniques register themselves on import; importing the package is enough.
-    from .. import compress as _compress  # noqa: F401
+    # Techniques register themselves on import; importing the package is enough. (Not
+    # `from .. import compress`: that can resolve to the lazily exported verb instead.)
+    import importlib
+
+    importlib.import_module("reactinfer.compress")
 
 
 def registered_transforms() -> dict[str, type[TransformConfig]]:

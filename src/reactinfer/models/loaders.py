@@ -78,6 +78,19 @@ def hf_model_class(task: str) -> Any:
             "classification": transformers.AutoModelForSequenceClassification}[task]
 
 
+def hf_from_pretrained(task: str, directory: Path, **kw: Any) -> Any:
+    """`from_pretrained` for `task`; models whose config records a structure transformers
+    cannot express (a head-pruned BERT: `react_structure`) are rebuilt by compress.prune."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    if getattr(config, "react_structure", None):
+        from ..compress.prune import from_pretrained_restructured
+
+        return from_pretrained_restructured(hf_model_class(task), directory, config)
+    return hf_model_class(task).from_pretrained(directory, **kw)
+
+
 def _max_length(directory: Path, task: str, config: Any) -> int:
     st = directory / "sentence_bert_config.json"
     if st.exists():
@@ -105,8 +118,8 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
     task = task or _task_from_config(config, directory)
     _check_task(task)
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    model = hf_model_class(task).from_pretrained(directory, local_files_only=True,
-                                                 use_safetensors=True, torch_dtype="auto")
+    model = hf_from_pretrained(task, directory, local_files_only=True, use_safetensors=True,
+                               torch_dtype="auto")
     model.eval()
     if source is None:
         source = {"kind": "hf", "ref": str(directory.resolve()),

@@ -30,8 +30,8 @@ def tiny_tokenizer() -> Any:
 
     words = sorted({w for s in SENTENCES for w in re.findall(r"\w+|[^\w\s]", s.lower())})
     letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = {t: i for i, t in enumerate(SPECIALS + [w for w in words + letters
-                                                      if w not in SPECIALS])}
+    tokens = list(dict.fromkeys(SPECIALS + words + letters))  # unique, in order
+    vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

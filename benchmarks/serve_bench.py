@@ -1,0 +1,366 @@
+"""Serving benchmark, measured side by side in one run on loopback with minilm:
+
+1. dynamic batching vs batching off (closed loop at concurrency 2 x max batch; p95 at low load)
+2. the reactive ladder (fp32 -> 3 layers -> 1 layer) under Poisson load at 3x the fp32
+   server's measured saturation rate, vs fixed fp32 deployments (same server with one
+   variant: with deadline-aware admission, and with a bounded queue only)
+3. overload at 10x saturation: 429 latency, server memory, recovery
+4. drain under load (SIGTERM): no accepted request lost
+
+Each server is `react serve` in its own process (one at a time); the load generator runs
+here. The cheaper variants keep the first k of minilm's 6 encoder layers (no compression
+transforms were on main when this was written); their quality is measured with
+reactinfer.bench against minilm and stored in the artifact manifests.
+
+    PYTHONPATH=src python benchmarks/serve_bench.py            # ~5 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+import reactinfer as ri
+from reactinfer.core.artifact import Artifact
+from reactinfer.core.hardware import hardware_profile, package_versions
+from reactinfer.data import texts_for
+from reactinfer.serve.loadtest import run_loadtest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def short_texts(n: int = 400) -> list[str]:
+    """Query-sized texts: the first line (at most 120 characters) of held-out docstrings."""
+    out = [t.strip().splitlines()[0][:120] for t in texts_for("eval", limit=n)]
+    return [t for t in out if t.strip()]
+
+
+def build_variants(work: Path, n_eval: int) -> dict[str, Any]:
+    base = ri.load("minilm")
+    out = {"fp32": {"path": str(work / "minilm-fp32"), "layers": 6, "quality": 1.0}}
+    Artifact.save(base, work / "minilm-fp32")
+    for keep in (3, 1):
+        model = copy.deepcopy(base.model)
+        model.encoder.layer = model.encoder.layer[:keep]
+        model.config.num_hidden_layers = keep
+        h = base.derive(model=model, transforms=({"type": "KeepFirstLayers", "version": 1,
+                                                  "keep": keep},))
+        report = ri.bench(h, n_eval=n_eval, latency_runs=3, progress=False, reference=base)
+        metrics = {"quality": report["quality"], "quality_drop": report["quality_drop"]}
+        path = work / f"minilm-{keep}l"
+        Artifact.save(h, path, metrics=metrics)
+        out[f"{keep}l"] = {"path": str(path), "layers": keep, "quality": report["quality"]}
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(models: list[str], *flags: str):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", *models, "--port",
+                             str(port), "--threads", "1", "--cache-size", "0", *flags],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/v2/health/ready").status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode())
+            time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            if line[len(name)] in "{ ":
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """`concurrency` clients, each sending its next request when the last one returns."""
+    from urllib.parse import urlsplit
+
+    from reactinfer.serve.rawhttp import RawClient
+
+    async def go() -> tuple[list[float], int, float]:
+        parts = urlsplit(base)
+        client = RawClient(parts.hostname, parts.port, concurrency, timeout_s=120)
+        lat: list[float] = []
+        errors = 0
+        end = time.perf_counter() + seconds
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                status, _, _ = await client.post_json(
+                    "/v1/embeddings", {"input": texts[i % len(texts)]},
+                    {"X-Deadline-Ms": "600000"})
+                if status == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+        await client.close()
+        return lat, errors, wall
+
+    lat, errors, wall = asyncio.run(go())
+    ms = np.asarray(lat) * 1e3
+    return {"ok": len(lat), "errors": errors, "seconds": wall, "items_per_s": len(lat) / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def batching(variants: dict, texts: list[str], a: argparse.Namespace) -> dict:
+    """Same server, batching on then off: closed-loop throughput at 2 x max batch clients,
+    then p95 under a light Poisson load (a quarter of the batched throughput)."""
+    fp32 = [variants["fp32"]["path"]]
+    common = ["--slo-ms", "600000", "--max-queue", "4096"]
+    res: dict[str, Any] = {}
+    low_rate = None
+    for name, flags in (("on", ["--max-batch", str(a.max_batch), "--max-delay-ms", "5"]),
+                        ("off", ["--max-batch", "1", "--max-delay-ms", "0"])):
+        with server(fp32, *common, *flags) as (base, _):
+            closed_loop(base, texts, 4, 1.0)  # warm the connections and the model
+            res[name] = {"closed_loop": closed_loop(base, texts, 2 * a.max_batch, a.duration)}
+            if low_rate is None:
+                low_rate = 0.25 * res[name]["closed_loop"]["items_per_s"]
+            res[name]["low_load"] = run_loadtest(base + "/v1/embeddings", low_rate, a.duration,
+                                                 texts=texts, seed=1)
+    on, off = res["on"], res["off"]
+    res["throughput_ratio"] = on["closed_loop"]["items_per_s"] / off["closed_loop"]["items_per_s"]
+    res["low_load_rate"] = low_rate
+    res["low_load_p95_ratio"] = on["low_load"]["latency_ms"]["p95"] / \
+        off["low_load"]["latency_ms"]["p95"]
+    return res
+
+
+def _quality(base: str) -> dict[str, float]:
+    return {"effective_quality": metric(base, "react_effective_quality"),
+            "ontime_quality": metric(base, "react_ontime_quality"),
+            "steps_down": metric(base, "react_variant_switches_total", direction="down"),
+            "steps_up": metric(base, "react_variant_switches_total", direction="up"),
+            "server_answered": metric(base, "react_variant_requests_total"),
+            "server_late": metric(base, "react_slo_violations_total")}
+
+
+def ladder(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
+    flags = ["--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)]
+    rate = 3 * sat
+    runs: dict[str, Any] = {}
+    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    setups = {"ladder": (paths, []), "fixed_fp32": (paths[:1], []),
+              "fixed_fp32_queue_only": (paths[:1], ["--no-deadline-admission"])}
+    for name, (models, extra) in setups.items():
+        with server(models, *flags, *extra) as (base, _):
+            s = run_loadtest(base + "/v1/embeddings", rate, a.duration, slo_ms=a.slo_ms,
+                             texts=texts, seed=2)
+            s.update(_quality(base))
+            runs[name] = s
+    lad, fixed = runs["ladder"], runs["fixed_fp32"]
+    runs["rate"] = rate
+    runs["violation_ratio_vs_fixed"] = {
+        k: runs[k]["slo_violations"] / max(lad["slo_violations"], 1)
+        for k in ("fixed_fp32", "fixed_fp32_queue_only")}
+    runs["goodput_ratio_vs_fixed"] = (lad["slo_attainment_all"] or 0) / \
+        max(fixed["slo_attainment_all"] or 0, 1e-9)
+    return runs
+
+
+def overload(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
+    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    with server(paths, "--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)) as (base, proc):
+        p = psutil.Process(proc.pid)
+        rss_before = p.memory_info().rss
+        samples: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(psutil.Error):
+                    samples.append(p.memory_info().rss)
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        over = run_loadtest(base + "/v1/embeddings", 10 * sat, a.overload_s, slo_ms=a.slo_ms,
+                            texts=texts, seed=3)
+        stop.set()
+        sampler.join()
+        time.sleep(1.0)
+        recovery = run_loadtest(base + "/v1/embeddings", 0.3 * sat, a.duration / 2,
+                                slo_ms=a.slo_ms, texts=texts, seed=4)
+        return {"rate": 10 * sat, "overload": over, "recovery": recovery,
+                "achieved_send_rate": over["sent"] / over["wall_s"],
+                "rss_mb": {"before": rss_before / 2**20, "peak": max(samples) / 2**20,
+                           "after": p.memory_info().rss / 2**20}}
+
+
+def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
+    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    with server(paths, "--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)) as (base, proc):
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(run_loadtest(
+            base + "/v1/embeddings", sat, a.duration, slo_ms=a.slo_ms, texts=texts, seed=5,
+            timeout_s=60)))
+        t.start()
+        time.sleep(a.duration / 2)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.perf_counter()
+        rc = proc.wait(120)
+        exit_s = time.perf_counter() - t0
+        t.join()
+    errors = result.get("client_errors", {})
+    # ConnectError: refused (listener closed). ClosedBeforeResponse: a keep-alive connection
+    # closed before the server read the request, and the retry on a new connection did not
+    # get in either. Anything else (a reset or timeout mid-request) is an accepted request lost.
+    not_taken = ("ConnectError", "ClosedBeforeResponse")
+    lost = sum(v for k, v in errors.items() if k not in not_taken)
+    return {"rate": sat, "load": result, "exit_code": rc, "drain_seconds": exit_s,
+            "refused_after_listener_closed": errors.get("ConnectError", 0),
+            "closed_before_read": errors.get("ClosedBeforeResponse", 0),
+            "accepted_lost": lost}
+
+
+def _cosine(q: Any) -> float:
+    return q if isinstance(q, float) else q["mean_cosine"]
+
+
+def markdown(r: dict) -> str:
+    b, lad, o, d = r["batching"], r["ladder"], r["overload"], r["drain"]
+
+    def f(x: Any, nd: int = 1) -> str:
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    on, off = b["on"], b["off"]
+    lines = [
+        "# Serving benchmark (minilm, loopback)", "",
+        f"Host: {r['hardware'].get('cpu_model')} ({r['hardware'].get('cores_logical')} threads, "
+        "shared with other jobs: ratios taken in this one run are what matter). Server: `react "
+        f"serve`, 1 torch thread, max batch {r['args']['max_batch']}, cache off. Texts: first "
+        "line (<=120 chars) of held-out docstrings.", "",
+        "## 1. Dynamic batching", "",
+        "| | batching on | batching off | ratio |", "|---|---|---|---|",
+        f"| throughput, {2 * r['args']['max_batch']} closed-loop clients (items/s) | "
+        f"{f(on['closed_loop']['items_per_s'])} | {f(off['closed_loop']['items_per_s'])} | "
+        f"{f(b['throughput_ratio'], 2)}x |",
+        f"| p95 at low load ({f(b['low_load_rate'])} req/s Poisson), ms | "
+        f"{f(on['low_load']['latency_ms']['p95'])} | {f(off['low_load']['latency_ms']['p95'])}"
+        f" | {f(b['low_load_p95_ratio'], 2)}x |", "",
+        f"## 2. Reactive ladder at 3x fp32 saturation ({f(lad['rate'])} req/s Poisson, "
+        f"SLO {r['args']['slo_ms']:g} ms)", "",
+        "| deployment | sent | 200 | 429 | SLO met (answered) | SLO met (all sent) | late "
+        "(client) | late (server) | effective quality | variant mix | client send lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("ladder", "fixed_fp32", "fixed_fp32_queue_only"):
+        s = lad[name]
+        sa, sb = (None if x is None else 100 * x
+                  for x in (s["slo_attainment_admitted"], s["slo_attainment_all"]))
+        lines.append(f"| {name} | {s['sent']} | {s['status_counts'].get('200', 0)} | "
+                     f"{s['status_counts'].get('429', 0)} | {f(sa)}% | "
+                     f"{f(sb)}% | {s['slo_violations']} | {s['server_late']:.0f} | "
+                     f"{f(s['effective_quality'], 3)} | "
+                     f"{', '.join(f'{k}: {v}' for k, v in s['variant_mix'].items())} | "
+                     f"{f((s.get('send_lag_ms') or {}).get('p99'))} |")
+    vr = lad["violation_ratio_vs_fixed"]
+    lines += ["", f"Late answers, fixed / ladder: {f(vr['fixed_fp32'], 1)}x (fixed with deadline "
+              f"admission), {f(vr['fixed_fp32_queue_only'], 1)}x (fixed, queue bound only). "
+              "Variant quality (mean cosine to minilm): " + ", ".join(
+                  f"{k} {f(_cosine(v['quality']), 3)}" for k, v in r["variants"].items())
+              + ".", "",
+              f"## 3. Overload at 10x saturation ({f(o['rate'])} req/s asked, "
+              f"{f(o['achieved_send_rate'])} req/s sent by the client)", "",
+              f"- 429 latency (client-side, from scheduled send): p50 "
+              f"{f(o['overload']['shed_latency_ms']['p50'])} ms, p99 "
+              f"{f(o['overload']['shed_latency_ms']['p99'])} ms; statuses "
+              f"{o['overload']['status_counts']}",
+              f"- client send lag p99 {f((o['overload'].get('send_lag_ms') or {}).get('p99'))} ms"
+              f"; answered {o['overload']['status_counts'].get('200', 0)}, late (client) "
+              f"{o['overload']['slo_violations']}",
+              f"- server RSS: before {f(o['rss_mb']['before'])} MB, peak "
+              f"{f(o['rss_mb']['peak'])} MB, after {f(o['rss_mb']['after'])} MB",
+              f"- recovery at 0.3x saturation right after: statuses "
+              f"{o['recovery']['status_counts']}, p95 "
+              f"{f(o['recovery']['latency_ms']['p95'])} ms", "",
+              "## 4. Drain under load (SIGTERM half-way)", "",
+              f"- statuses {d['load'].get('status_counts')}, accepted requests lost: "
+              f"**{d['accepted_lost']}**, refused after the listener closed: "
+              f"{d['refused_after_listener_closed']}, closed before being read: "
+              f"{d['closed_before_read']}, exit code {d['exit_code']}, drain took "
+              f"{f(d['drain_seconds'], 2)} s", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--overload-s", type=float, default=3.0)
+    ap.add_argument("--slo-ms", type=float, default=300.0)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    texts = short_texts()
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="react-serve-bench-") as tmp:
+        variants = build_variants(Path(tmp), a.n_eval)
+        print("variants built", round(time.time() - t0), "s", flush=True)
+        r: dict[str, Any] = {"args": vars(a), "variants": variants}
+        r["batching"] = batching(variants, texts, a)
+        sat = r["batching"]["on"]["closed_loop"]["items_per_s"]
+        r["saturation_rate_fp32"] = sat
+        print("batching done", round(time.time() - t0), "s", flush=True)
+        r["ladder"] = ladder(variants, texts, sat, a)
+        print("ladder done", round(time.time() - t0), "s", flush=True)
+        r["overload"] = overload(variants, texts, sat, a)
+        r["drain"] = drain(variants, texts, sat, a)
+    r["hardware"] = hardware_profile().to_dict()
+    r["versions"] = package_versions()
+    r["wall_s"] = time.time() - t0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    (out / "serve.md").write_text(markdown(r) + "\n")
+    print(markdown(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""One entry point from a model to a backend: `to_backend(handle, name, **options)`.
+
+Backends that run from their own files (ONNX Runtime, llama.cpp) export / convert once
+here and put the files in `handle.files`, so `Artifact.save` carries them and
+`reactinfer.load(artifact)` runs them; torch backends just record the name and options.
+The planner treats (backend, options) as one action through this function.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.backend import get_backend
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+
+def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None,
+               **options: Any) -> ModelHandle:
+    """A new handle that runs on backend `name` with `options` (the input is unchanged).
+
+    Options per backend (see `react backends`): torch: threads; torch-compile: threads,
+    mode; onnxruntime: precision (fp32, int8-dynamic, int8-static, fp16), opt_level,
+    threads, inter_op_threads, provider; llama.cpp: outtype (source, f16, q8_0, q4_0, ...),
+    threads, n_ctx. Files go to `workdir` (a fresh temporary directory by default).
+    """
+    from ..models import load
+
+    handle = load(handle)
+    backend = get_backend(name)
+    if not backend.supports(handle):
+        raise UserError(f"backend {name!r} does not run this model ({handle.task}, "
+                        f"{handle.source.get('kind')}"
+                        f"{', no torch model' if handle.model is None else ''})")
+    options = {k: v for k, v in options.items() if v is not None}
+    convert = getattr(backend, "convert", None)
+    if convert is None:  # runs the torch model itself: validate the options now
+        if handle.model is None:
+            raise UserError(f"backend {name!r} needs the torch model; this handle runs on "
+                            f"{handle.backend!r} from {', '.join(handle.files)}")
+        _check_keys(backend, options)
+        return handle.derive(backend=name, backend_options=options)
+    out = Path(workdir) if workdir is not None else Path(
+        tempfile.mkdtemp(prefix=f"react-{name.replace('.', '')}-"))
+    out.mkdir(parents=True, exist_ok=True)
+    return convert(handle, out, **options)
+
+
+def _check_keys(backend: Any, options: dict[str, Any]) -> None:
+    known = set(backend.capabilities().get("options", {})) if hasattr(backend, "capabilities") \
+        else set()
+    unknown = set(options) - known
+    if unknown:
+        raise UserError(f"{backend.name} backend: unknown option(s) {sorted(unknown)}; known: "
+                        f"{', '.join(sorted(known))}")

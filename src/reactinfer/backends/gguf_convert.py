@@ -1,0 +1,213 @@
+"""Hugging Face Llama causal LM → GGUF, written with the `gguf` package, at f32 / f16 /
+bf16 / q8_0 / q4_0 / q4_1 / q5_0 / q5_1 (the types gguf-py can quantize in numpy; its
+k-quants only de-quantize). Pruned models keep their per-layer head and FFN sizes,
+written as llama.cpp's "deci" architecture when they differ between layers.
+
+The tokenizer section is copied from the source GGUF when the model came from one (the
+built-in smollm2), else built from the Hugging Face tokenizer: byte-level BPE → "gpt2"
+with merges, anything else → a plain "llama" token list (ReAct always feeds token ids,
+so llama.cpp's own tokenizer is only needed to load the file).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+SUPPORTED_ARCHS = ("llama",)
+
+
+def _file_type(outtype: str) -> int:
+    import gguf
+
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+            "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+            "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1}[outtype]
+
+
+def source_gguf(source: dict[str, Any]) -> Path | None:
+    """The GGUF file a model was loaded from, following artifact origins."""
+    from ..models.zoo import BUILTINS
+
+    kind, ref = source.get("kind"), source.get("ref")
+    if kind == "artifact":
+        return source_gguf(source.get("origin", {}))
+    if kind == "gguf" and ref and Path(ref).is_file():
+        return Path(ref)
+    if kind == "builtin" and ref in BUILTINS:
+        p = BUILTINS[ref].path()
+        return p if p.suffix == ".gguf" else None
+    return None
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores q/k rows in rotate-half order; GGUF llama expects interleaved pairs."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _encode(name: str, w: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
+    """(data, raw_dtype) for the writer. 1-D tensors stay f32 (llama.cpp wants that); a
+    row length the block size does not divide falls back to f16; in 4/5-bit files the
+    embedding (also the output matrix when tied) stays q8_0, as llama.cpp's quantizer does."""
+    import gguf
+    from gguf.quants import quantize
+
+    if w.ndim == 1 or outtype == "f32":
+        return w.astype(np.float32), None
+    if outtype.startswith(("q4", "q5")) and name in ("token_embd.weight", "output.weight"):
+        outtype = "q8_0"
+    if outtype == "f16":
+        return w.astype(np.float16), None
+    qtype = getattr(gguf.GGMLQuantizationType, outtype.upper())
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if w.shape[-1] % block:
+        return w.astype(np.float16), None
+    return quantize(w.astype(np.float32), qtype), qtype
+
+
+def _tokenizer_meta(writer: Any, handle: ModelHandle, n_vocab: int) -> None:
+    import gguf
+
+    src = source_gguf(handle.source)
+    if src is not None:
+        reader = gguf.GGUFReader(str(src))
+        for key, field in reader.fields.items():
+            if key.startswith("tokenizer."):
+                vtype = field.types[0]
+                sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+                writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+        return
+    tok = handle.tokenizer
+    vocab = tok.get_vocab()
+    tokens = [f"[unused{i}]" for i in range(n_vocab)]
+    for text, i in vocab.items():
+        if i < n_vocab:
+            tokens[i] = text
+    special = set(getattr(tok, "all_special_ids", []))
+    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+             for i in range(n_vocab)]
+    backend = json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") \
+        else {}
+    model = backend.get("model", {})
+    if model.get("type") == "BPE" and model.get("merges") is not None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
+                                 for m in model["merges"]])
+    else:
+        writer.add_tokenizer_model("llama")
+        writer.add_token_scores([0.0] * n_vocab)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    for setter, value in (("add_bos_token_id", tok.bos_token_id or tok.cls_token_id),
+                          ("add_eos_token_id", tok.eos_token_id),
+                          ("add_unk_token_id", tok.unk_token_id),
+                          ("add_pad_token_id", tok.pad_token_id)):
+        if value is not None:
+            getattr(writer, setter)(int(value))
+    writer.add_add_bos_token(False)
+
+
+def _rope_theta(config: Any) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    scaling = getattr(config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or "default"
+    if rope_type != "default":
+        raise UserError(f"GGUF conversion supports plain RoPE only, this model uses "
+                        f"{rope_type!r} scaling")
+    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
+def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0") -> Path:
+    """Write `handle`'s torch Llama model to a GGUF file llama.cpp can run."""
+    import gguf
+
+    if outtype not in OUTTYPES:
+        raise UserError(f"GGUF type {outtype!r} is not one of {', '.join(OUTTYPES)} "
+                        "(k-quants: run llama.cpp's llama-quantize on an f16 file)")
+    model = handle.model
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_ARCHS:
+        raise UserError("GGUF conversion supports Hugging Face Llama causal LMs; this model is "
+                        f"{getattr(config, 'model_type', type(model).__name__)!r}")
+    if handle.replay_from is not None:
+        raise UserError("this model holds torch int8 modules; convert the float model and "
+                        "pick the GGUF type (outtype='q8_0', 'q4_0', ...) instead")
+    sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    if any(k.endswith(".bias") for k in sd):
+        raise UserError("GGUF conversion supports Llama without biases; this model has bias "
+                        "tensors (attention_bias / mlp_bias)")
+    n_layer = config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // \
+        config.num_attention_heads
+    n_vocab, hidden = sd["model.embed_tokens.weight"].shape
+    heads, heads_kv, ffn = [], [], []
+    for i in range(n_layer):  # per-layer sizes from the tensors: pruning may change them
+        p = f"model.layers.{i}."
+        heads.append(sd[p + "self_attn.q_proj.weight"].shape[0] // head_dim)
+        heads_kv.append(sd[p + "self_attn.k_proj.weight"].shape[0] // head_dim)
+        ffn.append(sd[p + "mlp.gate_proj.weight"].shape[0])
+    if min(heads) < 1 or min(heads_kv) < 1 or min(ffn) < 1:
+        raise UserError("a layer with no attention heads or no FFN neurons cannot be written "
+                        "to GGUF; remove the layer instead")
+
+    def one_or_list(v: list[int]) -> int | list[int]:
+        return v[0] if len(set(v)) == 1 else v
+
+    path = Path(path)
+    # llama.cpp's "llama" graph takes layer 0's sizes for every layer; "deci" (the
+    # architecture of NVIDIA's pruned Llamas) reads per-layer head and FFN counts.
+    uneven = any(len(set(v)) > 1 for v in (heads, heads_kv, ffn))
+    writer = gguf.GGUFWriter(str(path), "deci" if uneven else "llama")
+    writer.add_name(handle.name)
+    writer.add_context_length(int(getattr(config, "max_position_embeddings", 2048)))
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(one_or_list(ffn))
+    writer.add_head_count(one_or_list(heads))
+    writer.add_head_count_kv(one_or_list(heads_kv))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(_file_type(outtype))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _tokenizer_meta(writer, handle, n_vocab)
+
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"])]
+    for i in range(n_layer):
+        for hf, gg in names.items():
+            w = sd[f"model.layers.{i}.{hf}.weight"]
+            if gg == "attn_q":
+                w = _permute(w, heads[i])
+            elif gg == "attn_k":
+                w = _permute(w, heads_kv[i])
+            tensors.append((f"blk.{i}.{gg}.weight", w))
+    tensors.append(("output_norm.weight", sd["model.norm.weight"]))
+    if not getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in sd:
+        tensors.append(("output.weight", sd["lm_head.weight"]))
+    for name, w in tensors:
+        data, qtype = _encode(name, w, outtype)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

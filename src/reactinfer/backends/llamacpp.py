@@ -1,0 +1,169 @@
+"""llama.cpp (llama-cpp-python) for causal LMs: runs a GGUF file directly (the packaged
+smollm2 as is), or one converted from our (compressed) torch model by `gguf_convert`.
+
+The runner returns full logits (B, T, V) for perplexity (the context keeps all logits)
+and generates greedily with the KV cache: the prompt is evaluated once, then one token
+per step. `generate(..., reuse_cache=False)` re-evaluates the whole sequence per token,
+which is what not having a KV cache costs (shown by the benchmark).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.backend import Batch, module_available, register_backend
+from ..core.errors import UserError
+from .gguf_convert import OUTTYPES, SUPPORTED_ARCHS, convert_to_gguf, source_gguf
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+MODEL_FILE = "model.gguf"
+OPTIONS = ("outtype", "threads", "n_ctx")
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    unknown = set(opts) - set(OPTIONS)
+    if unknown:
+        raise UserError(f"llama.cpp backend: unknown option(s) {sorted(unknown)}; known: "
+                        f"{', '.join(OPTIONS)}")
+    if opts.get("outtype") not in (None, "source") + OUTTYPES:
+        raise UserError(f"llama.cpp outtype {opts['outtype']!r} is not one of source, "
+                        f"{', '.join(OUTTYPES)}")
+    if opts.get("threads") is not None and int(opts["threads"]) < 1:
+        raise UserError(f"llama.cpp threads must be at least 1, got {opts['threads']}")
+
+
+def unchanged_gguf(handle: ModelHandle) -> Path | None:
+    """The GGUF this handle's weights came from, if nothing changed them since."""
+    if MODEL_FILE in handle.files:
+        return Path(handle.files[MODEL_FILE])
+    if handle.transforms:
+        return None
+    return source_gguf(handle.source)
+
+
+class LlamaCppRunner:
+    kv_cache = True
+
+    def __init__(self, handle: ModelHandle, path: Path, threads: int | None, n_ctx: int):
+        from llama_cpp import Llama
+
+        self.handle = handle
+        self.path = path
+        t0 = time.perf_counter()
+        threads = int(threads or os.cpu_count() or 1)  # its default is half the cores
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                         n_threads=threads, n_threads_batch=threads, logits_all=True,
+                         verbose=False)
+        self.load_s = time.perf_counter() - t0
+        self.n_vocab = self.llm.n_vocab()
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        if len(tokens) > self.llm.n_ctx():
+            raise UserError(f"{len(tokens)} tokens do not fit llama.cpp's context of "
+                            f"{self.llm.n_ctx()}; pass n_ctx=")
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return self.llm.scores[:len(tokens)]  # (T, V)
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+        out = np.zeros(ids.shape + (self.n_vocab,), dtype=np.float32)  # (B, T, V)
+        for i in range(len(ids)):  # llama.cpp runs one sequence per context here
+            pos = np.flatnonzero(mask[i])
+            if len(pos):
+                out[i, pos] = self._eval(ids[i, pos].tolist())
+        return out
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 reuse_cache: bool = True) -> list[int]:
+        """Greedy continuation of exactly `max_new_tokens` (end-of-sequence suppressed, as
+        the torch runner does); with the KV cache each step evaluates one new token."""
+        if not prompt_ids:
+            raise UserError("generate needs at least one prompt token")
+        logits = self._eval(list(prompt_ids))
+        new: list[int] = []
+        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
+        for step in range(max_new_tokens):
+            last = logits[-1].copy()
+            if eos is not None:  # exactly max_new_tokens, as torch's min_new_tokens does
+                last[eos] = -np.inf
+            new.append(int(np.argmax(last)))
+            if step == max_new_tokens - 1:
+                break
+            if reuse_cache:
+                self.llm.eval([new[-1]])
+                logits = self.llm.scores[self.llm.n_tokens - 1:self.llm.n_tokens]
+            else:
+                logits = self._eval(list(prompt_ids) + new)
+        return new
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+    precision_option = "outtype"
+    description = ("llama.cpp via llama-cpp-python: causal LMs from GGUF (as packaged, or "
+                   "converted from our torch model at f16 / q8_0 / q4_0 / ...); KV cache")
+    available = staticmethod(module_available("llama_cpp"))
+
+    def why_unavailable(self) -> str:
+        return "" if self.available() else "pip install llama-cpp-python (or `make`)"
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["causal-lm"],
+                "options": {"outtype": ["source"] + list(OUTTYPES), "threads": "int",
+                            "n_ctx": "int (max_length + 128)"},
+                "architectures": list(SUPPORTED_ARCHS), "files": [MODEL_FILE],
+                "needs_torch_at_run_time": False}
+
+    def supports(self, handle: ModelHandle) -> bool:
+        if handle.task != "causal-lm":
+            return False
+        if unchanged_gguf(handle) is not None:
+            return True
+        config = getattr(handle.model, "config", None)
+        return getattr(config, "model_type", None) in SUPPORTED_ARCHS
+
+    def convert(self, handle: ModelHandle, workdir: Path, **opts: Any) -> ModelHandle:
+        """Use the source GGUF as is when the weights are unchanged and no type is asked
+        for (outtype='source'); otherwise write one from the torch model."""
+        _check_options(opts)
+        if handle.model is None and MODEL_FILE in handle.files and opts.get("outtype") in (
+                None, handle.backend_options.get("outtype")):  # already converted: new options
+            return handle.derive(backend=self.name,
+                                 backend_options={**opts, "outtype": handle.backend_options.get(
+                                     "outtype", "source")})
+        outtype = opts.get("outtype") or ("source" if unchanged_gguf(handle) else "q8_0")
+        if outtype == "source":
+            path = unchanged_gguf(handle)
+            if path is None:
+                raise UserError("outtype='source' needs a model loaded from a GGUF file and "
+                                "not transformed since; pick f16, q8_0, q4_0, ...")
+        else:
+            if handle.model is None:
+                raise UserError("converting to GGUF needs the torch model; this handle has "
+                                f"none (it runs on {handle.backend!r})")
+            path = convert_to_gguf(handle, workdir / MODEL_FILE, outtype)
+        return handle.derive(model=None, checkpoint=None, replay_from=None, backend=self.name,
+                             backend_options={**opts, "outtype": outtype},
+                             files={MODEL_FILE: path})
+
+    def prepare(self, handle: ModelHandle, **opts: Any) -> LlamaCppRunner:
+        _check_options(opts)
+        path = unchanged_gguf(handle)
+        if path is None or (opts.get("outtype") not in (None, "source")
+                            and MODEL_FILE not in handle.files):
+            import tempfile
+
+            handle = self.convert(handle, Path(tempfile.mkdtemp(prefix="react-gguf-")), **opts)
+            path = Path(handle.files[MODEL_FILE])
+        n_ctx = int(opts.get("n_ctx") or handle.max_length + 128)
+        return LlamaCppRunner(handle, path, opts.get("threads"), n_ctx)
+
+
+register_backend(LlamaCppBackend())

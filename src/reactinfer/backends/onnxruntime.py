@@ -1,0 +1,344 @@
+"""ONNX Runtime: export the task-wrapped module once (dynamic batch and sequence axes;
+embeddings carry pooling + normalisation in the graph), optionally convert it to int8
+(dynamic, or static QDQ calibrated on the calibration corpus) or fp16, then run it with
+no PyTorch in the inference loop. CPU provider here, CUDA provider when one is present.
+
+The exported file travels in `handle.files["model.onnx"]`; the task and max length are
+written into the ONNX model's metadata_props so a bare `.onnx` file loads on its own.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.backend import Batch, module_available, register_backend
+from ..core.errors import UserError
+from ..models.loaders import register_loader
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+MODEL_FILE = "model.onnx"
+PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+PROVIDERS = ("auto", "cpu", "cuda")
+OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits"}
+META_PREFIX = "reactinfer."
+# Options used once, at conversion; the rest configure the session every time it opens.
+EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel")
+SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider")
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    unknown = set(opts) - set(EXPORT_OPTIONS) - set(SESSION_OPTIONS)
+    if unknown:
+        raise UserError(f"onnxruntime backend: unknown option(s) {sorted(unknown)}; known: "
+                        f"{', '.join(EXPORT_OPTIONS + SESSION_OPTIONS)}")
+    for key, allowed in (("precision", PRECISIONS), ("opt_level", OPT_LEVELS),
+                         ("provider", PROVIDERS)):
+        if key in opts and opts[key] not in allowed:
+            raise UserError(f"onnxruntime {key} {opts[key]!r} is not one of {', '.join(allowed)}")
+    for key in ("threads", "inter_op_threads"):
+        if opts.get(key) is not None and int(opts[key]) < 1:
+            raise UserError(f"onnxruntime {key} must be at least 1, got {opts[key]}")
+
+
+# -- export -----------------------------------------------------------------------------
+def input_names(handle: ModelHandle) -> list[str]:
+    from ..tasks import tokenize
+
+    if handle.task == "causal-lm":
+        return ["input_ids", "attention_mask"]
+    return list(tokenize(handle.tokenizer, ["a"], handle.max_length))
+
+
+def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
+    """Trace the task-wrapped module to ONNX (legacy TorchScript exporter: it handles the
+    transformers attention-mask code with dynamic axes where the dynamo exporter balks)."""
+    import torch
+
+    from ..tasks import get_task, tokenize
+
+    if handle.model is None:
+        raise UserError("exporting to ONNX needs the torch model; this handle has none "
+                        f"(it runs on {handle.backend!r})")
+    if handle.replay_from is not None:
+        raise UserError("this model holds torch int8 modules, which do not export to ONNX; "
+                        "export the float model and pass precision='int8-dynamic' instead")
+    module = get_task(handle.task).wrap(handle.model).eval()
+    names = input_names(handle)
+    # two rows of different length, so the trace sees real padding
+    sample = tokenize(handle.tokenizer, ["The quick brown fox jumps over the lazy dog.", "Hi"],
+                      handle.max_length)
+    args = tuple(torch.from_numpy(sample[n]) for n in names)
+    out = OUTPUT_NAME[handle.task]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[out] = {0: "batch", 1: "sequence"} if handle.task == "causal-lm" else {0: "batch"}
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python branches on shapes
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=[out],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+    return path
+
+
+def write_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in meta.items():
+        k = META_PREFIX + key
+        prop = existing.get(k) or model.metadata_props.add()
+        prop.key, prop.value = k, str(value)
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props
+            if p.key.startswith(META_PREFIX)}
+
+
+class _CalibrationReader:
+    """Feeds tokenized calibration texts to the static quantizer, a few at a time."""
+
+    def __init__(self, handle: ModelHandle, texts: list[str], names: list[str], batch: int = 8):
+        from ..tasks import iter_batches
+
+        self._it: Iterator[dict[str, np.ndarray]] = (
+            {n: b[n] for n in names}
+            for _, b in iter_batches(handle.tokenizer, texts, batch, min(handle.max_length, 128)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
+                      calibration_texts: int = 64, per_channel: bool = True) -> Path:
+    """fp32 → int8 dynamic / int8 static QDQ / fp16. Only MatMul/Gemm with a weight are
+    quantized: quantizing LayerNorm, Softmax, attention or pooling costs accuracy for
+    little speed."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    # the quantizer logs a pre-processing hint at WARNING on the root logger every call
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel)
+    finally:
+        root.setLevel(level)
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMul nodes with no constant input (attention's Q·Kᵀ and P·V): quantizing both
+    activations costs most of int8's accuracy loss on transformers for little speed."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node
+            if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
+                       calibration_texts: int, per_channel: bool) -> Path:
+    if precision == "int8-dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                         nodes_to_exclude=activation_matmuls(src))
+    elif precision == "int8-static":
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        from ..data import texts_for
+
+        texts = texts_for("calibration", limit=calibration_texts)
+        reader = _CalibrationReader(handle, texts, input_names(handle))
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                        nodes_to_exclude=activation_matmuls(src),
+                        calibrate_method=CalibrationMethod.MinMax)
+    elif precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        # keep_io_types: callers still feed int64 ids and read float32 outputs
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(model, str(dst))
+    else:
+        raise AssertionError(precision)
+    return dst
+
+
+# -- runtime ----------------------------------------------------------------------------
+def make_session(path: Path, threads: int | None = None, inter_op_threads: int | None = None,
+                 opt_level: str = "all", provider: str = "auto") -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt_level]
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+    if inter_op_threads is not None:
+        so.inter_op_num_threads = int(inter_op_threads)
+    so.log_severity_level = 3  # quiet: fp16 on CPU warns about every inserted Cast
+    available = ort.get_available_providers()
+    if provider == "cuda" and "CUDAExecutionProvider" not in available:
+        raise UserError("onnxruntime provider 'cuda' is not available here (needs a GPU and "
+                        "the onnxruntime-gpu package); use provider='cpu' or 'auto'")
+    use_cuda = provider in ("auto", "cuda") and "CUDAExecutionProvider" in available
+    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+class OrtRunner:
+    """Runs the exported graph. No KV cache in the graph (use_cache=False at export), so
+    `generate` recomputes the whole sequence per token: correct, but slow for long outputs."""
+
+    kv_cache = False
+
+    def __init__(self, handle: ModelHandle, session: Any):
+        self.handle = handle
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.provider = session.get_providers()[0]
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        feed = {}
+        for name in self.inputs:
+            if name in batch:
+                feed[name] = batch[name]
+            elif name == "token_type_ids":
+                feed[name] = np.zeros_like(batch["input_ids"])
+            else:
+                raise UserError(f"the ONNX model needs input {name!r}, which the tokenizer "
+                                "did not produce")
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        if self.handle.task != "causal-lm":
+            raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
+        ids = list(prompt_ids)
+        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
+        for _ in range(max_new_tokens):
+            x = np.asarray([ids], dtype=np.int64)
+            last = self({"input_ids": x, "attention_mask": np.ones_like(x)})[0, -1]  # (V,)
+            if eos is not None:  # exactly max_new_tokens, as torch's min_new_tokens does
+                last[eos] = -np.inf
+            ids.append(int(last.argmax()))
+        return ids[len(prompt_ids):]
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precision_option = "precision"
+    description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
+                   "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
+    available = staticmethod(module_available("onnxruntime"))
+
+    def why_unavailable(self) -> str:
+        return "" if self.available() else "pip install onnxruntime onnx (or `make`)"
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["embedding", "classification", "causal-lm"],
+                "options": {"precision": list(PRECISIONS), "opt_level": list(OPT_LEVELS),
+                            "provider": list(PROVIDERS), "threads": "int",
+                            "inter_op_threads": "int", "opset": "int (17)",
+                            "calibration_texts": "int (64, int8-static)",
+                            "per_channel": "bool (True)"},
+                "files": [MODEL_FILE], "needs_torch_at_run_time": False}
+
+    def supports(self, handle: ModelHandle) -> bool:
+        return MODEL_FILE in handle.files or handle.model is not None
+
+    def convert(self, handle: ModelHandle, workdir: Path, **opts: Any) -> ModelHandle:
+        """Export once (and quantize / cast); the result runs from `model.onnx` alone."""
+        _check_options(opts)
+        if handle.model is None:  # already an ONNX model: only session options can change
+            if MODEL_FILE not in handle.files:
+                raise UserError("nothing to convert: the handle has no torch model and no "
+                                f"{MODEL_FILE}")
+            have = handle.backend_options.get("precision", "fp32")
+            if opts.get("precision", have) != have:
+                raise UserError(f"this ONNX model is already {have}; convert from the "
+                                "original torch model to change precision")
+            return handle.derive(backend=self.name, backend_options={**opts, "precision": have})
+        precision = opts.get("precision", "fp32")
+        fp32 = export_onnx(handle, workdir / ("model.fp32.onnx" if precision != "fp32"
+                                              else MODEL_FILE), opset=opts.get("opset", 17))
+        path = fp32 if precision == "fp32" else convert_precision(
+            handle, fp32, workdir / MODEL_FILE, precision,
+            calibration_texts=opts.get("calibration_texts", 64),
+            per_channel=opts.get("per_channel", True))
+        write_metadata(path, {"task": handle.task, "max_length": handle.max_length,
+                              "precision": precision, "name": handle.name})
+        if path != fp32:
+            fp32.unlink()
+        # The graph holds the model now: drop the torch weights so nothing runs torch.
+        return handle.derive(model=None, checkpoint=None, replay_from=None,
+                             backend=self.name, backend_options={"precision": precision, **opts},
+                             files={MODEL_FILE: path})
+
+    def prepare(self, handle: ModelHandle, **opts: Any) -> OrtRunner:
+        _check_options(opts)
+        if MODEL_FILE not in handle.files:  # run a torch handle directly: export on the fly
+            workdir = Path(tempfile.mkdtemp(prefix="react-onnx-"))
+            handle = self.convert(handle, workdir, **opts)
+        session = make_session(handle.files[MODEL_FILE],
+                               **{k: opts[k] for k in SESSION_OPTIONS if k in opts})
+        return OrtRunner(handle, session)
+
+
+register_backend(OnnxRuntimeBackend())
+
+
+# -- loading a bare .onnx file ------------------------------------------------------------
+@register_loader("onnx", lambda p: p.is_file() and p.suffix == ".onnx")
+def load_onnx(path: Path, task: str | None = None, name: str | None = None,
+              source: dict | None = None, **opts: Any) -> ModelHandle:
+    """An exported ONNX model with its tokenizer files beside it; the task comes from
+    `task=` or from the metadata ReAct writes at export."""
+    import transformers
+
+    from ..core.handle import ModelHandle
+    from ..models.loaders import DEFAULT_MAX_LENGTH, sha256_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    task = task or meta.get("task")
+    if task is None:
+        raise UserError(f"{path} does not say which task it runs (no ReAct metadata): pass "
+                        "task= (embedding, classification or causal-lm)")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent,
+                                                               local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"no tokenizer beside {path}: save the tokenizer files "
+                        f"(tokenizer.json, tokenizer_config.json) in {path.parent} ({e})") from None
+    precision = meta.get("precision", "fp32")
+    max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH.get(task, 256)))
+    _check_options(opts)
+    return ModelHandle(task=task, model=None, tokenizer=tokenizer, name=name or path.stem,
+                       source=source or {"kind": "onnx", "ref": str(path.resolve()),
+                                         "sha256": sha256_file(path)},
+                       max_length=max_length, backend="onnxruntime",
+                       backend_options={"precision": precision, **opts},
+                       files={MODEL_FILE: path})

@@ -1,0 +1,72 @@
+"""torch.compile of the task-wrapped module, with dynamic shapes (batches vary in size and
+length). Compilation happens on the first calls; the runner records how long they took in
+`warmup_s` so benchmarks report it apart from steady-state speed."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.backend import Batch, register_backend
+from ..core.errors import UserError
+from .torch_eager import TorchRunner, set_threads
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+class CompiledRunner(TorchRunner):
+    def __init__(self, handle: ModelHandle, mode: str):
+        import torch
+
+        from ..tasks import get_task
+
+        module = get_task(handle.task).wrap(handle.model).eval()
+        super().__init__(handle, torch.compile(module, dynamic=True, mode=mode))
+        self.warmup_s = 0.0  # seconds spent in calls that compiled (first call per shape kind)
+        self._calls = 0
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = super().__call__(batch)
+        self._calls += 1
+        if self._calls <= 2:  # first call compiles; a second may recompile for dynamic dims
+            self.warmup_s += time.perf_counter() - t0
+        return out
+
+
+class TorchCompiledBackend:
+    name = "torch-compile"
+    description = "torch.compile (inductor, dynamic shapes); compile time reported apart"
+
+    def available(self) -> bool:
+        import shutil
+
+        return shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+    def why_unavailable(self) -> str:
+        return "" if self.available() else "torch.compile on CPU needs a C compiler (gcc)"
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["embedding", "classification", "causal-lm"],
+                "options": {"threads": "int", "mode": list(MODES)},
+                "files": [], "needs_torch_at_run_time": True}
+
+    def supports(self, handle: ModelHandle) -> bool:
+        return handle.model is not None
+
+    def prepare(self, handle: ModelHandle, threads: int | None = None, mode: str = "default",
+                **opts: Any) -> CompiledRunner:
+        if opts:
+            raise UserError(f"torch-compile backend: unknown option(s) {sorted(opts)}; "
+                            "known: threads, mode")
+        if mode not in MODES:
+            raise UserError(f"torch-compile mode {mode!r} is not one of {', '.join(MODES)}")
+        set_threads(threads)
+        return CompiledRunner(handle, mode)
+
+
+register_backend(TorchCompiledBackend())

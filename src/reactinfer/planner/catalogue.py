@@ -1,0 +1,88 @@
+"""The default action catalogue. Actions whose transform or backend is not available here
+are left out (with the reason kept in `unavailable_actions()`), so the planner only ever
+tries what this installation can do."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.backend import list_backends
+from ..core.errors import UserError
+from ..core.transform import config_from_dict
+from .actions import (Action, _expect_compile, _expect_half, _expect_int8, _expect_llamacpp,
+                      _expect_ort_fp32, _expect_prune, _expect_sparse)
+
+ENCODERS = ("embedding", "classification")
+LM = ("causal-lm",)
+
+
+def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
+    """Recovery distillation from the original model on the train split (never eval)."""
+    return {"type": "Distill", "steps": steps, "time_budget_s": time_budget_s,
+            "progress": False}
+
+
+def catalogue() -> list[Action]:
+    return [
+        # lossless engine choices first
+        Action("onnxruntime fp32", "ort", _expect_ort_fp32,
+               backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
+        Action("torch.compile", "compile", _expect_compile, backend=("torch-compile", {}),
+               tasks=ENCODERS, lossless=True),
+        Action("llama.cpp (packaged GGUF)", "llamacpp-source", _expect_llamacpp("its packaged", 5.0),
+               backend=("llama.cpp", {"outtype": "source"}), tasks=LM),
+        Action("llama.cpp q8_0", "llamacpp", _expect_llamacpp("q8_0", 3.0),
+               backend=("llama.cpp", {"outtype": "q8_0"}), tasks=LM),
+        Action("llama.cpp q4_0", "llamacpp", _expect_llamacpp("q4_0", 4.0),
+               backend=("llama.cpp", {"outtype": "q4_0"}), tasks=LM, level=1),
+        # structural: physically smaller dense models, with recovery distillation
+        Action("prune FFN 25% + distil", "prune-ffn", _expect_prune("FFN neurons", 0.25),
+               steps=({"type": "PruneFFN", "keep": 0.75, "importance": "activation"},
+                      _recovery())),
+        Action("prune FFN 50% + distil", "prune-ffn", _expect_prune("FFN neurons", 0.5),
+               steps=({"type": "PruneFFN", "keep": 0.5, "importance": "activation"},
+                      _recovery()), level=1),
+        Action("prune heads 25% + distil", "prune-attention", _expect_prune("attention heads",
+                                                                            0.25),
+               steps=({"type": "PruneHeads", "keep": 0.75}, _recovery())),
+        Action("drop 1/6 layers + distil", "prune-layers", _expect_prune("layers", 1 / 6),
+               steps=({"type": "DropLayers", "keep": 5 / 6}, _recovery())),
+        Action("drop 1/3 layers + distil", "prune-layers", _expect_prune("layers", 1 / 3),
+               steps=({"type": "DropLayers", "keep": 4 / 6}, _recovery()), level=1),
+        # number formats
+        Action("onnxruntime int8 dynamic", "ort-int8", _expect_int8("ONNX Runtime"),
+               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS),
+        Action("torch int8 dynamic (per-channel)", "torch-int8", _expect_int8("PyTorch"),
+               steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True),
+        Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),
+               steps=({"type": "QuantizeWeightOnly", "bits": 8},), runtime=True, tasks=LM),
+        Action("bf16", "half", _expect_half("bf16"), steps=({"type": "CastHalf", "dtype": "bf16"},),
+               runtime=True),
+        Action("fp16", "half", _expect_half("fp16"), steps=({"type": "CastHalf", "dtype": "fp16"},),
+               runtime=True, level=1),
+        Action("2:4 sparsity", "sparse", _expect_sparse,
+               steps=({"type": "Prune2of4"},), tasks=ENCODERS),
+    ]
+
+
+def _why_unavailable(a: Action) -> str | None:
+    for step in a.steps:
+        try:
+            config_from_dict(step)
+        except (UserError, TypeError) as e:
+            return str(e)
+    if a.backend is not None:
+        backends = list_backends()
+        b = backends.get(a.backend[0])
+        if b is None:
+            return f"backend {a.backend[0]} is not part of this installation"
+        if not b.available():
+            return f"backend {a.backend[0]}: {b.why_unavailable()}"
+    return None
+
+
+def default_actions() -> list[Action]:
+    return [a for a in catalogue() if _why_unavailable(a) is None]
+
+
+def unavailable_actions() -> dict[str, str]:
+    return {a.name: why for a in catalogue() if (why := _why_unavailable(a)) is not None}

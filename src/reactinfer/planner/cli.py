@@ -1,0 +1,50 @@
+"""`react optimize`: the ReAct loop from the command line."""
+from __future__ import annotations
+
+import argparse
+
+from ..cli.main import command, print_json
+from ..models.zoo import DEFAULT_MODEL
+
+
+@command("optimize", "Find the fastest model within a quality bound on this machine "
+                     "(reason → act → observe), and write artifacts + report.")
+def _optimize(p: argparse.ArgumentParser):
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"built-in name or model path (default {DEFAULT_MODEL})")
+    p.add_argument("--objective", choices=("throughput", "latency", "size"), default="throughput")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="allowed relative quality drop vs the original (default 0.01)")
+    p.add_argument("--budget-s", type=float, default=900, help="time budget in seconds")
+    p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field")
+    p.add_argument("-o", "--out", help="output directory (default react-out/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--n-eval", type=int, default=400, help="held-out texts per trial")
+    p.add_argument("--batch-size", type=int, default=32, help="serving batch size")
+    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--target", type=float, default=None,
+                   help="stop once the objective is this many times the baseline's")
+    p.add_argument("--json", action="store_true", help="print the report data as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from . import optimize
+        from .report import render_markdown
+
+        out = a.out or f"react-out/{Path(a.model).name}"
+        data = optimize(a.model, objective=a.objective, max_drop=a.max_drop,
+                        budget_s=a.budget_s, data=a.data, out=out, resume=a.resume,
+                        progress=not a.no_progress, n_eval=a.n_eval, batch_size=a.batch_size,
+                        max_trials=a.max_trials, target=a.target)
+        if a.json:
+            print_json(data)
+        else:
+            md = render_markdown(data)
+            print(md.split("## Trace")[0].rstrip())
+            print(f"\nreport: {out}/report.md · best artifact: {out}/best · "
+                  f"variants: {out}/variants/")
+        return 0
+
+    return run

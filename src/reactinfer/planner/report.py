@@ -1,0 +1,164 @@
+"""The planning report: report.json (all data), report.md (readable), and PNG plots of the
+Pareto front and the trace. Everything is rebuilt from stored trials and measurements."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .loop import OBJECTIVES, gain, objective_value
+
+UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
+
+
+def pareto_front(trials: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """Trials not dominated on (quality drop ↓, objective ↑/↓), best quality first."""
+    pts = [t for t in trials if t.get("observation")]
+    better_high = OBJECTIVES[objective][1]
+
+    def obj(t: dict[str, Any]) -> float:
+        v = objective_value(t["observation"], objective)
+        return v if better_high else -v
+
+    front: list[dict[str, Any]] = []
+    for i, t in enumerate(pts):
+        d, o = t["observation"]["quality_drop"], obj(t)
+
+        def beats(j: int, u: dict[str, Any]) -> bool:
+            ud, uo = u["observation"]["quality_drop"], obj(u)
+            if (ud, uo) == (d, o):
+                return j < i  # a tie: the earlier trial (simpler recipe) stands for both
+            return ud <= d and uo >= o
+
+        if not any(beats(j, u) for j, u in enumerate(pts) if j != i):
+            front.append(t)
+    return sorted(front, key=lambda t: t["observation"]["quality_drop"])
+
+
+def _quality_str(q: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in q.items()
+                     if k not in ("reference_perplexity", "min_cosine"))
+
+
+def _fmt_obs(obs: dict[str, Any] | None, objective: str, baseline: dict[str, Any]) -> str:
+    if obs is None:
+        return "—"
+    return (f"{objective_value(obs, objective):.4g} {UNITS[objective]} "
+            f"(×{gain(obs, baseline, objective):.2f} vs baseline); "
+            f"drop {obs['quality_drop']:.4f}")
+
+
+def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objective = data["objective"]
+    trials = [t for t in data["trials"] if t.get("observation")]
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in trials:
+        colour = {"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red")
+        ax.scatter(objective_value(t["observation"], objective),
+                   t["observation"]["quality_drop"], c=colour, s=30)
+        ax.annotate(t["action"], (objective_value(t["observation"], objective),
+                                  t["observation"]["quality_drop"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    front = data["pareto"]
+    ax.plot([objective_value(t["observation"], objective) for t in front],
+            [t["observation"]["quality_drop"] for t in front], "--", c="tab:blue",
+            label="Pareto front")
+    ax.axhline(data["max_drop"], c="grey", lw=0.8, ls=":", label="quality bound")
+    ax.set_xlabel(f"{objective} ({UNITS[objective]})")
+    ax.set_ylabel("quality drop vs original")
+    ax.set_title(f"{data['model']}: quality vs {objective} (black = baseline, green = kept, "
+                 "red = rolled back)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+    plt.close(fig)
+    files.append("pareto.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    base = data["baseline"]["observation"]
+    xs = [t["step"] for t in trials]
+    ys = [gain(t["observation"], base, objective) for t in trials]
+    cs = [{"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red") for t in trials]
+    ax.scatter(xs, ys, c=cs)
+    best_so_far, line = 1.0, []
+    for t, y in zip(trials, ys):
+        if t["decision"] == "kept":
+            best_so_far = y
+        line.append(best_so_far)
+    ax.step(xs, line, where="post", c="tab:green", label="best so far")
+    ax.axhline(1.0, c="grey", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{objective} gain vs baseline (×)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "trace.png", dpi=120)
+    plt.close(fig)
+    files.append("trace.png")
+    return files
+
+
+def write_report(out: Path, data: dict[str, Any]) -> None:
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        data["plots"] = write_plots(out, data)
+    except ImportError:  # matplotlib missing: the numbers are still all in the report
+        data["plots"] = []
+    (out / "report.md").write_text(render_markdown(data))
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    obj = data["objective"]
+    base = data["baseline"]["observation"]
+    lines = [f"# ReAct optimize: {data['model']}", "",
+             f"- objective: **{obj}**, quality bound: drop ≤ {data['max_drop']} "
+             f"({data['quality_score']})",
+             f"- machine: {data['hardware_summary']}",
+             f"- {len(data['trials'])} trials in {data['seconds']:.0f}s "
+             f"({data['reused']} reused from the store); stopped: {data['stop']}",
+             f"- result: **{data['verdict']}**", ""]
+    conf = data.get("confirm")
+    if conf:
+        lines += ["## Baseline vs best (re-measured side by side on "
+                  f"{conf['n_eval']} held-out texts)", "",
+                  "| | baseline | best | ratio |", "|---|---|---|---|"]
+        b, o = conf["baseline"], conf["best"]
+        rows = [("throughput @ batch %d (items/s)" % b["throughput"]["batch_size"],
+                 b["throughput"]["items_per_s"], o["throughput"]["items_per_s"], True),
+                ("latency p50 @ batch 1 (ms)", b["latency_ms"]["p50"], o["latency_ms"]["p50"],
+                 False),
+                ("latency p95 @ batch 1 (ms)", b["latency_ms"]["p95"], o["latency_ms"]["p95"],
+                 False),
+                ("size (MiB)", b["size_mb"], o["size_mb"], False)]
+        for name, x, y, high in rows:
+            ratio = y / x if high else x / y
+            lines.append(f"| {name} | {x:.4g} | {y:.4g} | ×{ratio:.2f} "
+                         f"{'better' if ratio >= 1 else 'worse'} |")
+        lines.append(f"| quality vs original | 1 | {_quality_str(o['quality'])} | |")
+        lines.append("")
+    lines += [f"Best recipe: `{data['best_recipe']}`", "",
+              "## Trace (thought → action → observation)", ""]
+    for t in data["trials"]:
+        reused = " *(reused from store)*" if t.get("reused") else ""
+        lines += [f"**{t['step']}. {t['action']}** — {t['decision']}{reused}",
+                  f"- Thought: {t['thought']}",
+                  f"- Action: `{json.dumps(t['candidate'])}`",
+                  f"- Observation: {_fmt_obs(t.get('observation'), obj, base)}",
+                  f"- Decision: {t['decision']} — {t['reason']}", ""]
+    lines += ["## Pareto set (quality vs " + obj + ")", "",
+              "| variant | " + obj + " | quality drop | within bound | artifact |",
+              "|---|---|---|---|---|"]
+    for t in data["pareto"]:
+        o = t["observation"]
+        lines.append(f"| {t['action']} | {objective_value(o, obj):.4g} | {o['quality_drop']:.4f} "
+                     f"| {'yes' if o['quality_drop'] <= data['max_drop'] else 'no'} | "
+                     f"{t.get('artifact') or '—'} |")
+    lines.append("")
+    for p in data.get("plots", []):
+        lines.append(f"![{p}]({p})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,96 @@
+"""`react serve` and `react loadtest`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from ..cli.main import command, print_json
+from ..core.errors import UserError
+
+
+@command("serve", "Serve models over HTTP (OpenAI + KServe v2 + /metrics) with dynamic "
+                  "batching, deadlines, load shedding and a variant ladder.")
+def _serve(p: argparse.ArgumentParser):
+    p.add_argument("models", nargs="+", metavar="ARTIFACT",
+                   help="artifact directories or built-in names; several variants of one "
+                        "model form its ladder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--cache-size", type=int, default=10000)
+    p.add_argument("--max-inputs", type=int, default=256)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--long-text", choices=("truncate", "error"), default="truncate",
+                   help="texts over the model's token limit: truncate, or answer 400")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip measuring each variant at start-up (the ladder then learns "
+                        "from live batches only)")
+    p.add_argument("--no-deadline-admission", action="store_true",
+                   help="shed only when the queue is full, not when a deadline cannot be met")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--ray-address", default=None)
+
+    def run(a: argparse.Namespace) -> int:
+        from .config import ServeConfig
+
+        config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
+                             max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
+                             cache_size=a.cache_size, max_inputs=a.max_inputs,
+                             max_body_bytes=a.max_body_bytes, long_text=a.long_text,
+                             warmup=not a.no_warmup,
+                             deadline_admission=not a.no_deadline_admission)
+        if a.threads is not None:
+            from ..backends.torch_eager import set_threads
+
+            set_threads(a.threads)
+        if a.ray:
+            try:
+                serve_ray = importlib.import_module("reactinfer.cluster.serve_ray")
+            except ModuleNotFoundError as e:
+                if e.name != "reactinfer.cluster.serve_ray":
+                    raise
+                raise UserError("Ray serving is not installed in this build "
+                                "(reactinfer.cluster.serve_ray is missing); drop --ray") from None
+            serve_ray.run(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
+                          host=a.host, port=a.port)
+            return 0
+        from .app import create_app
+        from .server import draining_server
+
+        app = create_app(a.models, config)
+        print(f"react serve: http://{a.host}:{a.port}  models: {', '.join(app.state.react.groups)}"
+              "  (ready once /v2/health/ready says so; Ctrl-C or SIGTERM drains)", flush=True)
+        draining_server(app, a.host, a.port, a.log_level).run()
+        return 0
+
+    return run
+
+
+@command("loadtest", "Open-loop load test of a server on this machine: throughput, latency "
+                     "percentiles, SLO attainment, status counts, variant mix.")
+def _loadtest(p: argparse.ArgumentParser):
+    p.add_argument("url", help="server URL (loopback only), e.g. http://127.0.0.1:8000 or "
+                               "http://127.0.0.1:8000/v1/embeddings")
+    p.add_argument("--rate", type=float, required=True, help="requests per second")
+    p.add_argument("--duration", type=float, required=True, help="seconds")
+    p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
+    p.add_argument("--concurrency", type=int, default=256, help="most requests in flight")
+    p.add_argument("--slo-ms", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from .loadtest import format_summary, run_loadtest
+
+        s = run_loadtest(a.url, a.rate, a.duration, a.arrivals, a.concurrency, a.slo_ms,
+                         seed=a.seed)
+        print_json(s) if a.json else print(format_summary(s))
+        return 0
+
+    return run

@@ -1,0 +1,97 @@
+"""ServeConfig: every knob of the real-time server in one frozen dataclass."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.errors import UserError
+
+LONG_TEXT_POLICIES = ("truncate", "error")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server batches, admits, sheds, caches and switches variants.
+
+    slo_ms          latency objective; also the default deadline of a request (X-Deadline-Ms)
+    max_batch       most items one model call takes (1 turns batching off)
+    max_delay_ms    longest a batch waits to fill up
+    max_queue       most requests waiting; beyond it new ones get 429 at once
+    cache_size      response-cache entries (0 turns the cache off)
+    max_body_bytes  request bodies above this get 413
+    max_inputs      most texts in one request
+    long_text       "truncate" texts over the model's token limit, or answer 400 ("error")
+    max_tokens      most new tokens a completion may ask for (and the default)
+    down_headroom   step down when predicted latency exceeds this fraction of the deadline
+    up_ratio        step back up only when the better variant is predicted under this
+                    fraction of the SLO ...
+    up_hold_s       ... continuously for this long (hysteresis)
+    admit_headroom  admit only when predicted completion is within this fraction of the
+                    deadline on some variant
+    ewma_alpha      weight of a live batch in the service-time estimate
+    warmup          measure every variant's service time per batch size at start-up
+    probe_s         when stepped down and idle, re-measure the better variant this often
+    drain_timeout_s longest a drain waits for accepted requests before exiting anyway
+    deadline_admission  refuse (429) requests no variant can answer in time; off, only
+                    the queue bound sheds (what most servers do)
+    """
+
+    slo_ms: float = 100.0
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256
+    cache_size: int = 10000
+    max_body_bytes: int = 1 << 20
+    max_inputs: int = 256
+    long_text: str = "truncate"
+    max_tokens: int = 64
+    down_headroom: float = 0.8
+    up_ratio: float = 0.5
+    up_hold_s: float = 1.0
+    admit_headroom: float = 1.0
+    ewma_alpha: float = 0.2
+    warmup: bool = True
+    probe_s: float = 0.5
+    drain_timeout_s: float = 30.0
+    deadline_admission: bool = True
+
+    def __post_init__(self) -> None:
+        positive = {"slo_ms": self.slo_ms, "max_batch": self.max_batch,
+                    "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
+                    "max_inputs": self.max_inputs, "max_tokens": self.max_tokens,
+                    "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
+        for name, value in positive.items():
+            if not value > 0:
+                raise UserError(f"serve: {name} must be positive, got {value}")
+        for name in ("max_delay_ms", "cache_size", "up_hold_s"):
+            if getattr(self, name) < 0:
+                raise UserError(f"serve: {name} must be zero or more, got {getattr(self, name)}")
+        for name in ("down_headroom", "up_ratio", "admit_headroom", "ewma_alpha"):
+            if not 0 < getattr(self, name) <= 1:
+                raise UserError(f"serve: {name} must be in (0, 1], got {getattr(self, name)}")
+        if self.up_ratio > self.down_headroom:
+            raise UserError("serve: up_ratio must not exceed down_headroom, or the ladder "
+                            "would step up into a level it immediately leaves")
+        if self.long_text not in LONG_TEXT_POLICIES:
+            raise UserError(f"serve: long_text must be one of {', '.join(LONG_TEXT_POLICIES)}, "
+                            f"got {self.long_text!r}")
+
+    @property
+    def slo_s(self) -> float:
+        return self.slo_ms / 1e3
+
+    @property
+    def max_delay_s(self) -> float:
+        return self.max_delay_ms / 1e3
+
+    @classmethod
+    def from_kwargs(cls, **kw: Any) -> ServeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise UserError(f"serve: unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

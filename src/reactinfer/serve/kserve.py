@@ -1,0 +1,102 @@
+"""KServe v2 (Open Inference Protocol) endpoints, health probes, and /metrics."""
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse
+
+from .app import ApiError, ServingState
+from .protocol import (VARIANT_HEADER, check_texts, deadline_of, encode, generate, max_tokens_of,
+                       prompt_ids, read_json)
+
+if TYPE_CHECKING:
+    import fastapi
+
+_OUTPUT = {"embedding": "embedding", "classification": "logits", "causal-lm": "text_output"}
+
+
+def _texts(body: dict[str, Any]) -> Any:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ApiError(400, "'inputs' must be a list with one tensor: {name, shape, "
+                       "datatype: BYTES, data: [texts]}")
+    tensor = inputs[0]
+    if tensor.get("datatype", "BYTES") != "BYTES":
+        raise ApiError(400, f"input datatype must be BYTES (texts), got {tensor.get('datatype')!r}")
+    data = tensor.get("data")
+    if isinstance(data, list) and data and all(isinstance(d, list) for d in data):
+        data = [x for row in data for x in row]  # a [N, 1] tensor given row by row
+    shape = tensor.get("shape")
+    if isinstance(data, list) and isinstance(shape, list) and all(
+            isinstance(s, int) for s in shape) and int(np.prod(shape)) != len(data):
+        raise ApiError(400, f"input shape {shape} does not match {len(data)} data elements")
+    return data
+
+
+def register(app: fastapi.FastAPI, state: ServingState) -> None:
+
+    @app.get("/v2/health/live", tags=["kserve"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["kserve"])
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.get("/v2", tags=["kserve"])
+    async def server_metadata() -> dict[str, Any]:
+        from .. import __version__
+
+        return {"name": "reactinfer", "version": __version__, "extensions": []}
+
+    @app.get("/v2/models/{name}", tags=["kserve"])
+    async def model_metadata(name: str) -> dict[str, Any]:
+        g = state.group(name)
+        out = _OUTPUT[g.task]
+        return {"name": g.name, "versions": [v.name for v in g.ladder.variants],
+                "platform": f"reactinfer-{g.ladder.current.handle.backend}",
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
+                             else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}],
+                "parameters": {"task": g.task, "active_variant": g.ladder.current.name,
+                               "variants": g.ladder.describe()}}
+
+    @app.get("/v2/models/{name}/ready", tags=["kserve"])
+    async def model_ready(name: str) -> JSONResponse:
+        state.group(name)
+        return JSONResponse({"name": name, "ready": state.ready},
+                            status_code=200 if state.ready else 503)
+
+    @app.post("/v2/models/{name}/infer", tags=["kserve"])
+    async def infer(name: str, request: HttpRequest) -> JSONResponse:
+        body = await read_json(request, state)
+        g = state.group(name)
+        texts = check_texts(_texts(body), g, state, "inputs[0].data")
+        deadline = deadline_of(request, state)
+        rid = body.get("id") if isinstance(body.get("id"), str) else uuid.uuid4().hex
+        if g.task == "causal-lm":
+            if len(texts) != 1:
+                raise ApiError(400, "a causal-lm model takes one prompt per request")
+            params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+            n = max_tokens_of(params, state)
+            gen = await generate(state, g, prompt_ids(g, state, texts[0], n), n, deadline)
+            text = g.tokenizer.decode(gen.tokens, skip_special_tokens=True)
+            output = {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": [text]}
+            variant = gen.variant
+        else:
+            y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
+            output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
+                      "data": y.reshape(-1).tolist()}
+        return JSONResponse({"model_name": g.name, "model_version": variant, "id": rid,
+                             "outputs": [output]}, headers={VARIANT_HEADER: variant})
+
+    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        for g in state.groups.values():
+            state.metrics.queue_length.set(g.batcher.queue_items(), model=g.name)
+        state.metrics.ready.set(1 if state.ready else 0)
+        return PlainTextResponse(state.metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,224 @@
+"""The variant ladder: several artifacts of one model, best (most expensive) first.
+
+Each variant carries a service-time model measured at start-up and refreshed by live
+batches (EWMA). From the queue, the ladder predicts when every queued job would finish
+on each variant; it steps down as soon as the active one would miss a deadline, and
+steps back up one level only after the better one has been predicted comfortably under
+the SLO for a while (hysteresis), so it does not flap.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+
+class ServiceTime:
+    """Seconds per model call as a function of batch size: points at measured sizes,
+    linear in between, per-item beyond the largest. Live calls update the nearest
+    measured point by EWMA (scaled to that size), so the curve keeps its shape."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self.points: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def set(self, n: int, seconds: float) -> None:
+        with self._lock:
+            self.points[n] = seconds
+
+    def predict(self, n: int) -> float:
+        if n <= 0 or not self.points:
+            return 0.0
+        sizes = sorted(self.points)
+        if n <= sizes[0]:
+            return self.points[sizes[0]]
+        if n >= sizes[-1]:
+            return self.points[sizes[-1]] * n / sizes[-1]
+        i = bisect.bisect_left(sizes, n)
+        lo, hi = sizes[i - 1], sizes[i]
+        w = (n - lo) / (hi - lo)
+        return self.points[lo] * (1 - w) + self.points[hi] * w
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            if not self.points:
+                self.points[n] = seconds
+                return
+            bucket = min(self.points, key=lambda s: abs(math.log(s) - math.log(n)))
+        pred_n, pred_b = self.predict(n), self.predict(bucket)
+        scaled = seconds * pred_b / pred_n if pred_n > 0 else seconds
+        with self._lock:
+            self.points[bucket] = (1 - self.alpha) * self.points[bucket] + self.alpha * scaled
+
+
+@dataclass
+class GenTime:
+    """Generation cost: a prompt pass (prefill) plus a time per new token, both EWMA."""
+
+    prefill_s: float = 0.0
+    token_s: float = 0.0
+    alpha: float = 0.2
+
+    def predict(self, new_tokens: int) -> float:
+        return self.prefill_s + self.token_s * new_tokens
+
+    def observe(self, prefill_s: float, token_s: float | None) -> None:
+        a = self.alpha
+        self.prefill_s = prefill_s if self.prefill_s == 0 else \
+            (1 - a) * self.prefill_s + a * prefill_s
+        if token_s is not None:
+            self.token_s = token_s if self.token_s == 0 else (1 - a) * self.token_s + a * token_s
+
+
+@dataclass
+class Variant:
+    name: str
+    handle: ModelHandle
+    quality: float | None  # measured against the original (1.0 for the original itself)
+    service: ServiceTime
+    gen: GenTime = field(default_factory=GenTime)
+
+    def cost(self) -> float:
+        """What orders the ladder: a full batch for encoders, 32 new tokens for LMs."""
+        if self.handle.task == "causal-lm":
+            return self.gen.predict(32)
+        return self.service.predict(max(self.service.points, default=1))
+
+
+def variant_quality(handle: ModelHandle) -> float | None:
+    """Quality from the artifact's measured metrics; 1.0 when nothing was changed."""
+    m = handle.metrics or {}
+    if "quality_drop" in m and m["quality_drop"] is not None:
+        return float(max(0.0, min(1.0, 1.0 - float(m["quality_drop"]))))
+    q = m.get("quality")
+    if isinstance(q, dict):
+        for key in ("mean_cosine", "top1_agreement", "token_agreement"):
+            if key in q:
+                return float(q[key])
+    if not handle.transforms and handle.backend == "torch":
+        return 1.0
+    return None
+
+
+@dataclass
+class Job:
+    """What the ladder needs to know of a queued request."""
+
+    deadline: float  # monotonic seconds
+    items: int = 1
+    new_tokens: int = 0  # > 0 for generation: the job runs alone
+
+
+class Ladder:
+    def __init__(self, variants: Sequence[Variant], slo_s: float, max_batch: int,
+                 max_delay_s: float, down_headroom: float = 0.8, up_ratio: float = 0.5,
+                 up_hold_s: float = 1.0):
+        if not variants:
+            raise ValueError("a ladder needs at least one variant")
+        self.variants = list(variants)
+        self.slo_s, self.max_batch, self.max_delay_s = slo_s, max_batch, max_delay_s
+        self.down_headroom, self.up_ratio, self.up_hold_s = down_headroom, up_ratio, up_hold_s
+        self.active = 0
+        self._low_since: float | None = None
+        self.switches: list[tuple[float, int, int]] = []  # (time, from, to)
+
+    def order_by_cost(self) -> None:
+        """Most expensive first (after the warm-up measured each one)."""
+        current = self.variants[self.active]
+        self.variants.sort(key=lambda v: -v.cost())
+        self.active = self.variants.index(current)
+
+    @property
+    def current(self) -> Variant:
+        return self.variants[self.active]
+
+    # -- prediction -----------------------------------------------------------------
+    def finish_times(self, level: int, jobs: Sequence[Job], busy_s: float) -> list[float]:
+        """Predicted seconds from now until each job (given in EDF order) is answered on
+        `level`: encoder jobs packed into batches of max_batch, generations one by one."""
+        v = self.variants[level]
+        out: list[float] = []
+        t = busy_s + self.max_delay_s
+        pending: list[int] = []  # indices of jobs in the batch being filled
+        filled = 0
+
+        def close() -> None:
+            nonlocal t, filled
+            if pending:
+                t += v.service.predict(filled)
+                out.extend([t] * len(pending))
+                pending.clear()
+                filled = 0
+
+        for i, job in enumerate(jobs):
+            if job.new_tokens > 0:
+                close()
+                t += v.gen.predict(job.new_tokens)
+                out.append(t - v.gen.token_s * max(job.new_tokens - 1, 0))  # first token
+                continue
+            if filled and filled + job.items > self.max_batch:
+                close()
+            pending.append(i)
+            filled += job.items
+        close()
+        return out
+
+    def fits(self, level: int, jobs: Sequence[Job], now: float, busy_s: float,
+             headroom: float) -> bool:
+        done = self.finish_times(level, jobs, busy_s)
+        return all(f <= headroom * (j.deadline - now) for f, j in zip(done, jobs))
+
+    def admissible(self, jobs: Sequence[Job], new: Job, now: float, busy_s: float,
+                   headroom: float) -> tuple[bool, float]:
+        """Can `new` meet its deadline on some variant behind the jobs ahead of it (EDF)?
+        Returns (ok, least predicted seconds to its answer)."""
+        ahead = [j for j in jobs if j.deadline <= new.deadline] + [new]
+        best = min(self.finish_times(level, ahead, busy_s)[-1]
+                   for level in range(len(self.variants)))
+        return best <= headroom * (new.deadline - now), best
+
+    # -- switching ------------------------------------------------------------------
+    def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0) -> int:
+        """Re-decide the active variant for the queue `jobs` (EDF order); returns it."""
+        before = self.active
+        if not self.fits(self.active, jobs, now, busy_s, self.down_headroom):
+            lower = range(self.active + 1, len(self.variants))
+            self.active = next((lv for lv in lower
+                                if self.fits(lv, jobs, now, busy_s, self.down_headroom)),
+                               len(self.variants) - 1)
+            self._low_since = None
+        elif self.active > 0 and self._up_ok(jobs, now, busy_s):
+            if self._low_since is None:
+                self._low_since = now
+            if now - self._low_since >= self.up_hold_s:
+                self.active -= 1
+                self._low_since = None
+        else:
+            self._low_since = None
+        if self.active != before:
+            self.switches.append((now, before, self.active))
+        return self.active
+
+    def _up_ok(self, jobs: Sequence[Job], now: float, busy_s: float) -> bool:
+        level = self.active - 1
+        # judged against the SLO, not each deadline: load falling is what we look for
+        done = self.finish_times(level, jobs, busy_s)
+        return all(f <= self.up_ratio * self.slo_s for f in done) if done else \
+            self.finish_times(level, [Job(now + self.slo_s)], busy_s)[0] <= \
+            self.up_ratio * self.slo_s
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": v.name, "level": i, "active": i == self.active, "quality": v.quality,
+                 "service_ms": {n: round(s * 1e3, 3) for n, s in sorted(v.service.points.items())},
+                 "prefill_ms": round(v.gen.prefill_s * 1e3, 3),
+                 "ms_per_token": round(v.gen.token_s * 1e3, 3)}
+                for i, v in enumerate(self.variants)]

@@ -1,0 +1,195 @@
+"""What the OpenAI and KServe endpoints share: reading a bounded JSON body, checking
+inputs, deadlines, and running encode / generate requests through cache and batcher."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .app import ApiError, Group, ServingState
+from .batcher import Generated, Rejected, Request
+from .cache import normalise
+from .ladder import Job
+
+if TYPE_CHECKING:
+    from starlette.requests import Request as HttpRequest
+
+VARIANT_HEADER = "X-ReAct-Variant"
+DEADLINE_HEADER = "X-Deadline-Ms"
+CHARS_PER_TOKEN_CAP = 32  # no tokenizer makes tokens longer than this in practice
+
+
+async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]:
+    limit = state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body is {declared} bytes; the limit is {limit}: send fewer "
+                       "or shorter inputs")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the body is over {limit} bytes: send fewer or shorter inputs")
+    if not body:
+        raise ApiError(400, "the body is empty: send a JSON object")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def deadline_of(request: HttpRequest, state: ServingState) -> float:
+    """Absolute (monotonic) deadline: now + X-Deadline-Ms, default the SLO."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return time.monotonic() + state.config.slo_s
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = float("nan")
+    if not ms > 0 or ms == float("inf"):
+        raise ApiError(400, f"{DEADLINE_HEADER} must be a positive number of milliseconds, "
+                       f"got {raw!r}")
+    return time.monotonic() + ms / 1e3
+
+
+def check_texts(value: Any, g: Group, state: ServingState, param: str) -> list[str]:
+    """A string or a non-empty list of strings, within the input count and length limits."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, f"'{param}' must be a string or a list of strings", param=param)
+    if not texts:
+        raise ApiError(400, f"'{param}' is empty: give at least one text", param=param)
+    if len(texts) > state.config.max_inputs:
+        raise ApiError(400, f"'{param}' has {len(texts)} texts; the limit is "
+                       f"{state.config.max_inputs} per request: split the request", param=param)
+    limit = g.max_length
+    out = []
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise ApiError(400, f"'{param}'[{i}] is empty", param=param)
+        if len(t) + 2 > limit:  # only long texts can exceed the token limit
+            if state.config.long_text == "truncate":
+                t = t[:limit * CHARS_PER_TOKEN_CAP]  # bounds tokenizer work; truncated later
+            else:
+                with g.batcher.tok_lock:
+                    n = len(g.tokenizer(t)["input_ids"])
+                if n > limit:
+                    raise ApiError(400, f"'{param}'[{i}] has {n} tokens; this model takes at "
+                                   f"most {limit}: shorten it", param=param,
+                                   code="context_length_exceeded")
+        out.append(t)
+    return out
+
+
+def _rejected(e: Rejected) -> ApiError:
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else {}
+    code = "overloaded" if e.status == 429 else "draining"
+    return ApiError(e.status, str(e), code=code, headers=headers)
+
+
+async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: float
+                 ) -> tuple[np.ndarray, int, str]:
+    """Per-text outputs (N, ...) in input order, their total tokens, and the variant(s)
+    that made them; texts answered before by the active variant come from the cache."""
+    variant = g.ladder.current
+    keys = [(variant.name, "encode", normalise(t)) for t in texts]
+    found = [state.cache.get(k) for k in keys]
+    missing = [i for i, f in enumerate(found) if f is None]
+    hits = len(texts) - len(missing)
+    if hits:
+        state.metrics.cache_hits.inc(hits, model=g.name)
+    if missing:
+        state.metrics.cache_misses.inc(len(missing), model=g.name)
+    if not missing:
+        state.cache_answered(g, variant)
+        return np.stack([f[0] for f in found]), sum(f[1] for f in found), variant.name
+    loop = asyncio.get_running_loop()
+    req = Request("encode", Job(deadline, items=len(missing)), loop, loop.create_future(),
+                  texts=[texts[i] for i in missing], length=max(len(texts[i]) for i in missing))
+    try:
+        y, counts, served = await g.batcher.submit(req)
+    except Rejected as e:
+        raise _rejected(e) from None
+    for j, i in enumerate(missing):
+        found[i] = (y[j], int(counts[j]))
+        state.cache.put((served, "encode", normalise(texts[i])), found[i])
+    names = served if not hits or served == variant.name else f"{served},{variant.name}"
+    return np.stack([f[0] for f in found]), sum(f[1] for f in found), names
+
+
+def prompt_ids(g: Group, state: ServingState, prompt: str, max_tokens: int) -> list[int]:
+    with g.batcher.tok_lock:
+        ids = g.tokenizer(prompt)["input_ids"]
+    room = g.max_length - max_tokens
+    if len(ids) > room:
+        if state.config.long_text == "error" or room < 1:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; with max_tokens "
+                           f"{max_tokens} this model takes at most {max(room, 0)}: shorten "
+                           "it or ask for fewer tokens", code="context_length_exceeded")
+        ids = ids[-room:]  # keep the end of the prompt: it is what the answer continues
+    return ids
+
+
+def max_tokens_of(body: dict[str, Any], state: ServingState, default: int = 16) -> int:
+    n = body.get("max_tokens", body.get("max_completion_tokens", default))
+    if n is None:
+        n = default
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ApiError(400, "'max_tokens' must be a positive integer", param="max_tokens")
+    if n > state.config.max_tokens:
+        raise ApiError(400, f"'max_tokens' is {n}; this server allows at most "
+                       f"{state.config.max_tokens}", param="max_tokens")
+    return n
+
+
+async def start_generation(state: ServingState, g: Group, ids: list[int], max_tokens: int,
+                           deadline: float, stream: bool) -> Request:
+    """Admit a generation (429/503 raised here, before any byte is sent)."""
+    loop = asyncio.get_running_loop()
+    req = Request("generate", Job(deadline, items=1, new_tokens=max_tokens), loop,
+                  loop.create_future(), prompt_ids=ids,
+                  sink=asyncio.Queue() if stream else None, length=len(ids))
+    try:
+        g.batcher.admit(req)
+    except Rejected as e:
+        raise _rejected(e) from None
+    return req
+
+
+async def generate(state: ServingState, g: Group, ids: list[int], max_tokens: int,
+                   deadline: float) -> Generated:
+    variant = g.ladder.current
+    key = (variant.name, "generate", tuple(ids), max_tokens)
+    hit = state.cache.get(key)
+    if hit is not None:
+        state.metrics.cache_hits.inc(model=g.name)
+        state.cache_answered(g, variant)
+        return hit
+    state.metrics.cache_misses.inc(model=g.name)
+    req = await start_generation(state, g, ids, max_tokens, deadline, stream=False)
+    out: Generated = await req.future
+    state.cache.put((out.variant, "generate", tuple(ids), max_tokens), out)
+    return out
+
+
+class Detokenizer:
+    """Turns a growing list of token ids into text deltas (multi-byte safe)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self.tokens, self.text = tokenizer, [], ""
+
+    def add(self, tok: int) -> str:
+        self.tokens.append(tok)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a character: wait for the rest
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta

@@ -1,0 +1,70 @@
+"""Running the app with uvicorn, with a drain on SIGTERM / SIGINT that loses nothing:
+readiness turns false, new requests get 503, every accepted request is answered, then
+the server exits. A second signal exits at once."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import UserError
+from .app import ServingState, create_app
+from .config import ServeConfig
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+log = logging.getLogger("reactinfer.serve")
+
+
+def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
+                    drain_grace_s: float = 0.0) -> Any:
+    """A uvicorn Server whose first exit signal starts a drain instead of stopping."""
+    import uvicorn
+
+    state: ServingState = app.state.react
+
+    class DrainingServer(uvicorn.Server):
+        drain_task: asyncio.Task | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            loop = getattr(self, "_loop", None)
+            if self.drain_task is not None or state.draining or loop is None:
+                super().handle_exit(sig, frame)  # second signal, or not serving yet: stop
+                return
+            state.begin_drain()
+            loop.call_soon_threadsafe(self._start_drain)
+
+        def _start_drain(self) -> None:
+            self.drain_task = asyncio.ensure_future(self._drain())
+
+        async def _drain(self) -> None:
+            # Let load balancers see readiness go false while we still answer 503s.
+            await asyncio.sleep(drain_grace_s)
+            done = await state.wait_drained()
+            if not done:
+                log.warning("drain timed out after %ss with requests still open",
+                            state.config.drain_timeout_s)
+            self.should_exit = True
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=state.config.drain_timeout_s,
+                            access_log=False)
+    return DrainingServer(config)
+
+
+def serve(models: Sequence[str | ModelHandle], host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "warning", drain_grace_s: float = 0.0, **config: Any) -> None:
+    """Serve `models` over HTTP until SIGTERM / SIGINT (then drain and return).
+
+    `config` takes ServeConfig's fields (slo_ms, max_batch, max_delay_ms, ...)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"serve: port must be in 0..65535, got {port}")
+    app = create_app(models, ServeConfig.from_kwargs(**config))
+    server = draining_server(app, host, port, log_level, drain_grace_s)
+    server.run()

@@ -1,0 +1,37 @@
+"""The public verbs work whatever was imported first (a subpackage of the same name must not
+shadow them), and `import reactinfer` stays light."""
+import subprocess
+import sys
+
+SCRIPT = """
+import reactinfer.bench.measure, reactinfer.compress, reactinfer.serve.config  # first
+import reactinfer as ri
+from reactinfer.compress import PruneFFN
+from reactinfer.testing import tiny_handle, tiny_texts
+h = ri.compress(tiny_handle("embedding"), [PruneFFN(keep=0.5)])
+r = ri.bench(h, batch_size=4, eval_texts=tiny_texts(8), latency_runs=2, progress=False)
+assert callable(ri.serve) and ri.serve.__name__ == "reactinfer.serve"
+print(h.transforms[0]["type"], r["task"])
+"""
+
+
+def test_verbs_survive_subpackage_imports():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["PruneFFN", "embedding"]
+
+
+def test_import_is_light():
+    code = "import sys, reactinfer; print(any(m in sys.modules for m in " \
+           "('torch', 'transformers', 'onnxruntime', 'ray', 'fastapi', 'llama_cpp')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_configs_resolve_in_a_fresh_process():
+    code = ("from reactinfer.core.transform import config_from_dict; "
+            "print(type(config_from_dict({'type': 'PruneFFN', 'keep': 0.5})).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PruneFFN", out.stderr

@@ -1,0 +1,193 @@
+"""Pure parts of the server: service-time curves, the ladder, admission, cache, metrics,
+config checks, and the load generator's arrival schedule and loopback guard."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from reactinfer.core.errors import UserError
+from reactinfer.serve.batcher import Batcher, Rejected, Request
+from reactinfer.serve.cache import ResponseCache, normalise
+from reactinfer.serve.config import ServeConfig
+from reactinfer.serve.ladder import Job, Ladder, ServiceTime, Variant, variant_quality
+from reactinfer.serve.loadtest import arrival_times, check_loopback, summarise
+from reactinfer.serve.metrics import Metrics
+
+
+def _variant(name: str, per_batch: dict[int, float], quality: float = 1.0) -> Variant:
+    st = ServiceTime(alpha=0.5)
+    for n, s in per_batch.items():
+        st.set(n, s)
+    handle = SimpleNamespace(task="embedding", tokenizer=SimpleNamespace(eos_token_id=None))
+    return Variant(name, handle, quality, st)  # type: ignore[arg-type]
+
+
+def test_service_time_interpolates_extrapolates_and_learns():
+    st = ServiceTime(alpha=0.5)
+    assert st.predict(4) == 0.0  # nothing measured yet: no prediction
+    st.set(1, 0.010)
+    st.set(8, 0.024)
+    assert st.predict(1) == pytest.approx(0.010)
+    assert st.predict(4) == pytest.approx(0.010 + (0.014 * 3 / 7))
+    assert st.predict(16) == pytest.approx(0.048)  # per item beyond the largest size
+    st.observe(8, 0.100)  # a slow live batch pulls the estimate up by alpha
+    assert st.predict(8) == pytest.approx(0.5 * 0.024 + 0.5 * 0.100)
+    assert st.predict(1) == pytest.approx(0.010)  # other sizes keep their points
+
+
+def _ladder(**kw) -> Ladder:
+    big = _variant("big", {1: 0.010, 8: 0.040})
+    small = _variant("small", {1: 0.002, 8: 0.008}, quality=0.9)
+    args = dict(slo_s=0.1, max_batch=8, max_delay_s=0.0, down_headroom=0.8, up_ratio=0.5,
+                up_hold_s=1.0) | kw
+    return Ladder([small, big], **args)
+
+
+def test_ladder_orders_by_cost_and_predicts_edf_batches():
+    ladder = _ladder()
+    ladder.order_by_cost()
+    assert [v.name for v in ladder.variants] == ["big", "small"] and ladder.active == 1
+    ladder.active = 0
+    now = 0.0
+    jobs = [Job(now + 0.1, items=4), Job(now + 0.1, items=4), Job(now + 0.1, items=1)]
+    done = ladder.finish_times(0, jobs, busy_s=0.0)
+    # the first two fill one batch of 8; the third waits for it
+    assert done[0] == done[1] == pytest.approx(0.040)
+    assert done[2] == pytest.approx(0.050)
+
+
+def test_ladder_steps_down_at_once_and_up_only_after_hold():
+    ladder = _ladder()
+    ladder.order_by_cost()
+    ladder.active = 0
+    heavy = [Job(0.1, items=8) for _ in range(3)]  # 3 full batches: 120 ms on big, 24 on small
+    assert ladder.update(heavy, now=0.0) == 1
+    light: list[Job] = []
+    assert ladder.update(light, now=0.1) == 1  # low load, but the hold has not passed
+    assert ladder.update(light, now=0.6) == 1
+    assert ladder.update(light, now=1.2) == 0  # held for 1.1 s: step up
+    # inside the hysteresis band (fits big, but not under up_ratio * SLO) nothing moves
+    ladder.active = 1
+    band = [Job(10.0, items=8), Job(10.0, items=8)]  # 80 ms on big: > 50 ms
+    for t in (2.0, 3.5, 5.0):
+        assert ladder.update(band, now=t) == 1
+    assert [(a, b) for _, a, b in ladder.switches] == [(0, 1), (1, 0)]
+
+
+def test_admission_refuses_when_no_variant_meets_the_deadline():
+    ladder = _ladder()
+    ok, _ = ladder.admissible([], Job(0.1, items=1), now=0.0, busy_s=0.0, headroom=1.0)
+    assert ok
+    queue = [Job(0.05, items=8) for _ in range(20)]  # 160 ms even on the small variant
+    ok, predicted = ladder.admissible(queue, Job(0.1, items=1), now=0.0, busy_s=0.0,
+                                      headroom=1.0)
+    assert not ok and predicted > 0.1
+    # a later deadline is admitted behind the same queue
+    ok, _ = ladder.admissible(queue, Job(1.0, items=1), now=0.0, busy_s=0.0, headroom=1.0)
+    assert ok
+
+
+def test_batcher_answers_429_at_once_when_the_queue_is_full():
+    ladder = _ladder()
+    cfg = ServeConfig(max_queue=2, slo_ms=10_000)
+    b = Batcher("m", ladder, cfg, Metrics())  # worker not started: the queue stays full
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(2):
+            b.admit(Request("encode", Job(time.monotonic() + 10), loop, loop.create_future(),
+                            texts=["x"]))
+        t0 = time.perf_counter()
+        with pytest.raises(Rejected) as e:
+            b.admit(Request("encode", Job(time.monotonic() + 10), loop, loop.create_future(),
+                            texts=["x"]))
+        assert e.value.status == 429 and e.value.retry_after >= 1
+        assert "queue is full" in str(e.value)
+        assert time.perf_counter() - t0 < 1.0  # answered without waiting for the queue
+        b.draining = True
+        with pytest.raises(Rejected) as e:
+            b.admit(Request("encode", Job(time.monotonic() + 10), loop, loop.create_future()))
+        assert e.value.status == 503
+    finally:
+        loop.close()
+
+
+def test_cache_is_lru_and_exact():
+    c = ResponseCache(2)
+    c.put(("v", "a"), 1)
+    c.put(("v", "b"), 2)
+    assert c.get(("v", "a")) == 1  # a is now most recent
+    c.put(("v", "c"), 3)  # evicts b
+    assert c.get(("v", "b")) is None and c.get(("v", "c")) == 3
+    assert c.get(("w", "a")) is None  # another variant never shares an answer
+    assert (c.hits, c.misses) == (2, 2)
+    assert normalise("  a\u0301  b\n") == normalise("\u00e1 b")
+    off = ResponseCache(0)
+    off.put("k", 1)
+    assert off.get("k") is None and len(off) == 0
+
+
+def test_metrics_text_format():
+    m = Metrics()
+    m.requests.inc(endpoint="/v1/embeddings", status="200")
+    m.batch_size.observe(3, model="m", variant='a"b')
+    m.record_quality("m", 0.9, on_time=True)
+    m.record_quality("m", 1.0, on_time=False)
+    text = m.render()
+    assert 'react_requests_total{endpoint="/v1/embeddings",status="200"} 1' in text
+    assert 'react_batch_size_bucket{model="m",variant="a\\"b",le="2"} 0' in text
+    assert 'react_batch_size_bucket{model="m",variant="a\\"b",le="4"} 1' in text
+    assert 'react_batch_size_count{model="m",variant="a\\"b"} 1' in text
+    assert 'react_effective_quality{model="m"} 0.45' in text  # late answer counts as 0
+    assert 'react_ontime_quality{model="m"} 0.9' in text
+    assert "# TYPE react_batch_size histogram" in text
+
+
+def test_variant_quality_from_manifest_metrics():
+    h = SimpleNamespace(metrics={"quality_drop": 0.03}, transforms=(), backend="torch")
+    assert variant_quality(h) == pytest.approx(0.97)
+    h = SimpleNamespace(metrics={"quality": {"mean_cosine": 0.95}}, transforms=({},),
+                        backend="torch")
+    assert variant_quality(h) == pytest.approx(0.95)
+    assert variant_quality(SimpleNamespace(metrics={}, transforms=(), backend="torch")) == 1.0
+    assert variant_quality(SimpleNamespace(metrics={}, transforms=({},), backend="torch")) is None
+
+
+@pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
+                                 dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1)])
+def test_config_refuses_bad_values(bad):
+    with pytest.raises(UserError):
+        ServeConfig(**bad)
+    with pytest.raises(UserError, match="unknown option"):
+        ServeConfig.from_kwargs(slo=5)
+
+
+def test_loadtest_schedule_and_loopback_guard():
+    assert len(arrival_times(10, 2, "constant")) == 20
+    poisson = arrival_times(200, 5, "poisson", seed=1)
+    assert 800 < len(poisson) < 1200 and poisson == sorted(poisson)
+    assert poisson == arrival_times(200, 5, "poisson", seed=1)
+    with pytest.raises(UserError, match="at most"):
+        arrival_times(1e6, 10, "poisson")
+    assert check_loopback("http://127.0.0.1:8000/v1/embeddings") == \
+        ("http://127.0.0.1:8000", "/v1/embeddings")
+    assert check_loopback("http://localhost:9")[1] == ""
+    for url in ("http://10.1.2.3:8000", "http://example.com", "ftp://127.0.0.1"):
+        with pytest.raises(UserError):
+            check_loopback(url)
+    s = summarise([(200, 0.01, "a"), (200, 0.2, "b"), (429, 0.001, "")], 1.0, 3, 1,
+                  "constant", 100, "/v1/embeddings")
+    assert s["status_counts"] == {"200": 2, "429": 1}
+    assert s["slo_attainment_admitted"] == 0.5 and s["slo_violations"] == 1
+    assert s["variant_mix"] == {"a": 1, "b": 1}
+
+
+def test_loadtest_summary_prints():
+    from reactinfer.serve.loadtest import format_summary
+
+    s = summarise([(200, 0.01, "a"), (429, 0.001, "")], 1.0, 2, 1, "poisson", 100,
+                  "/v1/embeddings")
+    text = format_summary(s)
+    assert "2 sent" in text and "429: 1" in text and "a: 1" in text and "SLO 100 ms" in text
