@@ -2,9 +2,9 @@
 
 Each replica builds its own FastAPI app (and loads its own model copy) at start-up,
 through Serve's late-bound ingress (`__serve_build_asgi_app__`), so no model crosses
-the wire. The app is `reactinfer.serve.app.create_app(models, config)` when the
-serving package provides it; until then (and whenever it is absent) a minimal app
-with the same protocol subset is used: OpenAI `/v1/embeddings` and KServe
+the wire. The app is `reactinfer.serve.app.create_app(models, config)` (config a
+`reactinfer.serve.ServeConfig` or None); should the serving package be absent, a
+minimal app with the same protocol subset is used: OpenAI `/v1/embeddings` and KServe
 `/v2/health/live|ready`. Ray Serve restarts a dead replica; the proxy routes requests
 to the live ones meanwhile.
 """
@@ -79,16 +79,24 @@ def minimal_app(models: Sequence[Any]) -> Any:
 
 
 def build_app(models: Sequence[Any], config: Any) -> Any:
-    """The serving package's app when it exists, else the minimal one."""
+    """The serving package's app when it exists (else the minimal one), with every
+    response naming the replica process in `x-react-replica`."""
     try:
         serve_app = importlib.import_module("reactinfer.serve.app")
     except ModuleNotFoundError as e:
         if e.name != "reactinfer.serve.app":
             raise
         return minimal_app(models)
-    if config is None and hasattr(importlib.import_module("reactinfer.serve"), "ServeConfig"):
-        config = importlib.import_module("reactinfer.serve").ServeConfig()
-    return serve_app.create_app(models, config)
+    app = serve_app.create_app(models, config)
+    pid = str(os.getpid())
+
+    @app.middleware("http")
+    async def name_replica(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["x-react-replica"] = pid
+        return response
+
+    return app
 
 
 class ReactIngress:
