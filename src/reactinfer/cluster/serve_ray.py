@@ -1,0 +1,176 @@
+"""Serving replicas with Ray Serve: the HTTP API on N replicas behind Ray's proxy.
+
+Each replica builds its own FastAPI app (and loads its own model copy) at start-up,
+through Serve's late-bound ingress (`__serve_build_asgi_app__`), so no model crosses
+the wire. The app is `reactinfer.serve.app.create_app(models, config)` (config a
+`reactinfer.serve.ServeConfig` or None); should the serving package be absent, a
+minimal app with the same protocol subset is used: OpenAI `/v1/embeddings` and KServe
+`/v2/health/live|ready`. Ray Serve restarts a dead replica; the proxy routes requests
+to the live ones meanwhile.
+"""
+# No `from __future__ import annotations`: FastAPI resolves the route annotations below
+# (local names like Response) at definition time.
+
+import importlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.errors import UserError
+from . import ray_api
+
+APP_NAME = "reactinfer"
+
+
+def minimal_app(models: Sequence[Any]) -> Any:
+    """FastAPI app: POST /v1/embeddings (OpenAI format), GET /v2/health/live|ready.
+    Every response names the replica process in `x-react-replica`."""
+    from fastapi import FastAPI, HTTPException, Response
+    from pydantic import BaseModel
+
+    from .worker import resolve, run_rows
+
+    handles = {}
+    for m in models:
+        h = resolve(m, threads=1)
+        handles[h.name] = h
+    default = next(iter(handles))
+    pid = str(os.getpid())
+    app = FastAPI(title="ReAct (Ray Serve replica)")
+
+    class EmbeddingRequest(BaseModel):
+        input: str | list[str]
+        model: str | None = None
+
+    @app.get("/v2/health/live")
+    def live(response: Response) -> dict[str, bool]:
+        response.headers["x-react-replica"] = pid
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready(response: Response) -> dict[str, bool]:
+        response.headers["x-react-replica"] = pid
+        return {"ready": True}
+
+    @app.post("/v1/embeddings")
+    def embeddings(req: EmbeddingRequest, response: Response) -> dict[str, Any]:
+        name = req.model or default
+        if name not in handles:
+            raise HTTPException(404, f"unknown model {name!r}; served: {sorted(handles)}")
+        h = handles[name]
+        if h.task != "embedding":
+            raise HTTPException(400, f"model {name!r} is {h.task}, not an embedding model")
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or any(not t.strip() for t in texts):
+            raise HTTPException(400, "input must be a non-empty string or list of strings")
+        values, errors = run_rows(h, texts, 32)
+        if any(errors):
+            raise HTTPException(400, next(e for e in errors if e))
+        tokens = sum(len(h.tokenizer(t)["input_ids"]) for t in texts)
+        response.headers["x-react-replica"] = pid
+        return {"object": "list", "model": name, "usage": {"prompt_tokens": tokens,
+                                                           "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                         for i, v in enumerate(values)]}
+
+    return app
+
+
+def build_app(models: Sequence[Any], config: Any) -> Any:
+    """The serving package's app when it exists (else the minimal one), with every
+    response naming the replica process in `x-react-replica`."""
+    try:
+        serve_app = importlib.import_module("reactinfer.serve.app")
+    except ModuleNotFoundError as e:
+        if e.name != "reactinfer.serve.app":
+            raise
+        return minimal_app(models)
+    app = serve_app.create_app(models, config)
+    pid = str(os.getpid())
+
+    @app.middleware("http")
+    async def name_replica(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["x-react-replica"] = pid
+        return response
+
+    return app
+
+
+class ReactIngress:
+    """The deployment class: stores its arguments; Serve calls __serve_build_asgi_app__
+    on each replica after construction to get the ASGI app."""
+
+    def __init__(self, models: list[Any], config: Any):
+        self.models, self.config = models, config
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_app(self.models, self.config)
+
+
+@dataclass
+class Served:
+    url: str
+    replicas: int
+    started_ray: bool
+
+    def replica_actors(self) -> list[Any]:
+        return ray_api.serve_replica_actors(APP_NAME)
+
+    def stop(self) -> None:
+        ray_api.serve_shutdown()
+        if self.started_ray:
+            ray_api.shutdown()
+
+
+def _wait_ready(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    last: Exception | str = "no answer"
+    while time.time() < deadline:
+        try:
+            r = httpx.get(url + "/v2/health/ready", timeout=5)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.5)
+    raise RuntimeError(f"Ray Serve app not ready at {url} after {timeout:.0f} s: {last}")
+
+
+def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
+        ray_address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+        cpus_per_replica: float = 1.0, block: bool = False, ready_timeout: float = 180
+        ) -> Served:
+    """Serve `models` (names, paths or handles) on `replicas` Ray Serve replicas.
+    block=True serves until interrupted, then stops Serve (and Ray if started here)."""
+    if replicas < 1:
+        raise UserError(f"--replicas must be at least 1, got {replicas}")
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    models = [str(m) if isinstance(m, os.PathLike) else m for m in models]
+    started = not ray_api.is_initialized()
+    if started:
+        ray_api.init(ray_address)
+    serve = ray_api.serve_module()
+    deployment = serve.deployment(
+        name="ReactIngress", num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus_per_replica},
+        health_check_period_s=2, health_check_timeout_s=10)(serve.ingress()(ReactIngress))
+    ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
+    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started)
+    _wait_ready(served.url, ready_timeout)
+    if block:
+        print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
+              f"{served.url} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            served.stop()
+    return served
