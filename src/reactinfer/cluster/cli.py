@@ -1,4 +1,4 @@
-"""`react batch` (and `react serve-ray`): the command line over reactinfer.cluster."""
+"""`react batch`: the command line over reactinfer.cluster."""
 from __future__ import annotations
 
 import argparse
@@ -48,23 +48,3 @@ def _batch(p: argparse.ArgumentParser):
         return 0
 
     return run
-
-
-@command("serve-ray", "Serve models over HTTP with Ray Serve replicas (the same API as "
-                      "`react serve`).")
-def _serve_ray(p: argparse.ArgumentParser):
-    p.add_argument("models", nargs="+", help="artifact directories, built-in names or paths")
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
-
-    def run(a: argparse.Namespace) -> int:
-        from .serve_ray import run as serve_run
-
-        serve_run(a.models, None, replicas=a.replicas, ray_address=a.ray_address, host=a.host,
-                  port=a.port, block=True)
-        return 0
-
-    return run
-

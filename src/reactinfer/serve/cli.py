@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from ..cli.main import command, print_json
-from ..core.errors import UserError
 
 
 @command("serve", "Serve models over HTTP (OpenAI + KServe v2 + /metrics) with dynamic "
@@ -33,7 +31,7 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (with --ray)")
     p.add_argument("--ray-address", default=None)
 
     def run(a: argparse.Namespace) -> int:
@@ -49,16 +47,11 @@ def _serve(p: argparse.ArgumentParser):
             from ..backends.torch_eager import set_threads
 
             set_threads(a.threads)
-        if a.ray:
-            try:
-                serve_ray = importlib.import_module("reactinfer.cluster.serve_ray")
-            except ModuleNotFoundError as e:
-                if e.name != "reactinfer.cluster.serve_ray":
-                    raise
-                raise UserError("Ray serving is not installed in this build "
-                                "(reactinfer.cluster.serve_ray is missing); drop --ray") from None
-            serve_ray.run(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
-                          host=a.host, port=a.port)
+        if a.ray:  # the same API on Ray Serve replicas (cluster/serve_ray.py)
+            from ..cluster.serve_ray import run as serve_on_ray
+
+            serve_on_ray(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
+                         host=a.host, port=a.port, block=True)
             return 0
         from .app import create_app
         from .server import draining_server
