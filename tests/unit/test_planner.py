@@ -164,3 +164,19 @@ def test_bad_settings_fail_before_work(model_and_data, tmp_path):
     with pytest.raises(UserError, match="unknown transform"):
         _run(model, data, tmp_path / "c",
              actions=[Action("x", "x", _expect(1.0), steps=({"type": "Nope"},))])
+
+
+def test_thoughts_learn_from_observations():
+    from reactinfer.core.hardware import hardware_profile
+    from reactinfer.planner.actions import Context, _expect_prune
+
+    facts = {"layers": 6, "ffn_share": 0.66}
+    fresh = Context(hardware_profile(), "embedding", "throughput", facts, [])
+    g0, why0 = _expect_prune("layers", 1 / 3)(fresh)
+    assert g0 > 1.2 and "FLOPs" in why0
+    overshoot = {"action": "prune FFN 25% + distil", "family": "prune-ffn",
+                 "decision": "rolled back", "reason": "quality drop 0.0607 > bound 0.01",
+                 "observation": {"quality_drop": 0.0607}}
+    seen = Context(hardware_profile(), "embedding", "throughput", facts, [overshoot])
+    g1, why1 = _expect_prune("layers", 1 / 3)(seen)
+    assert g1 < g0 and "0.061" in why1 and "unlikely" in why1

@@ -67,6 +67,18 @@ class Context:
     def family_results(self, family: str) -> list[dict[str, Any]]:
         return [t for t in self.log if t.get("family") == family]
 
+    def structural_overshoot(self) -> dict[str, Any] | None:
+        """The structural trial that overshot the quality bound the most, if any."""
+        worst = None
+        for t in self.log:
+            obs = t.get("observation")
+            if (t.get("family", "").startswith("prune-") and obs
+                    and "quality drop" in t.get("reason", "") and ">" in t["reason"]
+                    and (worst is None or obs["quality_drop"]
+                         > worst["observation"]["quality_drop"])):
+                worst = t
+        return worst
+
 
 Expect = Callable[[Context], tuple[float, str]]
 
@@ -171,6 +183,13 @@ def _expect_prune(what: str, fraction: float) -> Expect:
         share = ctx.model_facts.get("ffn_share", 0.66) if what == "FFN neurons" else \
             1 - ctx.model_facts.get("ffn_share", 0.66) if what == "attention heads" else 1.0
         gain = 1 / max(1e-3, 1 - share * fraction)
+        worst = ctx.structural_overshoot()
+        if worst is not None:  # what was observed outweighs the FLOP count
+            gain = 1 + (gain - 1) * 0.25
+            return gain, (f"{worst['action']} already lost {worst['observation']['quality_drop']:.3f}"
+                          f" of quality, over the bound even after recovery training, so pruning "
+                          f"{what} is unlikely to stay within it; kept for after the other "
+                          "actions." + _observed(ctx, "prune-" + what.split()[0].lower()))
         prior = {"FFN neurons": "the FFN holds", "attention heads": "attention projections hold",
                  "layers": "each layer holds"}[what]
         amount = f"{share:.0%} of the FLOPs" if what != "layers" else \
