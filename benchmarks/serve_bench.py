@@ -1,16 +1,16 @@
 """Serving benchmark, measured side by side in one run on loopback with minilm:
 
 1. dynamic batching vs batching off (closed loop at concurrency 2 x max batch; p95 at low load)
-2. the reactive ladder (fp32 -> 3 layers -> 1 layer) under Poisson load at 3x the fp32
+2. the reactive ladder (fp32 -> int8 -> 3 layers distilled + int8) under Poisson load at 3x the fp32
    server's measured saturation rate, vs fixed fp32 deployments (same server with one
    variant: with deadline-aware admission, and with a bounded queue only)
 3. overload at 10x saturation: 429 latency, server memory, recovery
 4. drain under load (SIGTERM): no accepted request lost
 
 Each server is `react serve` in its own process (one at a time); the load generator runs
-here. The cheaper variants keep the first k of minilm's 6 encoder layers (no compression
-transforms were on main when this was written); their quality is measured with
-reactinfer.bench against minilm and stored in the artifact manifests.
+here. The cheaper variants are made with ReAct's compression transforms (see
+build_variants); their quality is measured with reactinfer.bench against minilm and
+stored in the artifact manifests.
 
     PYTHONPATH=src python benchmarks/serve_bench.py            # ~5 minutes
 """
@@ -51,21 +51,31 @@ def short_texts(n: int = 400) -> list[str]:
     return [t for t in out if t.strip()]
 
 
+LADDER = ("fp32", "int8", "3l-int8")  # best quality first
+
+
 def build_variants(work: Path, n_eval: int) -> dict[str, Any]:
+    """The ladder, made with ReAct's own transforms: the original; dynamic int8
+    (per-channel); half the layers recovered by a short distillation, then int8.
+    Quality is measured against minilm and stored in each manifest (the server's
+    effective-quality metric reads it)."""
+    from reactinfer.compress import Distill, DropLayers, QuantizeDynamicInt8
+
     base = ri.load("minilm")
-    out = {"fp32": {"path": str(work / "minilm-fp32"), "layers": 6, "quality": 1.0}}
+    out = {"fp32": {"path": str(work / "minilm-fp32"), "quality": {"mean_cosine": 1.0}}}
     Artifact.save(base, work / "minilm-fp32")
-    for keep in (3, 1):
-        model = copy.deepcopy(base.model)
-        model.encoder.layer = model.encoder.layer[:keep]
-        model.config.num_hidden_layers = keep
-        h = base.derive(model=model, transforms=({"type": "KeepFirstLayers", "version": 1,
-                                                  "keep": keep},))
+    recipes = {"int8": [QuantizeDynamicInt8(per_channel=True)],
+               "3l-int8": [DropLayers(keep=0.5), Distill(steps=400, time_budget_s=120,
+                                                         progress=False),
+                           QuantizeDynamicInt8(per_channel=True)]}
+    for name, recipe in recipes.items():
+        h = ri.compress(base, recipe)
         report = ri.bench(h, n_eval=n_eval, latency_runs=3, progress=False, reference=base)
         metrics = {"quality": report["quality"], "quality_drop": report["quality_drop"]}
-        path = work / f"minilm-{keep}l"
+        path = work / f"minilm-{name}"
         Artifact.save(h, path, metrics=metrics)
-        out[f"{keep}l"] = {"path": str(path), "layers": keep, "quality": report["quality"]}
+        out[name] = {"path": str(path), "recipe": [c.to_dict() for c in recipe],
+                     "quality": report["quality"]}
     return out
 
 
@@ -186,7 +196,7 @@ def ladder(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) 
     flags = ["--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)]
     rate = 3 * sat
     runs: dict[str, Any] = {}
-    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    paths = [variants[k]["path"] for k in LADDER]
     setups = {"ladder": (paths, []), "fixed_fp32": (paths[:1], []),
               "fixed_fp32_queue_only": (paths[:1], ["--no-deadline-admission"])}
     for name, (models, extra) in setups.items():
@@ -206,7 +216,7 @@ def ladder(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) 
 
 
 def overload(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
-    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    paths = [variants[k]["path"] for k in LADDER]
     with server(paths, "--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)) as (base, proc):
         p = psutil.Process(proc.pid)
         rss_before = p.memory_info().rss
@@ -235,7 +245,7 @@ def overload(variants: dict, texts: list[str], sat: float, a: argparse.Namespace
 
 
 def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -> dict:
-    paths = [variants[k]["path"] for k in ("fp32", "3l", "1l")]
+    paths = [variants[k]["path"] for k in LADDER]
     with server(paths, "--slo-ms", str(a.slo_ms), "--max-batch", str(a.max_batch)) as (base, proc):
         result: dict[str, Any] = {}
         t = threading.Thread(target=lambda: result.update(run_loadtest(
