@@ -15,10 +15,39 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHOR_PYTHON = {"torch": Path(sys.executable), "onnx": ROOT / ".venv-anchor" / "bin" / "python"}
+
+
+def run_st_anchor(backend: str, texts: list[str], model_dir: str, latency_runs: int = 50,
+                  rounds: int = 1, batch_size: int = 32) -> dict:
+    """Run this script in a subprocess (its backend's environment) and return its result
+    with the embeddings; an anchor that cannot run returns {"engine", "error"}."""
+    python = ANCHOR_PYTHON[backend]
+    label = f"sentence-transformers ({backend})"
+    if not python.exists():
+        return {"engine": label, "error": f"no {python.parent.parent.name}: run `make anchor-env`"}
+    tmp = Path(tempfile.mkdtemp(prefix="react-anchor-"))
+    (tmp / "texts.json").write_text(json.dumps(texts))
+    cmd = [str(python), __file__, "--model-dir", model_dir, "--texts", str(tmp / "texts.json"),
+           "--backend", backend, "--out", str(tmp / "out.json"), "--emb", str(tmp / "emb.npy"),
+           "--rounds", str(rounds), "--latency-runs", str(latency_runs),
+           "--batch-size", str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"engine": label, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    res = json.loads((tmp / "out.json").read_text())
+    res["embeddings"] = np.load(tmp / "emb.npy", allow_pickle=False)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return res
 
 
 def main() -> None:

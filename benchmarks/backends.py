@@ -42,28 +42,18 @@ def timed(fn, *a, **kw):
 
 
 # -- minilm -----------------------------------------------------------------------------
-def st_rows(texts, ref, lat_texts, n_lat):
-    """sentence-transformers itself: torch encode, and backend='onnx' (exported locally)."""
-    from sentence_transformers import SentenceTransformer
+def st_rows(texts, ref, n_lat):
+    """sentence-transformers itself, torch encode and backend='onnx' (exported locally), each
+    in a subprocess of its own environment (anchor_st.py; ONNX needs `make anchor-env`)."""
+    from anchor_st import run_st_anchor
 
-    path = str(BUILTINS["minilm"].path())
     rows = []
-    for label, kw in (("sentence-transformers (torch)", {}),
-                      ("sentence-transformers (onnx)", {"backend": "onnx"})):
-        try:
-            model, load_s = timed(SentenceTransformer, path, device="cpu", local_files_only=True,
-                                  **kw)
-            model.encode(texts[:32], batch_size=32)  # warm-up
-            emb, secs = timed(model.encode, texts, batch_size=32, convert_to_numpy=True)
-            lat = []
-            for i in range(n_lat + 3):
-                _, s = timed(model.encode, [lat_texts[i % len(lat_texts)]], batch_size=1)
-                lat.append(s)
-            q = get_task("embedding").compare({"embeddings": ref}, {"embeddings": emb})
-            rows.append({"name": label, "items_per_s": len(texts) / secs,
-                         "latency_ms": percentiles(lat[3:]), "quality": q, "load_s": load_s})
-        except Exception as e:  # noqa: BLE001  (an anchor that cannot run is a result too)
-            rows.append({"name": label, "error": f"{type(e).__name__}: {e}".strip()[:400]})
+    for backend in ("torch", "onnx"):
+        res = run_st_anchor(backend, texts, str(BUILTINS["minilm"].path()), latency_runs=n_lat)
+        if "error" not in res:
+            res["quality"] = get_task("embedding").compare({"embeddings": ref},
+                                                           {"embeddings": res.pop("embeddings")})
+        rows.append({"name": res.pop("engine"), **res})
     return rows
 
 
@@ -117,7 +107,7 @@ def bench_minilm(n_texts, n_lat, with_compile):
     base = ri.load("minilm")
     ref = get_task("embedding").evaluate(base.runner(), base.tokenizer, texts, 32,
                                          base.max_length)["embeddings"]
-    rows = st_rows(texts, ref, texts, n_lat)
+    rows = st_rows(texts, ref, n_lat)
     configs = [("ReAct torch eager", "torch", {})]
     if with_compile:
         configs.append(("ReAct torch.compile", "torch-compile", {}))

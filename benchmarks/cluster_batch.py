@@ -143,7 +143,7 @@ def render(r: dict) -> str:
         f"# Batch embedding with minilm on Ray ({r['rows']:,} corpus texts, batch "
         f"{r['batch_size']}, blocks of {r['block_rows']})", "",
         f"Machine: {r['hardware']['cpu_model']}, {r['hardware']['cores_logical']} logical "
-        "cores, shared with other jobs: compare ratios within this run only.", "",
+        "cores; timings vary between runs: compare ratios within this run only.", "",
         "| run | seconds | rows/s |", "|---|---:|---:|",
         f"| plain loop, 1 thread | {p['threads_1']['seconds']:.1f} | "
         f"{p['threads_1']['rows_per_s']:.1f} |",

@@ -16,31 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from anchor_st import run_st_anchor
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
-ANCHOR_PY = ROOT / ".venv-anchor" / "bin" / "python"
-
-
-def st_anchor(python: Path, backend: str, texts_file: Path, tmp: Path, rounds: int,
-              model_dir: str) -> dict:
-    out, emb = tmp / f"st-{backend}.json", tmp / f"st-{backend}.npy"
-    cmd = [str(python), str(Path(__file__).parent / "anchor_st.py"), "--model-dir", model_dir,
-           "--texts", str(texts_file), "--backend", backend, "--out", str(out),
-           "--emb", str(emb), "--rounds", str(rounds)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        return {"engine": f"sentence-transformers ({backend})",
-                "error": proc.stderr.strip().splitlines()[-1][:300]}
-    res = json.loads(out.read_text())
-    res["embeddings"] = np.load(emb, allow_pickle=False)
-    return res
 
 
 def react_engine(label: str, handle, texts: list[str], rounds: int) -> dict:
@@ -74,27 +57,20 @@ def main() -> None:
                  resume=(run / "trials.sqlite").exists())
     plan = json.loads((run / "report.json").read_text())
     texts = texts_for("eval")
-    tmp = Path(tempfile.mkdtemp(prefix="react-anchor-"))
-    texts_file = tmp / "texts.json"
-    texts_file.write_text(json.dumps(texts))
     model_dir = str(BUILTINS["minilm"].path())
 
     base, best = ri.load("minilm"), ri.load(run / "best")
     engines = {}
-    for r in range(a.rounds):  # alternate engines round by round: the machine drifts
+    for _ in range(a.rounds):  # alternate engines round by round: the machine drifts
         for name, fn in (
-            ("st-torch", lambda: st_anchor(Path(sys.executable), "torch", texts_file, tmp, 1,
-                                           model_dir)),
-            ("st-onnx", lambda: st_anchor(ANCHOR_PY, "onnx", texts_file, tmp, 1, model_dir)
-             if ANCHOR_PY.exists() else {"engine": "sentence-transformers (onnx)",
-                                         "error": "no .venv-anchor: run `make anchor-env`"}),
+            ("st-torch", lambda: run_st_anchor("torch", texts, model_dir)),
+            ("st-onnx", lambda: run_st_anchor("onnx", texts, model_dir)),
             ("react-baseline", lambda: react_engine("ReAct baseline (torch eager)", base,
                                                     texts, 1)),
             ("react-best", lambda: react_engine(f"ReAct best: {plan['best_recipe']}", best,
                                                 texts, 1)),
         ):
-            res = fn()
-            engines.setdefault(name, []).append(res)
+            engines.setdefault(name, []).append(fn())
     task = get_task("embedding")
     ref = engines["react-baseline"][-1]["embeddings"]
     summary = {}

@@ -284,7 +284,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Serving benchmark (minilm, loopback)", "",
         f"Host: {r['hardware'].get('cpu_model')} ({r['hardware'].get('cores_logical')} threads, "
-        "shared with other jobs: ratios taken in this one run are what matter). Server: `react "
+        "timings vary between runs: ratios taken in this one run are what matter). Server: `react "
         f"serve`, 1 torch thread, max batch {r['args']['max_batch']}, cache off. Texts: first "
         "line (<=120 chars) of held-out docstrings.", "",
         "## 1. Dynamic batching", "",
