@@ -217,8 +217,8 @@ def bench_smollm2(n_new, n_ppl, ppl_len):
 # -- report -----------------------------------------------------------------------------
 def markdown(res):
     lines = [f"# Backends benchmark\n\n{res['hardware_summary']}  \n"
-             f"one process, {res['seconds']:.0f} s in all; timings are contended (shared "
-             "cores): read the ratios.\n", "## minilm (batch 32 throughput, batch 1 latency)\n",
+             f"one process, {res['seconds']:.0f} s in all; timings vary between runs "
+             "(2 cores): read the ratios within this run.\n", "## minilm (batch 32 throughput, batch 1 latency)\n",
              "| engine | items/s | × ST torch | p50 ms | p95 ms | mean cos | top-10 recall | "
              "size MiB | convert s | warm-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
     m = res["minilm"]
