@@ -323,6 +323,24 @@ def test_ladder_steps_down_under_slowness_and_back_up():
         assert s.metric("react_variant_switches_total", direction="up") >= 1
 
 
+def test_idle_server_with_a_stale_estimate_recovers():
+    """One variant whose start-up estimate is far too slow (e.g. it included a compile):
+    an idle server that refuses on the estimate alone re-times the variant and recovers,
+    instead of refusing every request forever."""
+    with running([tiny_handle("embedding")], slo_ms=500, max_batch=4, probe_s=0.1) as s:
+        (g,) = s.state.groups.values()
+        for n in list(g.ladder.variants[0].service.points):
+            g.ladder.variants[0].service.set(n, 30.0)  # a 30 s estimate, far from the truth
+        first = s.client.post("/v1/embeddings", json={"input": "one"})
+        assert first.status_code == 429 and "deadline" in first.json()["error"]["message"]
+        for _ in range(100):  # bounded: ~10 s at most
+            if s.client.post("/v1/embeddings", json={"input": "two"}).status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the server kept refusing on its stale estimate")
+
+
 def test_drain_answers_every_accepted_request():
     h = slow(tiny_handle("embedding"), 0.15)
     with running([h], max_batch=2, max_delay_ms=1, slo_ms=60_000) as s:

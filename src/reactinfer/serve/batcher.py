@@ -84,6 +84,7 @@ class Batcher:
         self._stopping = False
         self._switches_seen = 0
         self._last_probe = 0.0
+        self._stale = False  # an idle server refused a request on its estimate alone
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
         self.draining = False
@@ -140,6 +141,9 @@ class Batcher:
             ok, predicted = self.ladder.admissible(sorted(jobs, key=_deadline), req.job, now,
                                                    busy, self.config.admit_headroom)
             if not ok and self.config.deadline_admission:
+                if not jobs and busy == 0.0:  # idle, yet predicted too slow: re-time it
+                    self._stale = True
+                    self._cond.notify_all()
                 self.metrics.rejected.inc(model=self.model, reason="deadline")
                 raise Rejected(429, f"the deadline cannot be met: predicted "
                                f"{predicted * 1e3:.0f} ms on the fastest variant, "
@@ -214,11 +218,12 @@ class Batcher:
                     continue
                 if self._stopping:
                     return None
-                if self.ladder.active > 0 and not self.draining:
+                if (self.ladder.active > 0 or self._stale) and not self.draining:
                     due = self._last_probe + cfg.probe_s
                     if now >= due:  # free, and the better variant's estimate may be stale
-                        self._last_probe = now
-                        return [], self.ladder.active - 1
+                        self._last_probe, self._stale = now, False
+                        return [], max(self.ladder.active - 1, 0) if self.ladder.active \
+                            else len(self.ladder.variants) - 1
                     self._cond.wait(due - now)
                 else:
                     self._cond.wait()
@@ -383,7 +388,9 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def measure_encoder(v: Variant, texts: Sequence[str], max_batch: int, repeats: int = 2) -> None:
-    """Time a call per batch size (after one warm-up call) and set the curve."""
+    """Time a call per batch size (after one warm-up call) and set the curve. The fastest
+    of the repeats counts: a first call at a new shape may compile (torch.compile) or fill
+    caches, a one-off that must not make the server shed everything afterwards."""
     from ..tasks import tokenize
 
     h = v.handle
@@ -396,7 +403,7 @@ def measure_encoder(v: Variant, texts: Sequence[str], max_batch: int, repeats: i
             t0 = time.perf_counter()
             runner(batch)
             times.append(time.perf_counter() - t0)
-        v.service.set(n, float(np.median(times)))
+        v.service.set(n, float(np.min(times)))
 
 
 def measure_generation(v: Variant, prompt_ids: Sequence[int], tokens: int = 8) -> None:

@@ -57,7 +57,11 @@ class ServiceTime:
         pred_n, pred_b = self.predict(n), self.predict(bucket)
         scaled = seconds * pred_b / pred_n if pred_n > 0 else seconds
         with self._lock:
-            self.points[bucket] = (1 - self.alpha) * self.points[bucket] + self.alpha * scaled
+            if scaled < 0.25 * self.points[bucket]:  # far faster than believed: the old
+                self.points[bucket] = scaled  # figure was a one-off (compile, cold cache)
+            else:
+                self.points[bucket] = (1 - self.alpha) * self.points[bucket] \
+                    + self.alpha * scaled
 
 
 @dataclass
