@@ -87,7 +87,7 @@ class PlanSettings:
         if self.budget_s <= 0:
             raise UserError(f"--budget-s must be positive, got {self.budget_s}")
         if self.n_eval < 10:
-            raise UserError(f"n_eval must be at least 10 for a meaningful quality figure")
+            raise UserError("n_eval must be at least 10 for a meaningful quality figure")
 
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
