@@ -62,6 +62,8 @@ class LlamaCppRunner:
                          verbose=False)
         self.load_s = time.perf_counter() - t0
         self.n_vocab = self.llm.n_vocab()
+        self.threads = threads
+        self._gen: Any = None  # the decoding context, made on first generate()
 
     def _eval(self, tokens: list[int]) -> np.ndarray:
         if len(tokens) > self.llm.n_ctx():
@@ -83,24 +85,53 @@ class LlamaCppRunner:
     def generate(self, prompt_ids: list[int], max_new_tokens: int,
                  reuse_cache: bool = True) -> list[int]:
         """Greedy continuation of exactly `max_new_tokens` (end-of-sequence suppressed, as
-        the torch runner does); with the KV cache each step evaluates one new token."""
+        the torch runner does); with the KV cache each step evaluates one new token.
+
+        Decoding uses a second context without `logits_all` (which scoring needs): it
+        computes the LM head for the last position only and reads those logits in place,
+        instead of copying a full row of scores per token."""
         if not prompt_ids:
             raise UserError("generate needs at least one prompt token")
-        logits = self._eval(list(prompt_ids))
+        if not reuse_cache:  # the cost of recomputing the prompt every token, for benchmarks
+            return self._generate_without_cache(list(prompt_ids), max_new_tokens)
+        llm = self._decoder()
+        if len(prompt_ids) + max_new_tokens > llm.n_ctx():
+            raise UserError(f"{len(prompt_ids) + max_new_tokens} tokens do not fit llama.cpp's "
+                            f"context of {llm.n_ctx()}; pass n_ctx=")
+        llm.reset()
+        llm.eval(list(prompt_ids))
         new: list[int] = []
-        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
         for step in range(max_new_tokens):
-            last = logits[-1].copy()
-            if eos is not None:  # exactly max_new_tokens, as torch's min_new_tokens does
-                last[eos] = -np.inf
-            new.append(int(np.argmax(last)))
-            if step == max_new_tokens - 1:
-                break
-            if reuse_cache:
-                self.llm.eval([new[-1]])
-                logits = self.llm.scores[self.llm.n_tokens - 1:self.llm.n_tokens]
-            else:
-                logits = self._eval(list(prompt_ids) + new)
+            new.append(self._pick(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1),
+                                                        shape=(self.n_vocab,))))
+            if step < max_new_tokens - 1:
+                llm.eval([new[-1]])
+        return new
+
+    def _pick(self, last: np.ndarray) -> int:
+        """Greedy choice with end-of-sequence excluded."""
+        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
+        best = int(np.argmax(last))
+        if eos is not None and best == eos:
+            saved, last[eos] = last[eos], -np.inf  # the buffer is llama.cpp's: restore it
+            best = int(np.argmax(last))
+            last[eos] = saved
+        return best
+
+    def _decoder(self) -> Any:
+        if self._gen is None:
+            from llama_cpp import Llama
+
+            # the weights are mmap'ed: a second context shares them
+            self._gen = Llama(model_path=str(self.path), n_ctx=self.llm.n_ctx(),
+                              n_batch=self.llm.n_batch, n_threads=self.threads,
+                              n_threads_batch=self.threads, logits_all=False, verbose=False)
+        return self._gen
+
+    def _generate_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            new.append(self._pick(self._eval(prompt_ids + new)[-1].copy()))
         return new
 
 
