@@ -32,16 +32,6 @@ pytestmark = pytest.mark.integration
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch  # the machine is shared: one intra-op thread keeps calls predictable
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SlowRunner:
     """A real model's runner with an adjustable delay per call: injected slowness."""
 

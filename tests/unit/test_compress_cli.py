@@ -2,20 +2,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from reactinfer import load
 from reactinfer.cli.main import main
 from reactinfer.tasks import tokenize
 from reactinfer.testing import save_tiny_hf, tiny_texts
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -12,14 +12,6 @@ from reactinfer.data import texts_for
 from reactinfer.testing import save_tiny_hf, tiny_handle, tiny_texts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     p = tmp_path_factory.mktemp("d") / "texts.txt"

@@ -16,14 +16,6 @@ from reactinfer.testing import tiny_handle, tiny_texts
 TASKS = ["embedding", "causal-lm", "classification"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def outputs(handle, n=8):
     return handle.runner()(tokenize(handle.tokenizer, tiny_texts(n), 64))
 

@@ -6,8 +6,7 @@ load shedding, a response cache and the reactive variant ladder.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _EXPORTS = {
     "ServeConfig": "reactinfer.serve.config:ServeConfig",
@@ -18,11 +17,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'reactinfer.serve' has no attribute {name!r}")
-    module, _, attr = _EXPORTS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 from ..core.verbs import make_callable  # noqa: E402
