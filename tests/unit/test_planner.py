@@ -67,7 +67,7 @@ class SlowBackend:
         return handle.model is not None
 
     def prepare(self, handle, **opts):
-        return _SlowRunner(handle, None)
+        return _SlowRunner(handle)
 
 
 register_backend(SlowBackend())

@@ -76,6 +76,10 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
     return out, skipped
 
 
+def _option_names(name: str) -> dict[str, Any]:
+    return getattr(list_backends()[name], "capabilities", dict)().get("options", {})
+
+
 def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
              gen_tokens: int) -> tuple[float, str, dict[str, Any], dict]:
     from ..bench.measure import GEN_PROMPT
@@ -109,8 +113,10 @@ def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
 def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
                    threads: int | None = None, precision: str | None = None,
                    max_drop: float | None = None, include: Sequence[str] = (),
-                   gen_tokens: int = 16) -> tuple[ModelHandle, dict[str, Any]]:
-    """Measure each candidate on `texts` and return (the chosen handle, the decision)."""
+                   gen_tokens: int = 16, device: str | None = None
+                   ) -> tuple[ModelHandle, dict[str, Any]]:
+    """Measure each candidate on `texts` and return (the chosen handle, the decision).
+    `threads` goes to every candidate, `device` to those with a device option (torch)."""
     from ..tasks import get_task
     from .convert import to_backend
 
@@ -126,6 +132,8 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     best: tuple[float, ModelHandle | None, dict] = (-1.0, None, {})
     for name, opts in grid:
         opts = {**opts, **({"threads": threads} if threads is not None else {})}
+        if device is not None and "device" in _option_names(name):
+            opts["device"] = device
         row: dict[str, Any] = {"backend": name, "options": opts}
         try:
             t0 = time.perf_counter()

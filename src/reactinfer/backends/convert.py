@@ -22,8 +22,8 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
                **options: Any) -> ModelHandle:
     """A new handle that runs on backend `name` with `options` (the input is unchanged).
 
-    Options per backend (see `react backends`): torch: threads; torch-compile: threads,
-    mode; onnxruntime: precision (fp32, int8-dynamic, int8-static, fp16), opt_level,
+    Options per backend (see `react backends`): torch: threads, device (auto, cpu, cuda);
+    torch-compile: threads, mode, device; onnxruntime: precision (fp32, int8-dynamic, int8-static, fp16), opt_level,
     threads, inter_op_threads, provider; llama.cpp: outtype (source, f16, q8_0, q4_0, ...),
     threads, n_ctx. Files go to `workdir` (a fresh temporary directory by default).
     """

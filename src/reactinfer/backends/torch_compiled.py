@@ -1,6 +1,7 @@
 """torch.compile of the task-wrapped module, with dynamic shapes (batches vary in size and
-length). Compilation happens on the first calls; the runner records how long they took in
-`warmup_s` so benchmarks report it apart from steady-state speed."""
+length), on the CPU or a CUDA GPU (`device`, as for the torch backend). Compilation
+happens on the first calls; the runner records how long they took in `warmup_s` so
+benchmarks report it apart from steady-state speed."""
 from __future__ import annotations
 
 import time
@@ -10,24 +11,28 @@ import numpy as np
 
 from ..core.backend import Batch, register_backend
 from ..core.errors import UserError
+from .device import DEVICES, resolve_device
 from .torch_eager import TorchRunner, set_threads
 
 if TYPE_CHECKING:
+    import torch
+
     from ..core.handle import ModelHandle
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class CompiledRunner(TorchRunner):
-    def __init__(self, handle: ModelHandle, mode: str):
-        import torch
-
-        from ..tasks import get_task
-
-        module = get_task(handle.task).wrap(handle.model).eval()
-        super().__init__(handle, torch.compile(module, dynamic=True, mode=mode))
+    def __init__(self, handle: ModelHandle, mode: str, device: str = "cpu"):
+        self.mode = mode
+        super().__init__(handle, device)
         self.warmup_s = 0.0  # seconds spent in calls that compiled (first call per shape kind)
         self._calls = 0
+
+    def build(self, module: torch.nn.Module) -> torch.nn.Module:
+        import torch
+
+        return torch.compile(module, dynamic=True, mode=self.mode)
 
     def __call__(self, batch: Batch) -> np.ndarray:
         t0 = time.perf_counter()
@@ -40,7 +45,8 @@ class CompiledRunner(TorchRunner):
 
 class TorchCompiledBackend:
     name = "torch-compile"
-    description = "torch.compile (inductor, dynamic shapes); compile time reported apart"
+    description = ("torch.compile (inductor, dynamic shapes; CPU, or CUDA when present); "
+                   "compile time reported apart")
 
     def available(self) -> bool:
         import shutil
@@ -52,21 +58,21 @@ class TorchCompiledBackend:
 
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["embedding", "classification", "causal-lm"],
-                "options": {"threads": "int", "mode": list(MODES)},
+                "options": {"threads": "int", "mode": list(MODES), "device": list(DEVICES)},
                 "files": [], "needs_torch_at_run_time": True}
 
     def supports(self, handle: ModelHandle) -> bool:
         return handle.model is not None
 
     def prepare(self, handle: ModelHandle, threads: int | None = None, mode: str = "default",
-                **opts: Any) -> CompiledRunner:
+                device: str = "auto", **opts: Any) -> CompiledRunner:
         if opts:
             raise UserError(f"torch-compile backend: unknown option(s) {sorted(opts)}; "
-                            "known: threads, mode")
+                            "known: threads, mode, device")
         if mode not in MODES:
             raise UserError(f"torch-compile mode {mode!r} is not one of {', '.join(MODES)}")
         set_threads(threads)
-        return CompiledRunner(handle, mode)
+        return CompiledRunner(handle, mode, resolve_device(device, handle.model))
 
 
 register_backend(TorchCompiledBackend())

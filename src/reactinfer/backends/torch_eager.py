@@ -1,4 +1,5 @@
-"""PyTorch eager: the reference backend, runs any torch model ReAct can load."""
+"""PyTorch eager: the reference backend, runs any torch model ReAct can load, on the CPU
+or on a CUDA GPU (`device`: auto, cpu, cuda; see device.py)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -7,6 +8,7 @@ import numpy as np
 
 from ..core.backend import Batch, register_backend
 from ..core.errors import UserError
+from .device import DEVICES, place, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -24,29 +26,35 @@ def set_threads(threads: int | None) -> None:
 
 
 class TorchRunner:
-    """Runs the task-wrapped module under inference_mode; generation uses the KV cache."""
+    """Runs the task-wrapped module under inference_mode on `device` ('cpu' or 'cuda');
+    batches go to the device and come back as float32 numpy; generation uses the KV cache.
+    Subclasses change how the wrapped module runs by overriding `build`."""
 
-    def __init__(self, handle: ModelHandle, module: torch.nn.Module):
+    def __init__(self, handle: ModelHandle, device: str = "cpu"):
         from ..tasks import get_task
 
         self.handle = handle
-        self.model = handle.model
-        self.module = module if module is not None else get_task(handle.task).wrap(handle.model)
-        self.module.eval()
+        self.device = device
+        self.model = place(handle.model, device)  # a copy on a GPU: handle.model stays put
+        self.module = self.build(get_task(handle.task).wrap(self.model).eval())
+
+    def build(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
 
     def __call__(self, batch: Batch) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self.module(**{k: torch.from_numpy(v) for k, v in batch.items()})
-        return out.float().numpy()
+            out = self.module(**{k: torch.from_numpy(v).to(self.device)
+                                 for k, v in batch.items()})
+        return out.float().cpu().numpy()
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         import torch
 
         if self.handle.task != "causal-lm":
             raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         tok = self.handle.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.inference_mode():
@@ -68,16 +76,19 @@ class TorchEagerBackend:
 
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["embedding", "classification", "causal-lm"],
-                "options": {"threads": "int"}, "files": [], "needs_torch_at_run_time": True}
+                "options": {"threads": "int", "device": list(DEVICES)}, "files": [],
+                "needs_torch_at_run_time": True}
 
     def supports(self, handle: ModelHandle) -> bool:
         return handle.model is not None
 
-    def prepare(self, handle: ModelHandle, threads: int | None = None, **opts: Any) -> TorchRunner:
+    def prepare(self, handle: ModelHandle, threads: int | None = None, device: str = "auto",
+                **opts: Any) -> TorchRunner:
         if opts:
-            raise UserError(f"torch backend: unknown option(s) {sorted(opts)}; known: threads")
+            raise UserError(f"torch backend: unknown option(s) {sorted(opts)}; "
+                            "known: threads, device")
         set_threads(threads)
-        return TorchRunner(handle, None)
+        return TorchRunner(handle, resolve_device(device, handle.model))
 
 
 register_backend(TorchEagerBackend())

@@ -131,6 +131,8 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
     if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
         report["generation"] = generation_speed(handle, runner, gen_tokens)
         report["generation"]["kv_cache"] = getattr(runner, "kv_cache", True)
+    if hasattr(runner, "device"):  # torch backends: where it ran ('cpu' or 'cuda')
+        report["device"] = runner.device
     if hasattr(runner, "warmup_s"):  # torch.compile: the calls that compiled
         report["compile_s"] = runner.warmup_s
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -142,7 +144,8 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
 
 def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 threads: int | None, precision: str | None, batch_size: int,
-                max_drop: float | None = None) -> tuple[ModelHandle, dict[str, Any] | None]:
+                max_drop: float | None = None, device: str | None = None
+                ) -> tuple[ModelHandle, dict[str, Any] | None]:
     """Move `handle` to the asked backend, or measure and choose one ('auto')."""
     from ..backends import choose_backend, to_backend
     from ..core.backend import get_backend
@@ -150,13 +153,18 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     if backend == "auto":
         sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
         return choose_backend(handle, sample, batch_size, threads=threads,
-                              precision=precision, max_drop=max_drop)
-    if backend is None and threads is None and precision is None:
+                              precision=precision, max_drop=max_drop, device=device)
+    if backend is None and threads is None and precision is None and device is None:
         return handle, None
     name = backend or handle.backend
     opts = dict(handle.backend_options) if name == handle.backend else {}
     if threads is not None:
         opts["threads"] = threads
+    if device is not None:
+        if "device" not in getattr(get_backend(name), "capabilities", dict)().get("options", {}):
+            raise UserError(f"backend {name!r} has no device option; torch and torch-compile "
+                            "have one (onnxruntime chooses with its `provider` option)")
+        opts["device"] = device
     if precision is not None:
         key = getattr(get_backend(name), "precision_option", None)
         if key is None:
@@ -170,21 +178,23 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
           latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
           progress: bool = True, eval_texts: Sequence[str] | None = None,
           backend: str | None = None, threads: int | None = None,
-          precision: str | None = None, max_drop: float | None = None) -> dict[str, Any]:
+          precision: str | None = None, max_drop: float | None = None,
+          device: str | None = None) -> dict[str, Any]:
     """Measure `model` (anything `load` takes). Quality is judged against `reference`,
     by default the model an artifact was made from, or the model itself.
 
     `backend` runs it on that backend first (`to_backend`), or with 'auto' measures the
     available backends and precisions on a sample and picks the fastest within the quality
     bound (`max_drop`, default per task; the report's `backend_selection` holds every
-    measurement and the reason); `threads` and `precision` are the backend's options."""
+    measurement and the reason); `threads`, `precision` and `device` (torch backends: auto,
+    cpu, cuda) are the backend's options."""
     original = load(model)
     task = get_task(original.task)
     texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
     if not texts:
         raise UserError("the evaluation data is empty")
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
-                                    max_drop)
+                                    max_drop, device)
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     if selection is not None:
         report["backend_selection"] = selection

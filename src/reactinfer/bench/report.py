@@ -12,7 +12,8 @@ def _fmt(v: Any) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = [
-        ("model", f"{r['model']} ({r['task']}) on {r['backend']}"),
+        ("model", f"{r['model']} ({r['task']}) on {r['backend']}"
+                  + (f" ({r['device']})" if r.get("device") else "")),
         ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
         ("eval texts", f"{r['n_eval']} (max length {r['max_length']} tokens)"),
     ]

@@ -48,6 +48,8 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--backend", help="run on this backend (see `react backends`), or 'auto' "
                    "to measure them here and pick the fastest within the quality bound")
     p.add_argument("--threads", type=int, help="threads for the backend")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="torch backends: where "
+                   "to run (default auto: a CUDA GPU when torch sees one, else the CPU)")
     p.add_argument("--precision", help="backend precision: onnxruntime fp32|int8-dynamic|"
                    "int8-static|fp16, llama.cpp source|f16|q8_0|q4_0|...")
     p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
@@ -61,7 +63,7 @@ def _bench(p: argparse.ArgumentParser):
         report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
-                       precision=a.precision, max_drop=a.max_drop)
+                       precision=a.precision, max_drop=a.max_drop, device=a.device)
         print_json(report) if a.json else print(format_report(report))
         return 0
 
