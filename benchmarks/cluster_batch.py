@@ -1,16 +1,20 @@
 """Batch embedding with `minilm` on Ray: 1 and 2 workers against a plain loop.
 
-    PYTHONPATH=src python benchmarks/cluster_batch.py --rows 4096
+    PYTHONPATH=src python benchmarks/cluster_batch.py --rows 100000 --plain1-rows 8192
+
+(the issue's scale: about 55 minutes on 2 cores; --rows 4096 takes about 4 minutes)
 
 Measures, side by side in one run (timings on a shared machine only mean something as
 ratios taken together):
-- plain single-process loop (run_in_order) with 1 and with 2 torch threads;
+- plain single-process loop (run_in_order) with 2 torch threads on all rows, and with 1
+  thread on the first --plain1-rows rows (the per-row compute the scale-out model uses);
 - `run_batch` (Ray Data actor pool) with 1 and 2 workers (1 CPU / 1 thread each);
 - results across worker counts (max abs diff), and against the plain loop;
 - the overheads the scale-out model in docs/cluster.md uses: actor start-up, per-row
   compute, per-row pipeline overhead (Ray Data scheduling + Arrow + object store), and
   the driver's per-row cost (grouping + writing part files);
 - result compression of the embeddings (ratio, cosine).
+- the machine's load average during each phase (other work on the machine shows up there).
 Writes benchmarks/results/cluster.json and cluster.md.
 """
 from __future__ import annotations
@@ -19,7 +23,9 @@ import argparse
 import json
 import os
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +46,34 @@ def corpus_texts(n: int) -> list[str]:
     d = load_corpus()
     base = d["train"] + d["eval"] + d["calibration"]
     return [base[i % len(base)] for i in range(n)]
+
+
+class LoadSampler:
+    """Load average sampled every 5 s, reported per named phase."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        samples: list[float] = []
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(5.0):
+                samples.append(os.getloadavg()[0])
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+            if samples:
+                self.phases[name] = {"mean": float(np.mean(samples)), "max": max(samples)}
 
 
 def plain(texts: list[str], threads: int, batch: int) -> tuple[float, np.ndarray]:
@@ -88,14 +122,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--block-rows", type=int, default=512)
+    ap.add_argument("--plain1-rows", type=int, default=None,
+                    help="rows for the 1-thread plain loop (default: all)")
     a = ap.parse_args()
+    sampler = LoadSampler()
     texts = corpus_texts(a.rows)
     tmp = Path(tempfile.mkdtemp(prefix="react-cluster-bench-"))
     path = tmp / "in.txt"
     path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
 
-    t1, ref1 = plain(texts, 1, a.batch_size)
-    t2, _ = plain(texts, 2, a.batch_size)
+    n1 = min(a.plain1_rows or len(texts), len(texts))
+    with sampler.phase("plain loop, 1 thread"):
+        t1, _ = plain(texts[:n1], 1, a.batch_size)
+    with sampler.phase("plain loop, 2 threads"):
+        t2, ref2 = plain(texts, 2, a.batch_size)
     set_threads(os.cpu_count() or 1)
     ray_api.init(num_cpus=os.cpu_count() or 2)
     try:
@@ -106,26 +146,29 @@ def main() -> None:
         run_batch("minilm", small, tmp / "small.parquet", workers=1, batch_size=a.batch_size,
                   progress=False)
         startup = time.perf_counter() - s0
-        r1, e1 = ray_run(path, tmp / "w1.parquet", 1, a.batch_size, a.block_rows)
-        r2, e2 = ray_run(path, tmp / "w2.parquet", 2, a.batch_size, a.block_rows)
+        with sampler.phase("Ray, 1 worker"):
+            r1, e1 = ray_run(path, tmp / "w1.parquet", 1, a.batch_size, a.block_rows)
+        with sampler.phase("Ray, 2 workers"):
+            r2, e2 = ray_run(path, tmp / "w2.parquet", 2, a.batch_size, a.block_rows)
         transport = transport_costs(e1, texts, a.block_rows)
     finally:
         ray_api.shutdown()
 
     n = len(texts)
-    row_compute = t1 / n
+    row_compute = t1 / n1
     steady1 = max(r1["seconds"] - startup, 1e-9) / n  # per row, one worker, start-up removed
     result = {
         "rows": n, "batch_size": a.batch_size, "block_rows": a.block_rows,
         "hardware": hardware_profile().to_dict(),
-        "plain_loop": {"threads_1": {"seconds": t1, "rows_per_s": n / t1},
+        "plain_loop": {"threads_1": {"rows": n1, "seconds": t1, "rows_per_s": n1 / t1},
                        "threads_2": {"seconds": t2, "rows_per_s": n / t2}},
         "ray": {"workers_1": {"seconds": r1["seconds"], "rows_per_s": n / r1["seconds"]},
                 "workers_2": {"seconds": r2["seconds"], "rows_per_s": n / r2["seconds"]}},
         "scaling_efficiency_2_vs_1": (r1["seconds"] / r2["seconds"]) / 2,
         "ray_2_workers_vs_plain_2_threads": t2 / r2["seconds"],
         "max_abs_diff_1_vs_2_workers": float(np.abs(e1 - e2).max()),
-        "max_abs_diff_ray_vs_plain": float(np.abs(e1 - ref1).max()),
+        "max_abs_diff_ray_vs_plain": float(np.abs(e1 - ref2).max()),
+        "load_average": sampler.phases,
         "errors": r1["errors"] + r2["errors"],
         "overheads": {"startup_s": startup, "compute_s_per_row_1_thread": row_compute,
                       "ray_overhead_s_per_row": steady1 - row_compute, **transport},
@@ -145,9 +188,10 @@ def render(r: dict) -> str:
         f"Machine: {r['hardware']['cpu_model']}, {r['hardware']['cores_logical']} logical "
         "cores; timings vary between runs: compare ratios within this run only.", "",
         "| run | seconds | rows/s |", "|---|---:|---:|",
-        f"| plain loop, 1 thread | {p['threads_1']['seconds']:.1f} | "
+        f"| plain loop, 1 thread ({p['threads_1'].get('rows', r['rows']):,} rows) | "
+        f"{p['threads_1']['seconds']:.1f} | "
         f"{p['threads_1']['rows_per_s']:.1f} |",
-        f"| plain loop, 2 threads | {p['threads_2']['seconds']:.1f} | "
+        f"| plain loop, 2 threads (all rows) | {p['threads_2']['seconds']:.1f} | "
         f"{p['threads_2']['rows_per_s']:.1f} |",
         f"| Ray Data, 1 worker (incl. start-up) | {ray['workers_1']['seconds']:.1f} | "
         f"{ray['workers_1']['rows_per_s']:.1f} |",
@@ -163,6 +207,9 @@ def render(r: dict) -> str:
         f"{o['ray_overhead_s_per_row'] * 1e3:.2f} ms/row; object store put+get "
         f"{o['object_store_put_get_s_per_row'] * 1e6:.1f} µs/row; part write "
         f"{o['part_write_s_per_row'] * 1e6:.1f} µs/row", "",
+        "- load average (1 min) during each phase, mean / max: " + "; ".join(
+            f"{k} {v['mean']:.2f} / {v['max']:.2f}" for k, v in r.get("load_average", {}).items()),
+        "",
         "| codec | bytes | ratio vs float32 | mean cosine | min cosine |",
         "|---|---:|---:|---:|---:|"]
     for name, c in r["compression"].items():
