@@ -346,21 +346,41 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--work", default=None,
+                    help="keep the variants here and reuse them on the next run")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated sections to run (ladder,overload,drain need "
+                         "--saturation); prints JSON and writes no results")
+    ap.add_argument("--saturation", type=float, default=None,
+                    help="fp32 saturation rate (req/s) for --only without batching")
     a = ap.parse_args()
     texts = short_texts()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="react-serve-bench-") as tmp:
-        variants = build_variants(Path(tmp), a.n_eval)
-        print("variants built", round(time.time() - t0), "s", flush=True)
+        work = Path(a.work or tmp)
+        cached = work / "variants.json"
+        if a.work and cached.exists():
+            variants = json.loads(cached.read_text())
+        else:
+            variants = build_variants(work, a.n_eval)
+            cached.write_text(json.dumps(variants, default=str))
+        print("variants ready", round(time.time() - t0), "s", flush=True)
         r: dict[str, Any] = {"args": vars(a), "variants": variants}
-        r["batching"] = batching(variants, texts, a)
-        sat = r["batching"]["on"]["closed_loop"]["items_per_s"]
-        r["saturation_rate_fp32"] = sat
-        print("batching done", round(time.time() - t0), "s", flush=True)
-        r["ladder"] = ladder(variants, texts, sat, a)
-        print("ladder done", round(time.time() - t0), "s", flush=True)
-        r["overload"] = overload(variants, texts, sat, a)
-        r["drain"] = drain(variants, texts, sat, a)
+        sections = {"batching": batching, "ladder": ladder, "overload": overload,
+                    "drain": drain}
+        for name in (a.only.split(",") if a.only else sections):
+            if name == "batching":
+                r["batching"] = batching(variants, texts, a)
+                r["saturation_rate_fp32"] = r["batching"]["on"]["closed_loop"]["items_per_s"]
+            else:
+                sat = r.get("saturation_rate_fp32") or a.saturation
+                if sat is None:
+                    raise SystemExit(f"--only {name} needs --saturation or batching first")
+                r[name] = sections[name](variants, texts, sat, a)
+            print(name, "done", round(time.time() - t0), "s", flush=True)
+    if a.only:
+        print(json.dumps({k: r[k] for k in a.only.split(",")}, indent=1, default=str))
+        return
     r["hardware"] = hardware_profile().to_dict()
     r["versions"] = package_versions()
     r["wall_s"] = time.time() - t0

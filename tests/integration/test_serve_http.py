@@ -282,6 +282,27 @@ def test_full_queue_and_hopeless_deadline_get_429_then_recover(artifacts):
         assert s.client.post("/v1/embeddings", json={"input": "after"}).status_code == 200
 
 
+def test_hopeless_requests_are_shed_before_the_body_is_read(artifacts):
+    """When no model could answer even one item in time, the 429 comes before routing and
+    body parsing: the refusal costs the event loop almost nothing under overload."""
+    with running([str(artifacts / "emb"), str(artifacts / "lm")], slo_ms=60_000) as s:
+        hopeless = {"X-Deadline-Ms": "0.001"}
+        for path in ("/v1/embeddings", "/v1/completions", f"/v2/models/{EMB}/infer"):
+            r = s.client.post(path, content=b"{not json", headers=hopeless)
+            assert r.status_code == 429, (path, r.text)
+            assert int(r.headers["retry-after"]) >= 1
+            err = r.json()["error"]
+            msg = err["message"] if path.startswith("/v1/") else err
+            assert "deadline cannot be met" in msg
+        assert s.metric("react_requests_total", endpoint="/v2/models/{name}/infer",
+                        status="429") == 1
+        # with a deadline some request could meet, the body is read and judged as usual
+        r = s.client.post("/v1/embeddings", content=b"{not json", headers={"X-Deadline-Ms": "5000"})
+        assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+        r = s.client.post("/v1/embeddings", json={"input": "fine"})
+        assert r.status_code == 200
+
+
 def test_ladder_steps_down_under_slowness_and_back_up():
     big = tiny_handle("embedding")
     small = big.derive(model=tiny_model("embedding", seed=1, layers=1), name="small")

@@ -12,7 +12,8 @@ from reactinfer.core.errors import UserError
 from reactinfer.serve.batcher import Batcher, Rejected, Request
 from reactinfer.serve.cache import ResponseCache, normalise
 from reactinfer.serve.config import ServeConfig
-from reactinfer.serve.ladder import Job, Ladder, ServiceTime, Variant, variant_quality
+from reactinfer.serve.ladder import (Calibration, Job, Ladder, ServiceTime, Variant,
+                                     variant_quality)
 from reactinfer.serve.loadtest import arrival_times, check_loopback, summarise
 from reactinfer.serve.metrics import Metrics
 
@@ -88,6 +89,50 @@ def test_admission_refuses_when_no_variant_meets_the_deadline():
     # a later deadline is admitted behind the same queue
     ok, _ = ladder.admissible(queue, Job(1.0, items=1), now=0.0, busy_s=0.0, headroom=1.0)
     assert ok
+
+
+def test_calibration_learns_the_quantile_of_actual_over_predicted():
+    c = Calibration(quantile=0.99, window=200, min_samples=50, floor_s=0.01)
+    for _ in range(49):
+        c.observe(0.1, 0.3)
+    assert c.factor == 1.0  # too few answers yet
+    c._ratios.clear()
+    for _ in range(49):
+        c.observe(0.1, 0.15)
+    for i in range(151):  # 200 answers: 1% take 3x the prediction, the rest 1.5x
+        c.observe(0.1, 0.3 if i < 2 else 0.15)
+    assert c.factor == pytest.approx(3.0)  # still inside the window's 99th percentile
+    for _ in range(200):  # the slow spell leaves the window
+        c.observe(0.1, 0.15)
+    assert c.factor == pytest.approx(1.5)
+    for _ in range(200):  # optimistic reality never makes admission looser than predicted
+        c.observe(0.1, 0.05)
+    assert c.factor == 1.0
+    c.observe(0.001, 0.004)  # under the floor: judged against 10 ms, not 1 ms
+    assert c._ratios[-1] == pytest.approx(0.4)
+
+
+def test_admission_scales_its_prediction_by_the_calibration():
+    ladder = _ladder()  # small variant: 2 ms for one item
+    b = Batcher("m", ladder, ServeConfig(slo_ms=100), Metrics())
+    loop = asyncio.new_event_loop()
+    try:
+        def ask(ms: float) -> None:
+            b.admit(Request("encode", Job(time.monotonic() + ms / 1e3), loop,
+                            loop.create_future(), texts=["x"]))
+
+        ask(3)  # 2 ms predicted, 3 ms left: admitted
+        b._queue.clear()
+        for _ in range(60):  # answers have been taking 4x their prediction
+            b.calibration.observe(0.010, 0.040)
+        assert b.calibration.factor == pytest.approx(4.0)
+        with pytest.raises(Rejected) as e:
+            ask(3)  # 2 ms x 4 = 8 ms > 3 ms left
+        assert "predicted 8 ms" in str(e.value)
+        ask(20)
+        assert b._queue[-1].predicted == pytest.approx(0.002)  # stored uncalibrated
+    finally:
+        loop.close()
 
 
 def test_batcher_answers_429_at_once_when_the_queue_is_full():

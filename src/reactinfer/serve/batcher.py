@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .config import ServeConfig
-from .ladder import Job, Ladder, Variant
+from .ladder import Calibration, Job, Ladder, Variant
 from .metrics import Metrics
 
 
@@ -39,6 +39,7 @@ class Request:
     sink: asyncio.Queue | None = None  # streamed token ids, then None
     arrival: float = field(default_factory=time.monotonic)
     length: int = 0  # characters, for length bucketing
+    predicted: float = 0.0  # seconds to the answer, predicted at admission
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Batcher:
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
         self.draining = False
+        self.calibration = Calibration(config.admit_quantile, floor_s=0.1 * config.slo_s)
         # A fast tokenizer keeps padding/truncation state between calls: one user at a time.
         self.tok_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -128,40 +130,61 @@ class Batcher:
         """Queue `req` or raise Rejected at once (never after a wait)."""
         now = time.monotonic()
         with self._cond:
-            if self.draining or self._stopping:
-                raise Rejected(503, "the server is draining; retry on another replica")
-            jobs = [r.job for r in self._queue]
-            busy = max(0.0, self._busy_until - now)
-            if len(self._queue) >= self.config.max_queue:
-                cheapest = len(self.ladder.variants) - 1
-                wait = self.ladder.finish_times(cheapest, sorted(jobs, key=_deadline), busy)
-                self.metrics.rejected.inc(model=self.model, reason="queue_full")
-                raise Rejected(429, f"the queue is full ({self.config.max_queue} requests)",
-                               _retry_after(wait[-1] if wait else 0.0))
-            ok, predicted = self.ladder.admissible(sorted(jobs, key=_deadline), req.job, now,
-                                                   busy, self.config.admit_headroom)
-            if not ok and self.config.deadline_admission:
-                if not jobs and busy == 0.0:  # idle, yet predicted too slow: re-time it
-                    self._stale = True
-                    self._cond.notify_all()
-                self.metrics.rejected.inc(model=self.model, reason="deadline")
-                raise Rejected(429, f"the deadline cannot be met: predicted "
-                               f"{predicted * 1e3:.0f} ms on the fastest variant, "
-                               f"{(req.job.deadline - now) * 1e3:.0f} ms left",
-                               _retry_after(predicted - (req.job.deadline - now)))
+            refusal, predicted = self._refusal(req.job, now)
+            if refusal is not None:
+                raise refusal
             if self._last_arrival:
                 gap = now - self._last_arrival
                 self._gap_s = gap if self._gap_s == float("inf") else 0.8 * self._gap_s + 0.2 * gap
             self._last_arrival = now
+            req.arrival, req.predicted = now, predicted
             self._queue.append(req)
             self._inflight += 1
             self.metrics.queue_length.set(sum(r.job.items for r in self._queue),
                                           model=self.model)
             self._cond.notify_all()
 
+    def refusal(self, deadline: float, now: float) -> Rejected | None:
+        """Would the smallest request (one item, or one new token) with `deadline` be
+        refused? If so it is counted as refused and the refusal is returned: the caller
+        answers it (shedding before the body is read, see shed.py)."""
+        job = Job(deadline, items=1, new_tokens=1 if self.task == "causal-lm" else 0)
+        with self._cond:
+            return self._refusal(job, now)[0]
+
+    def _refusal(self, job: Job, now: float) -> tuple[Rejected | None, float]:
+        """(why `job` is refused or None, its predicted seconds to the answer before
+        calibration). Call with the lock held."""
+        if self.draining or self._stopping:
+            return Rejected(503, "the server is draining; retry on another replica"), 0.0
+        jobs = sorted((r.job for r in self._queue), key=_deadline)
+        busy = max(0.0, self._busy_until - now)
+        if len(self._queue) >= self.config.max_queue:
+            cheapest = len(self.ladder.variants) - 1
+            wait = self.ladder.finish_times(cheapest, jobs, busy)
+            self.metrics.rejected.inc(model=self.model, reason="queue_full")
+            return Rejected(429, f"the queue is full ({self.config.max_queue} requests)",
+                            _retry_after(wait[-1] if wait else 0.0)), 0.0
+        factor = self.calibration.factor
+        ok, predicted = self.ladder.admissible(jobs, job, now, busy,
+                                               self.config.admit_headroom / factor)
+        if ok or not self.config.deadline_admission:
+            return None, predicted
+        if not jobs and busy == 0.0:  # idle, yet predicted too slow: re-time it
+            self._stale = True
+            self._cond.notify_all()
+        self.metrics.rejected.inc(model=self.model, reason="deadline")
+        left = job.deadline - now
+        return Rejected(429, f"the deadline cannot be met: predicted {predicted * factor * 1e3:.0f}"
+                        f" ms on the fastest variant, {left * 1e3:.0f} ms left",
+                        _retry_after(predicted * factor - left)), predicted
+
     async def submit(self, req: Request) -> Any:
         self.admit(req)
-        return await req.future
+        out = await req.future
+        # judged here, on the event loop, so its own delay counts too
+        self.calibration.observe(req.predicted, time.monotonic() - req.arrival)
+        return out
 
     # -- worker thread ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -201,7 +224,8 @@ class Batcher:
                     ready_at = oldest + (cfg.max_delay_s if expected >= 0.5 else 0.0)
                     if (edf[0].kind == "generate" or items >= cfg.max_batch or now >= ready_at
                             or self._stopping or self.draining):
-                        level = self.ladder.update([r.job for r in edf], now)
+                        level = self.ladder.update([r.job for r in edf], now,
+                                                   factor=self.calibration.factor)
                         self._report_variant(level)
                         batch = self._pick(edf)
                         for r in batch:
@@ -268,7 +292,8 @@ class Batcher:
         except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
             pass
         with self._cond:
-            self.ladder.update([r.job for r in self._queue], time.monotonic())
+            self.ladder.update([r.job for r in self._queue], time.monotonic(),
+                               factor=self.calibration.factor)
             self._report_variant(self.ladder.active)
 
     def _run_encoder(self, v: Variant, texts: Sequence[str], record: bool
@@ -341,6 +366,7 @@ class Batcher:
 
     def _first_token(self, req: Request, v: Variant, t: float) -> None:
         """Completions are judged on time to first token."""
+        self.calibration.observe(req.predicted, t - req.arrival)
         if self.on_answer is not None:
             self.on_answer(req, v, t)
 

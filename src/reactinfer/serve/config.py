@@ -29,6 +29,9 @@ class ServeConfig:
     up_hold_s       ... continuously for this long (hysteresis)
     admit_headroom  admit only when predicted completion is within this fraction of the
                     deadline on some variant
+    admit_quantile  predictions are scaled by this quantile of recent actual / predicted
+                    answer times, so about this fraction of admitted requests is on time
+                    (at 1, by the largest)
     ewma_alpha      weight of a live batch in the service-time estimate
     warmup          measure every variant's service time per batch size at start-up
     probe_s         when stepped down and idle, re-measure the better variant this often
@@ -50,6 +53,7 @@ class ServeConfig:
     up_ratio: float = 0.5
     up_hold_s: float = 1.0
     admit_headroom: float = 1.0
+    admit_quantile: float = 0.99
     ewma_alpha: float = 0.2
     warmup: bool = True
     probe_s: float = 0.5
@@ -67,7 +71,8 @@ class ServeConfig:
         for name in ("max_delay_ms", "cache_size", "up_hold_s"):
             if getattr(self, name) < 0:
                 raise UserError(f"serve: {name} must be zero or more, got {getattr(self, name)}")
-        for name in ("down_headroom", "up_ratio", "admit_headroom", "ewma_alpha"):
+        for name in ("down_headroom", "up_ratio", "admit_headroom", "admit_quantile",
+                     "ewma_alpha"):
             if not 0 < getattr(self, name) <= 1:
                 raise UserError(f"serve: {name} must be in (0, 1], got {getattr(self, name)}")
         if self.up_ratio > self.down_headroom:

@@ -64,6 +64,42 @@ class ServiceTime:
                     + self.alpha * scaled
 
 
+class Calibration:
+    """How far reality runs behind prediction: the `quantile` of actual / predicted
+    answer time over the last `window` answers (1.0 until `min_samples` are in).
+    Admission multiplies its predictions by it, so that about `quantile` of admitted
+    requests meet their deadline even when the service-time model is optimistic
+    (contention for the CPU, the event loop's own delay, a slower variant in use).
+    Predictions under `floor_s` count as `floor_s`: tiny ones are all noise."""
+
+    def __init__(self, quantile: float = 0.99, window: int = 500, min_samples: int = 50,
+                 floor_s: float = 0.0, cap: float = 8.0):
+        import collections
+
+        self.quantile, self.min_samples, self.floor_s, self.cap = \
+            quantile, min_samples, floor_s, cap
+        self._ratios: collections.deque[float] = collections.deque(maxlen=window)
+        self._lock = threading.Lock()
+        self._factor = 1.0
+        self._since = 0
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    def observe(self, predicted_s: float, actual_s: float) -> None:
+        if predicted_s <= 0:
+            return
+        with self._lock:
+            self._ratios.append(actual_s / max(predicted_s, self.floor_s))
+            self._since += 1
+            if len(self._ratios) >= self.min_samples and self._since >= 10:
+                self._since = 0
+                ordered = sorted(self._ratios)
+                q = ordered[min(len(ordered) - 1, int(self.quantile * len(ordered)))]
+                self._factor = min(self.cap, max(1.0, q))
+
+
 @dataclass
 class GenTime:
     """Generation cost: a prompt pass (prefill) plus a time per new token, both EWMA."""
@@ -191,16 +227,19 @@ class Ladder:
         return best <= headroom * (new.deadline - now), best
 
     # -- switching ------------------------------------------------------------------
-    def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0) -> int:
-        """Re-decide the active variant for the queue `jobs` (EDF order); returns it."""
+    def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0,
+               factor: float = 1.0) -> int:
+        """Re-decide the active variant for the queue `jobs` (EDF order); returns it.
+        `factor` scales every prediction (the admission's Calibration)."""
         before = self.active
-        if not self.fits(self.active, jobs, now, busy_s, self.down_headroom):
+        headroom = self.down_headroom / factor
+        if not self.fits(self.active, jobs, now, busy_s, headroom):
             lower = range(self.active + 1, len(self.variants))
             self.active = next((lv for lv in lower
-                                if self.fits(lv, jobs, now, busy_s, self.down_headroom)),
+                                if self.fits(lv, jobs, now, busy_s, headroom)),
                                len(self.variants) - 1)
             self._low_since = None
-        elif self.active > 0 and self._up_ok(jobs, now, busy_s):
+        elif self.active > 0 and self._up_ok(jobs, now, busy_s, factor):
             if self._low_since is None:
                 self._low_since = now
             if now - self._low_since >= self.up_hold_s:
@@ -212,13 +251,13 @@ class Ladder:
             self.switches.append((now, before, self.active))
         return self.active
 
-    def _up_ok(self, jobs: Sequence[Job], now: float, busy_s: float) -> bool:
+    def _up_ok(self, jobs: Sequence[Job], now: float, busy_s: float, factor: float) -> bool:
         level = self.active - 1
         # judged against the SLO, not each deadline: load falling is what we look for
-        done = self.finish_times(level, jobs, busy_s)
-        return all(f <= self.up_ratio * self.slo_s for f in done) if done else \
-            self.finish_times(level, [Job(now + self.slo_s)], busy_s)[0] <= \
-            self.up_ratio * self.slo_s
+        limit = self.up_ratio * self.slo_s / factor
+        done = self.finish_times(level, jobs, busy_s) or \
+            self.finish_times(level, [Job(now + self.slo_s)], busy_s)
+        return all(f <= limit for f in done)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": v.name, "level": i, "active": i == self.active, "quality": v.quality,

@@ -95,6 +95,7 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
     raw = RawClient(parts.hostname or "127.0.0.1", parts.port or 80, concurrency, timeout_s)
     records: list[tuple[int, float, str]] = []  # (status, latency s, variant or error)
     lags: list[float] = []
+    shed_rtt: list[float] = []  # 429s timed from when they were written, not from schedule
     t0 = time.perf_counter() + 0.05
 
     async def one(i: int, at: float) -> None:
@@ -102,13 +103,17 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
         if delay > 0:
             await asyncio.sleep(delay)
         lags.append(max(0.0, time.perf_counter() - (t0 + at)))
+        sent: list[float] = []
         try:
             status, hdrs, _ = await raw.post_json(path, _body(path, model, texts[i % len(texts)]),
-                                                  headers)
+                                                  headers, sent_at=sent)
             variant = hdrs.get("x-react-variant", "")
         except Exception as e:  # noqa: BLE001  (every failure is counted by kind)
             status, variant = 0, _error_name(e)
-        records.append((status, time.perf_counter() - (t0 + at), variant))
+        end = time.perf_counter()
+        records.append((status, end - (t0 + at), variant))
+        if status == 429 and sent:
+            shed_rtt.append(end - sent[-1])
 
     await asyncio.gather(*(one(i, at) for i, at in enumerate(times)))
     wall = time.perf_counter() - t0
@@ -119,6 +124,7 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
     # the server, limited the load
     out["send_lag_ms"] = {"p50": float(np.percentile(lag_ms, 50)),
                           "p99": float(np.percentile(lag_ms, 99))} if len(lags) else None
+    out["shed_round_trip_ms"] = _pct(shed_rtt)
     return out
 
 
@@ -138,24 +144,26 @@ def _error_name(e: BaseException) -> str:
     return type(e).__name__
 
 
+def _pct(xs: Sequence[float]) -> dict[str, float | None]:
+    """Percentiles in milliseconds of durations in seconds."""
+    if not xs:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ms = np.asarray(xs) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+
 def summarise(records: Sequence[tuple[int, float, str]], wall: float, rate: float,
               duration: float, arrivals: str, slo_ms: float | None, path: str
               ) -> dict[str, Any]:
     ok = [lat for s, lat, _ in records if s == 200]
     shed = [lat for s, lat, _ in records if s == 429]
 
-    def pct(xs: Sequence[float]) -> dict[str, float | None]:
-        if not xs:
-            return {"p50": None, "p95": None, "p99": None, "max": None}
-        ms = np.asarray(xs) * 1e3
-        return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-                "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
-
     out: dict[str, Any] = {
         "endpoint": path, "arrivals": arrivals, "rate": rate, "duration_s": duration,
         "sent": len(records), "ok": len(ok), "wall_s": wall,
         "throughput_ok_per_s": len(ok) / wall if wall > 0 else 0.0,
-        "latency_ms": pct(ok), "shed_latency_ms": pct(shed),
+        "latency_ms": _pct(ok), "shed_latency_ms": _pct(shed),
         "status_counts": dict(sorted(Counter(str(s) for s, _, _ in records).items())),
         "variant_mix": dict(Counter(v for s, _, v in records if s == 200 and v)),
         "client_errors": dict(Counter(v for s, _, v in records if s == 0)),

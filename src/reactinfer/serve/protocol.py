@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .app import ApiError, Group, ServingState
+from .app import ARRIVAL_KEY, ApiError, Group, ServingState
 from .batcher import Generated, Rejected, Request
 from .cache import normalise
 from .ladder import Job
@@ -46,10 +46,12 @@ async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]
 
 
 def deadline_of(request: HttpRequest, state: ServingState) -> float:
-    """Absolute (monotonic) deadline: now + X-Deadline-Ms, default the SLO."""
+    """Absolute (monotonic) deadline: arrival + X-Deadline-Ms, default the SLO. Arrival is
+    when the request reached the app, so time spent waiting for the event loop counts."""
+    start = request.scope.get(ARRIVAL_KEY) or time.monotonic()
     raw = request.headers.get(DEADLINE_HEADER)
     if raw is None:
-        return time.monotonic() + state.config.slo_s
+        return start + state.config.slo_s
     try:
         ms = float(raw)
     except ValueError:
@@ -57,7 +59,7 @@ def deadline_of(request: HttpRequest, state: ServingState) -> float:
     if not ms > 0 or ms == float("inf"):
         raise ApiError(400, f"{DEADLINE_HEADER} must be a positive number of milliseconds, "
                        f"got {raw!r}")
-    return time.monotonic() + ms / 1e3
+    return start + ms / 1e3
 
 
 def check_texts(value: Any, g: Group, state: ServingState, param: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 
@@ -19,8 +20,11 @@ class RawClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def post_json(self, path: str, body: Any, headers: dict[str, str] | None = None
+    async def post_json(self, path: str, body: Any, headers: dict[str, str] | None = None,
+                        sent_at: list[float] | None = None
                         ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body). `sent_at` gets the perf_counter time the request was
+        written (after waiting for a free connection)."""
         payload = json.dumps(body).encode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -31,6 +35,8 @@ class RawClient:
                 reused = bool(self._idle) and attempt == 0  # a retry opens a new connection
                 conn = self._idle.pop() if reused else await asyncio.open_connection(
                     self.host, self.port)
+                if sent_at is not None:
+                    sent_at.append(time.perf_counter())
                 try:
                     status, hdrs, data = await asyncio.wait_for(
                         self._exchange(conn, head + payload), self.timeout_s)
