@@ -108,3 +108,15 @@ def test_cuda_generation_and_half_precision(texts):
         half = to_backend(compress(h, [CastHalf(dtype)]), "torch", device="cuda")
         out = _run(half, texts)
         assert out.dtype == np.float32 and sqnr_db(ref, out) >= (40.0 if dtype == "fp16" else 25.0)
+
+
+def test_choose_backend_passes_device_only_to_backends_that_take_it(no_gpu, texts):
+    from reactinfer.backends import choose_backend
+    from reactinfer.core.backend import list_backends
+
+    if not list_backends()["onnxruntime"].available():
+        pytest.skip("needs a second backend (onnxruntime)")
+    _, decision = choose_backend(tiny_handle("embedding"), texts, batch_size=8,
+                                 precision="fp32", device="cpu")
+    opts = {r["backend"]: r["options"] for r in decision["candidates"]}
+    assert opts["torch"] == {"device": "cpu"} and "device" not in opts["onnxruntime"]
