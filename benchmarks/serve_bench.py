@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -257,13 +258,19 @@ def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -
         rc = proc.wait(120)
         exit_s = time.perf_counter() - t0
         t.join()
+        closing = [ln for ln in proc.stderr.read().decode().splitlines() if "drained;" in ln]
     errors = result.get("client_errors", {})
     # ConnectError: refused (listener closed). ClosedBeforeResponse: a keep-alive connection
     # closed before the server read the request, and the retry on a new connection did not
     # get in either. Anything else (a reset or timeout mid-request) is an accepted request lost.
     not_taken = ("ConnectError", "ClosedBeforeResponse")
     lost = sum(v for k, v in errors.items() if k not in not_taken)
+    # the server's own count: requests past its drain gate, and those it answered
+    taken, answered = (int(x) for x in re.findall(r"(\d+) requests taken, (\d+) answered",
+                                                  closing[-1])[0]) if closing else (None, None)
+    got = sum(v for k, v in result.get("status_counts", {}).items() if k in ("200", "429"))
     return {"rate": sat, "load": result, "exit_code": rc, "drain_seconds": exit_s,
+            "server_taken": taken, "server_answered": answered, "client_got_200_or_429": got,
             "refused_after_listener_closed": errors.get("ConnectError", 0),
             "closed_before_read": errors.get("ClosedBeforeResponse", 0),
             "accepted_lost": lost}
@@ -309,9 +316,16 @@ def markdown(r: dict) -> str:
                      f"{f(s['effective_quality'], 3)} | "
                      f"{', '.join(f'{k}: {v}' for k, v in s['variant_mix'].items())} | "
                      f"{f((s.get('send_lag_ms') or {}).get('p99'))} |")
-    vr = lad["violation_ratio_vs_fixed"]
-    lines += ["", f"Late answers, fixed / ladder: {f(vr['fixed_fp32'], 1)}x (fixed with deadline "
-              f"admission), {f(vr['fixed_fp32_queue_only'], 1)}x (fixed, queue bound only). "
+    late = {k: lad[k]["slo_violations"] for k in ("ladder", "fixed_fp32", "fixed_fp32_queue_only")}
+
+    def ratio(k: str) -> str:
+        return f"{late[k] / late['ladder']:.1f}x" if late["ladder"] else \
+            f"{late[k]} vs 0 (no finite ratio)"
+
+    lines += ["", f"Late answers, fixed / ladder: {ratio('fixed_fp32')} (fixed with deadline "
+              f"admission), {ratio('fixed_fp32_queue_only')} (fixed, queue bound only). "
+              f"On-time answers, ladder / fixed with admission: "
+              f"{f(lad['goodput_ratio_vs_fixed'], 2)}x. "
               "Variant quality (mean cosine to minilm): " + ", ".join(
                   f"{k} {f(_cosine(v['quality']), 3)}" for k, v in r["variants"].items())
               + ".", "",
@@ -321,6 +335,10 @@ def markdown(r: dict) -> str:
               f"{f(o['overload']['shed_latency_ms']['p50'])} ms, p99 "
               f"{f(o['overload']['shed_latency_ms']['p99'])} ms; statuses "
               f"{o['overload']['status_counts']}",
+              f"- 429 round trip (from the moment the request was written): p50 "
+              f"{f(o['overload']['shed_round_trip_ms']['p50'])} ms, p99 "
+              f"{f(o['overload']['shed_round_trip_ms']['p99'])} ms, max "
+              f"{f(o['overload']['shed_round_trip_ms']['max'])} ms",
               f"- client send lag p99 {f((o['overload'].get('send_lag_ms') or {}).get('p99'))} ms"
               f"; answered {o['overload']['status_counts'].get('200', 0)}, late (client) "
               f"{o['overload']['slo_violations']}",
@@ -334,7 +352,10 @@ def markdown(r: dict) -> str:
               f"**{d['accepted_lost']}**, refused after the listener closed: "
               f"{d['refused_after_listener_closed']}, closed before being read: "
               f"{d['closed_before_read']}, exit code {d['exit_code']}, drain took "
-              f"{f(d['drain_seconds'], 2)} s", ""]
+              f"{f(d['drain_seconds'], 2)} s",
+              f"- the server's closing line: {d.get('server_taken')} requests taken past the "
+              f"drain gate, {d.get('server_answered')} answered; the client received "
+              f"{d.get('client_got_200_or_429')} answers (200 or 429)", ""]
     return "\n".join(lines)
 
 

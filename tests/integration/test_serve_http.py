@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -372,6 +373,9 @@ def test_drain_answers_every_accepted_request():
         assert not s.thread.is_alive()  # exited on its own once drained
     assert len(results) == 10
     assert [getattr(r, "status_code", repr(r)) for r in results] == [200] * 10
+    # answered while draining: clients are told not to reuse the connection
+    assert all(r.headers["connection"] == "close" for r in results)
+    assert s.state.taken_http == s.state.answered_http >= 10
 
 
 def test_loadtest_against_the_server(server):
@@ -401,6 +405,10 @@ def test_cli_serve_drains_on_sigterm(artifacts):
         assert r.status_code == 200 and r.headers["x-react-variant"] == "emb"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        out = proc.stdout.read().decode()
+        taken, answered = re.search(r"drained; (\d+) requests taken, (\d+) answered",
+                                    out).groups()  # the readiness polls count too
+        assert taken == answered and int(taken) >= 2, out
     finally:
         if proc.poll() is None:
             proc.kill()

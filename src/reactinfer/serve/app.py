@@ -84,6 +84,7 @@ class ServingState:
         self.ready = False
         self.draining = False
         self.active_http = 0  # requests past the drain gate and not yet answered
+        self.taken_http = self.answered_http = 0  # totals, for the drain's closing line
         self.groups: dict[str, Group] = {}
         self._build(handles)
         self.metrics.ready.set(0)
@@ -239,19 +240,26 @@ class DrainGate:
             return
         metrics = self.state.metrics
         scope[ARRIVAL_KEY] = arrival = time.monotonic()  # deadlines count from here
-        if await shed_early(self.state, scope, send, arrival):
-            return
 
         async def counted_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 route = scope.get("route")
                 endpoint = getattr(route, "path", None) or "unmatched"
                 metrics.requests.inc(endpoint=endpoint, status=str(message["status"]))
+                if self.state.draining:  # clients stop reusing this connection
+                    message = dict(message, headers=[*message.get("headers", []),
+                                                     (b"connection", b"close")])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                self.state.answered_http += 1
             await send(message)
 
         self.state.active_http += 1
+        self.state.taken_http += 1
         try:
-            await self.app(scope, receive, counted_send)
+            if await shed_early(self.state, scope, send, arrival):
+                self.state.answered_http += 1
+            else:
+                await self.app(scope, receive, counted_send)
         finally:
             self.state.active_http -= 1
 

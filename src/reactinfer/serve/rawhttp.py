@@ -10,8 +10,10 @@ from typing import Any
 
 
 class ClosedBeforeResponse(Exception):
-    """A reused connection closed before any byte of the answer (the server closed an
-    idle keep-alive connection): the request was not taken; safe to retry once."""
+    """The connection closed or was reset before any byte of the answer: on a reused
+    keep-alive connection the server closed it idle, without taking the request (safe
+    to retry once). Whether a server took such a request only the server can say: `react
+    serve` prints how many it took and answered when it drains."""
 
 
 class RawClient:
@@ -59,9 +61,12 @@ class RawClient:
     async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
                         ) -> tuple[int, dict[str, str], bytes]:
         reader, writer = conn
-        writer.write(request)
-        await writer.drain()
-        status_line = await reader.readline()
+        try:
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+        except (ConnectionResetError, BrokenPipeError):
+            status_line = b""  # reset before any byte of an answer: same as closed
         if not status_line:
             raise ClosedBeforeResponse()
         status = int(status_line.split()[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
             if not done:
                 log.warning("drain timed out after %ss with requests still open",
                             state.config.drain_timeout_s)
+            # stderr, whatever the log level: the record that nothing taken was dropped
+            print(f"react serve: drained; {state.taken_http} requests taken, "
+                  f"{state.answered_http} answered", file=sys.stderr, flush=True)
             self.should_exit = True
 
         async def serve(self, sockets: Any = None) -> None:
