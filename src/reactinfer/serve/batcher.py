@@ -61,16 +61,17 @@ def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
         return
     import torch
 
-    model = handle.model
+    runner = handle.runner()  # its model is on the runner's device (a GPU copy, or the CPU)
+    model, device = getattr(runner, "model", handle.model), getattr(runner, "device", "cpu")
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([list(prompt_ids)]), use_cache=True)
+        out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
         for i in range(max_new_tokens):
             tok = int(out.logits[0, -1].argmax())
             yield tok
             if tok in stop_ids or i == max_new_tokens - 1:
                 return
-            out = model(input_ids=torch.tensor([[tok]]), past_key_values=out.past_key_values,
-                        use_cache=True)
+            out = model(input_ids=torch.tensor([[tok]], device=device),
+                        past_key_values=out.past_key_values, use_cache=True)
 
 
 class Batcher:
