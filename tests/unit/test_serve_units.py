@@ -123,6 +123,7 @@ def test_admission_scales_its_prediction_by_the_calibration():
 
         ask(3)  # 2 ms predicted, 3 ms left: admitted
         b._queue.clear()
+        ask(10_000)  # one request with a late deadline waits (EDF: behind the next ones)
         for _ in range(60):  # answers have been taking 4x their prediction
             b.calibration.observe(0.010, 0.040)
         assert b.calibration.factor == pytest.approx(4.0)
@@ -131,6 +132,12 @@ def test_admission_scales_its_prediction_by_the_calibration():
         assert "predicted 8 ms" in str(e.value)
         ask(20)
         assert b._queue[-1].predicted == pytest.approx(0.002)  # stored uncalibrated
+        # idle and still refusing: the factor from a slow spell is forgotten, not kept
+        b._queue.clear()
+        with pytest.raises(Rejected):
+            ask(3)
+        assert b.calibration.factor == 1.0
+        ask(3)
     finally:
         loop.close()
 

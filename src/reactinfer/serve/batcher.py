@@ -173,6 +173,7 @@ class Batcher:
             return None, predicted
         if not jobs and busy == 0.0:  # idle, yet predicted too slow: re-time it
             self._stale = True
+            self.calibration.reset()
             self._cond.notify_all()
         self.metrics.rejected.inc(model=self.model, reason="deadline")
         left = job.deadline - now

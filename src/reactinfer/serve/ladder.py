@@ -87,6 +87,13 @@ class Calibration:
     def factor(self) -> float:
         return self._factor
 
+    def reset(self) -> None:
+        """Forget: an idle server refusing on its predictions must not stay stuck on a
+        factor learnt in a slow spell (refused requests teach it nothing new)."""
+        with self._lock:
+            self._ratios.clear()
+            self._factor, self._since = 1.0, 0
+
     def observe(self, predicted_s: float, actual_s: float) -> None:
         if predicted_s <= 0:
             return
