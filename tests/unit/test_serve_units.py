@@ -208,7 +208,8 @@ def test_variant_quality_from_manifest_metrics():
 
 
 @pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
-                                 dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1)])
+                                 dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1),
+                                 dict(admit_quantile=1.5), dict(admit_quantile=0)])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(UserError):
         ServeConfig(**bad)

@@ -28,6 +28,9 @@ def _serve(p: argparse.ArgumentParser):
                         "from live batches only)")
     p.add_argument("--no-deadline-admission", action="store_true",
                    help="shed only when the queue is full, not when a deadline cannot be met")
+    p.add_argument("--admit-quantile", type=float, default=0.99,
+                   help="scale predictions by this quantile of recent actual/predicted "
+                        "answer times: about this fraction of admitted requests is on time")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
@@ -42,7 +45,8 @@ def _serve(p: argparse.ArgumentParser):
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
                              max_body_bytes=a.max_body_bytes, long_text=a.long_text,
                              warmup=not a.no_warmup,
-                             deadline_admission=not a.no_deadline_admission)
+                             deadline_admission=not a.no_deadline_admission,
+                             admit_quantile=a.admit_quantile)
         if a.threads is not None:
             from ..backends.torch_eager import set_threads
 
