@@ -9,6 +9,7 @@ the real (unpadded) positions.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,7 @@ def test_bad_options_are_user_errors():
 
 _BLOCKED = """
 import sys
+from pathlib import Path
 sys.modules["onnxruntime"] = None  # what Python does for a package that is not installed
 sys.modules["llama_cpp"] = None
 import reactinfer
@@ -277,3 +279,21 @@ def test_bench_reports_backend_and_quality_against_the_original(texts):
     assert r["warmup_s"] > 0
     with pytest.raises(UserError, match="precision"):
         bench(_handle("embedding"), eval_texts=texts, progress=False, precision="int8")
+
+
+_SCRATCH_SCRIPT = """
+import reactinfer as ri
+from reactinfer.backends import to_backend
+from reactinfer.testing import tiny_handle
+h = to_backend(tiny_handle("embedding"), "onnxruntime")
+print(list(h.files.values())[0])
+"""
+
+
+def test_conversion_scratch_files_are_removed_when_the_process_exits(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT], capture_output=True,
+                         text=True, timeout=300, check=True)
+    model = Path(out.stdout.strip().splitlines()[-1])
+    assert model.name.endswith(".onnx") and "react-onnxruntime-" in str(model.parent)
+    assert not model.parent.exists()  # gone with the process: nothing left behind

@@ -7,6 +7,8 @@ The planner treats (backend, options) as one action through this function.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,25 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary directory for converted files (ONNX exports, GGUF conversions),
+    removed when the process exits: a planner run tries many conversions and must not
+    leave model copies behind. Save a handle (Artifact.save) to keep its files."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    if not _SCRATCH:
+        atexit.register(remove_scratch)
+    _SCRATCH.append(d)
+    return d
+
+
+def remove_scratch() -> None:
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+
 def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None,
                **options: Any) -> ModelHandle:
     """A new handle that runs on backend `name` with `options` (the input is unchanged).
@@ -25,7 +46,8 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
     Options per backend (see `react backends`): torch: threads, device (auto, cpu, cuda);
     torch-compile: threads, mode, device; onnxruntime: precision (fp32, int8-dynamic, int8-static, fp16), opt_level,
     threads, inter_op_threads, provider; llama.cpp: outtype (source, f16, q8_0, q4_0, ...),
-    threads, n_ctx. Files go to `workdir` (a fresh temporary directory by default).
+    threads, n_ctx. Files go to `workdir` (by default a temporary directory removed when
+    the process exits: save the handle as an artifact to keep them).
     """
     from ..models import load
 
@@ -43,8 +65,8 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
                             f"{handle.backend!r} from {', '.join(handle.files)}")
         _check_keys(backend, options)
         return handle.derive(backend=name, backend_options=options)
-    out = Path(workdir) if workdir is not None else Path(
-        tempfile.mkdtemp(prefix=f"react-{name.replace('.', '')}-"))
+    out = Path(workdir) if workdir is not None else \
+        scratch_dir(f"react-{name.replace('.', '')}-")
     out.mkdir(parents=True, exist_ok=True)
     return convert(handle, out, **options)
 

@@ -189,9 +189,9 @@ class LlamaCppBackend:
         path = unchanged_gguf(handle)
         if path is None or (opts.get("outtype") not in (None, "source")
                             and MODEL_FILE not in handle.files):
-            import tempfile
+            from .convert import scratch_dir
 
-            handle = self.convert(handle, Path(tempfile.mkdtemp(prefix="react-gguf-")), **opts)
+            handle = self.convert(handle, scratch_dir("react-gguf-"), **opts)
             path = Path(handle.files[MODEL_FILE])
         n_ctx = int(opts.get("n_ctx") or handle.max_length + 128)
         return LlamaCppRunner(handle, path, opts.get("threads"), n_ctx)

@@ -8,7 +8,6 @@ written into the ONNX model's metadata_props so a bare `.onnx` file loads on its
 """
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -300,8 +299,9 @@ class OnnxRuntimeBackend:
     def prepare(self, handle: ModelHandle, **opts: Any) -> OrtRunner:
         _check_options(opts)
         if MODEL_FILE not in handle.files:  # run a torch handle directly: export on the fly
-            workdir = Path(tempfile.mkdtemp(prefix="react-onnx-"))
-            handle = self.convert(handle, workdir, **opts)
+            from .convert import scratch_dir
+
+            handle = self.convert(handle, scratch_dir("react-onnx-"), **opts)
         session = make_session(handle.files[MODEL_FILE],
                                **{k: opts[k] for k in SESSION_OPTIONS if k in opts})
         return OrtRunner(handle, session)
