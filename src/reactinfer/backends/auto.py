@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core.backend import list_backends
+from ..core.backend import backend_options, list_backends
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
     return out, skipped
 
 
-def _option_names(name: str) -> dict[str, Any]:
-    return getattr(list_backends()[name], "capabilities", dict)().get("options", {})
-
-
 def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
              gen_tokens: int) -> tuple[float, str, dict[str, Any], dict]:
     from ..bench.measure import GEN_PROMPT
@@ -132,7 +128,7 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     best: tuple[float, ModelHandle | None, dict] = (-1.0, None, {})
     for name, opts in grid:
         opts = {**opts, **({"threads": threads} if threads is not None else {})}
-        if device is not None and "device" in _option_names(name):
+        if device is not None and "device" in backend_options(list_backends()[name]):
             opts["device"] = device
         row: dict[str, Any] = {"backend": name, "options": opts}
         try:

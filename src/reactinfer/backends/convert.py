@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.backend import get_backend
+from ..core.backend import backend_options, get_backend
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
 
 
 def _check_keys(backend: Any, options: dict[str, Any]) -> None:
-    known = set(backend.capabilities().get("options", {})) if hasattr(backend, "capabilities") \
-        else set()
+    known = set(backend_options(backend))
     unknown = set(options) - known
     if unknown:
         raise UserError(f"{backend.name} backend: unknown option(s) {sorted(unknown)}; known: "

@@ -148,7 +148,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 ) -> tuple[ModelHandle, dict[str, Any] | None]:
     """Move `handle` to the asked backend, or measure and choose one ('auto')."""
     from ..backends import choose_backend, to_backend
-    from ..core.backend import get_backend
+    from ..core.backend import backend_options, get_backend
 
     if backend == "auto":
         sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
@@ -161,7 +161,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     if threads is not None:
         opts["threads"] = threads
     if device is not None:
-        if "device" not in getattr(get_backend(name), "capabilities", dict)().get("options", {}):
+        if "device" not in backend_options(get_backend(name)):
             raise UserError(f"backend {name!r} has no device option; torch and torch-compile "
                             "have one (onnxruntime chooses with its `provider` option)")
         opts["device"] = device

@@ -62,6 +62,12 @@ def register_backend(backend: Backend) -> Backend:
     return backend
 
 
+def backend_options(backend: Backend) -> dict[str, Any]:
+    """The options `backend` takes (name -> kind or choices), from its capabilities()."""
+    caps = getattr(backend, "capabilities", None)
+    return dict(caps().get("options", {})) if caps is not None else {}
+
+
 def _ensure_builtin() -> None:
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
