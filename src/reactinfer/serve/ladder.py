@@ -9,6 +9,7 @@ the SLO for a while (hysteresis), so it does not flap.
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import threading
 from collections.abc import Sequence
@@ -74,8 +75,6 @@ class Calibration:
 
     def __init__(self, quantile: float = 0.99, window: int = 500, min_samples: int = 50,
                  floor_s: float = 0.0, cap: float = 8.0):
-        import collections
-
         self.quantile, self.min_samples, self.floor_s, self.cap = \
             quantile, min_samples, floor_s, cap
         self._ratios: collections.deque[float] = collections.deque(maxlen=window)

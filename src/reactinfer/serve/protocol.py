@@ -14,6 +14,7 @@ from .app import ARRIVAL_KEY, ApiError, Group, ServingState
 from .batcher import Generated, Rejected, Request
 from .cache import normalise
 from .ladder import Job
+from .shed import deadline_ms
 
 if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest
@@ -52,11 +53,8 @@ def deadline_of(request: HttpRequest, state: ServingState) -> float:
     raw = request.headers.get(DEADLINE_HEADER)
     if raw is None:
         return start + state.config.slo_s
-    try:
-        ms = float(raw)
-    except ValueError:
-        ms = float("nan")
-    if not ms > 0 or ms == float("inf"):
+    ms = deadline_ms(raw)
+    if ms is None:
         raise ApiError(400, f"{DEADLINE_HEADER} must be a positive number of milliseconds, "
                        f"got {raw!r}")
     return start + ms / 1e3

@@ -40,14 +40,20 @@ def _candidates(state: ServingState, path: str) -> tuple[list[Group], str]:
     return [], path
 
 
+def deadline_ms(raw: str | bytes) -> float | None:
+    """An X-Deadline-Ms value in milliseconds, or None when it is not a positive number."""
+    try:
+        ms = float(raw)
+    except ValueError:
+        return None
+    return ms if 0 < ms < float("inf") else None
+
+
 def _deadline(scope: dict, arrival: float, slo_s: float) -> float | None:
     for key, value in scope.get("headers", ()):
         if key == b"x-deadline-ms":
-            try:
-                ms = float(value)
-            except ValueError:
-                return None  # the handler answers 400 for it
-            return arrival + ms / 1e3 if 0 < ms < float("inf") else None
+            ms = deadline_ms(value)  # None: the handler answers 400 for it
+            return None if ms is None else arrival + ms / 1e3
     return arrival + slo_s
 
 
