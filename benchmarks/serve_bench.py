@@ -8,11 +8,18 @@
 4. drain under load (SIGTERM): no accepted request lost
 
 Each server is `react serve` in its own process (one at a time); the load generator runs
-here. The cheaper variants are made with ReAct's compression transforms (see
-build_variants); their quality is measured with reactinfer.bench against minilm and
+here. On a machine with cores to spare, --server-cpus / --client-cpus pin the server and
+the load generator to separate cores, so the client does not take the server's CPU time
+(on a 2-core machine they share both). Section 1 also times the model alone, without a
+server, at batch 1 and at max batch on the server's cores: the most batching can gain.
+The cheaper variants are made with ReAct's compression transforms (see build_variants);
+their quality is measured with reactinfer.bench against minilm and
 stored in the artifact manifests.
 
     PYTHONPATH=src python benchmarks/serve_bench.py            # ~5 minutes
+    # a bare machine: minilm from a directory (see gpu.py --make-carry), server on 2 cores
+    CUDA_VISIBLE_DEVICES= PYTHONPATH=src python benchmarks/serve_bench.py --minilm DIR \
+        --server-cpus 0,1 --client-cpus 2-5 --stem serve_pinned
 """
 from __future__ import annotations
 
@@ -43,6 +50,19 @@ from reactinfer.data import texts_for
 from reactinfer.serve.loadtest import run_loadtest
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVER_CPUS: set[int] | None = None  # --server-cpus: the server processes' affinity
+THREADS = 1  # --threads: the servers' torch threads
+
+
+def cpu_list(spec: str | None) -> set[int] | None:
+    """'0,1' or '2-5' or '0,2-3' as a set of CPU numbers."""
+    if not spec:
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def short_texts(n: int = 400) -> list[str]:
@@ -54,14 +74,16 @@ def short_texts(n: int = 400) -> list[str]:
 LADDER = ("fp32", "int8", "3l-int8")  # best quality first
 
 
-def build_variants(work: Path, n_eval: int) -> dict[str, Any]:
+def build_variants(work: Path, n_eval: int, minilm: str | None = None) -> dict[str, Any]:
     """The ladder, made with ReAct's own transforms: the original; dynamic int8
     (per-channel); half the layers recovered by a short distillation, then int8.
     Quality is measured against minilm and stored in each manifest (the server's
     effective-quality metric reads it)."""
+    from gpu import load_minilm
+
     from reactinfer.compress import Distill, DropLayers, QuantizeDynamicInt8
 
-    base = ri.load("minilm")
+    base, _ = load_minilm(minilm)
     out = {"fp32": {"path": str(work / "minilm-fp32"), "quality": {"mean_cosine": 1.0}}}
     Artifact.save(base, work / "minilm-fp32")
     recipes = {"int8": [QuantizeDynamicInt8(per_channel=True)],
@@ -90,8 +112,10 @@ def server(models: list[str], *flags: str):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", *models, "--port",
-                             str(port), "--threads", "1", "--cache-size", "0", *flags],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             str(port), "--threads", str(THREADS), "--cache-size", "0", *flags],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, SERVER_CPUS))
+                            if SERVER_CPUS else None)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
@@ -159,9 +183,44 @@ def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
+def model_ceiling(path: str, texts: list[str], max_batch: int, seconds: float,
+                  device: str = "auto") -> dict:
+    """The model alone, as the server runs it (its torch threads, on the server's cores):
+    items/s at batch 1 and at `max_batch`, texts drawn at random. Their ratio is the most
+    a server's batching can gain on this machine."""
+    import random
+
+    import torch
+
+    from reactinfer.backends import to_backend
+    from reactinfer.tasks import tokenize
+
+    h = to_backend(ri.load(path), "torch", device=device)
+    runner = h.runner()
+    mine, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    if SERVER_CPUS:
+        os.sched_setaffinity(0, SERVER_CPUS)
+    torch.set_num_threads(THREADS)
+    rng, out = random.Random(0), {}
+    try:
+        for n in (1, max_batch):
+            runner(tokenize(h.tokenizer, rng.sample(texts, n), h.max_length))  # warm-up
+            items, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                runner(tokenize(h.tokenizer, rng.sample(texts, n), h.max_length))
+                items += n
+            out[f"items_per_s@{n}"] = items / (time.perf_counter() - t0)
+    finally:
+        os.sched_setaffinity(0, mine)
+        torch.set_num_threads(threads)
+    out["ratio"] = out[f"items_per_s@{max_batch}"] / out["items_per_s@1"]
+    return out
+
+
 def batching(variants: dict, texts: list[str], a: argparse.Namespace) -> dict:
     """Same server, batching on then off: closed-loop throughput at 2 x max batch clients,
-    then p95 under a light Poisson load (a quarter of the batched throughput)."""
+    then p95 under a light Poisson load (a quarter of the batched throughput); and the
+    model's own batching gain without a server (model_ceiling)."""
     fp32 = [variants["fp32"]["path"]]
     common = ["--slo-ms", "600000", "--max-queue", "4096"]
     res: dict[str, Any] = {}
@@ -175,6 +234,8 @@ def batching(variants: dict, texts: list[str], a: argparse.Namespace) -> dict:
                 low_rate = 0.25 * res[name]["closed_loop"]["items_per_s"]
             res[name]["low_load"] = run_loadtest(base + "/v1/embeddings", low_rate, a.duration,
                                                  texts=texts, seed=1)
+    res["model_alone"] = model_ceiling(fp32[0], texts, a.max_batch, a.duration / 2,
+                                       getattr(a, "device", "auto"))
     on, off = res["on"], res["off"]
     res["throughput_ratio"] = on["closed_loop"]["items_per_s"] / off["closed_loop"]["items_per_s"]
     res["low_load_rate"] = low_rate
@@ -286,18 +347,27 @@ def markdown(r: dict) -> str:
     def f(x: Any, nd: int = 1) -> str:
         return "-" if x is None else f"{x:.{nd}f}"
 
-    on, off = b["on"], b["off"]
+    on, off, alone = b["on"], b["off"], b.get("model_alone")
+    args = r["args"]
+    pinned = (f"the servers pinned to CPUs {args['server_cpus']} and the load generator to "
+              f"CPUs {args['client_cpus']}" if args.get("server_cpus") else
+              "the load generator shares the server's cores")
     lines = [
         "# Serving benchmark (minilm, loopback)", "",
-        f"Host: {r['hardware'].get('cpu_model')} ({r['hardware'].get('cores_logical')} threads, "
-        "timings vary between runs: ratios taken in this one run are what matter). Server: `react "
-        f"serve`, 1 torch thread, max batch {r['args']['max_batch']}, cache off. Texts: first "
-        "line (<=120 chars) of held-out docstrings.", "",
+        f"Command: `{r.get('command', '')}`. Host: {r['hardware'].get('cpu_model')} "
+        f"({r['hardware'].get('cores_logical')} threads; timings vary between runs: ratios "
+        f"taken in this one run are what matter), {pinned}. Server: `react serve`, "
+        f"{args.get('threads', 1)} torch thread(s), max batch {args['max_batch']}, cache off. "
+        "Texts: first line (<=120 chars) of held-out docstrings.", "",
         "## 1. Dynamic batching", "",
         "| | batching on | batching off | ratio |", "|---|---|---|---|",
         f"| throughput, {2 * r['args']['max_batch']} closed-loop clients (items/s) | "
         f"{f(on['closed_loop']['items_per_s'])} | {f(off['closed_loop']['items_per_s'])} | "
         f"{f(b['throughput_ratio'], 2)}x |",
+        *([f"| the model alone, no server (items/s at batch {args['max_batch']} / batch 1): "
+           "the most batching can gain here | "
+           f"{f(alone['items_per_s@' + str(args['max_batch'])])} | "
+           f"{f(alone['items_per_s@1'])} | {f(alone['ratio'], 2)}x |"] if alone else []),
         f"| p95 at low load ({f(b['low_load_rate'])} req/s Poisson), ms | "
         f"{f(on['low_load']['latency_ms']['p95'])} | {f(off['low_load']['latency_ms']['p95'])}"
         f" | {f(b['low_load_p95_ratio'], 2)}x |", "",
@@ -374,7 +444,15 @@ def main() -> None:
                          "--saturation); prints JSON and writes no results")
     ap.add_argument("--saturation", type=float, default=None,
                     help="fp32 saturation rate (req/s) for --only without batching")
+    ap.add_argument("--minilm", default=None,
+                    help="minilm from this directory (default: the built-in package)")
+    ap.add_argument("--server-cpus", default=None, help="pin the servers here, e.g. 0,1")
+    ap.add_argument("--client-cpus", default=None, help="pin the load generator here, e.g. 2-5")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    ap.add_argument("--stem", default="serve", help="results file name: STEM.md, STEM.json")
     a = ap.parse_args()
+    global SERVER_CPUS, THREADS
+    SERVER_CPUS, THREADS = cpu_list(a.server_cpus), a.threads
     texts = short_texts()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="react-serve-bench-") as tmp:
@@ -383,9 +461,11 @@ def main() -> None:
         if a.work and cached.exists():
             variants = json.loads(cached.read_text())
         else:
-            variants = build_variants(work, a.n_eval)
+            variants = build_variants(work, a.n_eval, a.minilm)
             cached.write_text(json.dumps(variants, default=str))
         print("variants ready", round(time.time() - t0), "s", flush=True)
+        if a.client_cpus:
+            os.sched_setaffinity(0, cpu_list(a.client_cpus))
         r: dict[str, Any] = {"args": vars(a), "variants": variants}
         sections = {"batching": batching, "ladder": ladder, "overload": overload,
                     "drain": drain}
@@ -402,13 +482,14 @@ def main() -> None:
     if a.only:
         print(json.dumps({k: r[k] for k in a.only.split(",")}, indent=1, default=str))
         return
+    r["command"] = "PYTHONPATH=src python benchmarks/serve_bench.py " + " ".join(sys.argv[1:])
     r["hardware"] = hardware_profile().to_dict()
     r["versions"] = package_versions()
     r["wall_s"] = time.time() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    (out / "serve.md").write_text(markdown(r) + "\n")
+    (out / f"{a.stem}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    (out / f"{a.stem}.md").write_text(markdown(r) + "\n")
     print(markdown(r))
 
 

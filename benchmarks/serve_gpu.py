@@ -39,7 +39,7 @@ def run(label: str, device: str, max_batch: int, variants: dict, texts: list[str
     try:
         print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True)
         res = batching(variants, texts, argparse.Namespace(max_batch=max_batch,
-                                                           duration=a.duration))
+                                                           duration=a.duration, device=device))
     finally:
         if before is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -57,14 +57,16 @@ def markdown(r: dict) -> str:
               "hide the GPU from the server. The load generator (serve_bench.py's closed loop, "
               "one asyncio process) runs on the same machine. Ratios are on / off within a row."),
              "", ("| server | max batch | items/s on | items/s off | ratio | p50 ms on (closed "
-             "loop) | p95 ms on / off at low load (req/s) |"), "|---|---|---|---|---|---|---|"]
+             "loop) | p95 ms on / off at low load (req/s) | the model alone, no server: "
+             "items/s at max batch / batch 1 |"), "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         on, off = row["on"], row["off"]
         lines.append(
             f"| {row['label']} | {row['max_batch']} | {on['closed_loop']['items_per_s']:.0f} | "
             f"{off['closed_loop']['items_per_s']:.0f} | {row['throughput_ratio']:.2f}× | "
             f"{on['closed_loop']['p50_ms']:.1f} | {on['low_load']['latency_ms']['p95']:.1f} / "
-            f"{off['low_load']['latency_ms']['p95']:.1f} ({row['low_load_rate']:.0f}) |")
+            f"{off['low_load']['latency_ms']['p95']:.1f} ({row['low_load_rate']:.0f}) | "
+            + (f"{row['model_alone']['ratio']:.2f}× |" if "model_alone" in row else "- |"))
     over = [f"{row['label']} max batch {row['max_batch']}" for row in r["rows"]
             if row["low_load_rate"] > row["off"]["closed_loop"]["items_per_s"]]
     if over:

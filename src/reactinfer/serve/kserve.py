@@ -9,8 +9,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from .app import ApiError, ServingState
-from .protocol import (VARIANT_HEADER, check_texts, deadline_of, encode, generate, max_tokens_of,
-                       prompt_ids, read_json)
+from .protocol import (VARIANT_HEADER, ArrayJSON, check_texts, deadline_of, encode, generate,
+                       max_tokens_of, prompt_ids, read_json)
 
 if TYPE_CHECKING:
     import fastapi
@@ -89,9 +89,9 @@ def register(app: fastapi.FastAPI, state: ServingState) -> None:
         else:
             y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
             output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
-                      "data": y.reshape(-1).tolist()}
-        return JSONResponse({"model_name": g.name, "model_version": variant, "id": rid,
-                             "outputs": [output]}, headers={VARIANT_HEADER: variant})
+                      "data": y.reshape(-1)}
+        return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
+                          "outputs": [output]}, headers={VARIANT_HEADER: variant})
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

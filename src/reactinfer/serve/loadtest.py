@@ -5,6 +5,7 @@ Bounded in count and time, and loopback only."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import random
 import time
@@ -189,8 +190,26 @@ def run_loadtest(url: str, rate: float, duration: float, arrivals: str = "poisso
         from ..data import texts_for
 
         texts = texts_for("eval", limit=1000)
-    return asyncio.run(_run(url, rate, duration, arrivals, concurrency, slo_ms, texts, seed,
-                            headers, timeout_s))
+    # A full collection over the caller's heap (torch, a model loaded before) stalls the
+    # client's loop for 100 ms or more: it would measure its own pauses as server latency.
+    gc.collect()
+    gc.freeze()
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_run(url, rate, duration, arrivals, concurrency, slo_ms, texts,
+                                   seed, headers, timeout_s))
+    finally:
+        gc.unfreeze()
+
+
+def _loop_factory() -> Any:
+    """uvloop when it is installed (it comes with uvicorn[standard]): the load generator
+    must spend as little CPU per request as it can, or it measures itself."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def format_summary(s: dict[str, Any]) -> str:

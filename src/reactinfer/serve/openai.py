@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from .app import ApiError, Group, ServingState
 from .batcher import Request
-from .protocol import (VARIANT_HEADER, Detokenizer, check_texts, deadline_of, encode, generate,
-                       max_tokens_of, prompt_ids, read_json, start_generation)
+from .protocol import (VARIANT_HEADER, ArrayJSON, Detokenizer, check_texts, deadline_of, encode,
+                       generate, max_tokens_of, prompt_ids, read_json, start_generation)
 
 if TYPE_CHECKING:
     import fastapi
@@ -71,10 +71,10 @@ def register(app: fastapi.FastAPI, state: ServingState) -> None:
         y, n_tok, variant = await encode(state, g, texts, deadline_of(request, state))  # (N, D)
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()
-                 if fmt == "base64" else row.tolist()} for i, row in enumerate(y)]
-        return JSONResponse({"object": "list", "data": data, "model": g.name,
-                             "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}},
-                            headers={VARIANT_HEADER: variant})
+                 if fmt == "base64" else row} for i, row in enumerate(y)]
+        return ArrayJSON({"object": "list", "data": data, "model": g.name,
+                          "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}},
+                         headers={VARIANT_HEADER: variant})
 
     @app.post("/v1/completions", tags=["openai"], openapi_extra=_schema({
         "model": {"type": "string"}, "prompt": _TEXTS, "max_tokens": {"type": "integer"},

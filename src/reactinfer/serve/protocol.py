@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
+from starlette.responses import JSONResponse
 
 from .app import ARRIVAL_KEY, ApiError, Group, ServingState
 from .batcher import Generated, Rejected, Request
@@ -22,6 +24,16 @@ if TYPE_CHECKING:
 VARIANT_HEADER = "X-ReAct-Variant"
 DEADLINE_HEADER = "X-Deadline-Ms"
 CHARS_PER_TOKEN_CAP = 32  # no tokenizer makes tokens longer than this in practice
+
+
+class ArrayJSON(JSONResponse):
+    """A JSON response that may hold numpy arrays (C-contiguous), written by orjson: each
+    float32 at its shortest exact repr. json.dumps of `.tolist()` took ~0.2 ms per
+    384-float embedding on the event loop, 16 at a time when a batch completed: long
+    enough to hold up the 429s of an overloaded server by several milliseconds."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]:
