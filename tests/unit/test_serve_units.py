@@ -237,6 +237,29 @@ def test_loadtest_schedule_and_loopback_guard():
     assert s["variant_mix"] == {"a": 1, "b": 1}
 
 
+def test_array_json_writes_numpy_rows_exactly():
+    import json
+
+    import numpy as np
+
+    from reactinfer.serve.protocol import ArrayJSON
+
+    y = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    body = ArrayJSON({"data": [{"index": i, "embedding": row} for i, row in enumerate(y)],
+                      "flat": y.reshape(-1)}).body
+    back = json.loads(body)
+    got = np.array([d["embedding"] for d in back["data"]], dtype=np.float32)
+    assert got.tobytes() == y.tobytes()
+    assert np.array(back["flat"], dtype=np.float32).tobytes() == y.tobytes()
+    # shortest float32 form: smaller than json.dumps of the float64 values
+    assert len(ArrayJSON(y).body) < len(json.dumps(y.tolist()))
+    # what orjson does not take itself (a strided view, float64) is written as plain lists
+    odd = {"strided": y[:, ::2], "f64": y[0].astype(np.float64)}
+    back = json.loads(ArrayJSON(odd).body)
+    assert np.array_equal(np.array(back["strided"], dtype=np.float32), y[:, ::2])
+    assert np.array_equal(np.array(back["f64"]), y[0].astype(np.float64))
+
+
 def test_loadtest_summary_prints():
     from reactinfer.serve.loadtest import format_summary
 

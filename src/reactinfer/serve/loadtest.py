@@ -192,14 +192,17 @@ def run_loadtest(url: str, rate: float, duration: float, arrivals: str = "poisso
         texts = texts_for("eval", limit=1000)
     # A full collection over the caller's heap (torch, a model loaded before) stalls the
     # client's loop for 100 ms or more: it would measure its own pauses as server latency.
+    # None run while the test lasts (young objects are still collected). Not gc.freeze():
+    # its undo, gc.unfreeze(), would also thaw what the caller froze (an in-process server).
+    threshold = gc.get_threshold()
     gc.collect()
-    gc.freeze()
+    gc.set_threshold(threshold[0], threshold[1], 1 << 30)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_run(url, rate, duration, arrivals, concurrency, slo_ms, texts,
                                    seed, headers, timeout_s))
     finally:
-        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def _loop_factory() -> Any:

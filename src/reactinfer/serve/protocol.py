@@ -33,7 +33,14 @@ class ArrayJSON(JSONResponse):
     enough to hold up the 429s of an overloaded server by several milliseconds."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(content, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _plain(obj: Any) -> Any:
+    """What orjson leaves to us: a non-contiguous array, or a dtype it does not write."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]:
