@@ -217,6 +217,14 @@ def test_config_refuses_bad_values(bad):
         ServeConfig.from_kwargs(slo=5)
 
 
+def test_missing_serving_packages_are_named():
+    from reactinfer.serve.config import SERVER_PACKAGES, require
+
+    require(SERVER_PACKAGES, "react serve")  # installed here: no error
+    with pytest.raises(UserError, match=r"react serve needs no_such_pkg_xyz: pip install"):
+        require(("fastapi", "no_such_pkg_xyz"), "react serve")
+
+
 def test_loadtest_schedule_and_loopback_guard():
     assert len(arrival_times(10, 2, "constant")) == 20
     poisson = arrival_times(200, 5, "poisson", seed=1)

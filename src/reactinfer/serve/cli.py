@@ -38,8 +38,9 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--ray-address", default=None)
 
     def run(a: argparse.Namespace) -> int:
-        from .config import ServeConfig
+        from .config import SERVER_PACKAGES, ServeConfig, require
 
+        require(SERVER_PACKAGES, "react serve")
         config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
@@ -83,6 +84,9 @@ def _loadtest(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
+        from .config import CLIENT_PACKAGES, require
+
+        require(CLIENT_PACKAGES, "react loadtest")
         from .loadtest import format_summary, run_loadtest
 
         s = run_loadtest(a.url, a.rate, a.duration, a.arrivals, a.concurrency, a.slo_ms,

@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import UserError
 
 LONG_TEXT_POLICIES = ("truncate", "error")
+SERVER_PACKAGES = ("fastapi", "uvicorn", "orjson")
+CLIENT_PACKAGES = ("httpx",)
+
+
+def require(packages: Sequence[str], what: str) -> None:
+    """A clear error, before any import fails deep inside, when serving extras are missing."""
+    missing = [m for m in packages if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"{what} needs {', '.join(missing)}: pip install 'reactinfer[all]' "
+                        "(or run `make`)")
 
 
 @dataclass(frozen=True)
