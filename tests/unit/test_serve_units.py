@@ -80,15 +80,47 @@ def test_ladder_steps_down_at_once_and_up_only_after_hold():
 
 def test_admission_refuses_when_no_variant_meets_the_deadline():
     ladder = _ladder()
-    ok, _ = ladder.admissible([], Job(0.1, items=1), now=0.0, busy_s=0.0, headroom=1.0)
-    assert ok
+    assert ladder.least_finish([], Job(0.1, items=1), busy_s=0.0) <= 0.1
     queue = [Job(0.05, items=8) for _ in range(20)]  # 160 ms even on the small variant
-    ok, predicted = ladder.admissible(queue, Job(0.1, items=1), now=0.0, busy_s=0.0,
-                                      headroom=1.0)
-    assert not ok and predicted > 0.1
-    # a later deadline is admitted behind the same queue
-    ok, _ = ladder.admissible(queue, Job(1.0, items=1), now=0.0, busy_s=0.0, headroom=1.0)
-    assert ok
+    assert ladder.least_finish(queue, Job(0.1, items=1), busy_s=0.0) > 0.1
+    # a job with an earlier deadline goes ahead of the queue (EDF): it fits
+    assert ladder.least_finish(queue, Job(0.01, items=1), busy_s=0.0) <= 0.01
+    # busy time adds to every finish time
+    assert ladder.least_finish(queue, Job(0.1, items=1), busy_s=0.5) == pytest.approx(
+        0.5 + ladder.least_finish(queue, Job(0.1, items=1), busy_s=0.0))
+
+
+def test_admission_memo_follows_the_queue_and_the_worker():
+    ladder = _ladder()
+    b = Batcher("m", ladder, ServeConfig(slo_ms=1000, max_batch=4, max_delay_ms=0), Metrics())
+    calls = []
+    real = ladder.least_finish
+    ladder.least_finish = lambda *a: calls.append(a) or real(*a)  # count the full predictions
+    loop = asyncio.new_event_loop()
+    try:
+        def admit(items: int) -> float:
+            req = Request("encode", Job(time.monotonic() + 1.0, items=items), loop,
+                          loop.create_future(), texts=["x"] * items)
+            b.admit(req)
+            return req.predicted
+
+        now = time.monotonic()
+        for _ in range(5):  # refusals and admissions with the same queue: one prediction
+            assert b.refusal(now + 1.0, now) is None
+        first = admit(1)
+        assert len(calls) == 1
+        second = admit(4)  # the queue changed: predicted anew, and later
+        assert len(calls) == 2 and second > first
+        batch, _ = b._next()  # the worker takes a batch: busy now, the queue shorter
+        assert sum(r.job.items for r in batch) <= 4
+        now = time.monotonic()
+        job = Job(now + 1.0, items=1)
+        predicted = b._least_finish(job, max(0.0, b._busy_until - now), b._memo())
+        edf = sorted((r.job for r in b._queue), key=lambda j: j.deadline)
+        assert predicted == pytest.approx(real(edf, job, max(0.0, b._busy_until - now)))
+        assert len(calls) == 3
+    finally:
+        loop.close()
 
 
 def test_calibration_learns_the_quantile_of_actual_over_predicted():

@@ -87,6 +87,7 @@ class Batcher:
         self._switches_seen = 0
         self._last_probe = 0.0
         self._stale = False  # an idle server refused a request on its estimate alone
+        self._version, self._memo_version, self._memo_of = 0, -1, {}  # see _memo
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
         self.draining = False
@@ -140,6 +141,7 @@ class Batcher:
             self._last_arrival = now
             req.arrival, req.predicted = now, predicted
             self._queue.append(req)
+            self._changed()
             self._inflight += 1
             self.metrics.queue_length.set(sum(r.job.items for r in self._queue),
                                           model=self.model)
@@ -158,20 +160,22 @@ class Batcher:
         calibration). Call with the lock held."""
         if self.draining or self._stopping:
             return Rejected(503, "the server is draining; retry on another replica"), 0.0
-        jobs = sorted((r.job for r in self._queue), key=_deadline)
         busy = max(0.0, self._busy_until - now)
+        memo = self._memo()
         if len(self._queue) >= self.config.max_queue:
-            cheapest = len(self.ladder.variants) - 1
-            wait = self.ladder.finish_times(cheapest, jobs, busy)
+            if "full" not in memo:  # the last queued answer on the cheapest variant
+                wait = self.ladder.finish_times(len(self.ladder.variants) - 1,
+                                                self._edf_jobs(memo), 0.0)
+                memo["full"] = wait[-1] if wait else 0.0
             self.metrics.rejected.inc(model=self.model, reason="queue_full")
             return Rejected(429, f"the queue is full ({self.config.max_queue} requests)",
-                            _retry_after(wait[-1] if wait else 0.0)), 0.0
+                            _retry_after(busy + memo["full"])), 0.0
         factor = self.calibration.factor
-        ok, predicted = self.ladder.admissible(jobs, job, now, busy,
-                                               self.config.admit_headroom / factor)
-        if ok or not self.config.deadline_admission:
+        predicted = self._least_finish(job, busy, memo)
+        if predicted <= self.config.admit_headroom / factor * (job.deadline - now) \
+                or not self.config.deadline_admission:
             return None, predicted
-        if not jobs and busy == 0.0:  # idle, yet predicted too slow: re-time it
+        if not self._queue and busy == 0.0:  # idle, yet predicted too slow: re-time it
             self._stale = True
             self.calibration.reset()
             self._cond.notify_all()
@@ -180,6 +184,35 @@ class Batcher:
         return Rejected(429, f"the deadline cannot be met: predicted {predicted * factor * 1e3:.0f}"
                         f" ms on the fastest variant, {left * 1e3:.0f} ms left",
                         _retry_after(predicted * factor - left)), predicted
+
+    # Under overload nearly every request is refused, each after a prediction over the
+    # whole queue (O(queue x variants)). Between changes of the queue, of the worker's busy
+    # time or of the service-time curves (_version) the answer for a request that goes
+    # last in EDF order (the usual case: one SLO for all) is the same, up to the busy time.
+    def _memo(self) -> dict[Any, Any]:
+        """Predictions valid for the current _version. Call with the lock held."""
+        if self._memo_version != self._version:
+            self._memo_version, self._memo_of = self._version, {}
+        return self._memo_of
+
+    def _edf_jobs(self, memo: dict[Any, Any]) -> list[Job]:
+        if "edf" not in memo:
+            memo["edf"] = sorted((r.job for r in self._queue), key=_deadline)
+        return memo["edf"]
+
+    def _least_finish(self, job: Job, busy: float, memo: dict[Any, Any]) -> float:
+        """Predicted seconds to `job`'s answer on its best variant, before calibration."""
+        jobs = self._edf_jobs(memo)
+        if jobs and job.deadline < jobs[-1].deadline:  # it goes ahead of some: no shortcut
+            return self.ladder.least_finish(jobs, job, busy)
+        key = (job.items, job.new_tokens)
+        if key not in memo:  # finish times are the busy time plus what the queue adds
+            memo[key] = self.ladder.least_finish(jobs, job, 0.0)
+        return busy + memo[key]
+
+    def _changed(self) -> None:
+        """The queue, the busy time or a service-time curve changed. Lock held."""
+        self._version += 1
 
     async def submit(self, req: Request) -> Any:
         self.admit(req)
@@ -208,6 +241,8 @@ class Batcher:
                     if r.sink is not None:
                         _call(r.loop, r.sink.put_nowait, None)
                     self._finish(r, exc=e)
+            with self._cond:
+                self._changed()  # the batch taught the service-time curves
 
     def _next(self) -> tuple[list[Request], int] | None:
         """Wait for work; return (batch, level), ([], level) for an idle probe, or None
@@ -239,6 +274,7 @@ class Batcher:
                         cost = v.gen.predict(batch[0].job.new_tokens) \
                             if batch[0].kind == "generate" else v.service.predict(n)
                         self._busy_until = now + cost
+                        self._changed()
                         return batch, level
                     self._cond.wait(ready_at - now)
                     continue
@@ -294,6 +330,7 @@ class Batcher:
         except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
             pass
         with self._cond:
+            self._changed()
             self.ladder.update([r.job for r in self._queue], time.monotonic(),
                                factor=self.calibration.factor)
             self._report_variant(self.ladder.active)

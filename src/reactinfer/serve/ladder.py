@@ -223,14 +223,13 @@ class Ladder:
         done = self.finish_times(level, jobs, busy_s)
         return all(f <= headroom * (j.deadline - now) for f, j in zip(done, jobs))
 
-    def admissible(self, jobs: Sequence[Job], new: Job, now: float, busy_s: float,
-                   headroom: float) -> tuple[bool, float]:
-        """Can `new` meet its deadline on some variant behind the jobs ahead of it (EDF)?
-        Returns (ok, least predicted seconds to its answer)."""
+    def least_finish(self, jobs: Sequence[Job], new: Job, busy_s: float) -> float:
+        """Least predicted seconds, over the variants, until `new` is answered behind the
+        jobs (EDF order) ahead of it."""
         ahead = [j for j in jobs if j.deadline <= new.deadline] + [new]
-        best = min(self.finish_times(level, ahead, busy_s)[-1]
+        return min(self.finish_times(level, ahead, busy_s)[-1]
                    for level in range(len(self.variants)))
-        return best <= headroom * (new.deadline - now), best
+
 
     # -- switching ------------------------------------------------------------------
     def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0,
