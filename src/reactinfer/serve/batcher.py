@@ -102,6 +102,8 @@ class Batcher:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
+        with self._cond:
+            self._changed()  # the start-up measured the service-time curves
         self._thread = threading.Thread(target=self._loop, name=f"react-batcher-{self.model}",
                                         daemon=True)
         self._thread.start()
