@@ -115,7 +115,7 @@ def test_admission_memo_follows_the_queue_and_the_worker():
         assert sum(r.job.items for r in batch) <= 4
         now = time.monotonic()
         job = Job(now + 1.0, items=1)
-        predicted = b._least_finish(job, max(0.0, b._busy_until - now), b._memo())
+        predicted = b._least_finish(job, max(0.0, b._busy_until - now))
         edf = sorted((r.job for r in b._queue), key=lambda j: j.deadline)
         assert predicted == pytest.approx(real(edf, job, max(0.0, b._busy_until - now)))
         assert len(calls) == 3

@@ -87,7 +87,7 @@ class Batcher:
         self._switches_seen = 0
         self._last_probe = 0.0
         self._stale = False  # an idle server refused a request on its estimate alone
-        self._version, self._memo_version, self._memo_of = 0, -1, {}  # see _memo
+        self._memo: dict[Any, Any] = {}  # admission predictions, see _least_finish
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
         self.draining = False
@@ -163,17 +163,17 @@ class Batcher:
         if self.draining or self._stopping:
             return Rejected(503, "the server is draining; retry on another replica"), 0.0
         busy = max(0.0, self._busy_until - now)
-        memo = self._memo()
+        memo = self._memo
         if len(self._queue) >= self.config.max_queue:
             if "full" not in memo:  # the last queued answer on the cheapest variant
                 wait = self.ladder.finish_times(len(self.ladder.variants) - 1,
-                                                self._edf_jobs(memo), 0.0)
+                                                self._edf_jobs(), 0.0)
                 memo["full"] = wait[-1] if wait else 0.0
             self.metrics.rejected.inc(model=self.model, reason="queue_full")
             return Rejected(429, f"the queue is full ({self.config.max_queue} requests)",
                             _retry_after(busy + memo["full"])), 0.0
         factor = self.calibration.factor
-        predicted = self._least_finish(job, busy, memo)
+        predicted = self._least_finish(job, busy)
         if predicted <= self.config.admit_headroom / factor * (job.deadline - now) \
                 or not self.config.deadline_admission:
             return None, predicted
@@ -189,22 +189,17 @@ class Batcher:
 
     # Under overload nearly every request is refused, each after a prediction over the
     # whole queue (O(queue x variants)). Between changes of the queue, of the worker's busy
-    # time or of the service-time curves (_version) the answer for a request that goes
-    # last in EDF order (the usual case: one SLO for all) is the same, up to the busy time.
-    def _memo(self) -> dict[Any, Any]:
-        """Predictions valid for the current _version. Call with the lock held."""
-        if self._memo_version != self._version:
-            self._memo_version, self._memo_of = self._version, {}
-        return self._memo_of
+    # time or of the service-time curves (_changed empties the memo) the answer for a
+    # request that goes last in EDF order (the usual case: one SLO for all) is the same,
+    # up to the busy time.
+    def _edf_jobs(self) -> list[Job]:
+        if "edf" not in self._memo:
+            self._memo["edf"] = sorted((r.job for r in self._queue), key=_deadline)
+        return self._memo["edf"]
 
-    def _edf_jobs(self, memo: dict[Any, Any]) -> list[Job]:
-        if "edf" not in memo:
-            memo["edf"] = sorted((r.job for r in self._queue), key=_deadline)
-        return memo["edf"]
-
-    def _least_finish(self, job: Job, busy: float, memo: dict[Any, Any]) -> float:
+    def _least_finish(self, job: Job, busy: float) -> float:
         """Predicted seconds to `job`'s answer on its best variant, before calibration."""
-        jobs = self._edf_jobs(memo)
+        memo, jobs = self._memo, self._edf_jobs()
         if jobs and job.deadline < jobs[-1].deadline:  # it goes ahead of some: no shortcut
             return self.ladder.least_finish(jobs, job, busy)
         key = (job.items, job.new_tokens)
@@ -214,7 +209,7 @@ class Batcher:
 
     def _changed(self) -> None:
         """The queue, the busy time or a service-time curve changed. Lock held."""
-        self._version += 1
+        self._memo = {}
 
     async def submit(self, req: Request) -> Any:
         self.admit(req)

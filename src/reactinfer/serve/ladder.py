@@ -230,7 +230,6 @@ class Ladder:
         return min(self.finish_times(level, ahead, busy_s)[-1]
                    for level in range(len(self.variants)))
 
-
     # -- switching ------------------------------------------------------------------
     def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0,
                factor: float = 1.0) -> int:
