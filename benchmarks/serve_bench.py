@@ -108,9 +108,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(models: list[str], *flags: str):
+def server(models: list[str], *flags: str, src: Path = ROOT / "src"):
+    """`react serve` of `models` from the package in `src`, until the block ends."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(src))
     proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", *models, "--port",
                              str(port), "--threads", str(THREADS), "--cache-size", "0", *flags],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
