@@ -26,7 +26,7 @@ import numpy as np
 
 import reactinfer as ri
 from reactinfer.backends import choose_backend, to_backend, tune_threads
-from reactinfer.bench.measure import GEN_PROMPT, latency_batch1
+from reactinfer.measure.harness import GEN_PROMPT, latency_batch1
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
 from reactinfer.models.zoo import BUILTINS

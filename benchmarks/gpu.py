@@ -42,8 +42,8 @@ import torch
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
-from reactinfer.bench.measure import generation_speed, latency_batch1
-from reactinfer.compress import CastHalf, compress
+from reactinfer.measure.harness import generation_speed, latency_batch1
+from reactinfer.compression import CastHalf, compress
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
 from reactinfer.tasks import get_task, iter_batches, tokenize

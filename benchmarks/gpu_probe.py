@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu import OUT, halved, load_minilm
 
 from reactinfer.backends import to_backend
-from reactinfer.bench.measure import latency_batch1
+from reactinfer.measure.harness import latency_batch1
 from reactinfer.data import texts_for
 from reactinfer.tasks import iter_batches, tokenize
 

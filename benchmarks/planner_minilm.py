@@ -27,7 +27,7 @@ OUT = Path(__file__).parent / "results"
 
 
 def react_engine(label: str, handle, texts: list[str], rounds: int) -> dict:
-    from reactinfer.bench.measure import measure
+    from reactinfer.measure.harness import measure
 
     runs = [measure(handle, texts, 32, latency_runs=50, progress=False) for _ in range(rounds)]
     report, results = runs[-1]

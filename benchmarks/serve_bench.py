@@ -13,7 +13,7 @@ the load generator to separate cores, so the client does not take the server's C
 (on a 2-core machine they share both). Section 1 also times the model alone, without a
 server, at batch 1 and at max batch on the server's cores: the most batching can gain.
 The cheaper variants are made with ReAct's compression transforms (see build_variants);
-their quality is measured with reactinfer.bench against minilm and
+their quality is measured with reactinfer.measure against minilm and
 stored in the artifact manifests.
 
     PYTHONPATH=src python benchmarks/serve_bench.py            # ~5 minutes
@@ -47,7 +47,7 @@ import reactinfer as ri
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
-from reactinfer.serve.loadtest import run_loadtest
+from reactinfer.serving.loadtest import run_loadtest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPUS: set[int] | None = None  # --server-cpus: the server processes' affinity
@@ -81,7 +81,7 @@ def build_variants(work: Path, n_eval: int, minilm: str | None = None) -> dict[s
     effective-quality metric reads it)."""
     from gpu import load_minilm
 
-    from reactinfer.compress import Distill, DropLayers, QuantizeDynamicInt8
+    from reactinfer.compression import Distill, DropLayers, QuantizeDynamicInt8
 
     base, _ = load_minilm(minilm)
     out = {"fp32": {"path": str(work / "minilm-fp32"), "quality": {"mean_cosine": 1.0}}}
@@ -149,7 +149,7 @@ def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -
     """`concurrency` clients, each sending its next request when the last one returns."""
     from urllib.parse import urlsplit
 
-    from reactinfer.serve.rawhttp import RawClient
+    from reactinfer.serving.rawhttp import RawClient
 
     async def go() -> tuple[list[float], int, float]:
         parts = urlsplit(base)

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import serve_bench as sb
 
-from reactinfer.serve.loadtest import run_loadtest
+from reactinfer.serving.loadtest import run_loadtest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -270,7 +270,7 @@ def test_tuning_helpers_return_a_measured_setting(texts):
 
 def test_bench_reports_backend_and_quality_against_the_original(texts):
     _require("onnxruntime")
-    from reactinfer.bench import bench  # (ri.bench is shadowed once the subpackage loads)
+    from reactinfer.measure import bench  # (ri.bench is shadowed once the subpackage loads)
 
     r = bench(_handle("embedding"), eval_texts=texts, batch_size=8, latency_runs=3,
                  progress=False, backend="onnxruntime", precision="int8-dynamic")

@@ -7,7 +7,7 @@ import torch
 import reactinfer as ri
 from reactinfer.backends import to_backend
 from reactinfer.cli.main import main
-from reactinfer.compress import CastHalf, QuantizeDynamicInt8, compress
+from reactinfer.compression import CastHalf, QuantizeDynamicInt8, compress
 from reactinfer.core.errors import UserError
 from reactinfer.tasks import tokenize
 from reactinfer.testing import save_tiny_hf, sqnr_db, tiny_handle

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from reactinfer import compress, load
-from reactinfer.compress import PruneFFN, QuantizeDynamicInt8
+from reactinfer.compression import PruneFFN, QuantizeDynamicInt8
 from reactinfer.core.artifact import Artifact
 from reactinfer.data import texts_for
 from reactinfer.tasks import get_task, tokenize

@@ -26,8 +26,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from reactinfer.core.artifact import Artifact  # noqa: E402
-from reactinfer.serve import ServeConfig, create_app  # noqa: E402
-from reactinfer.serve.server import draining_server  # noqa: E402
+from reactinfer.serving import ServeConfig, create_app  # noqa: E402
+from reactinfer.serving.server import draining_server  # noqa: E402
 from reactinfer.testing import tiny_handle, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -381,7 +381,7 @@ def test_drain_answers_every_accepted_request():
 
 
 def test_loadtest_against_the_server(server):
-    from reactinfer.serve.loadtest import run_loadtest
+    from reactinfer.serving.loadtest import run_loadtest
 
     frozen, threshold = gc.get_freeze_count(), gc.get_threshold()
     assert frozen > 0  # the in-process server froze its heap after warm-up

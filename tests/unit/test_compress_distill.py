@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from reactinfer import compress, load
-from reactinfer.compress import Distill, DropLayers, recalibrate_batchnorm
-from reactinfer.compress.distill import lr_at, train, validation_error
+from reactinfer.compression import Distill, DropLayers, recalibrate_batchnorm
+from reactinfer.compression.distill import lr_at, train, validation_error
 from reactinfer.core.errors import UserError
 from reactinfer.data import texts_for
 from reactinfer.testing import save_tiny_hf, tiny_handle, tiny_texts
@@ -40,7 +40,7 @@ def test_distillation_lowers_loss_and_beats_undistilled_student(tmp_path, data):
 
 @pytest.mark.parametrize("task", ["classification", "causal-lm"])
 def test_logit_kd_reduces_the_kd_loss(task, data):
-    from reactinfer.compress.distill import _batches, _forward, distill_loss
+    from reactinfer.compression.distill import _batches, _forward, distill_loss
 
     teacher = tiny_handle(task, layers=2, seed=0)
     student = tiny_handle(task, layers=1, seed=3)
@@ -73,7 +73,7 @@ def test_student_from_recipe_and_interrupted_run_resumes(tmp_path, data):
     # ...and one interrupted (Ctrl-C) right after its second checkpoint, at step 20
     student = compress(teacher, [DropLayers(keep=0.5)]).model
     cfg20 = Distill(**common)
-    import reactinfer.compress.distill as dist
+    import reactinfer.compression.distill as dist
     orig = dist._save_checkpoint
     calls = []
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from reactinfer import compress, load
-from reactinfer.compress import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
-from reactinfer.compress.merge import merge_state_dicts
+from reactinfer.compression import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
+from reactinfer.compression.merge import merge_state_dicts
 from reactinfer.core.errors import UserError
 from reactinfer.tasks import tokenize
 from reactinfer.testing import save_tiny_hf, tiny_handle, tiny_model, tiny_texts

@@ -4,10 +4,10 @@ import torch
 import transformers
 
 from reactinfer import compress, load
-from reactinfer.compress import (DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude,
+from reactinfer.compression import (DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude,
                                  sparsity)
-from reactinfer.compress._common import blocks
-from reactinfer.compress.prune import _ffn
+from reactinfer.compression._common import blocks
+from reactinfer.compression.prune import _ffn
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.errors import UserError
 from reactinfer.tasks import tokenize
@@ -165,7 +165,7 @@ def test_drop_layers(tmp_path, task):
 
 
 def test_drop_named_layers_and_choice_of_evenly_spaced():
-    from reactinfer.compress.prune import layers_to_keep
+    from reactinfer.compression.prune import layers_to_keep
 
     assert layers_to_keep(6, DropLayers(keep=0.5)) == [0, 2, 5]
     assert layers_to_keep(6, DropLayers(layers=(1, 3))) == [1, 3]

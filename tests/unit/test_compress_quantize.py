@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from reactinfer import compress, load
-from reactinfer.compress import (CastHalf, QuantizeDynamicInt8, QuantizeStaticInt8,
+from reactinfer.compression import (CastHalf, QuantizeDynamicInt8, QuantizeStaticInt8,
                                  QuantizeWeightOnly, layer_sensitivity)
-from reactinfer.compress.quantize import WeightOnlyLinear
+from reactinfer.compression.quantize import WeightOnlyLinear
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.errors import UserError
 from reactinfer.tasks import tokenize
@@ -64,7 +64,7 @@ def test_int8_per_channel_beats_per_tensor_on_uneven_rows():
     x = torch.randn(32, 64)
     ref = lin(x).detach().numpy()
     per_t = WeightOnlyLinear(lin, 8, None)  # per output channel
-    from reactinfer.compress.quantize import fake_quant_weight
+    from reactinfer.compression.quantize import fake_quant_weight
     y_t = torch.nn.functional.linear(x, fake_quant_weight(lin.weight.detach(), False),
                                      lin.bias).detach().numpy()
     assert sqnr_db(ref, per_t(x).detach().numpy()) > sqnr_db(ref, y_t) + 6

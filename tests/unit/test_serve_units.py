@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from reactinfer.core.errors import UserError
-from reactinfer.serve.batcher import Batcher, Rejected, Request
-from reactinfer.serve.cache import ResponseCache, normalise
-from reactinfer.serve.config import ServeConfig
-from reactinfer.serve.ladder import (Calibration, Job, Ladder, ServiceTime, Variant,
+from reactinfer.serving.batcher import Batcher, Rejected, Request
+from reactinfer.serving.cache import ResponseCache, normalise
+from reactinfer.serving.config import ServeConfig
+from reactinfer.serving.ladder import (Calibration, Job, Ladder, ServiceTime, Variant,
                                      variant_quality)
-from reactinfer.serve.loadtest import arrival_times, check_loopback, summarise
-from reactinfer.serve.metrics import Metrics
+from reactinfer.serving.loadtest import arrival_times, check_loopback, summarise
+from reactinfer.serving.metrics import Metrics
 
 
 def _variant(name: str, per_batch: dict[int, float], quality: float = 1.0) -> Variant:
@@ -250,7 +250,7 @@ def test_config_refuses_bad_values(bad):
 
 
 def test_missing_serving_packages_are_named():
-    from reactinfer.serve.config import SERVER_PACKAGES, require
+    from reactinfer.serving.config import SERVER_PACKAGES, require
 
     require(SERVER_PACKAGES, "react serve")  # installed here: no error
     with pytest.raises(UserError, match=r"react serve needs no_such_pkg_xyz: pip install"):
@@ -282,7 +282,7 @@ def test_array_json_writes_numpy_rows_exactly():
 
     import numpy as np
 
-    from reactinfer.serve.protocol import ArrayJSON
+    from reactinfer.serving.protocol import ArrayJSON
 
     y = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
     body = ArrayJSON({"data": [{"index": i, "embedding": row} for i, row in enumerate(y)],
@@ -301,7 +301,7 @@ def test_array_json_writes_numpy_rows_exactly():
 
 
 def test_loadtest_summary_prints():
-    from reactinfer.serve.loadtest import format_summary
+    from reactinfer.serving.loadtest import format_summary
 
     s = summarise([(200, 0.01, "a"), (429, 0.001, "")], 1.0, 2, 1, "poisson", 100,
                   "/v1/embeddings")

@@ -1,9 +1,9 @@
-"""Built-in commands: models, bench, info, backends. Other packages' commands
-(compress, optimize, serve, batch, ...) live in their own cli modules, imported below."""
+"""Built-in commands: models, bench, info, backends. The other commands live beside this
+module (compress.py, optimize.py, serve.py, cluster.py); `main.build_parser` imports them all.
+No other subpackage imports `cli`: the command line sits on top of everything."""
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from .main import command, print_json
 
@@ -58,7 +58,7 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from ..bench import bench, format_report
+        from ..measure import bench, format_report
 
         report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
@@ -141,12 +141,3 @@ def _backends(p: argparse.ArgumentParser):
         return 0
 
     return run
-
-
-# Commands contributed by other packages; a missing module just means not built yet.
-for _mod in ("compress", "planner", "serve", "cluster"):
-    try:
-        importlib.import_module(f"reactinfer.{_mod}.cli")
-    except ModuleNotFoundError as e:
-        if e.name != f"reactinfer.{_mod}.cli":
-            raise

@@ -34,7 +34,7 @@ def print_json(obj: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands  # noqa: F401  (registers the built-in commands)
+    from . import cluster, commands, compress, optimize, serve  # noqa: F401  (register)
 
     parser = argparse.ArgumentParser(
         prog="react", description="ReAct: fast, cheap inference with measured quality.")

@@ -2,8 +2,8 @@
 
 Each replica builds its own FastAPI app (and loads its own model copy) at start-up,
 through Serve's late-bound ingress (`__serve_build_asgi_app__`), so no model crosses
-the wire. The app is `reactinfer.serve.app.create_app(models, config)` (config a
-`reactinfer.serve.ServeConfig` or None); should the serving package be absent, a
+the wire. The app is `reactinfer.serving.app.create_app(models, config)` (config a
+`reactinfer.serving.ServeConfig` or None); should the serving package be absent, a
 minimal app with the same protocol subset is used: OpenAI `/v1/embeddings` and KServe
 `/v2/health/live|ready`. Ray Serve restarts a dead replica; the proxy routes requests
 to the live ones meanwhile.
@@ -82,9 +82,9 @@ def build_app(models: Sequence[Any], config: Any) -> Any:
     """The serving package's app when it exists (else the minimal one), with every
     response naming the replica process in `x-react-replica`."""
     try:
-        serve_app = importlib.import_module("reactinfer.serve.app")
+        serve_app = importlib.import_module("reactinfer.serving.app")
     except ModuleNotFoundError as e:
-        if e.name != "reactinfer.serve.app":
+        if e.name != "reactinfer.serving.app":
             raise
         return minimal_app(models)
     app = serve_app.create_app(models, config)

@@ -82,7 +82,7 @@ def _ensure_builtin_transforms() -> None:
     # `from .. import compress`: that can resolve to the lazily exported verb instead.)
     import importlib
 
-    importlib.import_module("reactinfer.compress")
+    importlib.import_module("reactinfer.compression")
 
 
 def registered_transforms() -> dict[str, type[TransformConfig]]:

@@ -85,7 +85,7 @@ def hf_from_pretrained(task: str, directory: Path, **kw: Any) -> Any:
 
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     if getattr(config, "react_structure", None):
-        from ..compress.prune import from_pretrained_restructured
+        from ..compression.prune import from_pretrained_restructured
 
         return from_pretrained_restructured(hf_model_class(task), directory, config)
     return hf_model_class(task).from_pretrained(directory, **kw)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench.measure import measure
+from ..measure.harness import measure
 from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.hardware import hardware_profile

@@ -12,6 +12,9 @@ import torch
 
 from .base import Results, iter_batches, register_task
 
+# The prompt every generation-speed measurement decodes from (bench, backend choice).
+GEN_PROMPT = "Explain in one paragraph what a Python docstring is for."
+
 
 class CausalLogits(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):

@@ -16,7 +16,7 @@ from .config import ServeConfig
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-log = logging.getLogger("reactinfer.serve")
+log = logging.getLogger("reactinfer.serving")
 
 
 def draining_server(app: Any, host: str, port: int, log_level: str = "warning",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.main import command, print_json
+from .main import command, print_json
 from ..models.zoo import DEFAULT_MODEL
 
 
@@ -30,8 +30,8 @@ def _optimize(p: argparse.ArgumentParser):
     def run(a: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from . import optimize
-        from .report import render_markdown
+        from ..planner import optimize
+        from ..planner.report import render_markdown
 
         out = a.out or f"react-out/{Path(a.model).name}"
         data = optimize(a.model, objective=a.objective, max_drop=a.max_drop,

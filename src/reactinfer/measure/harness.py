@@ -20,8 +20,8 @@ from ..core.hardware import hardware_profile, package_versions
 from ..data import texts_for
 from ..models import load
 from ..tasks import get_task, tokenize
+from ..tasks.causal_lm import GEN_PROMPT
 
-GEN_PROMPT = "Explain in one paragraph what a Python docstring is for."
 
 
 class _Counted:
@@ -147,7 +147,8 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 max_drop: float | None = None, device: str | None = None
                 ) -> tuple[ModelHandle, dict[str, Any] | None]:
     """Move `handle` to the asked backend, or measure and choose one ('auto')."""
-    from ..backends import choose_backend, to_backend
+    from ..backends import to_backend
+    from .choose import choose_backend
     from ..core.backend import backend_options, get_backend
 
     if backend == "auto":

@@ -1,6 +1,6 @@
-"""Compression techniques, one module each; each registers its configs on import."""
+"""Compression techniques, one module each; each registers its configs on import.
+The verb is `reactinfer.compress(handle, configs)` (core/transform.py)."""
 from ..core.transform import compress
-from ..core.verbs import make_callable
 from .distill import Distill, recalibrate_batchnorm
 from .merge import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
 from .prune import DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude, sparsity
@@ -11,6 +11,3 @@ __all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights"
            "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8", "compress",
            "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble", "layer_sensitivity",
            "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]
-
-
-make_callable(__name__, "compress")  # `reactinfer.compress(handle, configs)` (core/verbs.py)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.main import command, print_json
+from .main import command, print_json
 
 
 @command("serve", "Serve models over HTTP (OpenAI + KServe v2 + /metrics) with dynamic "
@@ -38,7 +38,7 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--ray-address", default=None)
 
     def run(a: argparse.Namespace) -> int:
-        from .config import SERVER_PACKAGES, ServeConfig, require
+        from ..serving.config import SERVER_PACKAGES, ServeConfig, require
 
         require(SERVER_PACKAGES, "react serve")
         config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
@@ -58,8 +58,8 @@ def _serve(p: argparse.ArgumentParser):
             serve_on_ray(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
                          host=a.host, port=a.port, block=True)
             return 0
-        from .app import create_app
-        from .server import draining_server
+        from ..serving.app import create_app
+        from ..serving.server import draining_server
 
         app = create_app(a.models, config)
         print(f"react serve: http://{a.host}:{a.port}  models: {', '.join(app.state.react.groups)}"
@@ -84,10 +84,10 @@ def _loadtest(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from .config import CLIENT_PACKAGES, require
+        from ..serving.config import CLIENT_PACKAGES, require
 
         require(CLIENT_PACKAGES, "react loadtest")
-        from .loadtest import format_summary, run_loadtest
+        from ..serving.loadtest import format_summary, run_loadtest
 
         s = run_loadtest(a.url, a.rate, a.duration, a.arrivals, a.concurrency, a.slo_ms,
                          seed=a.seed)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.main import command, print_json
+from .main import command, print_json
 
 
 @command("batch", "Run a model or artifact over a file (text lines, JSONL or Parquet) on a "
@@ -28,7 +28,7 @@ def _batch(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from .batch import DEFAULT_MAX_CHARS, run_batch
+        from ..cluster.batch import DEFAULT_MAX_CHARS, run_batch
 
         res = run_batch(a.model, a.input, a.output, workers=a.workers, batch_size=a.batch_size,
                         column=a.column, ray_address=a.ray_address, block_rows=a.block_rows,

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ..cli.main import command, print_json
+from .main import command, print_json
 from ..core.errors import UserError
 
 
@@ -20,14 +20,14 @@ def with_data(cfgs: list[Any], data: str | None) -> list[Any]:
 
 def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str, Any]:
     """Params, size, batch-1 latency and quality against the original on held-out texts."""
-    from ..bench import bench
+    from ..measure import bench
     from ..data import texts_for
 
     texts = texts_for("eval", data, n_eval)
     kw = {"eval_texts": texts, "latency_runs": 10, "progress": False, "gen_tokens": 0}
     b = bench(before, **kw)
     a = bench(after, reference=before, **kw)
-    from ._common import effective_params
+    from ..compression._common import effective_params
 
     return {"params": [effective_params(before.model), effective_params(after.model)],
             "size_mb": [round(b["size_mb"], 3), round(a["size_mb"], 3)],
@@ -78,7 +78,7 @@ def _compress(p: argparse.ArgumentParser):
         from ..core.artifact import Artifact
         from ..core.transform import compress, load_recipe
         from ..models import load
-        from .quantize import _LAYER_QUANTIZERS, QuantizeDynamicInt8, layer_sensitivity
+        from ..compression.quantize import _LAYER_QUANTIZERS, QuantizeDynamicInt8, layer_sensitivity
 
         if not a.recipe and not a.sensitivity:
             raise UserError("give --recipe RECIPE.json (with -o ARTIFACT), or --sensitivity")

@@ -41,7 +41,7 @@ _SLOW = {"torch-compile": "compiling takes minutes on a small CPU; pass include=
 def candidate_grid(handle: ModelHandle, precision: str | None = None,
                    include: Sequence[str] = ()) -> tuple[list[tuple[str, dict]], list[dict]]:
     """(backend, options) pairs worth measuring here, and the ones skipped with why."""
-    from .llamacpp import unchanged_gguf
+    from ..backends.llamacpp import unchanged_gguf
 
     if handle.model is None:  # a runtime-only model (an .onnx file): nothing to convert
         return [(handle.backend, dict(handle.backend_options))], []
@@ -78,8 +78,8 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
 
 def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
              gen_tokens: int) -> tuple[float, str, dict[str, Any], dict]:
-    from ..bench.measure import GEN_PROMPT
     from ..tasks import get_task, tokenize
+    from ..tasks.causal_lm import GEN_PROMPT
 
     task = get_task(handle.task)
     t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     """Measure each candidate on `texts` and return (the chosen handle, the decision).
     `threads` goes to every candidate, `device` to those with a device option (torch)."""
     from ..tasks import get_task
-    from .convert import to_backend
+    from ..backends.convert import to_backend
 
     if not texts:
         raise UserError("backend selection needs some evaluation texts")
