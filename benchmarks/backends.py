@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import reactinfer as ri
-from reactinfer.backends import choose_backend, to_backend, tune_threads
+from reactinfer.backends import to_backend
+from reactinfer.measure import choose_backend, tune_threads
 from reactinfer.measure.harness import GEN_PROMPT, latency_batch1
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for

@@ -111,8 +111,8 @@ def test_cuda_generation_and_half_precision(texts):
 
 
 def test_choose_backend_passes_device_only_to_backends_that_take_it(no_gpu, texts):
-    from reactinfer.backends import choose_backend
     from reactinfer.core.backend import list_backends
+    from reactinfer.measure import choose_backend
 
     if not list_backends()["onnxruntime"].available():
         pytest.skip("needs a second backend (onnxruntime)")

@@ -36,8 +36,7 @@ def test_capability_weights_follow_measured_speed():
     caps = [w["capability_rows_per_s"] for w in rep["workers"]]
     rows = [w["rows"] for w in rep["workers"]]
     assert sum(rows) == len(texts)
-    assert caps[0] > caps[1]  # batching pays even on a tiny model
-    assert rows[0] > rows[1]
+    assert all(c > 0 for c in caps)  # measured, not assumed (which is faster is the CPU's)
     expected = np.array(caps) / sum(caps) * len(texts)
     assert np.all(np.abs(np.array(rows) - expected) <= 1.0)
     np.testing.assert_allclose(rep["outputs"], single(h, texts), atol=1e-5)

@@ -9,8 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from reactinfer.cluster.aggregate import (compress_embeddings, compression_report,
-                                          decompress_embeddings, ensemble, ordered_gather)
+from reactinfer.cluster.aggregate import (
+    compress_embeddings,
+    compression_report,
+    decompress_embeddings,
+    ensemble,
+    ordered_gather,
+)
 from reactinfer.cluster.shard import capability_shares
 from reactinfer.core.errors import UserError
 

@@ -17,8 +17,8 @@ def states(*seeds, **kw):
 def test_alpha_one_zero_returns_first_exactly():
     a, b = tiny_model("embedding", seed=0), tiny_model("embedding", seed=1)
     m = merge_models([a, b], [1.0, 0.0])
-    for (k, v), (_, w) in zip(m.state_dict().items(), a.state_dict().items()):
-        assert torch.equal(v, w), k
+    for (k, v), (ka, w) in zip(m.state_dict().items(), a.state_dict().items(), strict=True):
+        assert k == ka and torch.equal(v, w), k
 
 
 def test_equal_weights_equal_the_mean_flat_and_tree():
@@ -39,7 +39,7 @@ def test_weighted_tree_equals_weighted_flat():
     for k in flat:
         torch.testing.assert_close(flat[k], tree[k], rtol=0, atol=1e-6)
     k = "encoder.layer.0.output.dense.weight"
-    torch.testing.assert_close(flat[k], sum(a * s[k] for a, s in zip(alphas, sds)),
+    torch.testing.assert_close(flat[k], sum(a * s[k] for a, s in zip(alphas, sds, strict=True)),
                                rtol=0, atol=1e-6)
 
 
@@ -99,7 +99,23 @@ def test_majority_vote():
         EnsembleRunner(runners, "embedding", mode="vote")
 
 
-def test_lm_ensemble_generates():
+def test_lm_ensemble_generates_the_argmax_of_the_mean_logits():
     hs = [tiny_handle("causal-lm", seed=s) for s in (0, 1)]
+    # Tiny LMs with tied embeddings all repeat the last token; an untied random head makes
+    # the second member disagree, so only the averaged logits give the ensemble's tokens.
+    torch.manual_seed(5)
+    head = hs[1].model.lm_head
+    head.weight = torch.nn.Parameter(torch.randn_like(head.weight) * head.weight.std() * 3)
     r = ensemble(hs)
-    assert len(r.generate([2, 7, 9], 3)) == 3
+    prompt = [2, 7, 9]
+    got = r.generate(prompt, 4)
+    # Decode by hand: each step's token is the argmax of the members' averaged logits.
+    ids = list(prompt)
+    for _ in range(4):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logits = [h.model(input_ids=x).logits[0, -1].double() for h in hs]  # (V,) each
+        ids.append(int(((logits[0] + logits[1]) / 2).argmax()))
+    assert got == ids[len(prompt):]
+    alone = [h.runner().generate(prompt, 4) for h in hs]
+    assert got != alone[0] and got != alone[1]  # the average decided, not one member

@@ -4,8 +4,14 @@ import torch
 import transformers
 
 from reactinfer import compress, load
-from reactinfer.compression import (DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude,
-                                 sparsity)
+from reactinfer.compression import (
+    DropLayers,
+    Prune2of4,
+    PruneFFN,
+    PruneHeads,
+    PruneMagnitude,
+    sparsity,
+)
 from reactinfer.compression._common import blocks
 from reactinfer.compression.prune import _ffn
 from reactinfer.core.artifact import Artifact

@@ -3,8 +3,13 @@ import pytest
 import torch
 
 from reactinfer import compress, load
-from reactinfer.compression import (CastHalf, QuantizeDynamicInt8, QuantizeStaticInt8,
-                                 QuantizeWeightOnly, layer_sensitivity)
+from reactinfer.compression import (
+    CastHalf,
+    QuantizeDynamicInt8,
+    QuantizeStaticInt8,
+    QuantizeWeightOnly,
+    layer_sensitivity,
+)
 from reactinfer.compression.quantize import WeightOnlyLinear
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.errors import UserError

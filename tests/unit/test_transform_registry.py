@@ -6,8 +6,12 @@ import torch
 
 from reactinfer import compress
 from reactinfer.core.errors import UserError
-from reactinfer.core.transform import (TransformConfig, config_from_dict, load_recipe,
-                                       register_transform)
+from reactinfer.core.transform import (
+    TransformConfig,
+    config_from_dict,
+    load_recipe,
+    register_transform,
+)
 from reactinfer.testing import tiny_handle
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..core.backend import Batch, module_available, register_backend
 from ..core.errors import UserError
-from ..models.loaders import register_loader
+from ..models.onnx_file import ONNX_FILE as MODEL_FILE
+from ..models.onnx_file import write_metadata
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -26,7 +27,6 @@ PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 PROVIDERS = ("auto", "cpu", "cuda")
 OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits"}
-META_PREFIX = "reactinfer."
 # Options used once, at conversion; the rest configure the session every time it opens.
 EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel")
 SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider")
@@ -85,26 +85,6 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
                           dynamic_axes=axes, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
     return path
-
-
-def write_metadata(path: Path, meta: dict[str, Any]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in meta.items():
-        k = META_PREFIX + key
-        prop = existing.get(k) or model.metadata_props.add()
-        prop.key, prop.value = k, str(value)
-    onnx.save(model, str(path))
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props
-            if p.key.startswith(META_PREFIX)}
 
 
 class _CalibrationReader:
@@ -308,37 +288,3 @@ class OnnxRuntimeBackend:
 
 
 register_backend(OnnxRuntimeBackend())
-
-
-# -- loading a bare .onnx file ------------------------------------------------------------
-@register_loader("onnx", lambda p: p.is_file() and p.suffix == ".onnx")
-def load_onnx(path: Path, task: str | None = None, name: str | None = None,
-              source: dict | None = None, **opts: Any) -> ModelHandle:
-    """An exported ONNX model with its tokenizer files beside it; the task comes from
-    `task=` or from the metadata ReAct writes at export."""
-    import transformers
-
-    from ..core.handle import ModelHandle
-    from ..models.loaders import DEFAULT_MAX_LENGTH, sha256_file
-
-    path = Path(path)
-    meta = read_metadata(path)
-    task = task or meta.get("task")
-    if task is None:
-        raise UserError(f"{path} does not say which task it runs (no ReAct metadata): pass "
-                        "task= (embedding, classification or causal-lm)")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent,
-                                                               local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"no tokenizer beside {path}: save the tokenizer files "
-                        f"(tokenizer.json, tokenizer_config.json) in {path.parent} ({e})") from None
-    precision = meta.get("precision", "fp32")
-    max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH.get(task, 256)))
-    _check_options(opts)
-    return ModelHandle(task=task, model=None, tokenizer=tokenizer, name=name or path.stem,
-                       source=source or {"kind": "onnx", "ref": str(path.resolve()),
-                                         "sha256": sha256_file(path)},
-                       max_length=max_length, backend="onnxruntime",
-                       backend_options={"precision": precision, **opts},
-                       files={MODEL_FILE: path})

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, UserError
+from .files import UNSAFE_SUFFIXES, sha256_file
 from .handle import ModelHandle
 from .hardware import hardware_profile, package_versions
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
-_WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".gguf", ".data") + _UNSAFE_SUFFIXES
+_WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".gguf", ".data") + UNSAFE_SUFFIXES
 
 
 class Artifact:
-    """A saved model: `Artifact.save(handle, dir)` writes it, `Artifact.load(dir)` (or
-    `reactinfer.load(dir)`) reads it back, verified."""
+    """A saved model: `Artifact.save(handle, dir)` writes it, `reactinfer.load(dir)` reads
+    it back, verified (the artifact loader lives with the other loaders, in models/)."""
 
     def __init__(self, path: str | Path, manifest: dict[str, Any]):
         self.path = Path(path)
@@ -42,10 +42,6 @@ class Artifact:
     def save(handle: ModelHandle, path: str | Path, metrics: dict[str, Any] | None = None,
              overwrite: bool = False) -> Artifact:
         return save_artifact(handle, path, metrics=metrics, overwrite=overwrite)
-
-    @staticmethod
-    def load(path: str | Path, **kw: Any) -> ModelHandle:
-        return load_artifact(path, **kw)
 
     @staticmethod
     def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -67,8 +63,6 @@ def _write_weights(handle: ModelHandle, out: Path) -> None:
 def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any] | None = None,
                   overwrite: bool = False) -> Artifact:
     """Write atomically: into a temporary sibling directory, then rename into place."""
-    from ..models.loaders import sha256_file
-
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise UserError(f"{path} exists and is not empty; choose another directory or pass "
@@ -84,7 +78,7 @@ def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any]
             shutil.copyfile(src, tmp / name)
             runtime_files[name] = name
         for junk in tmp.glob("*"):  # save_pretrained may add files we do not want
-            if junk.suffix in _UNSAFE_SUFFIXES:
+            if junk.suffix in UNSAFE_SUFFIXES:
                 junk.unlink()
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {
@@ -137,12 +131,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def verify_artifact(path: str | Path) -> dict[str, Any]:
     """Check every listed file's sha256 and refuse unsafe or unlisted weight files."""
-    from ..models.loaders import sha256_file
-
     path = Path(path)
     manifest = read_manifest(path)
     for p in path.iterdir():
-        if p.suffix in _UNSAFE_SUFFIXES:
+        if p.suffix in UNSAFE_SUFFIXES:
             raise ArtifactError(f"{p} is a pickle-capable format; artifacts hold only "
                                 "safetensors, ONNX, GGUF and JSON. Remove it.")
         if p.suffix in _WEIGHT_SUFFIXES and p.name not in manifest["files"]:
@@ -158,52 +150,3 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
             raise ArtifactError(f"{name} in {path} does not match its sha256 in the manifest: "
                                 "the file is corrupt or was tampered with")
     return manifest
-
-
-def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
-    from ..models.loaders import hf_from_pretrained
-    from .transform import config_from_dict
-
-    path = Path(path)
-    manifest = verify_artifact(path)
-    task = manifest["task"]
-    model, tokenizer = None, None
-    if (path / "tokenizer_config.json").exists():
-        import transformers
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if manifest.get("has_torch_weights", True) and (path / "model.safetensors").exists() \
-            or any(n.startswith("model-") for n in manifest["files"]):
-        if manifest.get("module_class"):
-            if module is None:
-                raise UserError(f"{path} holds the weights of a plain torch module "
-                                f"({manifest['module_class']}); pass module=<an instance> to "
-                                "load() to give the architecture")
-            from safetensors.torch import load_model
-
-            load_model(module, str(path / "model.safetensors"))
-            model = module.eval()
-        else:
-            model = hf_from_pretrained(task, path, local_files_only=True, use_safetensors=True,
-                                       torch_dtype="auto").eval()
-    transforms = manifest.get("transforms", [])
-    replay_from = manifest.get("replay_from")
-    handle = ModelHandle(
-        task=task, model=model, tokenizer=tokenizer, name=manifest.get("name", path.name),
-        source={"kind": "artifact", "ref": str(path.resolve()),
-                "origin": manifest.get("source", {})},
-        max_length=manifest.get("max_length", 256),
-        transforms=tuple(transforms[:replay_from] if replay_from is not None else transforms),
-        backend=manifest.get("backend", "torch"),
-        backend_options=manifest.get("backend_options", {}),
-        files={k: path / v for k, v in manifest.get("runtime_files", {}).items()},
-        metrics=manifest.get("metrics", {}),
-    )
-    if replay_from is not None:
-        from .transform import compress
-
-        backend, options, files = handle.backend, handle.backend_options, handle.files
-        handle = compress(handle.derive(backend="torch", backend_options={}),
-                          [config_from_dict(d) for d in transforms[replay_from:]])
-        handle = handle.derive(backend=backend, backend_options=options, files=files)
-    return handle

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.files import UNSAFE_SUFFIXES, sha256_file, sha256_files
 from ..core.handle import TASKS, ModelHandle
 from .zoo import BUILTINS
 
@@ -19,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MAX_LENGTH = {"embedding": 256, "classification": 256, "causal-lm": 512}
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,6 @@ def register_loader(kind: str, matches: Callable[[Path], bool]) -> Callable:
         return fn
 
     return deco
-
-
-_HASH_CACHE: dict[tuple[str, int, float], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def _task_from_config(config: Any, directory: Path) -> str:
@@ -105,7 +89,7 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
     import transformers
 
     directory = Path(directory)
-    unsafe = [p.name for p in directory.iterdir() if p.suffix in _UNSAFE_SUFFIXES]
+    unsafe = [p.name for p in directory.iterdir() if p.suffix in UNSAFE_SUFFIXES]
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
         hint = f" (found {', '.join(unsafe)}: pickle formats are refused)" if unsafe else ""
@@ -123,15 +107,9 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
     model.eval()
     if source is None:
         source = {"kind": "hf", "ref": str(directory.resolve()),
-                  "sha256": _combined_sha(weights)}
+                  "sha256": sha256_files(weights)}
     return ModelHandle(task=task, model=model, tokenizer=tokenizer, name=name or directory.name,
                        source=source, max_length=_max_length(directory, task, config))
-
-
-def _combined_sha(files: list[Path]) -> str:
-    if len(files) == 1:
-        return sha256_file(files[0])
-    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 def load_gguf(path: Path, task: str | None = None, name: str | None = None,
@@ -166,7 +144,7 @@ register_loader("gguf", lambda p: p.is_file() and p.suffix == ".gguf")(load_gguf
 
 
 def _load_artifact(path: Path, **kw: Any) -> ModelHandle:
-    from ..core.artifact import load_artifact
+    from .artifact_loader import load_artifact
 
     return load_artifact(path, **kw)
 
@@ -209,8 +187,6 @@ def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
     if not path.exists():
         raise UserError(f"unknown model {str(model)!r}: not a built-in "
                         f"({', '.join(BUILTINS)}) and no such file or directory")
-    from .. import backends  # noqa: F401  (backends register loaders too, e.g. for .onnx)
-
     for loader in _LOADERS:
         if loader.matches(path):
             return loader.load(path, task=task, **kw)

@@ -1,0 +1,59 @@
+"""An artifact directory as a model: verify every file's hash (core/artifact.py), then
+build the handle. Transforms marked `replay_on_load` are re-applied to the stored float
+weights, so no non-standard tensor format is ever stored."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.artifact import verify_artifact
+from ..core.errors import UserError
+from ..core.handle import ModelHandle
+from ..core.transform import compress, config_from_dict
+from .loaders import hf_from_pretrained
+
+
+def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
+    """Load a verified artifact; `module=` gives the architecture of a plain torch module."""
+
+    path = Path(path)
+    manifest = verify_artifact(path)
+    task = manifest["task"]
+    model, tokenizer = None, None
+    if (path / "tokenizer_config.json").exists():
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if manifest.get("has_torch_weights", True) and (path / "model.safetensors").exists() \
+            or any(n.startswith("model-") for n in manifest["files"]):
+        if manifest.get("module_class"):
+            if module is None:
+                raise UserError(f"{path} holds the weights of a plain torch module "
+                                f"({manifest['module_class']}); pass module=<an instance> to "
+                                "load() to give the architecture")
+            from safetensors.torch import load_model
+
+            load_model(module, str(path / "model.safetensors"))
+            model = module.eval()
+        else:
+            model = hf_from_pretrained(task, path, local_files_only=True, use_safetensors=True,
+                                       torch_dtype="auto").eval()
+    transforms = manifest.get("transforms", [])
+    replay_from = manifest.get("replay_from")
+    handle = ModelHandle(
+        task=task, model=model, tokenizer=tokenizer, name=manifest.get("name", path.name),
+        source={"kind": "artifact", "ref": str(path.resolve()),
+                "origin": manifest.get("source", {})},
+        max_length=manifest.get("max_length", 256),
+        transforms=tuple(transforms[:replay_from] if replay_from is not None else transforms),
+        backend=manifest.get("backend", "torch"),
+        backend_options=manifest.get("backend_options", {}),
+        files={k: path / v for k, v in manifest.get("runtime_files", {}).items()},
+        metrics=manifest.get("metrics", {}),
+    )
+    if replay_from is not None:
+        backend, options, files = handle.backend, handle.backend_options, handle.files
+        handle = compress(handle.derive(backend="torch", backend_options={}),
+                          [config_from_dict(d) for d in transforms[replay_from:]])
+        handle = handle.derive(backend=backend, backend_options=options, files=files)
+    return handle

@@ -1,0 +1,65 @@
+"""A bare `.onnx` file as a model: ReAct writes the task and max length into the ONNX
+model's metadata_props at export, so the file loads on its own (tokenizer files beside
+it). The engine that runs it is the onnxruntime backend; this module only reads the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError
+from ..core.files import sha256_file
+from ..core.handle import ModelHandle
+from .loaders import DEFAULT_MAX_LENGTH, register_loader
+
+ONNX_FILE = "model.onnx"  # the name a handle's ONNX graph travels under in handle.files
+META_PREFIX = "reactinfer."
+
+
+def write_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in meta.items():
+        k = META_PREFIX + key
+        prop = existing.get(k) or model.metadata_props.add()
+        prop.key, prop.value = k, str(value)
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props
+            if p.key.startswith(META_PREFIX)}
+
+
+@register_loader("onnx", lambda p: p.is_file() and p.suffix == ".onnx")
+def load_onnx(path: Path, task: str | None = None, name: str | None = None,
+              source: dict | None = None, **opts: Any) -> ModelHandle:
+    """An exported ONNX model with its tokenizer files beside it; the task comes from
+    `task=` or from the metadata ReAct writes at export. Other keyword arguments become
+    the onnxruntime backend's options (checked when it prepares a runner)."""
+    import transformers
+
+    path = Path(path)
+    meta = read_metadata(path)
+    task = task or meta.get("task")
+    if task is None:
+        raise UserError(f"{path} does not say which task it runs (no ReAct metadata): pass "
+                        "task= (embedding, classification or causal-lm)")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent,
+                                                               local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"no tokenizer beside {path}: save the tokenizer files "
+                        f"(tokenizer.json, tokenizer_config.json) in {path.parent} ({e})") from None
+    precision = meta.get("precision", "fp32")
+    max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH.get(task, 256)))
+    return ModelHandle(task=task, model=None, tokenizer=tokenizer, name=name or path.stem,
+                       source=source or {"kind": "onnx", "ref": str(path.resolve()),
+                                         "sha256": sha256_file(path)},
+                       max_length=max_length, backend="onnxruntime",
+                       backend_options={"precision": precision, **opts},
+                       files={ONNX_FILE: path})
