@@ -10,7 +10,7 @@ import torch
 
 import reactinfer as ri
 from reactinfer.backends.torch_eager import TorchRunner
-from reactinfer.core.backend import register_backend
+from reactinfer.core.backend import Backend, register_backend
 from reactinfer.core.errors import UserError
 from reactinfer.core.transform import TransformConfig, register_transform
 from reactinfer.planner import Action, optimize
@@ -53,18 +53,9 @@ class _SlowRunner(TorchRunner):
         return super().__call__(batch)
 
 
-class SlowBackend:
+class SlowBackend(Backend):  # a whole backend: the base class gives the rest
     name = "test-slow"
     description = "torch with an injected 20 ms delay per call"
-
-    def available(self):
-        return True
-
-    def why_unavailable(self):
-        return ""
-
-    def supports(self, handle):
-        return handle.model is not None
 
     def prepare(self, handle, **opts):
         return _SlowRunner(handle)

@@ -98,3 +98,29 @@ def test_torch_backend_rejects_unknown_options():
     h = tiny_handle("embedding").derive(backend_options={"bogus": 1})
     with pytest.raises(UserError, match="unknown option"):
         h.runner()
+
+
+def test_backend_base_class_gives_every_default():
+    from reactinfer.backends import to_backend
+    from reactinfer.core import backend as registry
+    from reactinfer.core.backend import Backend, backend_options, register_backend
+
+    class Minimal(Backend):
+        name = "test-minimal"
+        description = "torch eager under another name"
+
+        def prepare(self, handle, **opts):
+            return get_backend("torch").prepare(handle)
+
+    b = register_backend(Minimal())
+    try:
+        assert b.available() and b.why_unavailable() == "" and b.precision_option is None
+        assert backend_options(b) == {} and not b.writes_files
+        h = to_backend(tiny_handle("embedding"), "test-minimal")
+        assert h.backend == "test-minimal" and h.backend_options == {}
+        with pytest.raises(UserError, match="unknown option"):
+            to_backend(tiny_handle("embedding"), "test-minimal", threads=2)
+    finally:  # other tests list the registered backends
+        registry._BACKENDS.pop("test-minimal")
+    with pytest.raises(TypeError, match="Backend subclass"):
+        register_backend(object())  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.backend import backend_options, get_backend
+from ..core.backend import get_backend
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,22 +59,9 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
                         f"{handle.source.get('kind')}"
                         f"{', no torch model' if handle.model is None else ''})")
     options = {k: v for k, v in options.items() if v is not None}
-    convert = getattr(backend, "convert", None)
-    if convert is None:  # runs the torch model itself: validate the options now
-        if handle.model is None:
-            raise UserError(f"backend {name!r} needs the torch model; this handle runs on "
-                            f"{handle.backend!r} from {', '.join(handle.files)}")
-        _check_keys(backend, options)
-        return handle.derive(backend=name, backend_options=options)
-    out = Path(workdir) if workdir is not None else \
-        scratch_dir(f"react-{name.replace('.', '')}-")
-    out.mkdir(parents=True, exist_ok=True)
-    return convert(handle, out, **options)
-
-
-def _check_keys(backend: Any, options: dict[str, Any]) -> None:
-    known = set(backend_options(backend))
-    unknown = set(options) - known
-    if unknown:
-        raise UserError(f"{backend.name} backend: unknown option(s) {sorted(unknown)}; known: "
-                        f"{', '.join(sorted(known))}")
+    out = None
+    if backend.writes_files:
+        out = Path(workdir) if workdir is not None else \
+            scratch_dir(f"react-{name.replace('.', '')}-")
+        out.mkdir(parents=True, exist_ok=True)
+    return backend.convert(handle, out, **options)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Batch, module_available, register_backend
+from ..core.backend import Backend, Batch, module_available, register_backend
 from ..core.errors import UserError
 from .gguf_convert import OUTTYPES, SUPPORTED_ARCHS, convert_to_gguf, source_gguf
 
@@ -135,8 +135,9 @@ class LlamaCppRunner:
         return new
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     name = "llama.cpp"
+    writes_files = True
     precision_option = "outtype"
     description = ("llama.cpp via llama-cpp-python: causal LMs from GGUF (as packaged, or "
                    "converted from our torch model at f16 / q8_0 / q4_0 / ...); KV cache")
@@ -160,9 +161,10 @@ class LlamaCppBackend:
         config = getattr(handle.model, "config", None)
         return getattr(config, "model_type", None) in SUPPORTED_ARCHS
 
-    def convert(self, handle: ModelHandle, workdir: Path, **opts: Any) -> ModelHandle:
+    def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
         """Use the source GGUF as is when the weights are unchanged and no type is asked
         for (outtype='source'); otherwise write one from the torch model."""
+        assert workdir is not None  # writes_files: to_backend always gives one
         _check_options(opts)
         if handle.model is None and MODEL_FILE in handle.files and opts.get("outtype") in (
                 None, handle.backend_options.get("outtype")):  # already converted: new options

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Batch, module_available, register_backend
+from ..core.backend import Backend, Batch, module_available, register_backend
 from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
@@ -226,8 +226,9 @@ class OrtRunner:
         return ids[len(prompt_ids):]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    writes_files = True
     precision_option = "precision"
     description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
                    "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
@@ -248,8 +249,9 @@ class OnnxRuntimeBackend:
     def supports(self, handle: ModelHandle) -> bool:
         return MODEL_FILE in handle.files or handle.model is not None
 
-    def convert(self, handle: ModelHandle, workdir: Path, **opts: Any) -> ModelHandle:
+    def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
         """Export once (and quantize / cast); the result runs from `model.onnx` alone."""
+        assert workdir is not None  # writes_files: to_backend always gives one
         _check_options(opts)
         if handle.model is None:  # already an ONNX model: only session options can change
             if MODEL_FILE not in handle.files:

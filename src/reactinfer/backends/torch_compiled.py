@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Batch, register_backend
+from ..core.backend import Backend, Batch, register_backend
 from ..core.errors import UserError
 from .device import DEVICES, resolve_device
 from .torch_eager import TorchRunner, set_threads
@@ -43,7 +43,7 @@ class CompiledRunner(TorchRunner):
         return out
 
 
-class TorchCompiledBackend:
+class TorchCompiledBackend(Backend):
     name = "torch-compile"
     description = ("torch.compile (inductor, dynamic shapes; CPU, or CUDA when present); "
                    "compile time reported apart")
@@ -60,9 +60,6 @@ class TorchCompiledBackend:
         return {"tasks": ["embedding", "classification", "causal-lm"],
                 "options": {"threads": "int", "mode": list(MODES), "device": list(DEVICES)},
                 "files": [], "needs_torch_at_run_time": True}
-
-    def supports(self, handle: ModelHandle) -> bool:
-        return handle.model is not None
 
     def prepare(self, handle: ModelHandle, threads: int | None = None, mode: str = "default",
                 device: str = "auto", **opts: Any) -> CompiledRunner:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Batch, register_backend
+from ..core.backend import Backend, Batch, register_backend
 from ..core.errors import UserError
 from .device import DEVICES, place, resolve_device
 
@@ -64,23 +64,14 @@ class TorchRunner:
         return out[0, len(prompt_ids):].tolist()
 
 
-class TorchEagerBackend:
+class TorchEagerBackend(Backend):
     name = "torch"
     description = "PyTorch eager (reference; any torch model; CPU, or CUDA when present)"
-
-    def available(self) -> bool:
-        return True
-
-    def why_unavailable(self) -> str:
-        return ""
 
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["embedding", "classification", "causal-lm"],
                 "options": {"threads": "int", "device": list(DEVICES)}, "files": [],
                 "needs_torch_at_run_time": True}
-
-    def supports(self, handle: ModelHandle) -> bool:
-        return handle.model is not None
 
     def prepare(self, handle: ModelHandle, threads: int | None = None, device: str = "auto",
                 **opts: Any) -> TorchRunner:

@@ -126,7 +126,7 @@ def _backends(p: argparse.ArgumentParser):
         rows = [{"name": b.name, "available": b.available(),
                  "why_unavailable": None if b.available() else b.why_unavailable(),
                  "description": b.description,
-                 **(b.capabilities() if hasattr(b, "capabilities") else {})}
+                 **b.capabilities()}
                 for b in list_backends().values()]
         if a.json:
             print_json(rows)

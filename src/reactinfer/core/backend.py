@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import UserError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .handle import ModelHandle
 
 Batch = dict[str, np.ndarray]
@@ -36,17 +38,49 @@ class GenerativeRunner(Runner, Protocol):
         ...
 
 
-class Backend(Protocol):
-    name: str
-    description: str
+class Backend:
+    """Base class of every backend. A subclass sets `name` and `description` and implements
+    `prepare`; everything else has a default, so callers never probe with getattr.
 
-    def available(self) -> bool: ...
+    - `available` / `why_unavailable`: whether its engine is importable (and a device is
+      present), and what to install when it is not.
+    - `capabilities`: the tasks it runs and its options (name -> kind or choices).
+    - `precision_option`: the option that selects the number format, if any.
+    - `writes_files`: `convert` writes engine files (ONNX graph, GGUF) into a work dir.
+    - `convert`: turn a handle into one this backend runs, once. The default suits
+      backends that run the torch model as it is: it checks the options and records them.
+    """
 
-    def why_unavailable(self) -> str: ...
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    precision_option: ClassVar[str | None] = None
+    writes_files: ClassVar[bool] = False
 
-    def supports(self, handle: ModelHandle) -> bool: ...
+    def available(self) -> bool:
+        return True
 
-    def prepare(self, handle: ModelHandle, **opts: Any) -> Runner: ...
+    def why_unavailable(self) -> str:
+        return ""
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["embedding", "classification", "causal-lm"], "options": {},
+                "files": [], "needs_torch_at_run_time": True}
+
+    def supports(self, handle: ModelHandle) -> bool:
+        return handle.model is not None
+
+    def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
+        if handle.model is None:
+            raise UserError(f"backend {self.name!r} needs the torch model; this handle runs on "
+                            f"{handle.backend!r} from {', '.join(handle.files)}")
+        unknown = set(opts) - set(backend_options(self))
+        if unknown:
+            raise UserError(f"{self.name} backend: unknown option(s) {sorted(unknown)}; known: "
+                            f"{', '.join(sorted(backend_options(self)))}")
+        return handle.derive(backend=self.name, backend_options=opts)
+
+    def prepare(self, handle: ModelHandle, **opts: Any) -> Runner:
+        raise NotImplementedError(f"backend {self.name!r} does not implement prepare()")
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -56,6 +90,9 @@ _BUILTIN_MODULES = ("reactinfer.backends",)
 
 
 def register_backend(backend: Backend) -> Backend:
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend takes an instance of a Backend subclass "
+                        f"(reactinfer.core.backend.Backend), not {type(backend).__name__}")
     if backend.name in _BACKENDS and _BACKENDS[backend.name] is not backend:
         raise ValueError(f"backend {backend.name!r} is registered twice")
     _BACKENDS[backend.name] = backend
@@ -64,8 +101,7 @@ def register_backend(backend: Backend) -> Backend:
 
 def backend_options(backend: Backend) -> dict[str, Any]:
     """The options `backend` takes (name -> kind or choices), from its capabilities()."""
-    caps = getattr(backend, "capabilities", None)
-    return dict(caps().get("options", {})) if caps is not None else {}
+    return dict(backend.capabilities().get("options", {}))
 
 
 def _ensure_builtin() -> None:

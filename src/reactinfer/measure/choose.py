@@ -64,7 +64,7 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
         if name == "onnxruntime" and handle.task == "causal-lm":
             options = [{"precision": "fp32"}]
         for opts in options:
-            key = getattr(backend, "precision_option", None)
+            key = backend.precision_option
             if precision is not None and (key is None or opts.get(key) != precision):
                 if name != "torch":  # the reference stays: it is what quality is judged by
                     continue

@@ -167,7 +167,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                             "have one (onnxruntime chooses with its `provider` option)")
         opts["device"] = device
     if precision is not None:
-        key = getattr(get_backend(name), "precision_option", None)
+        key = get_backend(name).precision_option
         if key is None:
             raise UserError(f"backend {name!r} has no precision option (int8 on torch is a "
                             "compress transform); use --backend onnxruntime or llama.cpp")
