@@ -59,6 +59,55 @@ def test_unknown_type_and_field_are_clear_errors():
         config_from_dict({"type": "test.ScaleWeights", "version": 99})
 
 
+@dataclasses.dataclass(frozen=True)
+class Shift(TransformConfig):
+    """Test-only, at version 2: version 1 named the field `by` and meant its negative."""
+    kind = "test.Shift"
+    VERSION = 2
+    amount: float = 0.0
+
+    @classmethod
+    def migrate(cls, fields, version):
+        if version == 1:
+            fields, version = {"amount": -fields.pop("by")} | fields, 2
+        return fields, version
+
+
+@register_transform(Shift)
+def _shift(handle, cfg):
+    return handle.derive()
+
+
+def test_old_configs_are_migrated_and_versions_live_on_instances():
+    assert Shift(amount=1.0).version == 2 and Shift(amount=1.0).to_dict()["version"] == 2
+    assert config_from_dict({"type": "test.Shift", "version": 1, "by": 0.5}) == Shift(-0.5)
+    assert config_from_dict({"type": "test.Shift", "amount": 3.0}) == Shift(3.0)  # current
+    assert ScaleWeights(2.0, version=1).version == 1
+    with pytest.raises(UserError, match="upgrade reactinfer"):
+        config_from_dict({"type": "test.Shift", "version": 3, "amount": 1.0})
+    with pytest.raises(UserError, match="upgrade reactinfer"):
+        Shift(amount=1.0, version=3)
+
+
+def test_an_artifact_saved_before_a_version_bump_still_loads(tmp_path, monkeypatch):
+    import numpy as np
+
+    import reactinfer as ri
+    from reactinfer.compression import QuantizeDynamicInt8
+    from reactinfer.tasks.base import run_in_order
+    from reactinfer.testing import tiny_texts
+
+    h = compress(tiny_handle("embedding"), [QuantizeDynamicInt8()])  # replayed on load
+    ri.Artifact.save(h, tmp_path / "a")
+    monkeypatch.setattr(QuantizeDynamicInt8, "VERSION", 2)  # a later ReAct changed it
+    back = ri.load(tmp_path / "a")
+    assert back.transforms[-1]["type"] == "QuantizeDynamicInt8"
+    assert back.transforms[-1]["version"] == 1  # replayed as the version it was saved at
+    texts = tiny_texts(8)
+    np.testing.assert_array_equal(run_in_order(h.runner(), h.tokenizer, texts, 4, 64),
+                                  run_in_order(back.runner(), back.tokenizer, texts, 4, 64))
+
+
 def test_compress_applies_in_order_and_leaves_input_unchanged():
     h = tiny_handle("embedding")
     before = {k: v.clone() for k, v in h.model.state_dict().items()}

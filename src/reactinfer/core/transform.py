@@ -33,26 +33,44 @@ C = TypeVar("C", bound="TransformConfig")
 class TransformConfig:
     """Base of every transform config. Subclasses are frozen dataclasses.
 
-    `kind` is the name used in recipes (defaults to the class name); `version` is bumped
-    when a handler's meaning changes so old recipes are recognised. `replay_on_load`
+    `kind` is the name used in recipes (defaults to the class name). `replay_on_load`
     marks transforms whose result is not stored as plain float weights (e.g. int8
     dynamic quantization): the artifact stores the weights before them and replays
     them when it is loaded.
+
+    Versions are per instance, as in torchao: `VERSION` is what this ReAct writes, and
+    `version` is the meaning a config was written for. When a handler's meaning changes,
+    bump `VERSION` and either override `migrate` (rewrite an old config's fields into the
+    new meaning) or let the handler read `cfg.version` and keep the old behaviour for
+    old configs. Either way recipes and artifacts written before the bump still load.
     """
 
     kind: ClassVar[str] = ""
-    version: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 1
     replay_on_load: ClassVar[bool] = False
+    version: int = dataclasses.field(default=0, kw_only=True)  # 0: this ReAct's VERSION
 
     def __post_init__(self) -> None:
+        if self.version == 0:
+            object.__setattr__(self, "version", type(self).VERSION)
+        if not isinstance(self.version, int) or not 1 <= self.version <= type(self).VERSION:
+            raise UserError(f"{type(self).kind_name()} version {self.version!r} is not one "
+                            f"this ReAct knows (1 to {type(self).VERSION}): a newer ReAct "
+                            "wrote it; upgrade reactinfer")
         self.validate()
+
+    @classmethod
+    def migrate(cls, fields: dict[str, Any], version: int) -> tuple[dict[str, Any], int]:
+        """Rewrite the fields of a config written at an older `version`; return the fields
+        and the version they now mean. The default keeps them as written (the handler
+        sees `cfg.version`)."""
+        return fields, version
 
     def validate(self) -> None:
         """Raise UserError for bad values, before any work is done."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": type(self).kind_name(), "version": self.version,
-                **dataclasses.asdict(self)}
+        return {"type": type(self).kind_name(), **dataclasses.asdict(self)}
 
     @classmethod
     def kind_name(cls) -> str:
@@ -97,14 +115,17 @@ def config_from_dict(d: dict[str, Any]) -> TransformConfig:
         raise UserError(f"a recipe entry must be an object with a 'type' field, got {d!r}")
     d = dict(d)
     name = d.pop("type")
-    version = d.pop("version", None)
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UserError(f"unknown transform type {name!r}; known: {known}")
     cfg_type, _ = _REGISTRY[name]
-    if version is not None and version != cfg_type.version:
-        raise UserError(f"{name} recipe is version {version}, this ReAct has version "
-                        f"{cfg_type.version}; re-create the recipe")
+    version = d.pop("version", cfg_type.VERSION)  # a hand-written recipe may leave it out
+    if not isinstance(version, int) or version > cfg_type.VERSION or version < 1:
+        raise UserError(f"{name} is version {version!r}; this ReAct reads versions 1 to "
+                        f"{cfg_type.VERSION}: upgrade reactinfer, or re-create the recipe")
+    if version < cfg_type.VERSION:
+        d, version = cfg_type.migrate(d, version)
+    d["version"] = version
     fields = {f.name for f in dataclasses.fields(cfg_type)}
     unknown = set(d) - fields
     if unknown:
