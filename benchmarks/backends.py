@@ -26,10 +26,10 @@ import numpy as np
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
-from reactinfer.measure import choose_backend, tune_threads
-from reactinfer.measure.harness import GEN_PROMPT, latency_batch1
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
+from reactinfer.measure import choose_backend, tune_threads
+from reactinfer.measure.harness import GEN_PROMPT, latency_batch1
 from reactinfer.models.zoo import BUILTINS
 from reactinfer.tasks import get_task, tokenize
 
@@ -219,7 +219,8 @@ def bench_smollm2(n_new, n_ppl, ppl_len):
 def markdown(res):
     lines = [f"# Backends benchmark\n\n{res['hardware_summary']}  \n"
              f"one process, {res['seconds']:.0f} s in all; timings vary between runs "
-             "(2 cores): read the ratios within this run.\n", "## minilm (batch 32 throughput, batch 1 latency)\n",
+             "(2 cores): read the ratios within this run.\n",
+             "## minilm (batch 32 throughput, batch 1 latency)\n",
              "| engine | items/s | × ST torch | p50 ms | p95 ms | mean cos | top-10 recall | "
              "size MiB | convert s | warm-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
     m = res["minilm"]
@@ -250,7 +251,7 @@ def markdown(res):
               "|---|---|---|---|---|---|"]
     hf = s["rows"][0]["tokens_per_s"]
     for r in s["rows"]:
-        f = (lambda k, fmt: format(r[k], fmt) if k in r else "")  # noqa: E731
+        f = (lambda k, fmt, r=r: format(r[k], fmt) if k in r else "")  # noqa: E731
         lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / hf:.2f} | "
                      f"{f('perplexity', '.3f')} | {f('perplexity_ratio', '.4f')} | "
                      f"{f('token_agreement', '.3f')} |")

@@ -18,13 +18,22 @@ from pathlib import Path
 import torch
 
 from reactinfer import compress, load
-from reactinfer.measure.harness import latency_batch1
-from reactinfer.compression import (CastHalf, Distill, DropLayers, Prune2of4, PruneFFN, PruneHeads,
-                                 PruneMagnitude, QuantizeDynamicInt8, QuantizeStaticInt8,
-                                 QuantizeWeightOnly)
+from reactinfer.compression import (
+    CastHalf,
+    Distill,
+    DropLayers,
+    Prune2of4,
+    PruneFFN,
+    PruneHeads,
+    PruneMagnitude,
+    QuantizeDynamicInt8,
+    QuantizeStaticInt8,
+    QuantizeWeightOnly,
+)
 from reactinfer.compression._common import effective_params
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
+from reactinfer.measure.harness import latency_batch1
 from reactinfer.tasks import get_task, tokenize
 
 OUT = Path(__file__).parent / "results"

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from reactinfer import compress, load
-from reactinfer.measure.harness import generation_speed
 from reactinfer.compression import QuantizeDynamicInt8, QuantizeWeightOnly
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
+from reactinfer.measure.harness import generation_speed
 from reactinfer.tasks import get_task
 
 OUT = Path(__file__).parent / "results"

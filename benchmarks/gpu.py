@@ -42,10 +42,10 @@ import torch
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
-from reactinfer.measure.harness import generation_speed, latency_batch1
 from reactinfer.compression import CastHalf, compress
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
+from reactinfer.measure.harness import generation_speed, latency_batch1
 from reactinfer.tasks import get_task, iter_batches, tokenize
 
 OUT = Path(__file__).parent / "results"
@@ -403,7 +403,8 @@ def _extras(r: dict) -> list[str]:
     probe = out / "gpu_probe.json"
     if probe.exists():
         p = json.loads(probe.read_text())
-        lines += ["## Follow-up probe (gpu_probe.py, a later run on a machine of the same kind)", "",
+        lines += ["## Follow-up probe (gpu_probe.py, a later run on a machine of the same kind)",
+                  "",
                   ("Batch-1 latency on CUDA over the same 100 texts twice: pass 1 meets each "
                   "sequence length for the first time, pass 2 has seen them all."), "",
                   "| dtype | distinct lengths | pass 1 p50 / p95 ms | pass 2 p50 / p95 ms |",
@@ -420,7 +421,8 @@ def _extras(r: dict) -> list[str]:
     serve = out / "gpu_serve.md"
     if serve.exists():
         body = serve.read_text().split("\n", 1)[1].strip()
-        lines += ["## Serving: dynamic batching on the GPU (serve_gpu.py, a later run, same machine)", "",
+        lines += ["## Serving: dynamic batching on the GPU (serve_gpu.py, a later run, same "
+                  "machine)", "",
                   body, ""]
     return lines
 

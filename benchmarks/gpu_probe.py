@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu import OUT, halved, load_minilm
 
 from reactinfer.backends import to_backend
-from reactinfer.measure.harness import latency_batch1
 from reactinfer.data import texts_for
+from reactinfer.measure.harness import latency_batch1
 from reactinfer.tasks import iter_batches, tokenize
 
 

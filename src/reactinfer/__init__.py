@@ -34,7 +34,7 @@ _EXPORTS = {
     "Artifact": "reactinfer.core.artifact:Artifact",
     "serve": "reactinfer.serving.server:serve",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["Artifact", "bench", "compress", "load", "optimize", "serve"]  # = _EXPORTS
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -22,7 +22,6 @@ from ..models.onnx_file import write_metadata
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-MODEL_FILE = "model.onnx"
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -139,8 +138,12 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
                          per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
                          nodes_to_exclude=activation_matmuls(src))
     elif precision == "int8-static":
-        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         from ..data import texts_for
 

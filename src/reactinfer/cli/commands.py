@@ -88,7 +88,7 @@ def _info(p: argparse.ArgumentParser):
               f"{src.get('ref')} (sha256 {str(src.get('sha256'))[:12]}…)")
         print(f"backend    {m.get('backend')} {m.get('backend_options') or ''}".rstrip())
         print("transforms " + (", ".join(
-            f"{t['type']}({', '.join(f'{k}={v}' for k, v in t.items() if k not in ('type', 'version'))})"
+            f"{t['type']}({', '.join(f'{k}={v}' for k, v in _fields(t))})"
             for t in m.get("transforms", [])) or "none"))
         print("files      " + "\n           ".join(
             f"{name}  {digest[:12]}…" for name, digest in m["files"].items()))
@@ -102,6 +102,10 @@ def _info(p: argparse.ArgumentParser):
         return 0
 
     return run
+
+
+def _fields(transform: dict) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in transform.items() if k not in ("type", "version")]
 
 
 def json_line(d: dict) -> str:

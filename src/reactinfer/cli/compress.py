@@ -5,8 +5,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from .main import command, print_json
 from ..core.errors import UserError
+from .main import command, print_json
 
 
 def with_data(cfgs: list[Any], data: str | None) -> list[Any]:
@@ -20,8 +20,8 @@ def with_data(cfgs: list[Any], data: str | None) -> list[Any]:
 
 def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str, Any]:
     """Params, size, batch-1 latency and quality against the original on held-out texts."""
-    from ..measure import bench
     from ..data import texts_for
+    from ..measure import bench
 
     texts = texts_for("eval", data, n_eval)
     kw = {"eval_texts": texts, "latency_runs": 10, "progress": False, "gen_tokens": 0}
@@ -75,10 +75,10 @@ def _compress(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true", help="print JSON")
 
     def run(a: argparse.Namespace) -> int:
+        from ..compression.quantize import _LAYER_QUANTIZERS, QuantizeDynamicInt8, layer_sensitivity
         from ..core.artifact import Artifact
         from ..core.transform import compress, load_recipe
         from ..models import load
-        from ..compression.quantize import _LAYER_QUANTIZERS, QuantizeDynamicInt8, layer_sensitivity
 
         if not a.recipe and not a.sensitivity:
             raise UserError("give --recipe RECIPE.json (with -o ARTIFACT), or --sensitivity")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .main import command, print_json
 from ..models.zoo import DEFAULT_MODEL
+from .main import command, print_json
 
 
 @command("optimize", "Find the fastest model within a quality bound on this machine "

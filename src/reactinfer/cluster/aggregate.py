@@ -165,7 +165,7 @@ def decompress_embeddings(blob: bytes) -> np.ndarray:
     codec = CODECS[header["codec"]]
     raw = zstandard.ZstdDecompressor().decompress(blob[8 + hlen:])
     arrays, off = [], 0
-    for size, dtype in zip(header["sizes"], codec.dtypes):
+    for size, dtype in zip(header["sizes"], codec.dtypes, strict=True):
         arrays.append(np.frombuffer(raw, dtype=dtype, count=size // np.dtype(dtype).itemsize,
                                     offset=off))
         off += size

@@ -54,7 +54,7 @@ def capability_shares(capabilities: Sequence[float], n: int) -> list[int]:
 
 def _bounds(shares: Sequence[int]) -> list[tuple[int, int]]:
     ends = np.cumsum(shares)
-    return [(int(e - s), int(e)) for s, e in zip(shares, ends)]
+    return [(int(e - s), int(e)) for s, e in zip(shares, ends, strict=True)]
 
 
 def run_sharded(model: ModelSource, texts: Sequence[str], workers: Sequence[WorkerSpec],
@@ -79,7 +79,7 @@ def run_sharded(model: ModelSource, texts: Sequence[str], workers: Sequence[Work
                                    len(texts))
         t0 = time.time()
         refs = [a.run.remote(np.arange(lo, hi), texts[lo:hi])
-                for a, (lo, hi) in zip(actors, _bounds(shares))]
+                for a, (lo, hi) in zip(actors, _bounds(shares), strict=True)]
         results = ray_api.get(refs)
         for a in actors:
             ray_api.kill(a, no_restart=True)
@@ -87,7 +87,8 @@ def run_sharded(model: ModelSource, texts: Sequence[str], workers: Sequence[Work
     finish = [r["finished"] - t0 for r in results]
     total_c = float(sum(caps))
     rows = []
-    for i, (spec, c, s, r, f) in enumerate(zip(workers, caps, shares, results, finish)):
+    per_worker = zip(workers, caps, shares, results, finish, strict=True)
+    for i, (spec, c, s, r, f) in enumerate(per_worker):
         rows.append({"worker": spec.label(i), "spec": asdict(spec),
                      "capability_rows_per_s": round(c, 2), "weight": round(c / total_c, 4),
                      "rows": s, "compute_s": round(r["seconds"], 3), "finish_s": round(f, 3),

@@ -99,7 +99,7 @@ def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any]
             "metrics": metrics if metrics is not None else handle.metrics,
             "hardware": hardware_profile().to_dict(),
             "versions": package_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         if path.exists():

@@ -113,8 +113,8 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
                    ) -> tuple[ModelHandle, dict[str, Any]]:
     """Measure each candidate on `texts` and return (the chosen handle, the decision).
     `threads` goes to every candidate, `device` to those with a device option (torch)."""
-    from ..tasks import get_task
     from ..backends.convert import to_backend
+    from ..tasks import get_task
 
     if not texts:
         raise UserError("backend selection needs some evaluation texts")

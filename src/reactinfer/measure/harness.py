@@ -23,7 +23,6 @@ from ..tasks import get_task, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
 
 
-
 class _Counted:
     """Wraps a runner to tick a progress bar once per batch."""
 
@@ -148,8 +147,8 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 ) -> tuple[ModelHandle, dict[str, Any] | None]:
     """Move `handle` to the asked backend, or measure and choose one ('auto')."""
     from ..backends import to_backend
-    from .choose import choose_backend
     from ..core.backend import backend_options, get_backend
+    from .choose import choose_backend
 
     if backend == "auto":
         sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look

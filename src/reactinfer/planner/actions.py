@@ -138,7 +138,8 @@ def model_facts(model: Any, task: str) -> dict[str, Any]:
     gated = task == "causal-lm"  # Llama FFN has gate, up and down projections
     ffn = (3 if gated else 2) * d * ff
     attn = 4 * d * d
-    return {"layers": layers, "hidden": d, "ffn": ff, "heads": getattr(cfg, "num_attention_heads", 0),
+    return {"layers": layers, "hidden": d, "ffn": ff,
+            "heads": getattr(cfg, "num_attention_heads", 0),
             "ffn_share": ffn / (ffn + attn) if ffn + attn else 0.0}
 
 
@@ -186,8 +187,9 @@ def _expect_prune(what: str, fraction: float) -> Expect:
         worst = ctx.structural_overshoot()
         if worst is not None:  # what was observed outweighs the FLOP count
             gain = 1 + (gain - 1) * 0.25
-            return gain, (f"{worst['action']} already lost {worst['observation']['quality_drop']:.3f}"
-                          f" of quality, over the bound even after recovery training, so pruning "
+            lost = worst["observation"]["quality_drop"]
+            return gain, (f"{worst['action']} already lost {lost:.3f} of quality, over the "
+                          "bound even after recovery training, so pruning "
                           f"{what} is unlikely to stay within it; kept for after the other "
                           "actions." + _observed(ctx, "prune-" + what.split()[0].lower()))
         prior = {"FFN neurons": "the FFN holds", "attention heads": "attention projections hold",

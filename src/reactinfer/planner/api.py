@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..measure.harness import measure
 from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.hardware import hardware_profile
 from ..data import texts_for
+from ..measure.harness import measure
 from ..tasks import get_task
 from .actions import Action, Candidate
 from .catalogue import default_actions
-from .loop import PlanSettings, Planner, gain, within_bound
+from .loop import Planner, PlanSettings, gain, within_bound
 from .report import pareto_front, write_report
 
 MAX_VARIANTS = 4

@@ -8,8 +8,16 @@ from typing import Any
 from ..core.backend import list_backends
 from ..core.errors import UserError
 from ..core.transform import config_from_dict
-from .actions import (Action, _expect_compile, _expect_half, _expect_int8, _expect_llamacpp,
-                      _expect_ort_fp32, _expect_prune, _expect_sparse)
+from .actions import (
+    Action,
+    _expect_compile,
+    _expect_half,
+    _expect_int8,
+    _expect_llamacpp,
+    _expect_ort_fp32,
+    _expect_prune,
+    _expect_sparse,
+)
 
 ENCODERS = ("embedding", "classification")
 LM = ("causal-lm",)
@@ -28,7 +36,8 @@ def catalogue() -> list[Action]:
                backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
         Action("torch.compile", "compile", _expect_compile, backend=("torch-compile", {}),
                tasks=ENCODERS, lossless=True),
-        Action("llama.cpp (packaged GGUF)", "llamacpp-source", _expect_llamacpp("its packaged", 5.0),
+        Action("llama.cpp (packaged GGUF)", "llamacpp-source",
+               _expect_llamacpp("its packaged", 5.0),
                backend=("llama.cpp", {"outtype": "source"}), tasks=LM),
         Action("llama.cpp q8_0", "llamacpp", _expect_llamacpp("q8_0", 3.0),
                backend=("llama.cpp", {"outtype": "q8_0"}), tasks=LM),

@@ -18,12 +18,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..measure.harness import measure
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
 from ..core.transform import compress, config_from_dict
 from ..data import texts_for
+from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task
 from .actions import Action, Candidate, Context, model_facts

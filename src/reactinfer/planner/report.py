@@ -24,7 +24,7 @@ def pareto_front(trials: list[dict[str, Any]], objective: str) -> list[dict[str,
     for i, t in enumerate(pts):
         d, o = t["observation"]["quality_drop"], obj(t)
 
-        def beats(j: int, u: dict[str, Any]) -> bool:
+        def beats(j: int, u: dict[str, Any], i: int = i, d: float = d, o: float = o) -> bool:
             ud, uo = u["observation"]["quality_drop"], obj(u)
             if (ud, uo) == (d, o):
                 return j < i  # a tie: the earlier trial (simpler recipe) stands for both
@@ -87,7 +87,7 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     cs = [{"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red") for t in trials]
     ax.scatter(xs, ys, c=cs)
     best_so_far, line = 1.0, []
-    for t, y in zip(trials, ys):
+    for t, y in zip(trials, ys, strict=True):
         if t["decision"] == "kept":
             best_so_far = y
         line.append(best_so_far)
@@ -128,7 +128,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                   f"{conf['n_eval']} held-out texts)", "",
                   "| | baseline | best | ratio |", "|---|---|---|---|"]
         b, o = conf["baseline"], conf["best"]
-        rows = [("throughput @ batch %d (items/s)" % b["throughput"]["batch_size"],
+        rows = [(f"throughput @ batch {b['throughput']['batch_size']} (items/s)",
                  b["throughput"]["items_per_s"], o["throughput"]["items_per_s"], True),
                 ("latency p50 @ batch 1 (ms)", b["latency_ms"]["p50"], o["latency_ms"]["p50"],
                  False),

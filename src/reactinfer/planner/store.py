@@ -72,7 +72,7 @@ class TrialStore:
 
     @staticmethod
     def _row(cur: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
-        d = dict(zip([c[0] for c in cur.description], row))
+        d = dict(zip([c[0] for c in cur.description], row, strict=True))
         d["candidate"] = json.loads(d["candidate"])
         d["observation"] = json.loads(d["observation"]) if d["observation"] else None
         return d

@@ -41,7 +41,7 @@ def neighbour_recall(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
         return np.argpartition(-sims, k, axis=1)[:, :k]
 
     a, b = topk(reference), topk(candidate)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
 
 
 class EmbeddingTask:
