@@ -5,7 +5,7 @@ benchmarks report it apart from steady-state speed."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class CompiledRunner(TorchRunner):
     def build(self, module: torch.nn.Module) -> torch.nn.Module:
         import torch
 
-        return torch.compile(module, dynamic=True, mode=self.mode)
+        return cast(torch.nn.Module, torch.compile(module, dynamic=True, mode=self.mode))
 
     def __call__(self, batch: Batch) -> np.ndarray:
         t0 = time.perf_counter()
@@ -68,6 +68,7 @@ class TorchCompiledBackend(Backend):
                             "known: threads, mode, device")
         if mode not in MODES:
             raise UserError(f"torch-compile mode {mode!r} is not one of {', '.join(MODES)}")
+        assert handle.model is not None  # supports() admitted only handles with a model
         set_threads(threads)
         return CompiledRunner(handle, mode, resolve_device(device, handle.model))
 

@@ -33,9 +33,10 @@ class TorchRunner:
     def __init__(self, handle: ModelHandle, device: str = "cpu"):
         from ..tasks import get_task
 
+        assert handle.model is not None  # supports() admitted only handles with a model
         self.handle = handle
         self.device = device
-        self.model = place(handle.model, device)  # a copy on a GPU: handle.model stays put
+        self.model: Any = place(handle.model, device)  # a copy on a GPU: handle.model stays put
         self.module = self.build(get_task(handle.task).wrap(self.model).eval())
 
     def build(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -78,6 +79,7 @@ class TorchEagerBackend(Backend):
         if opts:
             raise UserError(f"torch backend: unknown option(s) {sorted(opts)}; "
                             "known: threads, device")
+        assert handle.model is not None  # supports() admitted only handles with a model
         set_threads(threads)
         return TorchRunner(handle, resolve_device(device, handle.model))
 

@@ -24,7 +24,8 @@ def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str,
     from ..measure import bench
 
     texts = texts_for("eval", data, n_eval)
-    kw = {"eval_texts": texts, "latency_runs": 10, "progress": False, "gen_tokens": 0}
+    kw: dict[str, Any] = {"eval_texts": texts, "latency_runs": 10, "progress": False,
+                          "gen_tokens": 0}
     b = bench(before, **kw)
     a = bench(after, reference=before, **kw)
     from ..compression._common import effective_params

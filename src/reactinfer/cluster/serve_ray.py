@@ -3,15 +3,10 @@
 Each replica builds its own FastAPI app (and loads its own model copy) at start-up,
 through Serve's late-bound ingress (`__serve_build_asgi_app__`), so no model crosses
 the wire. The app is `reactinfer.serving.app.create_app(models, config)` (config a
-`reactinfer.serving.ServeConfig` or None); should the serving package be absent, a
-minimal app with the same protocol subset is used: OpenAI `/v1/embeddings` and KServe
-`/v2/health/live|ready`. Ray Serve restarts a dead replica; the proxy routes requests
-to the live ones meanwhile.
+`reactinfer.serving.ServeConfig` or None). Ray Serve restarts a dead replica; the proxy
+routes requests to the live ones meanwhile.
 """
-# No `from __future__ import annotations`: FastAPI resolves the route annotations below
-# (local names like Response) at definition time.
 
-import importlib
 import os
 import time
 from collections.abc import Sequence
@@ -24,70 +19,12 @@ from . import ray_api
 APP_NAME = "reactinfer"
 
 
-def minimal_app(models: Sequence[Any]) -> Any:
-    """FastAPI app: POST /v1/embeddings (OpenAI format), GET /v2/health/live|ready.
-    Every response names the replica process in `x-react-replica`."""
-    from fastapi import FastAPI, HTTPException, Response
-    from pydantic import BaseModel
-
-    from .worker import resolve, run_rows
-
-    handles = {}
-    for m in models:
-        h = resolve(m, threads=1)
-        handles[h.name] = h
-    default = next(iter(handles))
-    pid = str(os.getpid())
-    app = FastAPI(title="ReAct (Ray Serve replica)")
-
-    class EmbeddingRequest(BaseModel):
-        input: str | list[str]
-        model: str | None = None
-
-    @app.get("/v2/health/live")
-    def live(response: Response) -> dict[str, bool]:
-        response.headers["x-react-replica"] = pid
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    def ready(response: Response) -> dict[str, bool]:
-        response.headers["x-react-replica"] = pid
-        return {"ready": True}
-
-    @app.post("/v1/embeddings")
-    def embeddings(req: EmbeddingRequest, response: Response) -> dict[str, Any]:
-        name = req.model or default
-        if name not in handles:
-            raise HTTPException(404, f"unknown model {name!r}; served: {sorted(handles)}")
-        h = handles[name]
-        if h.task != "embedding":
-            raise HTTPException(400, f"model {name!r} is {h.task}, not an embedding model")
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        if not texts or any(not t.strip() for t in texts):
-            raise HTTPException(400, "input must be a non-empty string or list of strings")
-        values, errors = run_rows(h, texts, 32)
-        if any(errors):
-            raise HTTPException(400, next(e for e in errors if e))
-        tokens = sum(len(h.tokenizer(t)["input_ids"]) for t in texts)
-        response.headers["x-react-replica"] = pid
-        return {"object": "list", "model": name, "usage": {"prompt_tokens": tokens,
-                                                           "total_tokens": tokens},
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                         for i, v in enumerate(values)]}
-
-    return app
-
-
 def build_app(models: Sequence[Any], config: Any) -> Any:
-    """The serving package's app when it exists (else the minimal one), with every
-    response naming the replica process in `x-react-replica`."""
-    try:
-        serve_app = importlib.import_module("reactinfer.serving.app")
-    except ModuleNotFoundError as e:
-        if e.name != "reactinfer.serving.app":
-            raise
-        return minimal_app(models)
-    app = serve_app.create_app(models, config)
+    """The serving package's app, with every response naming the replica process in
+    `x-react-replica`."""
+    from ..serving.app import create_app
+
+    app = create_app(models, config)
     pid = str(os.getpid())
 
     @app.middleware("http")

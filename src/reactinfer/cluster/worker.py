@@ -12,9 +12,11 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+from ..core.backend import GenerativeRunner
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -63,7 +65,7 @@ def _logits(handle: ModelHandle, texts: Sequence[str], batch_size: int) -> list[
 
 def _generate(handle: ModelHandle, texts: Sequence[str], batch_size: int,
               max_new_tokens: int = 32) -> list[Any]:
-    runner, tok = handle.runner(), handle.tokenizer
+    runner, tok = cast(GenerativeRunner, handle.runner()), handle.tokenizer
     out = []
     for t in texts:  # greedy generation is per prompt (the KV cache makes it cheap)
         ids = tok(t, truncation=True, max_length=handle.max_length)["input_ids"]
@@ -143,8 +145,9 @@ class ModelWorker:
         import time
 
         t = time.perf_counter()
-        values, errors = run_rows(self.handle, texts, self.batch_size)
-        if values and all(isinstance(v, np.ndarray) for v in values):
-            values = np.stack(values).astype(np.float32)  # (N, D)
+        rows, errors = run_rows(self.handle, texts, self.batch_size)
+        values: Any = rows
+        if rows and all(isinstance(v, np.ndarray) for v in rows):
+            values = np.stack(rows).astype(np.float32)  # (N, D)
         return {"ids": np.asarray(ids), "values": values, "errors": errors,
                 "seconds": time.perf_counter() - t, "finished": time.time()}

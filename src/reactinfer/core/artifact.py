@@ -52,8 +52,9 @@ def _write_weights(handle: ModelHandle, out: Path) -> None:
     model = handle.checkpoint if handle.replay_from is not None else handle.model
     if model is None:
         return
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(out, safe_serialization=True)
+    save_pretrained = getattr(model, "save_pretrained", None)  # a transformers model
+    if save_pretrained is not None:
+        save_pretrained(out, safe_serialization=True)
     else:  # a plain nn.Module: state dict only; load() needs module= for the architecture
         from safetensors.torch import save_model
 

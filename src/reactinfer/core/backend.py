@@ -11,13 +11,14 @@ Backends register by name; their heavy imports (onnxruntime, llama_cpp) happen i
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import UserError
+from .plugins import load_builtin
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -84,9 +85,6 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
-# Modules that register built-in backends on import (kept lazy: importing them is cheap,
-# their own heavy dependencies load only in prepare()).
-_BUILTIN_MODULES = ("reactinfer.backends",)
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -104,13 +102,8 @@ def backend_options(backend: Backend) -> dict[str, Any]:
     return dict(backend.capabilities().get("options", {}))
 
 
-def _ensure_builtin() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-
-
 def list_backends() -> dict[str, Backend]:
-    _ensure_builtin()
+    load_builtin("backends")  # cheap: each backend's engine loads only in prepare()
     return dict(sorted(_BACKENDS.items()))
 
 

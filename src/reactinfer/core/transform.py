@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import UserError
+from .plugins import load_builtin
 
 if TYPE_CHECKING:
     from .handle import ModelHandle
@@ -95,22 +96,14 @@ def register_transform(cfg_type: type[C]) -> Callable[[Handler], Handler]:
     return deco
 
 
-def _ensure_builtin_transforms() -> None:
-    # Techniques register themselves on import; importing the package is enough. (Not
-    # `from .. import compress`: that can resolve to the lazily exported verb instead.)
-    import importlib
-
-    importlib.import_module("reactinfer.compression")
-
-
 def registered_transforms() -> dict[str, type[TransformConfig]]:
-    _ensure_builtin_transforms()
+    load_builtin("transforms")
     return {name: cfg for name, (cfg, _) in sorted(_REGISTRY.items())}
 
 
 def config_from_dict(d: dict[str, Any]) -> TransformConfig:
     """Rebuild a config from its `to_dict()` form (as stored in recipes and manifests)."""
-    _ensure_builtin_transforms()
+    load_builtin("transforms")
     if not isinstance(d, dict) or "type" not in d:
         raise UserError(f"a recipe entry must be an object with a 'type' field, got {d!r}")
     d = dict(d)
@@ -131,7 +124,8 @@ def config_from_dict(d: dict[str, Any]) -> TransformConfig:
     if unknown:
         raise UserError(f"{name}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
     try:
-        return cfg_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cfg_type(**kwargs)
     except TypeError as e:
         raise UserError(f"{name}: {e}") from None
 
@@ -151,7 +145,7 @@ def load_recipe(path: str) -> list[TransformConfig]:
 
 
 def apply_transform(handle: ModelHandle, cfg: TransformConfig) -> ModelHandle:
-    _ensure_builtin_transforms()
+    load_builtin("transforms")
     entry = _REGISTRY.get(type(cfg).kind_name())
     if entry is None or entry[0] is not type(cfg):
         raise UserError(f"no handler registered for {type(cfg).__name__}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..core.backend import backend_options, list_backends
+from ..core.backend import GenerativeRunner, backend_options, list_backends
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -95,11 +95,12 @@ def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
     facts["eval_items_per_s"] = len(texts) / min(secs)
     if handle.task == "causal-lm":
         prompt = handle.tokenizer(GEN_PROMPT)["input_ids"]
-        runner.generate(prompt, 2)
+        generator = cast(GenerativeRunner, runner)  # causal-LM runners generate
+        generator.generate(prompt, 2)
         secs = []
         for _ in range(3):
             t0 = time.perf_counter()
-            n = len(runner.generate(prompt, gen_tokens))
+            n = len(generator.generate(prompt, gen_tokens))
             secs.append(time.perf_counter() - t0)
         facts["gen_tokens_per_s"] = n / min(secs)
         return facts["gen_tokens_per_s"], "generated tokens/s", facts, results

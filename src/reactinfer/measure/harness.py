@@ -199,6 +199,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
     if selection is not None:
         report["backend_selection"] = selection
 
+    ref_handle: ModelHandle | None
     if reference is not None:
         ref_handle = load(reference)
     elif handle is not original and original.model is not None:  # converted here

@@ -181,6 +181,7 @@ class Planner:
         except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
         else:
+            assert obs is not None  # _observe returned a measurement
             if best_obs is None:
                 decision, reason = "baseline", "the original model"
             else:
@@ -212,7 +213,7 @@ class Planner:
     def _next(self, best: Candidate, tried: set[str]) -> tuple[Action, Candidate, str] | None:
         ctx = self._context()
         kept = {t["action"] for t in self.log if t["decision"] == "kept"}
-        options = []
+        options: list[tuple[float, int, Action, Candidate, str]] = []
         for a in self.actions:
             if a.name in tried:
                 continue

@@ -57,13 +57,14 @@ def tiny_model(task: str, seed: int = 0, layers: int = 2, hidden: int = 32, head
                                        pad_token_id=0, bos_token_id=2, eos_token_id=4,
                                        tie_word_embeddings=True)
         return transformers.LlamaForCausalLM(cfg).eval()
-    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                  num_attention_heads=heads, intermediate_size=intermediate,
-                                  max_position_embeddings=128, num_labels=labels)
+    bert = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                   num_attention_heads=heads, intermediate_size=intermediate,
+                                   max_position_embeddings=128)
+    bert.num_labels = labels
     if task == "classification":
-        return transformers.BertForSequenceClassification(cfg).eval()
+        return transformers.BertForSequenceClassification(bert).eval()
     if task == "embedding":
-        return transformers.BertModel(cfg).eval()
+        return transformers.BertModel(bert).eval()
     raise ValueError(f"unknown task {task!r}")
 
 
