@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   — create .venv, install everything, optimize/measure the default model
-#   make test  — the same set-up, then the test suite
+#   make test  — the same set-up, then lint (ruff, mypy) and the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -28,7 +28,7 @@ run: $(STAMP)
 
 # Ray Serve's replica-restart test runs in a process of its own (REACT_SLOW_TESTS=1): after
 # the other suites in one process its restarted replica was not scheduled in time.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 	REACT_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_cluster_serve.py
 
@@ -36,8 +36,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff mypy
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 
 # Benchmarks only: sentence-transformers' ONNX backend needs optimum, which pins an older
