@@ -8,7 +8,7 @@ import numpy as np
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from .app import ApiError, ServingState
+from .state import ApiError, ServingState
 from .protocol import (VARIANT_HEADER, ArrayJSON, check_texts, deadline_of, encode, generate,
                        max_tokens_of, prompt_ids, read_json)
 

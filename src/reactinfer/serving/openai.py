@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, StreamingResponse
 
-from .app import ApiError, Group, ServingState
+from .state import ApiError, Group, ServingState
 from .batcher import Request
 from .protocol import (VARIANT_HEADER, ArrayJSON, Detokenizer, check_texts, deadline_of, encode,
                        generate, max_tokens_of, prompt_ids, read_json, start_generation)

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
-from .app import ARRIVAL_KEY, ApiError, Group, ServingState
+from .state import ARRIVAL_KEY, ApiError, Group, ServingState
 from .batcher import Generated, Rejected, Request
 from .cache import normalise
 from .ladder import Job

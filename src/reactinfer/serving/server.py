@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
-from .app import ServingState, create_app
+from .app import create_app
 from .config import ServeConfig
+from .state import ServingState
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
