@@ -88,7 +88,7 @@ def create_app(models: Sequence[str | ModelHandle], config: ServeConfig | None =
     """The serving app for `models` (artifact paths, built-in names, or handles)."""
     import fastapi
 
-    from . import kserve, openai
+    from . import kserve, openai  # the routers need fastapi: imported when an app is made
 
     config = config or ServeConfig()
     state = ServingState(load_models(models), config)
@@ -109,8 +109,8 @@ def create_app(models: Sequence[str | ModelHandle], config: ServeConfig | None =
                                       "batching, deadlines and a reactive variant ladder.")
     app.state.react = state
     _error_handlers(app, state)
-    openai.register(app, state)
-    kserve.register(app, state)
+    app.include_router(openai.router)
+    app.include_router(kserve.router)
     app.add_middleware(DrainGate, state=state)
     return app
 

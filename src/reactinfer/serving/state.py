@@ -26,6 +26,8 @@ from .ladder import Ladder, ServiceTime, Variant, variant_quality
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from starlette.requests import Request as HttpRequest
+
     from ..core.handle import ModelHandle
 
 ARRIVAL_KEY = "react.arrival"  # ASGI scope key: when the request reached the app
@@ -57,6 +59,14 @@ class Group:
     @property
     def max_length(self) -> int:
         return min(v.handle.max_length for v in self.ladder.variants)
+
+
+def state_of(request: HttpRequest) -> ServingState:
+    """The serving state of the app that received `request` (create_app puts it on the
+    app, so the routers, declared once at module level, serve any app that includes
+    them)."""
+    state: ServingState = request.app.state.react
+    return state
 
 
 def _root_source(source: dict[str, Any]) -> dict[str, Any]:
