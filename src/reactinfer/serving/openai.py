@@ -13,7 +13,6 @@ from fastapi import APIRouter
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, StreamingResponse
 
-from .batcher import Request
 from .protocol import (
     VARIANT_HEADER,
     ArrayJSON,
@@ -27,6 +26,7 @@ from .protocol import (
     read_json,
     start_generation,
 )
+from .request import Request
 from .state import ApiError, Group, ServingState, state_of
 
 # Included by create_app; the handlers find the served models with state_of(request).

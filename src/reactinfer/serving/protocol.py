@@ -12,11 +12,11 @@ import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
-from .state import ARRIVAL_KEY, ApiError, Group, ServingState
-from .batcher import Generated, Rejected, Request
 from .cache import normalise
 from .ladder import Job
+from .request import Generated, Rejected, Request
 from .shed import deadline_ms
+from .state import ARRIVAL_KEY, ApiError, Group, ServingState
 
 if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest

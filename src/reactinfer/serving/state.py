@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batcher import Batcher, Request, measure_encoder, measure_generation
+from .batcher import Batcher
 from .cache import ResponseCache
 from .config import ServeConfig
 from .ladder import Ladder, ServiceTime, Variant, variant_quality
 from .metrics import Metrics
+from .request import Request
+from .warmup import warm_up, warmup_texts
 
 if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest
@@ -136,21 +138,9 @@ class ServingState:
     def start(self) -> None:
         """Measure every variant (service time per batch size), order each ladder by
         cost, start the workers, then report ready."""
-        from ..data import texts_for
-
-        # sentence-to-paragraph sized texts; live batches refine the estimates (EWMA)
-        texts = [t[:256] for t in texts_for("calibration", limit=max(64, self.config.max_batch))]
+        texts = warmup_texts(self.config.max_batch)
         for g in self.groups.values():
-            for v in g.ladder.variants:
-                v.handle.runner()  # build every runner now, not on the first request
-                if not self.config.warmup:
-                    continue
-                if g.task == "causal-lm":
-                    ids = v.handle.tokenizer(texts[0])["input_ids"][:32]
-                    measure_generation(v, ids)
-                else:
-                    measure_encoder(v, texts, self.config.max_batch)
-            g.ladder.order_by_cost()
+            warm_up(g.ladder, g.task, texts, self.config)
             g.batcher.start()
         # Everything loaded so far (models, libraries) lives as long as the server: keep it
         # out of the collector's full passes, which would otherwise stall the event loop
