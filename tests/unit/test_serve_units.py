@@ -12,8 +12,14 @@ from reactinfer.core.errors import UserError
 from reactinfer.serving.batcher import Batcher, Rejected, Request
 from reactinfer.serving.cache import ResponseCache, normalise
 from reactinfer.serving.config import ServeConfig
-from reactinfer.serving.ladder import (Calibration, Job, Ladder, ServiceTime, Variant,
-                                     variant_quality)
+from reactinfer.serving.ladder import (
+    Calibration,
+    Job,
+    Ladder,
+    ServiceTime,
+    Variant,
+    variant_quality,
+)
 from reactinfer.serving.loadtest import arrival_times, check_loopback, summarise
 from reactinfer.serving.metrics import Metrics
 

@@ -57,9 +57,11 @@ def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
             self._loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
+    # uvicorn annotates the shutdown timeout as int, but hands it to asyncio.wait_for,
+    # which takes fractions of a second too
+    grace: Any = state.config.drain_timeout_s
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=state.config.drain_timeout_s,
-                            access_log=False)
+                            timeout_graceful_shutdown=grace, access_log=False)
     return DrainingServer(config)
 
 
