@@ -2,18 +2,28 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from fastapi import APIRouter
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from .app import ApiError, ServingState
-from .protocol import (VARIANT_HEADER, ArrayJSON, check_texts, deadline_of, encode, generate,
-                       max_tokens_of, prompt_ids, read_json)
+from .protocol import (
+    VARIANT_HEADER,
+    ArrayJSON,
+    check_texts,
+    deadline_of,
+    encode,
+    generate,
+    max_tokens_of,
+    prompt_ids,
+    read_json,
+)
+from .state import ApiError, Group, ServingState, state_of
 
-if TYPE_CHECKING:
-    import fastapi
+# Included by create_app; the handlers find the served models with state_of(request).
+router = APIRouter()
 
 _OUTPUT = {"embedding": "embedding", "classification": "logits", "causal-lm": "text_output"}
 
@@ -36,67 +46,81 @@ def _texts(body: dict[str, Any]) -> Any:
     return data
 
 
-def register(app: fastapi.FastAPI, state: ServingState) -> None:
+@router.get("/v2/health/live", tags=["kserve"])
+async def live() -> dict[str, bool]:
+    return {"live": True}
 
-    @app.get("/v2/health/live", tags=["kserve"])
-    async def live() -> dict[str, bool]:
-        return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["kserve"])
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+@router.get("/v2/health/ready", tags=["kserve"])
+async def ready(request: HttpRequest) -> JSONResponse:
+    state = state_of(request)
+    return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
-    @app.get("/v2", tags=["kserve"])
-    async def server_metadata() -> dict[str, Any]:
-        from .. import __version__
 
-        return {"name": "reactinfer", "version": __version__, "extensions": []}
+@router.get("/v2", tags=["kserve"])
+async def server_metadata() -> dict[str, Any]:
+    from .. import __version__
 
-    @app.get("/v2/models/{name}", tags=["kserve"])
-    async def model_metadata(name: str) -> dict[str, Any]:
-        g = state.group(name)
-        out = _OUTPUT[g.task]
-        return {"name": g.name, "versions": [v.name for v in g.ladder.variants],
-                "platform": f"reactinfer-{g.ladder.current.handle.backend}",
-                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
-                             else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}],
-                "parameters": {"task": g.task, "active_variant": g.ladder.current.name,
-                               "variants": g.ladder.describe()}}
+    return {"name": "reactinfer", "version": __version__, "extensions": []}
 
-    @app.get("/v2/models/{name}/ready", tags=["kserve"])
-    async def model_ready(name: str) -> JSONResponse:
-        state.group(name)
-        return JSONResponse({"name": name, "ready": state.ready},
-                            status_code=200 if state.ready else 503)
 
-    @app.post("/v2/models/{name}/infer", tags=["kserve"])
-    async def infer(name: str, request: HttpRequest) -> JSONResponse:
-        body = await read_json(request, state)
-        g = state.group(name)
-        texts = check_texts(_texts(body), g, state, "inputs[0].data")
-        deadline = deadline_of(request, state)
-        rid = body.get("id") if isinstance(body.get("id"), str) else uuid.uuid4().hex
-        if g.task == "causal-lm":
-            if len(texts) != 1:
-                raise ApiError(400, "a causal-lm model takes one prompt per request")
-            params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
-            n = max_tokens_of(params, state)
-            gen = await generate(state, g, prompt_ids(g, state, texts[0], n), n, deadline)
-            text = g.tokenizer.decode(gen.tokens, skip_special_tokens=True)
-            output = {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": [text]}
-            variant = gen.variant
-        else:
-            y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
-            output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
-                      "data": y.reshape(-1)}
-        return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
-                          "outputs": [output]}, headers={VARIANT_HEADER: variant})
+@router.get("/v2/models/{name}", tags=["kserve"])
+async def model_metadata(name: str, request: HttpRequest) -> dict[str, Any]:
+    g = state_of(request).group(name)
+    out = _OUTPUT[g.task]
+    return {"name": g.name, "versions": [v.name for v in g.ladder.variants],
+            "platform": f"reactinfer-{g.ladder.current.handle.backend}",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
+                         else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}],
+            "parameters": {"task": g.task, "active_variant": g.ladder.current.name,
+                           "variants": g.ladder.describe()}}
 
-    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        for g in state.groups.values():
-            state.metrics.queue_length.set(g.batcher.queue_items(), model=g.name)
-        state.metrics.ready.set(1 if state.ready else 0)
-        return PlainTextResponse(state.metrics.render(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+@router.get("/v2/models/{name}/ready", tags=["kserve"])
+async def model_ready(name: str, request: HttpRequest) -> JSONResponse:
+    state = state_of(request)
+    state.group(name)
+    return JSONResponse({"name": name, "ready": state.ready},
+                        status_code=200 if state.ready else 503)
+
+
+@router.post("/v2/models/{name}/infer", tags=["kserve"])
+async def infer(name: str, request: HttpRequest) -> JSONResponse:
+    state = state_of(request)
+    body = await read_json(request, state)
+    g = state.group(name)
+    texts = check_texts(_texts(body), g, state, "inputs[0].data")
+    deadline = deadline_of(request, state)
+    rid = body.get("id") if isinstance(body.get("id"), str) else uuid.uuid4().hex
+    if g.task == "causal-lm":
+        if len(texts) != 1:
+            raise ApiError(400, "a causal-lm model takes one prompt per request")
+        output, variant = await _generate_output(state, g, body, texts[0], deadline)
+    else:
+        y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
+        output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
+                  "data": y.reshape(-1)}
+    return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
+                      "outputs": [output]}, headers={VARIANT_HEADER: variant})
+
+
+async def _generate_output(state: ServingState, g: Group, body: dict[str, Any], prompt: str,
+                           deadline: float) -> tuple[dict[str, Any], str]:
+    """A causal-lm model's output tensor for one prompt, and the variant that made it."""
+    raw = body.get("parameters")
+    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    n = max_tokens_of(params, state)
+    gen = await generate(state, g, prompt_ids(g, state, prompt, n), n, deadline)
+    text = g.tokenizer.decode(gen.tokens, skip_special_tokens=True)
+    return {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": [text]}, gen.variant
+
+
+@router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+async def metrics(request: HttpRequest) -> PlainTextResponse:
+    state = state_of(request)
+    for g in state.groups.values():
+        state.metrics.queue_length.set(g.batcher.queue_items(), model=g.name)
+    state.metrics.ready.set(1 if state.ready else 0)
+    return PlainTextResponse(state.metrics.render(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -221,7 +221,7 @@ class Ladder:
     def fits(self, level: int, jobs: Sequence[Job], now: float, busy_s: float,
              headroom: float) -> bool:
         done = self.finish_times(level, jobs, busy_s)
-        return all(f <= headroom * (j.deadline - now) for f, j in zip(done, jobs))
+        return all(f <= headroom * (j.deadline - now) for f, j in zip(done, jobs, strict=True))
 
     def least_finish(self, jobs: Sequence[Job], new: Job, busy_s: float) -> float:
         """Least predicted seconds, over the variants, until `new` is answered behind the

@@ -38,6 +38,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def render(self) -> list[str]:
+        raise NotImplementedError  # each kind writes its own lines
+
 
 class Counter(_Metric):
     kind = "counter"
@@ -89,7 +92,7 @@ class Histogram(_Metric):
         out = self.header()
         for key, row in sorted(self.data.items()):
             cum = 0.0
-            for b, c in zip(self.buckets, row):
+            for b, c in zip(self.buckets, row, strict=False):  # row ends with sum, count
                 cum += c
                 out.append(f"{self.name}_bucket{_labels(key, (('le', _fmt(b)),))} {_fmt(cum)}")
             out.append(f"{self.name}_bucket{_labels(key, (('le', '+Inf'),))} {_fmt(row[-1])}")

@@ -12,11 +12,11 @@ import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
-from .app import ARRIVAL_KEY, ApiError, Group, ServingState
-from .batcher import Generated, Rejected, Request
 from .cache import normalise
 from .ladder import Job
+from .request import Generated, Rejected, Request
 from .shed import deadline_ms
+from .state import ARRIVAL_KEY, ApiError, Group, ServingState
 
 if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest
@@ -120,7 +120,7 @@ async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: 
     that made them; texts answered before by the active variant come from the cache."""
     variant = g.ladder.current
     keys = [(variant.name, "encode", normalise(t)) for t in texts]
-    found = [state.cache.get(k) for k in keys]
+    found: list[Any] = [state.cache.get(k) for k in keys]  # (output, tokens) or None
     missing = [i for i, f in enumerate(found) if f is None]
     hits = len(texts) - len(missing)
     if hits:
@@ -203,7 +203,8 @@ class Detokenizer:
     """Turns a growing list of token ids into text deltas (multi-byte safe)."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer, self.tokens, self.text = tokenizer, [], ""
+        self.tokenizer, self.text = tokenizer, ""
+        self.tokens: list[int] = []
 
     def add(self, tok: int) -> str:
         self.tokens.append(tok)

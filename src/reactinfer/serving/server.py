@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
-from .app import ServingState, create_app
+from .app import create_app
 from .config import ServeConfig
+from .state import ServingState
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -56,9 +57,11 @@ def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
             self._loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
+    # uvicorn annotates the shutdown timeout as int, but hands it to asyncio.wait_for,
+    # which takes fractions of a second too
+    grace: Any = state.config.drain_timeout_s
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=state.config.drain_timeout_s,
-                            access_log=False)
+                            timeout_graceful_shutdown=grace, access_log=False)
     return DrainingServer(config)
 
 

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import Group, ServingState
+    from .state import Group, ServingState
 
 _TASK_OF_PATH = {"/v1/embeddings": "embedding", "/v1/completions": "causal-lm",
                  "/v1/chat/completions": "causal-lm"}

@@ -1,0 +1,63 @@
+"""Running a variant: greedy decoding token by token, and encoding texts in calls of at
+most `max_batch`. The batcher's worker and the start-up measurement (warmup.py) both
+call a model through these."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
+                    stop_ids: set[int]) -> Iterator[int]:
+    """Greedy decoding one token at a time with the KV cache (torch models), so callers
+    can stream each token as it is made. Other backends generate in one call."""
+    if handle.model is None or handle.backend != "torch":
+        for tok in handle.runner().generate(list(prompt_ids), max_new_tokens):
+            yield tok
+            if tok in stop_ids:
+                return
+        return
+    import torch
+
+    runner = handle.runner()  # its model is on the runner's device (a GPU copy, or the CPU)
+    model, device = getattr(runner, "model", handle.model), getattr(runner, "device", "cpu")
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
+        for i in range(max_new_tokens):
+            tok = int(out.logits[0, -1].argmax())
+            yield tok
+            if tok in stop_ids or i == max_new_tokens - 1:
+                return
+            out = model(input_ids=torch.tensor([[tok]], device=device),
+                        past_key_values=out.past_key_values, use_cache=True)
+
+
+def run_encoder(handle: Any, texts: Sequence[str], max_batch: int, tok_lock: threading.Lock,
+                observe: Callable[[int, float], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs (N, ...) in input order and each text's token count (N,). Longest texts
+    go first, so each call pads little; `observe(n, seconds)` gets each call's size and
+    time (tokenizing included)."""
+    from ..tasks import tokenize
+
+    runner = handle.runner()
+    order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+    out: np.ndarray | None = None
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for s in range(0, len(order), max_batch):
+        idx = order[s:s + max_batch]
+        t0 = time.perf_counter()
+        with tok_lock:
+            batch = tokenize(handle.tokenizer, [texts[i] for i in idx], handle.max_length)
+        y = runner(batch)
+        dt = time.perf_counter() - t0
+        counts[idx] = batch["attention_mask"].sum(1)
+        observe(len(idx), dt)
+        if out is None:
+            out = np.empty((len(texts),) + y.shape[1:], dtype=np.float32)
+        out[idx] = y
+    assert out is not None
+    return out, counts

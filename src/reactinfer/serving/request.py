@@ -1,0 +1,39 @@
+"""What a batcher queues and answers: a `Request` (its job, the event loop to answer on,
+and its inputs), a generation's answer (`Generated`), and a refusal (`Rejected`)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .ladder import Job
+
+
+class Rejected(Exception):
+    """Not admitted: `status` 429 (overload, with Retry-After) or 503 (draining)."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+@dataclass
+class Request:
+    kind: str  # "encode" | "generate"
+    job: Job
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    texts: Sequence[str] = ()
+    prompt_ids: Sequence[int] = ()
+    sink: asyncio.Queue | None = None  # streamed token ids, then None
+    arrival: float = field(default_factory=time.monotonic)
+    length: int = 0  # characters, for length bucketing
+    predicted: float = 0.0  # seconds to the answer, predicted at admission
+
+
+@dataclass
+class Generated:
+    tokens: list[int]
+    finish_reason: str
+    variant: str

@@ -1,0 +1,77 @@
+"""Start-up measurement: before the server reports ready, every variant's runner is built
+and its service time measured (per batch size for encoders, prefill and per-token time
+for generation), so the ladder can order the variants by cost and admission can predict
+from the first request on. Live batches refine these estimates afterwards (EWMA)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .config import ServeConfig
+from .execute import generate_stream
+from .ladder import Ladder, Variant
+
+
+def warmup_texts(max_batch: int) -> list[str]:
+    """Sentence-to-paragraph sized texts, enough for the largest batch."""
+    from ..data import texts_for
+
+    return [t[:256] for t in texts_for("calibration", limit=max(64, max_batch))]
+
+
+def warm_up(ladder: Ladder, task: str, texts: Sequence[str], config: ServeConfig) -> None:
+    """Build every variant's runner now, not on the first request; measure each (unless
+    `config.warmup` is off); order the ladder by cost."""
+    for v in ladder.variants:
+        v.handle.runner()
+        if not config.warmup:
+            continue
+        if task == "causal-lm":
+            ids = v.handle.tokenizer(texts[0])["input_ids"][:32]
+            measure_generation(v, ids)
+        else:
+            measure_encoder(v, texts, config.max_batch)
+    ladder.order_by_cost()
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    sizes, n = [], 1
+    while n < max_batch:
+        sizes.append(n)
+        n *= 2
+    return sizes + [max_batch]
+
+
+def measure_encoder(v: Variant, texts: Sequence[str], max_batch: int, repeats: int = 2) -> None:
+    """Time a call per batch size (after one warm-up call) and set the curve. The fastest
+    of the repeats counts: a first call at a new shape may compile (torch.compile) or fill
+    caches, a one-off that must not make the server shed everything afterwards."""
+    from ..tasks import tokenize
+
+    h = v.handle
+    runner = h.runner()
+    runner(tokenize(h.tokenizer, list(texts[:1]), h.max_length))
+    for n in batch_sizes(max_batch):
+        batch = tokenize(h.tokenizer, [texts[i % len(texts)] for i in range(n)], h.max_length)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runner(batch)
+            times.append(time.perf_counter() - t0)
+        v.service.set(n, float(np.min(times)))
+
+
+def measure_generation(v: Variant, prompt_ids: Sequence[int], tokens: int = 8) -> None:
+    """Time one greedy generation: the first token (prefill) and the mean of the rest."""
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for _ in generate_stream(v.handle, prompt_ids, tokens, set()):
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    assert first is not None
+    v.gen.observe(first - t0, (end - first) / (n - 1) if n > 1 else None)
