@@ -28,6 +28,17 @@ def test_import_reactinfer_does_not_import_ray():
     assert out.stdout.strip() == "False"
 
 
+def test_the_documented_names_import_from_the_package_without_ray():
+    import reactinfer.cluster as cluster
+
+    code = ("import sys; from reactinfer.cluster import " + ", ".join(cluster.__all__) +
+            "; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    blob = cluster.compress_embeddings(np.eye(3, dtype=np.float32), "float16")
+    np.testing.assert_array_equal(cluster.decompress_embeddings(blob), np.eye(3))
+
+
 def test_read_input_text_jsonl_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
