@@ -33,7 +33,9 @@ _GRID: dict[str, dict[str, list[dict[str, Any]]]] = {
     "torch-compile": {"*": [{}]},
 }
 # Skipped unless asked for, with the reason recorded in the decision.
-_SLOW = {"torch-compile": "compiling takes minutes on a small CPU; pass include=['torch-compile']",
+_SLOW = {"torch-compile": ("compiling takes minutes on a small CPU; measure it "
+                          "alone with `react bench MODEL --backend torch-compile` (Python: "
+                          "choose_backend(..., include=['torch-compile']))"),
          "onnxruntime/causal-lm": "the exported graph has no KV cache, so generation "
                                   "recomputes the prompt every token"}
 
