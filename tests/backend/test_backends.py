@@ -282,6 +282,9 @@ def test_bench_reports_backend_and_quality_against_the_original(texts):
                  progress=False, backend="onnxruntime", precision="int8-dynamic")
     assert r["backend"] == "onnxruntime" and r["backend_options"]["precision"] == "int8-dynamic"
     assert r["reference"] == "tiny-embedding" and r["warmup_s"] > 0
+    from reactinfer.measure import format_report
+
+    assert "on onnxruntime [precision=int8-dynamic]" in format_report(r).splitlines()[0]
     # The reported quality is the original's against int8's, computed here independently.
     # (Whether int8 moves the tiny model's mean cosine visibly below 1.0 depends on the
     # CPU's int8 kernels, so the test asserts agreement, not a gap.)

@@ -11,8 +11,10 @@ def _fmt(v: Any) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in (r.get("backend_options") or {}).items())
     rows: list[tuple[str, str]] = [
         ("model", f"{r['model']} ({r['task']}) on {r['backend']}"
+                  + (f" [{opts}]" if opts else "")
                   + (f" ({r['device']})" if r.get("device") else "")),
         ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
         ("eval texts", f"{r['n_eval']} (max length {r['max_length']} tokens)"),
