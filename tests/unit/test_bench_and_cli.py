@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -48,6 +50,19 @@ def test_cli_bench_json_on_hf_dir(tmp_path, capsys):
     # held-out part of the user's file: the same split calibration and training respect
     assert out["task"] == "embedding" and out["n_eval"] == len(texts_for("eval", str(data)))
     assert 0 < out["n_eval"] < 12
+
+
+def test_no_progress_silences_the_libraries_bars_too(tmp_path):
+    d = save_tiny_hf(tmp_path / "m", "embedding")
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"open the archive and close it {i}" for i in range(12)))
+    cmd = [sys.executable, "-m", "reactinfer", "bench", str(d), "--data", str(data),
+           "--batch-size", "4", "--latency-runs", "2", "--json"]
+    loud = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    quiet = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True, timeout=300,
+                           check=True)
+    assert "Loading weights" in loud.stderr  # transformers' bar, shown by default
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -52,12 +53,22 @@ def _version() -> str:
     return f"react {__version__}"
 
 
+def _silence_library_progress() -> None:
+    """--no-progress silences the libraries' own bars too (transformers' "Loading weights")."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # already imported in this process
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    if getattr(args, "no_progress", False):
+        _silence_library_progress()
     try:
         rc = args._handler(args)
     except UserError as e:
