@@ -144,3 +144,15 @@ def test_pipeline_stages_in_process_equal_unsplit_model():
         split_stages(h, 5)
     with pytest.raises(UserError, match="embedding"):
         split_stages(tiny_handle("causal-lm"), 2)
+
+
+def test_default_blocks_give_every_worker_work_and_resume_keeps_them(tmp_path):
+    from reactinfer.cluster.batch import RUN_FILE, _auto_block_rows
+
+    parts = tmp_path / "out.parquet.parts"
+    assert _auto_block_rows(parts, 1000, 2) == 500        # two workers, two blocks
+    assert _auto_block_rows(parts, 5000, 2) == 1024       # plenty of blocks already
+    assert _auto_block_rows(parts, 3, 8) == 1             # more workers than rows
+    parts.mkdir()
+    (parts / RUN_FILE).write_text(json.dumps({"block_rows": 500}))
+    assert _auto_block_rows(parts, 1000, 4) == 500        # resuming: the old layout stands

@@ -17,8 +17,9 @@ def _batch(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, default=1, help="actors, one model copy each")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--column", default="text", help="JSONL field / Parquet column with the text")
-    p.add_argument("--block-rows", type=int, default=1024,
-                   help="rows per block (the unit of scheduling and of resuming)")
+    p.add_argument("--block-rows", type=int, default=None,
+                   help="rows per block, the unit of scheduling and of resuming (default: "
+                        "1024, or fewer so that every worker gets a block)")
     p.add_argument("--cpus-per-worker", type=float, default=1,
                    help="CPUs Ray reserves per actor (also its torch threads)")
     p.add_argument("--max-chars", type=int, default=None,

@@ -39,6 +39,7 @@ from .worker import OUTPUTS, ModelSource, resolve, run_rows, variant_of
 
 DEFAULT_MAX_CHARS = 20_000  # far beyond any model's context; longer rows are data errors
 RUN_FILE = "_run.json"
+DEFAULT_BLOCK_ROWS = 1024
 
 
 # -- reading the input -----------------------------------------------------------------
@@ -198,6 +199,16 @@ def _part_path(parts: Path, block: int) -> Path:
     return parts / f"part-{block:06d}.parquet"
 
 
+def _auto_block_rows(parts: Path, rows: int, workers: int) -> int:
+    """Blocks are the unit of scheduling: with fewer rows than workers × 1,024, smaller
+    blocks keep every worker busy. A run being resumed keeps the block size it started
+    with, so re-running with another --workers still resumes."""
+    meta = parts / RUN_FILE
+    if meta.exists():
+        return int(json.loads(meta.read_text()).get("block_rows", DEFAULT_BLOCK_ROWS))
+    return max(1, min(DEFAULT_BLOCK_ROWS, -(-rows // workers)))
+
+
 def _prepare_parts(parts: Path, run: dict[str, Any]) -> None:
     """Create the parts directory, or check that the one there is from the same run."""
     meta = parts / RUN_FILE
@@ -280,19 +291,21 @@ class _Progress:
 
 def run_batch(model: ModelSource, input_path: str | Path, output: str | Path | None = None,
               workers: int = 1, batch_size: int = 32, column: str = "text",
-              ray_address: str | None = None, block_rows: int = 1024,
+              ray_address: str | None = None, block_rows: int | None = None,
               max_chars: int = DEFAULT_MAX_CHARS, cpus_per_worker: float = 1,
               progress: bool = True) -> BatchResult:
-    """Run `model` over every row of `input_path`; see the module docstring."""
-    if workers < 1 or batch_size < 1 or block_rows < 1:
+    """Run `model` over every row of `input_path`; see the module docstring. `block_rows`
+    None: blocks of up to 1,024 rows, smaller when that gives every worker a block."""
+    if workers < 1 or batch_size < 1 or (block_rows is not None and block_rows < 1):
         raise UserError("--workers, --batch-size and --block-rows must be at least 1")
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
     texts, errors = read_input(input_path, column, max_chars)
     handle = resolve(model)  # in the driver too: the variant and task decide what "resume" means
     variant = variant_of(handle)
-    n_blocks = -(-len(texts) // block_rows)
     parts = parts_dir_for(output)
+    block_rows = block_rows or _auto_block_rows(parts, len(texts), workers)
+    n_blocks = -(-len(texts) // block_rows)
     _prepare_parts(parts, {"input": str(input_path.resolve()), "input_sha256":
                            file_digest(input_path), "column": column, "variant": variant,
                            "task": handle.task, "rows": len(texts), "block_rows": block_rows,
