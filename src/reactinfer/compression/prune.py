@@ -197,9 +197,10 @@ def _activation_norms(handle: ModelHandle, model: torch.nn.Module, cfg: _Structu
 
     def hook(i: int) -> Callable:
         def fn(_m: torch.nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().abs().double()  # (B, T, F)
-            m = mask_now[0].unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-            sums[i] += (x * m).sum((0, 1))
+            # (B, T, F), or (B*T, F) where a family flattens tokens first (OPT's FFN)
+            x = inputs[0].detach().abs().double().reshape(-1, sums[i].shape[0])  # (B*T, F)
+            m = mask_now[0].reshape(-1, 1).to(x.dtype)  # (B*T, 1)
+            sums[i] += (x * m).sum(0)
         return fn
 
     hooks = [pick(layer).register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
