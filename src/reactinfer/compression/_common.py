@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
+from ..models.arch import find_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -99,8 +100,6 @@ def model_batches(handle: ModelHandle, texts: Sequence[str], batch_size: int = 1
 
 def run_model(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
     """One forward pass for calibration; decoders skip building a KV cache."""
-    from ..models.arch import find_adapter
-
     arch = find_adapter(model)
     return model(**batch, **(arch.forward_kwargs() if arch else {}))
 
