@@ -12,10 +12,9 @@ from reactinfer.compression import (
     PruneMagnitude,
     sparsity,
 )
-from reactinfer.compression._common import blocks
-from reactinfer.compression.prune import _ffn
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.errors import UserError
+from reactinfer.models.arch import adapter_for
 from reactinfer.tasks import tokenize
 from reactinfer.testing import tiny_handle, tiny_texts
 
@@ -24,6 +23,10 @@ TASKS = ["embedding", "causal-lm", "classification"]
 
 def outputs(handle, n=8):
     return handle.runner()(tokenize(handle.tokenizer, tiny_texts(n), 64))
+
+
+def blocks(model):
+    return adapter_for(model).blocks(model)
 
 
 def count(model, pred):
@@ -85,9 +88,8 @@ def test_ffn_pruning_removes_requested_fraction_and_reloads(tmp_path, task, impo
     p = compress(h, [PruneFFN(keep=keep, importance=importance)])
     k = round(64 * keep)
     assert p.model.config.intermediate_size == k
-    fam = "llama" if task == "causal-lm" else "bert"
     for layer in blocks(p.model):  # every layer keeps exactly k neurons
-        ins, out = _ffn(fam, layer)
+        ins, out = adapter_for(p.model).ffn(layer)
         assert {m.out_features for m in ins} == {k} and out.in_features == k
     def ffn_w(m):
         return count(m, lambda n: n.endswith("weight") and any(

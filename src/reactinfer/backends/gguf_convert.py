@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UserError
+from ..models.arch import GGUFLayout, find_adapter, gguf_types, model_kind
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-SUPPORTED_ARCHS = ("llama",)
+SUPPORTED_ARCHS = gguf_types()  # the model types whose family has a GGUF layout
 
 
 def _file_type(outtype: str) -> int:
@@ -126,7 +127,25 @@ def _rope_theta(config: Any) -> float:
     if rope_type != "default":
         raise UserError(f"GGUF conversion supports plain RoPE only, this model uses "
                         f"{rope_type!r} scaling")
-    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    theta: Any = params.get("rope_theta") or getattr(config, "rope_theta", 10000.0)
+    return float(theta)
+
+
+def _tensors(sd: dict[str, np.ndarray], layout: GGUFLayout, config: Any, heads: list[int],
+             heads_kv: list[int]) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, array) in writing order: embedding, blocks, final norm, lm head."""
+    counts = {"attn_q": heads, "attn_k": heads_kv}  # the head count each permute needs
+    tensors = [("token_embd.weight", sd[layout.embed])]
+    for i in range(len(heads)):
+        for _, gg in layout.blocks:
+            w = sd[layout.key(i, gg)]
+            if gg in layout.rotate_half:
+                w = _permute(w, counts[gg][i])
+            tensors.append((f"blk.{i}.{gg}.weight", w))
+    tensors.append(("output_norm.weight", sd[layout.norm]))
+    if not getattr(config, "tie_word_embeddings", False) and layout.lm_head in sd:
+        tensors.append(("output.weight", sd[layout.lm_head]))
+    return tensors
 
 
 def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0") -> Path:
@@ -137,10 +156,12 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
         raise UserError(f"GGUF type {outtype!r} is not one of {', '.join(OUTTYPES)} "
                         "(k-quants: run llama.cpp's llama-quantize on an f16 file)")
     model = handle.model
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) not in SUPPORTED_ARCHS:
+    arch = find_adapter(model)
+    layout = arch.gguf_layout(model) if arch is not None else None
+    if model is None or layout is None:
         raise UserError("GGUF conversion supports Hugging Face Llama causal LMs; this model is "
-                        f"{getattr(config, 'model_type', type(model).__name__)!r}")
+                        f"{model_kind(model)!r}")
+    config: Any = model.config
     if handle.replay_from is not None:
         raise UserError("this model holds torch int8 modules; convert the float model and "
                         "pick the GGUF type (outtype='q8_0', 'q4_0', ...) instead")
@@ -151,13 +172,12 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
     n_layer = config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // \
         config.num_attention_heads
-    n_vocab, hidden = sd["model.embed_tokens.weight"].shape
+    n_vocab, hidden = sd[layout.embed].shape
     heads, heads_kv, ffn = [], [], []
     for i in range(n_layer):  # per-layer sizes from the tensors: pruning may change them
-        p = f"model.layers.{i}."
-        heads.append(sd[p + "self_attn.q_proj.weight"].shape[0] // head_dim)
-        heads_kv.append(sd[p + "self_attn.k_proj.weight"].shape[0] // head_dim)
-        ffn.append(sd[p + "mlp.gate_proj.weight"].shape[0])
+        heads.append(sd[layout.key(i, "attn_q")].shape[0] // head_dim)
+        heads_kv.append(sd[layout.key(i, "attn_k")].shape[0] // head_dim)
+        ffn.append(sd[layout.key(i, "ffn_gate")].shape[0])
     if min(heads) < 1 or min(heads_kv) < 1 or min(ffn) < 1:
         raise UserError("a layer with no attention heads or no FFN neurons cannot be written "
                         "to GGUF; remove the layer instead")
@@ -166,10 +186,10 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
         return v[0] if len(set(v)) == 1 else v
 
     path = Path(path)
-    # llama.cpp's "llama" graph takes layer 0's sizes for every layer; "deci" (the
-    # architecture of NVIDIA's pruned Llamas) reads per-layer head and FFN counts.
+    # llama.cpp's llama graph takes layer 0's sizes for every layer; the layout's uneven
+    # architecture reads per-layer head and FFN counts.
     uneven = any(len(set(v)) > 1 for v in (heads, heads_kv, ffn))
-    writer = gguf.GGUFWriter(str(path), "deci" if uneven else "llama")
+    writer = gguf.GGUFWriter(str(path), layout.arch_uneven if uneven else layout.arch)
     writer.add_name(handle.name)
     writer.add_context_length(int(getattr(config, "max_position_embeddings", 2048)))
     writer.add_embedding_length(hidden)
@@ -186,24 +206,7 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
     writer.add_file_type(_file_type(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _tokenizer_meta(writer, handle, n_vocab)
-
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
-             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"])]
-    for i in range(n_layer):
-        for hf, gg in names.items():
-            w = sd[f"model.layers.{i}.{hf}.weight"]
-            if gg == "attn_q":
-                w = _permute(w, heads[i])
-            elif gg == "attn_k":
-                w = _permute(w, heads_kv[i])
-            tensors.append((f"blk.{i}.{gg}.weight", w))
-    tensors.append(("output_norm.weight", sd["model.norm.weight"]))
-    if not getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in sd:
-        tensors.append(("output.weight", sd["lm_head.weight"]))
-    for name, w in tensors:
+    for name, w in _tensors(sd, layout, config, heads, heads_kv):
         data, qtype = _encode(name, w, outtype)
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()

@@ -16,19 +16,21 @@ float32 tensors; the only possible difference is CPU kernel blocking when the st
 actors use a different thread count than the reference (we measure it: max abs diff,
 tolerance 1e-5 in the tests, 0.0 observed with equal thread counts).
 
-Supported: BERT-family encoders (bert, roberta, xlm-roberta: embeddings → encoder.layer →
-pooling) for the embedding task. Splitters are a registry keyed by config.model_type.
+Supported: encoders whose family adapter (models.arch) lists their model type as
+splittable (BERT, RoBERTa, XLM-R: embeddings → layers → pooling), for the embedding task.
+The adapter says where the layers, the embeddings and the pooler are.
 """
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import UserError
+from ..models.arch import adapter_for, find_adapter, model_kind, splittable_types
 from . import ray_api
 from .aggregate import ordered_gather
 
@@ -43,7 +45,7 @@ def _even_bounds(n_layers: int, n_stages: int) -> list[tuple[int, int]]:
         raise UserError(f"stages must be between 1 and the number of layers ({n_layers}), "
                         f"got {n_stages}")
     edges = np.linspace(0, n_layers, n_stages + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def _pass_embeddings() -> torch.nn.Module:
@@ -52,34 +54,34 @@ def _pass_embeddings() -> torch.nn.Module:
     class PassEmbeddings(torch.nn.Module):
         """Later stages: the hidden states arrive ready-made (as inputs_embeds)."""
 
-        def forward(self, inputs_embeds: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        def forward(self, inputs_embeds: torch.Tensor | None = None, **_: Any
+                    ) -> torch.Tensor | None:
             return inputs_embeds
 
     return PassEmbeddings()
 
 
-def split_bert(model: torch.nn.Module, n_stages: int) -> list[torch.nn.Module]:
-    """Copies of a BertModel-like encoder, stage k keeping only its layers (and the
-    embeddings for stage 0; no pooler anywhere: we mean-pool)."""
+def split_model(model: torch.nn.Module, n_stages: int) -> list[torch.nn.Module]:
+    """Copies of an encoder, stage k keeping only its layers (and the embeddings for
+    stage 0; no pooler anywhere: we mean-pool)."""
     import torch
 
-    bounds = _even_bounds(len(model.encoder.layer), n_stages)
+    arch = adapter_for(model, "pipeline parallelism")
+    layers = arch.blocks(model)
+    bounds = _even_bounds(len(layers), n_stages)
     stages = []
     for k, (a, b) in enumerate(bounds):
-        layers = model.encoder.layer
-        model.encoder.layer = torch.nn.ModuleList()  # don't deepcopy the whole stack n times
+        arch.set_blocks(model, torch.nn.ModuleList())  # don't deepcopy the whole stack n times
         stage = copy.deepcopy(model)
-        model.encoder.layer = layers
-        stage.encoder.layer = torch.nn.ModuleList(copy.deepcopy(layers[i]) for i in range(a, b))
-        stage.pooler = None
+        arch.set_blocks(model, layers)
+        arch.set_blocks(stage, torch.nn.ModuleList(copy.deepcopy(layers[i]) for i in range(a, b)))
+        body = arch.body(stage)
+        for attr in arch.stage_drop:
+            setattr(body, attr, None)
         if k > 0:
-            stage.embeddings = _pass_embeddings()
+            setattr(body, arch.stage_embeddings, _pass_embeddings())
         stages.append(stage.eval())
     return stages
-
-
-SPLITTERS: dict[str, Callable[[Any, int], list[Any]]] = {
-    "bert": split_bert, "roberta": split_bert, "xlm-roberta": split_bert}
 
 
 class StageWorker:
@@ -124,11 +126,11 @@ def split_stages(handle: ModelHandle, n_stages: int) -> list[Any]:
     if handle.task != "embedding" or handle.model is None:
         raise UserError("pipeline parallelism supports torch embedding encoders "
                         f"(BERT family); this model is {handle.task}")
-    kind = getattr(getattr(handle.model, "config", None), "model_type", None)
-    if kind not in SPLITTERS:
-        raise UserError(f"no pipeline splitter for model type {kind!r}; supported: "
-                        f"{', '.join(SPLITTERS)}")
-    return SPLITTERS[kind](handle.model, n_stages)
+    arch = find_adapter(handle.model)
+    if arch is None or not arch.can_split(handle.model):
+        raise UserError(f"no pipeline splitter for model type {model_kind(handle.model)!r}; "
+                        f"supported: {', '.join(splittable_types())}")
+    return split_model(handle.model, n_stages)
 
 
 def run_pipeline(handle: ModelHandle, texts: Sequence[str], stages: int = 2,
@@ -160,8 +162,8 @@ def run_pipeline(handle: ModelHandle, texts: Sequence[str], stages: int = 2,
         for a in actors:
             ray_api.kill(a, no_restart=True)
     out = ordered_gather([(d["idx"], d["embeddings"]) for d in done], len(texts))
-    layers = [len(m.encoder.layer) for m in modules]
+    layers = [len(adapter_for(m).blocks(m)) for m in modules]
     return {"embeddings": out, "wall_s": wall, "stages": [
         {"layers": n, "busy_s": round(s["busy_s"], 4),
          "utilisation": round(s["busy_s"] / wall, 3) if wall > 0 else 0.0}
-        for n, s in zip(layers, stats)]}
+        for n, s in zip(layers, stats, strict=True)]}

@@ -1,5 +1,5 @@
-"""Helpers shared by the compression techniques: finding layers by name, calibration
-data, and the transformer block layout of the model families we prune."""
+"""Helpers shared by the compression techniques: checking configs, finding layers by
+name, calibration data and passes. Where a family keeps its blocks is models.arch's."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
+from ..models.arch import find_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -98,45 +99,9 @@ def model_batches(handle: ModelHandle, texts: Sequence[str], batch_size: int = 1
 
 
 def run_model(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-    kw = {"use_cache": False} if _family(model) == "llama" else {}
-    return model(**batch, **kw)
-
-
-# -- transformer block layout ------------------------------------------------------------
-
-def _family(model: torch.nn.Module) -> str:
-    cfg = getattr(model, "config", None)
-    mt = getattr(cfg, "model_type", "")
-    if mt in ("bert", "roberta", "xlm-roberta", "electra", "camembert"):
-        return "bert"
-    if mt in ("llama", "mistral", "qwen2"):
-        return "llama"
-    return ""
-
-
-def family(model: torch.nn.Module, what: str) -> str:
-    fam = _family(model)
-    if not fam:
-        mt = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise UserError(f"{what} supports BERT-family and Llama-family Hugging Face models; "
-                        f"this is {mt!r}")
-    return fam
-
-
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer body (BertModel / LlamaModel) under any task head."""
-    for attr in ("bert", "roberta", "electra", "model"):
-        inner = getattr(model, attr, None)
-        if inner is not None and hasattr(inner, "config"):
-            return inner
-    return model
-
-
-def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    body = base_model(model)
-    if hasattr(body, "encoder"):
-        return body.encoder.layer  # BERT
-    return body.layers  # Llama
+    """One forward pass for calibration; decoders skip building a KV cache."""
+    arch = find_adapter(model)
+    return model(**batch, **(arch.forward_kwargs() if arch else {}))
 
 
 def effective_params(model: torch.nn.Module) -> int:
@@ -150,5 +115,6 @@ def effective_params(model: torch.nn.Module) -> int:
         if callable(w) and not isinstance(w, torch.nn.Parameter):  # torch.ao packed Linear
             total += w().numel()
         elif hasattr(m, "qweight") and hasattr(m, "in_features"):  # WeightOnlyLinear
-            total += m.in_features * m.out_features
+            lin: Any = m  # not a torch.nn.Linear: quantize.py's own module
+            total += lin.in_features * lin.out_features
     return total

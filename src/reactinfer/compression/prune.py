@@ -1,6 +1,7 @@
 """Pruning: unstructured magnitude, 2:4 semi-structured, and structured pruning that
 physically removes attention heads, FFN neurons and whole transformer layers from
-BERT-family and Llama-family Hugging Face models.
+Hugging Face models of the families in `models.arch` (BERT and Llama built in); the
+family adapter says where the linears are and how the config records the new sizes.
 
 Structured pruning is uniform across layers (every layer keeps the same number of heads
 and neurons), because a Hugging Face config holds one size per model. The config is
@@ -11,8 +12,8 @@ updated so the pruned model is an ordinary, smaller model:
   the head size as hidden_size / num_attention_heads and has no head_dim, so fewer heads
   of the same size cannot be expressed. Head-pruned BERTs record
   `config.react_structure = {"attention_heads": k, "head_dim": d}`; ReAct's loaders
-  rebuild the smaller attention from it (`from_pretrained_restructured`) and then run
-  the ordinary BERT code. Plain `BertModel.from_pretrained` refuses such a directory
+  rebuild the smaller attention from it (`models.arch.from_pretrained_restructured`)
+  and then run the ordinary BERT code. Plain `BertModel.from_pretrained` refuses such a directory
   (shape mismatch), it never loads it wrongly.
 
 Masks (unstructured, 2:4) are stored as zeros in float weights: smaller when compressed,
@@ -22,15 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from ..core.errors import UserError
 from ..core.transform import TransformConfig, register_transform
-from ._common import (blocks, calibration_texts, check_choice, check_fraction, check_names,
-                      clone, family, linear_names, model_batches, need_model, resolve_names,
-                      run_model)
+from ..models.arch import FamilyAdapter, adapter_for
+from ._common import (
+    calibration_texts,
+    check_choice,
+    check_fraction,
+    check_names,
+    clone,
+    linear_names,
+    model_batches,
+    need_model,
+    resolve_names,
+    run_model,
+)
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -114,11 +125,15 @@ class DropLayers(TransformConfig):
 
 # -- unstructured ----------------------------------------------------------------------------
 
+def _linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
+    return cast(torch.nn.Linear, model.get_submodule(name))  # names come from linear_names
+
+
 def _prunable(model: torch.nn.Module, exclude: tuple[str, ...], what: str) -> list[str]:
     """Linear layers, less exclusions and heads tied to an embedding (pruning those would
     prune the embedding table too)."""
     tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    names = [n for n in linear_names(model) if id(model.get_submodule(n).weight) not in tied]
+    names = [n for n in linear_names(model) if id(_linear(model, n).weight) not in tied]
     skip = resolve_names(model, exclude, names, what)
     return [n for n in names if n not in skip]
 
@@ -142,7 +157,7 @@ def _prune_magnitude(handle: ModelHandle, cfg: PruneMagnitude) -> ModelHandle:
     model = need_model(handle, "PruneMagnitude")
     names = _prunable(model, cfg.exclude, "PruneMagnitude exclude")
     new = clone(model)
-    weights = [new.get_submodule(n).weight for n in names]
+    weights = [_linear(new, n).weight for n in names]
     theta = _kth_abs(torch.cat([w.detach().flatten() for w in weights]), cfg.sparsity) \
         if cfg.scope == "global" else None
     with torch.no_grad():
@@ -156,72 +171,36 @@ def _prune_magnitude(handle: ModelHandle, cfg: PruneMagnitude) -> ModelHandle:
 def _prune_2of4(handle: ModelHandle, cfg: Prune2of4) -> ModelHandle:
     model = need_model(handle, "Prune2of4")
     names = _prunable(model, cfg.exclude, "Prune2of4 exclude")
-    bad = [n for n in names if model.get_submodule(n).in_features % 4]
+    bad = [n for n in names if _linear(model, n).in_features % 4]
     if bad:
         raise UserError(f"Prune2of4: input features of {', '.join(bad[:4])} are not a multiple "
                         "of 4; exclude those layers")
     new = clone(model)
     with torch.no_grad():
         for n in names:
-            w = new.get_submodule(n).weight  # (N, K)
+            w = _linear(new, n).weight  # (N, K)
             groups = w.view(w.shape[0], -1, 4)  # (N, K/4, 4)
             smallest = groups.abs().argsort(-1)[..., :2]
             groups.scatter_(-1, smallest, 0.0)
     return handle.derive(model=new.eval(), metrics={**handle.metrics, "sparsity": sparsity(new)})
 
 
-# -- structured: surgery helpers ---------------------------------------------------------------
-
-def _rows(lin: torch.nn.Linear, idx: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None,
-                          dtype=lin.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(lin.weight[idx])
-        if lin.bias is not None:
-            new.bias.copy_(lin.bias[idx])
-    return new
-
-
-def _cols(lin: torch.nn.Linear, idx: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(len(idx), lin.out_features, bias=lin.bias is not None,
-                          dtype=lin.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(lin.weight[:, idx])
-        if lin.bias is not None:
-            new.bias.copy_(lin.bias)
-    return new
-
-
-def _ffn(fam: str, layer: torch.nn.Module) -> tuple[list[torch.nn.Linear], torch.nn.Linear]:
-    """(input projections whose rows are neurons, output projection whose columns are)."""
-    if fam == "bert":
-        return [layer.intermediate.dense], layer.output.dense
-    return [layer.mlp.gate_proj, layer.mlp.up_proj], layer.mlp.down_proj
-
-
-def _attn_out(fam: str, layer: torch.nn.Module) -> torch.nn.Linear:
-    return layer.attention.output.dense if fam == "bert" else layer.self_attn.o_proj
-
-
-def _head_dim(fam: str, model: torch.nn.Module) -> int:
-    if fam == "bert":
-        return blocks(model)[0].attention.self.attention_head_size
-    return blocks(model)[0].self_attn.head_dim
-
+# -- structured: scoring helpers ---------------------------------------------------------------
 
 def _activation_norms(handle: ModelHandle, model: torch.nn.Module, cfg: _Structured,
-                      pick: Callable[[torch.nn.Module], torch.nn.Module]) -> list[torch.Tensor]:
+                      pick: Callable[[torch.nn.Module], torch.nn.Linear]) -> list[torch.Tensor]:
     """Mean |input| per feature of `pick(layer)` for each layer, over real tokens only."""
-    layers = blocks(model)
+    layers = adapter_for(model).blocks(model)
     sums = [torch.zeros(pick(layer).in_features, dtype=torch.float64) for layer in layers]
     count = [0]
     mask_now: list[torch.Tensor] = []
 
     def hook(i: int) -> Callable:
         def fn(_m: torch.nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().abs().double()  # (B, T, F)
-            m = mask_now[0].unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-            sums[i] += (x * m).sum((0, 1))
+            # (B, T, F), or (B*T, F) where a family flattens tokens first (OPT's FFN)
+            x = inputs[0].detach().abs().double().reshape(-1, sums[i].shape[0])  # (B*T, F)
+            m = mask_now[0].reshape(-1, 1).to(x.dtype)  # (B*T, 1)
+            sums[i] += (x * m).sum(0)
         return fn
 
     hooks = [pick(layer).register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
@@ -246,126 +225,69 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 @register_transform(PruneFFN)
 def _prune_ffn(handle: ModelHandle, cfg: PruneFFN) -> ModelHandle:
     model = need_model(handle, "PruneFFN")
-    fam = family(model, "PruneFFN")
-    acts = _activation_norms(handle, model, cfg, lambda layer: _ffn(fam, layer)[1]) \
+    arch = adapter_for(model, "PruneFFN")
+    acts = _activation_norms(handle, model, cfg, lambda layer: arch.ffn(layer)[1]) \
         if cfg.importance == "activation" else None
     new = clone(model)
-    size = new.config.intermediate_size
+    layers = arch.blocks(new)
+    size = arch.ffn(layers[0])[1].in_features  # uniform: the config's FFN width
     k = max(1, round(cfg.keep * size))
-    for i, layer in enumerate(blocks(new)):
-        ins, out = _ffn(fam, layer)
+    for i, layer in enumerate(layers):
+        ins, out = arch.ffn(layer)
         w_out = out.weight.detach().norm(dim=0)  # (I,)
         if acts is not None:
             scores = acts[i] * w_out
         else:
-            scores = sum(lin.weight.detach().norm(dim=1) for lin in ins) * w_out
-        idx = _top(scores, k)
-        if fam == "bert":
-            layer.intermediate.dense = _rows(ins[0], idx)
-            layer.output.dense = _cols(out, idx)
-        else:
-            layer.mlp.gate_proj, layer.mlp.up_proj = _rows(ins[0], idx), _rows(ins[1], idx)
-            layer.mlp.down_proj = _cols(out, idx)
-            layer.mlp.intermediate_size = k
-    new.config.intermediate_size = k
+            scores = sum((lin.weight.detach().norm(dim=1) for lin in ins),
+                         torch.zeros_like(w_out)) * w_out
+        arch.keep_ffn(layer, _top(scores, k))
+    arch.record_ffn(new.config, k)
     return handle.derive(model=new.eval())
 
 
 # -- heads -------------------------------------------------------------------------------------
 
-def _head_scores(fam: str, layer: torch.nn.Module, d: int, act: torch.Tensor | None
-                 ) -> torch.Tensor:
+def _head_scores(arch: FamilyAdapter, layer: torch.nn.Module, d: int,
+                 act: torch.Tensor | None) -> torch.Tensor:
     """One score per query head: weight magnitude of its Q (and K, V when one K/V per
     head) rows and O columns, or its mean |context| × ||O columns||."""
-    o = _attn_out(fam, layer).weight.detach()  # (H, n_heads * d)
+    q, k, v, o_lin = arch.attention(layer)
+    o = o_lin.weight.detach()  # (H, n_heads * d)
     n = o.shape[1] // d
     o_norm = o.view(o.shape[0], n, d).norm(dim=(0, 2))  # (n,)
     if act is not None:
         return act.view(n, d).mean(-1) * o_norm
-    if fam == "bert":
-        sa = layer.attention.self
-        qkv = [sa.query, sa.key, sa.value]
-    else:
-        sa = layer.self_attn
-        qkv = [sa.q_proj] + ([sa.k_proj, sa.v_proj] if sa.num_key_value_groups == 1 else [])
-    rows = sum(lin.weight.detach().view(n, d, -1).norm(dim=(1, 2)) ** 2 for lin in qkv)
+    qkv = [q] + ([k, v] if k.out_features == q.out_features else [])  # else K/V shared
+    rows = sum((lin.weight.detach().view(n, d, -1).norm(dim=(1, 2)) ** 2 for lin in qkv),
+               torch.zeros_like(o_norm))
     return (rows + o_norm**2).sqrt()
-
-
-def _prune_layer_heads(fam: str, layer: torch.nn.Module, idx: torch.Tensor, d: int,
-                       kv_idx: torch.Tensor | None) -> None:
-    rows = (idx[:, None] * d + torch.arange(d)).flatten()
-    if fam == "bert":
-        sa = layer.attention.self
-        sa.query, sa.key, sa.value = _rows(sa.query, rows), _rows(sa.key, rows), \
-            _rows(sa.value, rows)
-        sa.num_attention_heads, sa.all_head_size = len(idx), len(idx) * d
-        layer.attention.output.dense = _cols(layer.attention.output.dense, rows)
-        return
-    sa = layer.self_attn
-    sa.q_proj = _rows(sa.q_proj, rows)
-    sa.o_proj = _cols(sa.o_proj, rows)
-    if kv_idx is not None:
-        kv_rows = (kv_idx[:, None] * d + torch.arange(d)).flatten()
-        sa.k_proj, sa.v_proj = _rows(sa.k_proj, kv_rows), _rows(sa.v_proj, kv_rows)
-        sa.num_key_value_groups = 1
-    else:
-        sa.num_key_value_groups = len(idx) // (sa.k_proj.out_features // d)
 
 
 @register_transform(PruneHeads)
 def _prune_heads(handle: ModelHandle, cfg: PruneHeads) -> ModelHandle:
     model = need_model(handle, "PruneHeads")
-    fam = family(model, "PruneHeads")
-    acts = _activation_norms(handle, model, cfg, lambda layer: _attn_out(fam, layer)) \
+    arch = adapter_for(model, "PruneHeads")
+    acts = _activation_norms(handle, model, cfg, arch.attn_out) \
         if cfg.importance == "activation" else None
     new = clone(model)
-    conf = new.config
-    d = _head_dim(fam, new)
-    n_heads = _attn_out(fam, blocks(new)[0]).in_features // d
-    n_kv = getattr(conf, "num_key_value_heads", None) or n_heads
+    layers = arch.blocks(new)
+    d = arch.layer_head_dim(layers[0])
+    n_heads = arch.attn_out(layers[0]).in_features // d
+    n_kv = arch.attention(layers[0])[1].out_features // d
     group = n_heads // n_kv  # query heads per key/value head
     per_group = max(1, round(cfg.keep * group)) if group > 1 else None
     k = per_group * n_kv if per_group else max(1, round(cfg.keep * n_heads))
-    for i, layer in enumerate(blocks(new)):
-        scores = _head_scores(fam, layer, d, None if acts is None else acts[i])
+    for i, layer in enumerate(layers):
+        scores = _head_scores(arch, layer, d, None if acts is None else acts[i])
         if per_group:  # grouped-query attention: the same count kept in every group
             idx = torch.cat([_top(scores[g * group:(g + 1) * group], per_group) + g * group
                              for g in range(n_kv)])
-            _prune_layer_heads(fam, layer, idx, d, None)
-        else:
+            arch.keep_heads(layer, idx, d, None)
+        else:  # one K/V head per query head: they go together
             idx = _top(scores, k)
-            _prune_layer_heads(fam, layer, idx, d, idx if fam == "llama" else None)
-    if fam == "llama":
-        conf.head_dim, conf.num_attention_heads = d, k
-        conf.num_key_value_heads = n_kv if per_group else k
-    else:
-        conf.react_structure = {"attention_heads": k, "head_dim": d}
+            arch.keep_heads(layer, idx, d, idx)
+    arch.record_heads(new.config, k, n_kv if per_group else k, d)
     return handle.derive(model=new.eval())
-
-
-def from_pretrained_restructured(cls: Any, directory: Any, config: Any, **kw: Any) -> Any:
-    """Load a head-pruned BERT: build the model from its config, shrink the attention to
-    the recorded heads, then load the safetensors weights strictly."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    s = config.react_structure
-    model = cls.from_config(config)
-    fam = family(model, "loading a head-pruned model")
-    for layer in blocks(model):
-        _prune_layer_heads(fam, layer, torch.arange(s["attention_heads"]), s["head_dim"], None)
-    files = sorted(Path(directory).glob("*.safetensors"))
-    if len(files) != 1:
-        raise UserError(f"{directory}: expected one model.safetensors, found {len(files)}")
-    state = load_file(str(files[0]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith("position_ids")]
-    if missing or unexpected:
-        raise UserError(f"{directory} does not match its config: missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}; re-create the artifact")
-    return model.eval()
 
 
 # -- layers --------------------------------------------------------------------------------------
@@ -387,28 +309,9 @@ def layers_to_keep(n_layers: int, cfg: DropLayers) -> list[int]:
 @register_transform(DropLayers)
 def _drop_layers(handle: ModelHandle, cfg: DropLayers) -> ModelHandle:
     model = need_model(handle, "DropLayers")
-    fam = family(model, "DropLayers")
-    keep = layers_to_keep(len(blocks(model)), cfg)
+    arch = adapter_for(model, "DropLayers")
+    keep = layers_to_keep(len(arch.blocks(model)), cfg)
     new = clone(model)
-    layers = blocks(new)
-    kept = torch.nn.ModuleList([layers[i] for i in keep])
-    if fam == "bert":
-        new_body = new.get_submodule(_body_name(new))
-        new_body.encoder.layer = kept
-    else:
-        new.get_submodule(_body_name(new)).layers = kept
-        for j, layer in enumerate(kept):  # the KV cache is indexed by position in the stack
-            layer.self_attn.layer_idx = j
-    conf = new.config
-    if getattr(conf, "layer_types", None):
-        conf.layer_types = [conf.layer_types[i] for i in keep]
-    conf.num_hidden_layers = len(keep)
+    arch.keep_blocks(new, keep)
+    arch.record_layers(new.config, keep)
     return handle.derive(model=new.eval())
-
-
-def _body_name(model: torch.nn.Module) -> str:
-    for attr in ("bert", "roberta", "electra", "model"):
-        inner = getattr(model, attr, None)
-        if inner is not None and hasattr(inner, "config"):
-            return attr
-    return ""

@@ -64,12 +64,13 @@ def hf_model_class(task: str) -> Any:
 
 def hf_from_pretrained(task: str, directory: Path, **kw: Any) -> Any:
     """`from_pretrained` for `task`; models whose config records a structure transformers
-    cannot express (a head-pruned BERT: `react_structure`) are rebuilt by compress.prune."""
+    cannot express (a head-pruned BERT: `react_structure`) are rebuilt by their family
+    adapter (models.arch)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     if getattr(config, "react_structure", None):
-        from ..compression.prune import from_pretrained_restructured
+        from .arch import from_pretrained_restructured
 
         return from_pretrained_restructured(hf_model_class(task), directory, config)
     return hf_model_class(task).from_pretrained(directory, **kw)
