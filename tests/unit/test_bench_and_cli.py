@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -53,16 +54,26 @@ def test_cli_bench_json_on_hf_dir(tmp_path, capsys):
 
 
 def test_no_progress_silences_the_libraries_bars_too(tmp_path):
+    env_before = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     d = save_tiny_hf(tmp_path / "m", "embedding")
     data = tmp_path / "d.txt"
     data.write_text("\n".join(f"open the archive and close it {i}" for i in range(12)))
     cmd = [sys.executable, "-m", "reactinfer", "bench", str(d), "--data", str(data),
            "--batch-size", "4", "--latency-runs", "2", "--json"]
-    loud = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    loud = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, env=env)
     quiet = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True, timeout=300,
-                           check=True)
+                           check=True, env=env)
     assert "Loading weights" in loud.stderr  # transformers' bar, shown by default
     assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
+    # in one process the flag holds for that command only
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    assert main(["bench", str(d), "--data", str(data), "--batch-size", "4", "--latency-runs",
+                 "2", "--json", "--no-progress"]) == 0
+    assert hf_logging.is_progress_bar_enabled()
+    assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == env_before
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):

@@ -6,10 +6,11 @@ exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..core.errors import UserError
@@ -53,12 +54,32 @@ def _version() -> str:
     return f"react {__version__}"
 
 
-def _silence_library_progress() -> None:
-    """--no-progress silences the libraries' own bars too (transformers' "Loading weights")."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
-    hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_logging is not None:  # already imported in this process
-        hf_logging.disable_progress_bar()
+@contextlib.contextmanager
+def _library_progress(enabled: bool) -> Iterator[None]:
+    """--no-progress silences the libraries' own bars too (transformers' "Loading weights"),
+    for this command only: a caller running several commands in one process keeps its own
+    setting afterwards."""
+    if enabled:
+        yield
+        return
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"  # read when huggingface_hub is first imported
+    env_before = os.environ.get(key)
+    hf_before = sys.modules.get("transformers.utils.logging")
+    # the state to come back to: the caller's, or what a fresh import would have had
+    on_after = hf_before.is_progress_bar_enabled() if hf_before else env_before is None
+    os.environ[key] = "1"
+    if hf_before is not None:
+        hf_before.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if env_before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = env_before
+        hf_after = sys.modules.get("transformers.utils.logging")
+        if hf_after is not None and on_after:
+            hf_after.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if getattr(args, "no_progress", False):
-        _silence_library_progress()
     try:
-        rc = args._handler(args)
+        with _library_progress(not getattr(args, "no_progress", False)):
+            rc = args._handler(args)
     except UserError as e:
         print(f"react {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import copy
 import difflib
 import fnmatch
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core.errors import UserError
 from ..models.arch import find_adapter
@@ -45,6 +45,13 @@ def need_model(handle: ModelHandle, what: str) -> torch.nn.Module:
 def clone(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy: handlers never mutate the handle they received."""
     return copy.deepcopy(model)
+
+
+def linear_at(model: torch.nn.Module, name: str) -> torch.nn.Linear:
+    """The Linear at `name` (targets come from `linear_names`, so it is one)."""
+    module = model.get_submodule(name)
+    assert hasattr(module, "in_features"), name  # a Linear or a quantized stand-in
+    return cast("torch.nn.Linear", module)
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:

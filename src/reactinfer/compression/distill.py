@@ -167,7 +167,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[Any]) -> int
     with torch.no_grad():
         for b in batches:
             model(**b) if isinstance(b, dict) else model(b)
-    for m, mom in zip(bns, saved):
+    for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
     model.train(was_training)
     return len(bns)
@@ -331,7 +331,7 @@ def _original(handle: ModelHandle) -> torch.nn.Module:
     if src.get("kind") == "artifact":
         src = src.get("origin", {})
     if src.get("kind") in ("builtin", "hf", "gguf") and src.get("ref"):
-        return load(src["ref"], task=handle.task).model
+        return need_model(load(src["ref"], task=handle.task), "Distill's teacher")
     raise UserError("Distill: recovering this model needs its teacher: pass teacher=<path or "
                     "built-in name>, or student=<recipe> to make the student from this model")
 
@@ -344,12 +344,14 @@ def _distill(handle: ModelHandle, cfg: Distill) -> ModelHandle:
     model = need_model(handle, "Distill")
     if cfg.student:
         teacher = model
-        student = compress(handle, [config_from_dict(dict(d)) for d in cfg.student]).model
+        student = need_model(compress(handle, [config_from_dict(dict(d)) for d in cfg.student]),
+                             "Distill's student")
     elif cfg.student_model:
-        teacher, student = model, clone(load(cfg.student_model, task=handle.task).model)
+        student_handle = load(cfg.student_model, task=handle.task)
+        teacher, student = model, clone(need_model(student_handle, "Distill's student"))
     else:
-        teacher = load(cfg.teacher, task=handle.task).model if cfg.teacher else \
-            _original(handle)
+        teacher = need_model(load(cfg.teacher, task=handle.task), "Distill's teacher") \
+            if cfg.teacher else _original(handle)
         student = clone(model)
     if student is model:
         student = clone(model)

@@ -83,7 +83,7 @@ def merge_state_dicts(states: Sequence[StateDict], alphas: Sequence[float] | Non
             out[k] = v.clone()
             continue
         acc = torch.zeros_like(v, dtype=torch.float64)
-        for a, s in zip(alphas, states):
+        for a, s in zip(alphas, states, strict=True):
             if a:
                 acc += a * s[k].double()
         out[k] = acc.to(v.dtype)
@@ -192,11 +192,12 @@ class EnsembleRunner:
             raise UserError(f"ensemble members disagree on output shape: {sorted(shapes)}")
         if self.mode == "vote":
             probs = [np.exp(o - o.max(-1, keepdims=True)) for o in outs]
-            mean_p = sum(w * p / p.sum(-1, keepdims=True) for w, p in zip(self.weights, probs))
+            mean_p = sum(w * p / p.sum(-1, keepdims=True)
+                         for w, p in zip(self.weights, probs, strict=True))
             votes = sum(w * np.eye(o.shape[-1], dtype=np.float32)[o.argmax(-1)]
-                        for w, o in zip(self.weights, outs))
+                        for w, o in zip(self.weights, outs, strict=True))
             return (votes + 1e-3 * mean_p).astype(np.float32)  # (B, C)
-        mean = sum(w * o.astype(np.float64) for w, o in zip(self.weights, outs))
+        mean = sum(w * o.astype(np.float64) for w, o in zip(self.weights, outs, strict=True))
         if self.task == "embedding":
             mean = mean / np.linalg.norm(mean, axis=-1, keepdims=True).clip(1e-12)
         return np.asarray(mean, dtype=np.float32)

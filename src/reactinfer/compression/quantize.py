@@ -20,8 +20,19 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.errors import UserError
 from ..core.transform import TransformConfig, register_transform
-from ._common import (calibration_texts, check_choice, check_names, clone, linear_names,
-                      model_batches, need_model, resolve_names, run_model, set_module)
+from ._common import (
+    calibration_texts,
+    check_choice,
+    check_names,
+    clone,
+    linear_at,
+    linear_names,
+    model_batches,
+    need_model,
+    resolve_names,
+    run_model,
+    set_module,
+)
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -125,6 +136,10 @@ class WeightOnlyLinear(torch.nn.Module):
     """A Linear whose weight is stored as int8, or int4 packed two per byte, with float
     scales per group; it is de-quantized to float for each matmul."""
 
+    qweight: torch.Tensor  # buffers, declared for type checkers
+    scale: torch.Tensor
+    zero: torch.Tensor
+
     def __init__(self, linear: torch.nn.Linear, bits: int, group_size: int | None):
         super().__init__()
         w = linear.weight.detach().float()  # (N, K)
@@ -221,8 +236,8 @@ def _dynamic_int8(handle: ModelHandle, cfg: QuantizeDynamicInt8) -> ModelHandle:
 def _check_groups(model: torch.nn.Module, targets: list[str], group_size: int | None) -> None:
     if group_size is None:
         return
-    bad = [(n, model.get_submodule(n).in_features) for n in targets
-           if model.get_submodule(n).in_features % group_size]
+    bad = [(n, linear_at(model, n).in_features) for n in targets
+           if linear_at(model, n).in_features % group_size]
     if bad:
         shown = ", ".join(f"{n} ({k})" for n, k in bad[:4])
         raise UserError(f"QuantizeWeightOnly: group_size {group_size} does not divide the input "
@@ -237,7 +252,7 @@ def _weight_only(handle: ModelHandle, cfg: QuantizeWeightOnly) -> ModelHandle:
     _check_groups(model, targets, cfg.group_size)
     new = clone(model)
     for name in targets:
-        set_module(new, name, WeightOnlyLinear(new.get_submodule(name), cfg.bits, cfg.group_size))
+        set_module(new, name, WeightOnlyLinear(linear_at(new, name), cfg.bits, cfg.group_size))
     return handle.derive(model=new.eval())
 
 
@@ -288,7 +303,7 @@ def _static_int8(handle: ModelHandle, cfg: QuantizeStaticInt8) -> ModelHandle:
     new = clone(model)
     for name in targets:
         lo, hi = ranges[name]
-        set_module(new, name, QDQLinear(new.get_submodule(name), cfg.per_channel, lo, hi))
+        set_module(new, name, QDQLinear(linear_at(new, name), cfg.per_channel, lo, hi))
     return handle.derive(model=new.eval())
 
 
@@ -365,7 +380,7 @@ def layer_sensitivity(handle: ModelHandle, method: TransformConfig | None = None
     noise = {n: 0.0 for n in names}
 
     def hook(name: str) -> Callable:
-        def fn(m: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        def fn(m: torch.nn.Linear, inputs: tuple, out: torch.Tensor) -> None:
             x = inputs[0].detach().float()
             q = make(m, method, x)(x).float()
             ref = out.detach().float()
@@ -384,7 +399,7 @@ def layer_sensitivity(handle: ModelHandle, method: TransformConfig | None = None
     # the sums above are reactinfer.testing.sqnr_db accumulated over batches
     rows = []
     for n in names:
-        lin = model.get_submodule(n)
+        lin = linear_at(model, n)
         db = float("inf") if noise[n] == 0 else 10 * float(torch.log10(
             torch.tensor(signal[n] / noise[n])))
         rows.append({"layer": n, "sqnr_db": db, "shape": [lin.out_features, lin.in_features],
