@@ -392,6 +392,14 @@ def test_loadtest_against_the_server(server):
     assert gc.get_threshold() == threshold and gc.get_freeze_count() > 0.9 * frozen
     assert s["sent"] == 40 and s["status_counts"] == {"200": 40}
     assert s["variant_mix"] == {"emb": 40} and s["latency_ms"]["p50"] is not None
+    # every text was new to the server: nothing came from the response cache
+    assert s["inputs"] == "unique" and s["cache"] == {"hits": 0, "misses": 40, "hit_rate": 0.0}
+    again = run_loadtest(server.base + "/v1/embeddings", rate=40, duration=0.5,
+                         arrivals="constant", slo_ms=5000, texts=["open the file"],
+                         repeat_inputs=True)
+    assert again["inputs"] == "repeated" and again["status_counts"] == {"200": 20}
+    c = again["cache"]  # the one text was answered before: the cache answers repeats
+    assert c["hits"] + c["misses"] == 20 and c["hits"] > 0 and c["hit_rate"] > 0
 
 
 def test_cli_serve_drains_on_sigterm(artifacts):

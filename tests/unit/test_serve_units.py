@@ -307,9 +307,27 @@ def test_array_json_writes_numpy_rows_exactly():
 
 
 def test_loadtest_summary_prints():
-    from reactinfer.serving.loadtest import format_summary
+    from reactinfer.serving.loadtest import cache_summary, format_summary
 
     s = summarise([(200, 0.01, "a"), (429, 0.001, "")], 1.0, 2, 1, "poisson", 100,
                   "/v1/embeddings")
+    s["inputs"], s["cache"] = "unique", cache_summary((5, 10), (5, 12))
     text = format_summary(s)
     assert "2 sent" in text and "429: 1" in text and "a: 1" in text and "SLO 100 ms" in text
+    assert "cache       0 hits, 2 misses (0.0% hit); inputs unique per request" in text
+    s["inputs"], s["cache"] = "repeated", None
+    assert "not reported by the server; inputs repeated (--repeat-inputs)" in format_summary(s)
+
+
+def test_loadtest_inputs_are_unique_unless_repeated():
+    from reactinfer.serving.cache import normalise
+    from reactinfer.serving.loadtest import request_texts
+
+    texts = ["open the file", "a queue  that blocks"]
+    first, second = request_texts(texts, 5), request_texts(texts, 5)
+    # unique within a run and across runs, as the server's cache sees them
+    assert len({normalise(t) for t in first + second}) == 10
+    assert first[2].startswith("open the file ")
+    assert request_texts(texts, 3, repeat_inputs=True) == [texts[0], texts[1], texts[0]]
+    with pytest.raises(UserError):
+        request_texts([], 3)
