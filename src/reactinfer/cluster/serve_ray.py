@@ -8,6 +8,8 @@ routes requests to the live ones meanwhile.
 """
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class Served:
     url: str
     replicas: int
     started_ray: bool
+    stopped_by: str | None = None  # the signal that ended a blocking run (SIGTERM, SIGINT)
 
     def replica_actors(self) -> list[Any]:
         return ray_api.serve_replica_actors(APP_NAME)
@@ -102,12 +105,36 @@ def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
     _wait_ready(served.url, ready_timeout)
     if block:
         print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
-              f"{served.url} (Ctrl-C stops)")
+              f"{served.url} (Ctrl-C or SIGTERM stops)", flush=True)
+        ray_term = signal.getsignal(signal.SIGTERM)
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+            served.stopped_by = _wait_for_stop_signal()
         finally:
             served.stop()
+            signal.signal(signal.SIGTERM, ray_term)
     return served
+
+
+def _wait_for_stop_signal() -> str:
+    """Block until SIGTERM or SIGINT; return its name.
+
+    ray.init makes SIGTERM raise SystemExit wherever the main thread happens to be, and
+    the process then dies half-way through Ray's teardown (a native stack dump). Our own
+    handlers only note the signal, so the caller stops Serve and Ray in order."""
+    got: list[str] = []
+    stop = threading.Event()
+
+    def note(signum: int, frame: object) -> None:
+        got.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):  # short waits: the handler runs between them
+            pass
+    finally:
+        # a second Ctrl-C while Ray shuts down interrupts as usual; SIGTERM is already
+        # being obeyed, so a repeat of it is ignored rather than tearing the shutdown
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return got[0]
