@@ -245,6 +245,36 @@ def test_variant_quality_from_manifest_metrics():
     assert variant_quality(SimpleNamespace(metrics={}, transforms=({},), backend="torch")) is None
 
 
+@pytest.mark.parametrize("metrics, quality", [
+    # react compress: under the step that measured it (the pruned variant)
+    ({"compress": {"quality": {"mean_cosine": 0.871, "top10_recall": 0.6}, "n_eval": 100}},
+     0.871),
+    # react optimize: the trial's observation at the top, drop and quality both there
+    ({"quality": {"mean_cosine": 0.98}, "quality_drop": 0.02, "latency_ms": {"p50": 1.0}},
+     0.98),
+    # a bench report saved as metrics, under its own name
+    ({"bench": {"quality": {"mean_cosine": 0.9}, "quality_drop": 0.1}}, 0.9),
+    # the top describes the artifact as saved: it wins over a section
+    ({"quality": {"mean_cosine": 0.95}, "distill": {"best_error": 0.1},
+      "compress": {"quality": {"mean_cosine": 0.8}}}, 0.95),
+    # compress --no-eval, a NaN figure: nothing measured
+    ({"compress": None}, None),
+    ({"quality": {"mean_cosine": float("nan")}}, None),
+])
+def test_variant_quality_wherever_the_artifact_recorded_it(metrics, quality):
+    h = SimpleNamespace(metrics=metrics, transforms=({},), backend="torch", task="embedding")
+    assert variant_quality(h) == (pytest.approx(quality) if quality is not None else None)
+
+
+def test_answers_of_unknown_quality_are_counted_not_skipped():
+    m = Metrics()
+    m.record_quality("m", 0.8, on_time=True)
+    m.record_quality("m", None, on_time=True)
+    text = m.render()
+    assert 'react_effective_quality{model="m"} 0.8' in text
+    assert 'react_unknown_quality_answers_total{model="m"} 1' in text
+
+
 @pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
                                  dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1),
                                  dict(admit_quantile=1.5), dict(admit_quantile=0)])
