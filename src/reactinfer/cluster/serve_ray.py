@@ -55,12 +55,17 @@ class Served:
     replicas: int
     started_ray: bool
     stopped_by: str | None = None  # the signal that ended a blocking run (SIGTERM, SIGINT)
+    owns_cluster: bool = False  # Ray was started here, not joined
 
     def replica_actors(self) -> list[Any]:
         return ray_api.serve_replica_actors(APP_NAME)
 
     def stop(self) -> None:
-        ray_api.serve_shutdown()
+        # Our own Ray goes down whole, Serve with it. Asking Serve's controller to shut
+        # down first would wait 30 s for nothing when a signal to the process group (a
+        # terminal's Ctrl-C, systemd, `timeout`) has already ended it.
+        if not (self.started_ray and self.owns_cluster):
+            ray_api.serve_shutdown()
         if self.started_ray:
             ray_api.shutdown()
 
@@ -101,7 +106,8 @@ def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
         ray_actor_options={"num_cpus": cpus_per_replica},
         health_check_period_s=2, health_check_timeout_s=10)(serve.ingress()(ReactIngress))
     ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
-    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started)
+    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started,
+                    owns_cluster=started and ray_api.owns_cluster())
     _wait_ready(served.url, ready_timeout)
     if block:
         print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
