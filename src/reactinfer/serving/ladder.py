@@ -145,6 +145,8 @@ class Variant:
 # averages. The same key whichever command measured it, so variants compare.
 HEADLINE_QUALITY = {"embedding": "mean_cosine", "classification": "top1_agreement",
                     "causal-lm": "token_agreement"}
+UNMEASURED = ("changed from the original and never measured against it (its artifact "
+              "records no quality); its answers count in react_unknown_quality_answers_total")
 
 
 def variant_quality(handle: ModelHandle) -> float | None:
@@ -303,6 +305,3 @@ class Ladder:
                  "ms_per_token": round(v.gen.token_s * 1e3, 3)}
                 for i, v in enumerate(self.variants)]
 
-
-UNMEASURED = ("changed from the original and never measured against it (its artifact "
-              "records no quality); its answers count in react_unknown_quality_answers_total")
