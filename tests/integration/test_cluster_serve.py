@@ -103,3 +103,40 @@ def test_killed_replica_restarts_and_other_replica_is_unaffected(served):
     assert on_survivor and all(s == 200 for s in on_survivor)
     failed = [r for r in results if r[1] != 200]
     assert len(failed) <= len(threads)  # at most the requests in flight on the killed one
+
+
+def test_cli_serve_ray_stops_cleanly_on_sigterm(tmp_path):
+    """SIGTERM to `react serve --ray`: Serve and Ray shut down in order, one line, exit 0
+    (not Ray's SystemExit half-way through its teardown, with a native stack dump)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = save_tiny_hf(tmp_path / "tiny", "embedding")
+    port = free_port()
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", str(model), "--ray",
+                             "--replicas", "1", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):  # bounded: Ray start-up takes tens of seconds on 2 cores
+            try:
+                if httpx.get(base + "/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(1)
+        assert post(base, ["open the file"]).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "react serve: SIGTERM: Ray Serve stopped"
+    assert "Traceback" not in err and "SIGTERM received" not in err and "***" not in err

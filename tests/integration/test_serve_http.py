@@ -392,6 +392,50 @@ def test_loadtest_against_the_server(server):
     assert gc.get_threshold() == threshold and gc.get_freeze_count() > 0.9 * frozen
     assert s["sent"] == 40 and s["status_counts"] == {"200": 40}
     assert s["variant_mix"] == {"emb": 40} and s["latency_ms"]["p50"] is not None
+    # every text was new to the server: nothing came from the response cache
+    assert s["inputs"] == "unique" and s["cache"] == {"hits": 0, "misses": 40, "hit_rate": 0.0}
+    again = run_loadtest(server.base + "/v1/embeddings", rate=40, duration=0.5,
+                         arrivals="constant", slo_ms=5000, texts=["open the file"],
+                         repeat_inputs=True)
+    assert again["inputs"] == "repeated" and again["status_counts"] == {"200": 20}
+    c = again["cache"]  # the one text was answered before: the cache answers repeats
+    assert c["hits"] + c["misses"] == 20 and c["hits"] > 0 and c["hit_rate"] > 0
+
+
+def test_ladder_quality_comes_from_react_compress_and_the_metric_follows_answers(tmp_path):
+    """A variant made by `react compress` records its quality under metrics.compress: the
+    ladder shows it, and react_effective_quality averages the quality of what was served
+    (it read 1 for answers from such a variant before)."""
+    from reactinfer.cli.main import main
+    from reactinfer.testing import save_tiny_hf
+
+    model = save_tiny_hf(tmp_path / "m", "embedding")
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps([{"type": "PruneFFN", "keep": 0.25}]))
+    assert main(["compress", str(model), "--recipe", str(recipe), "-o", str(tmp_path / "pruned"),
+                 "--n-eval", "60"]) == 0
+    manifest = json.loads((tmp_path / "pruned" / "manifest.json").read_text())
+    recorded = manifest["metrics"]["compress"]["quality"]["mean_cosine"]
+    assert recorded < 1.0
+    # up_hold_s: once on the pruned variant, the ladder stays there while the test runs
+    with running([str(model), str(tmp_path / "pruned")], slo_ms=5000, up_hold_s=3600) as s:
+        name = next(iter(s.state.groups))
+        variants = {v["name"]: v for v in
+                    s.client.get(f"/v2/models/{name}").json()["parameters"]["variants"]}
+        assert variants["pruned"]["quality"] == pytest.approx(recorded)
+        assert variants["m"]["quality"] == 1.0
+        served = []
+        for i in range(12):
+            if i == 6:  # the rest from the pruned variant, as if the ladder stepped down
+                s.state.groups[name].ladder.active = [v.name for v in s.state.groups[
+                    name].ladder.variants].index("pruned")
+            r = s.client.post("/v1/embeddings", json={"input": f"open file number {i}"})
+            assert r.status_code == 200
+            served.append(variants[r.headers["x-react-variant"]]["quality"])
+        assert served.count(pytest.approx(recorded)) >= 6
+        assert s.metric("react_effective_quality", model=name) == \
+            pytest.approx(sum(served) / len(served))
+        assert s.metric("react_unknown_quality_answers_total") == 0
 
 
 def test_cli_serve_drains_on_sigterm(artifacts):

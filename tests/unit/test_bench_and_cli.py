@@ -45,12 +45,17 @@ def test_cli_bench_json_on_hf_dir(tmp_path, capsys):
     rc = main(["bench", str(d), "--data", str(data), "--batch-size", "4", "--latency-runs", "3",
                "--json", "--no-progress"])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     from reactinfer.data import texts_for
 
     # held-out part of the user's file: the same split calibration and training respect
     assert out["task"] == "embedding" and out["n_eval"] == len(texts_for("eval", str(data)))
     assert 0 < out["n_eval"] < 12
+    # so few texts: the report says so, in a field and in one line on stderr
+    assert f"only {out['n_eval']} eval text" in out["eval_warning"]
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"react bench: warning: {out['eval_warning']}"]
 
 
 def test_no_progress_silences_the_libraries_bars_too(tmp_path):
@@ -87,6 +92,36 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--latency-runs", "0"], "--latency-runs must be at least 1"),
+    (["--n-eval", "-3"], "--n-eval must be at least 1"),
+    (["--backend", "auto", "--max-drop", "2"], "--max-drop must be in [0, 1)"),
+    (["--backend", "auto", "--max-drop", "-1"], "--max-drop must be in [0, 1)"),
+    (["--backend", "auto", "--max-drop", "nan"], "--max-drop must be in [0, 1)"),
+])
+def test_cli_bench_bounds_are_refused_up_front(args, words, capsys):
+    # checked before the model is even looked up: the unknown name is not what is reported
+    assert main(["bench", "no-such-model", *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "no-such-model" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_max_drop_is_refused_alike_by_bench_choose_and_optimize(tmp_path, capsys, texts):
+    from reactinfer.core.errors import UserError
+    from reactinfer.measure import choose_backend
+
+    assert main(["optimize", "no-such-model", "--max-drop", "2", "-o", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    optimize_err = capsys.readouterr().err.strip()
+    assert main(["bench", "no-such-model", "--backend", "auto", "--max-drop", "2"]) == 2
+    bench_err = capsys.readouterr().err.strip()
+    assert optimize_err.split("error: ")[1] == bench_err.split("error: ")[1]
+    with pytest.raises(UserError, match=r"must be in \[0, 1\)"):
+        choose_backend(tiny_handle("embedding"), texts, max_drop=-1)
 
 
 def test_cli_info_and_models_and_backends(tmp_path, capsys):

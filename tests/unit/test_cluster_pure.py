@@ -156,3 +156,26 @@ def test_default_blocks_give_every_worker_work_and_resume_keeps_them(tmp_path):
     parts.mkdir()
     (parts / RUN_FILE).write_text(json.dumps({"block_rows": 500}))
     assert _auto_block_rows(parts, 1000, 4) == 500        # resuming: the old layout stands
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_blocking_ray_serve_waits_for_the_signal_and_names_it(sig):
+    """`react serve --ray` blocks here; the signal is noted (not raised in the middle of
+    Ray's teardown), handlers are put back, and a repeated SIGTERM is then ignored."""
+    import os
+    import signal
+    import threading
+
+    from reactinfer.cluster.serve_ray import _wait_for_stop_signal
+
+    before = signal.getsignal(signal.SIGINT)
+    term_before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), getattr(signal, sig)))
+    timer.start()
+    try:
+        assert _wait_for_stop_signal() == sig
+        assert signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        timer.join()
+        signal.signal(signal.SIGTERM, term_before)

@@ -245,6 +245,36 @@ def test_variant_quality_from_manifest_metrics():
     assert variant_quality(SimpleNamespace(metrics={}, transforms=({},), backend="torch")) is None
 
 
+@pytest.mark.parametrize("metrics, quality", [
+    # react compress: under the step that measured it (the pruned variant)
+    ({"compress": {"quality": {"mean_cosine": 0.871, "top10_recall": 0.6}, "n_eval": 100}},
+     0.871),
+    # react optimize: the trial's observation at the top, drop and quality both there
+    ({"quality": {"mean_cosine": 0.98}, "quality_drop": 0.02, "latency_ms": {"p50": 1.0}},
+     0.98),
+    # a bench report saved as metrics, under its own name
+    ({"bench": {"quality": {"mean_cosine": 0.9}, "quality_drop": 0.1}}, 0.9),
+    # the top describes the artifact as saved: it wins over a section
+    ({"quality": {"mean_cosine": 0.95}, "distill": {"best_error": 0.1},
+      "compress": {"quality": {"mean_cosine": 0.8}}}, 0.95),
+    # compress --no-eval, a NaN figure: nothing measured
+    ({"compress": None}, None),
+    ({"quality": {"mean_cosine": float("nan")}}, None),
+])
+def test_variant_quality_wherever_the_artifact_recorded_it(metrics, quality):
+    h = SimpleNamespace(metrics=metrics, transforms=({},), backend="torch", task="embedding")
+    assert variant_quality(h) == (pytest.approx(quality) if quality is not None else None)
+
+
+def test_answers_of_unknown_quality_are_counted_not_skipped():
+    m = Metrics()
+    m.record_quality("m", 0.8, on_time=True)
+    m.record_quality("m", None, on_time=True)
+    text = m.render()
+    assert 'react_effective_quality{model="m"} 0.8' in text
+    assert 'react_unknown_quality_answers_total{model="m"} 1' in text
+
+
 @pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
                                  dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1),
                                  dict(admit_quantile=1.5), dict(admit_quantile=0)])
@@ -307,9 +337,27 @@ def test_array_json_writes_numpy_rows_exactly():
 
 
 def test_loadtest_summary_prints():
-    from reactinfer.serving.loadtest import format_summary
+    from reactinfer.serving.loadtest import cache_summary, format_summary
 
     s = summarise([(200, 0.01, "a"), (429, 0.001, "")], 1.0, 2, 1, "poisson", 100,
                   "/v1/embeddings")
+    s["inputs"], s["cache"] = "unique", cache_summary((5, 10), (5, 12))
     text = format_summary(s)
     assert "2 sent" in text and "429: 1" in text and "a: 1" in text and "SLO 100 ms" in text
+    assert "cache       0 hits, 2 misses (0.0% hit); inputs unique per request" in text
+    s["inputs"], s["cache"] = "repeated", None
+    assert "not reported by the server; inputs repeated (--repeat-inputs)" in format_summary(s)
+
+
+def test_loadtest_inputs_are_unique_unless_repeated():
+    from reactinfer.serving.cache import normalise
+    from reactinfer.serving.loadtest import request_texts
+
+    texts = ["open the file", "a queue  that blocks"]
+    first, second = request_texts(texts, 5), request_texts(texts, 5)
+    # unique within a run and across runs, as the server's cache sees them
+    assert len({normalise(t) for t in first + second}) == 10
+    assert first[2].startswith("open the file ")
+    assert request_texts(texts, 3, repeat_inputs=True) == [texts[0], texts[1], texts[0]]
+    with pytest.raises(UserError):
+        request_texts([], 3)

@@ -4,6 +4,7 @@ No other subpackage imports `cli`: the command line sits on top of everything.""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .main import command, print_json
 
@@ -65,6 +66,8 @@ def _bench(p: argparse.ArgumentParser):
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
                        precision=a.precision, max_drop=a.max_drop, device=a.device)
         print_json(report) if a.json else print(format_report(report))
+        if report.get("eval_warning"):
+            print(f"react bench: warning: {report['eval_warning']}", file=sys.stderr)
         return 0
 
     return run

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from ..core.errors import UserError
@@ -19,23 +20,30 @@ def with_data(cfgs: list[Any], data: str | None) -> list[Any]:
 
 
 def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str, Any]:
-    """Params, size, batch-1 latency and quality against the original on held-out texts."""
+    """Params, size, batch-1 latency and quality against the original on held-out texts.
+    The quality is saved in the artifact (metrics.compress) and read by the server's
+    ladder, so it is judged against the original model, also when `before` is itself an
+    artifact (compressing a compressed model), whenever that original can be reloaded."""
     from ..data import texts_for
-    from ..measure import bench
+    from ..measure import bench, reference_for
 
     texts = texts_for("eval", data, n_eval)
     kw: dict[str, Any] = {"eval_texts": texts, "latency_runs": 10, "progress": False,
                           "gen_tokens": 0}
     b = bench(before, **kw)
-    a = bench(after, reference=before, **kw)
+    a = bench(after, reference=reference_for(before) or before, **kw)
     from ..compression._common import effective_params
 
-    return {"params": [effective_params(before.model), effective_params(after.model)],
-            "size_mb": [round(b["size_mb"], 3), round(a["size_mb"], 3)],
-            "latency_p50_ms": [round(b["latency_ms"]["p50"], 2), round(a["latency_ms"]["p50"], 2)],
-            "items_per_s": [round(b["throughput"]["items_per_s"], 1),
-                            round(a["throughput"]["items_per_s"], 1)],
-            "quality": a["quality"], "n_eval": len(texts)}
+    out = {"params": [effective_params(before.model), effective_params(after.model)],
+           "size_mb": [round(b["size_mb"], 3), round(a["size_mb"], 3)],
+           "latency_p50_ms": [round(b["latency_ms"]["p50"], 2), round(a["latency_ms"]["p50"], 2)],
+           "items_per_s": [round(b["throughput"]["items_per_s"], 1),
+                           round(a["throughput"]["items_per_s"], 1)],
+           "quality": a["quality"], "quality_drop": a.get("quality_drop"),
+           "reference": a.get("reference"), "n_eval": len(texts)}
+    if a.get("eval_warning"):
+        out["eval_warning"] = a["eval_warning"]
+    return out
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -103,6 +111,9 @@ def _compress(p: argparse.ArgumentParser):
                           overwrite=a.overwrite)
             out["artifact"] = a.output
             out["recipe"] = list(new.transforms)
+            if out.get("summary", {}).get("eval_warning"):
+                print(f"react compress: warning: {out['summary']['eval_warning']}",
+                      file=sys.stderr)
             if not a.json:
                 if "summary" in out:
                     _print_summary(out["summary"])

@@ -92,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         with _library_progress(not getattr(args, "no_progress", False)):
             rc = args._handler(args)
     except UserError as e:
-        print(f"react {args.command}: error: {e}", file=sys.stderr)
+        print(f"react {args.command}: error: {_without_prefix(str(e), args.command)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"react {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _without_prefix(message: str, command: str) -> str:
+    """API errors name their verb ("serve: port 80 ..."); the CLI line names it already."""
+    prefix = f"{command}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 if __name__ == "__main__":

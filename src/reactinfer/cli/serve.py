@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
+from ..core.bounds import check_at_least
+from ..core.errors import UserError
 from .main import command, print_json
 
 
@@ -13,7 +17,8 @@ def _serve(p: argparse.ArgumentParser):
                    help="artifact directories or built-in names; several variants of one "
                         "model form its ladder")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000,
+                   help="1..65535, or 0 for any free port (the banner says which)")
     p.add_argument("--slo-ms", type=float, default=100.0)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
@@ -39,7 +44,11 @@ def _serve(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from ..serving.config import SERVER_PACKAGES, ServeConfig, require
+        from ..serving.server import check_port, listen_socket
 
+        check_port(a.port)
+        check_at_least("--replicas", a.replicas)
+        check_at_least("--threads", a.threads)
         require(SERVER_PACKAGES, "react serve")
         config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
@@ -52,22 +61,41 @@ def _serve(p: argparse.ArgumentParser):
             from ..backends.torch_eager import set_threads
 
             set_threads(a.threads)
-        if a.ray:  # the same API on Ray Serve replicas (cluster/serve_ray.py)
-            from ..cluster.serve_ray import run as serve_on_ray
-
-            serve_on_ray(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
-                         host=a.host, port=a.port, block=True)
-            return 0
+        if a.ray:
+            return _serve_on_ray(a, config)
         from ..serving.app import create_app
         from ..serving.server import draining_server
 
-        app = create_app(a.models, config)
-        print(f"react serve: http://{a.host}:{a.port}  models: {', '.join(app.state.react.groups)}"
+        sock = listen_socket(a.host, a.port)  # before the models load: a busy port fails fast
+        try:
+            app = create_app(a.models, config)
+        except BaseException:
+            sock.close()
+            raise
+        port = sock.getsockname()[1]
+        print(f"react serve: http://{a.host}:{port}  models: {', '.join(app.state.react.groups)}"
               "  (ready once /v2/health/ready says so; Ctrl-C or SIGTERM drains)", flush=True)
-        draining_server(app, a.host, a.port, a.log_level).run()
+        draining_server(app, a.host, port, a.log_level).run(sockets=[sock])
         return 0
 
     return run
+
+
+def _serve_on_ray(a: argparse.Namespace, config: Any) -> int:
+    """The same API on Ray Serve replicas (cluster/serve_ray.py). SIGTERM and Ctrl-C stop
+    Serve and Ray cleanly; the command says so in one line."""
+    from ..cluster.serve_ray import run as serve_on_ray
+    from ..serving.server import listen_socket
+
+    if a.port == 0:
+        raise UserError("serve --ray: give a --port (Ray Serve's proxy does not take 0)")
+    if a.ray_address is None:  # Ray starts here: a busy port fails now, not after start-up
+        listen_socket(a.host, a.port).close()
+    served = serve_on_ray(a.models, config, replicas=a.replicas, ray_address=a.ray_address,
+                          host=a.host, port=a.port, block=True)
+    print(f"react serve: {served.stopped_by or 'stopped'}: Ray Serve stopped", file=sys.stderr,
+          flush=True)
+    return 130 if served.stopped_by == "SIGINT" else 0
 
 
 @command("loadtest", "Open-loop load test of a server on this machine: throughput, latency "
@@ -81,6 +109,10 @@ def _loadtest(p: argparse.ArgumentParser):
     p.add_argument("--concurrency", type=int, default=256, help="most requests in flight")
     p.add_argument("--slo-ms", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat-inputs", action="store_true",
+                   help="cycle the same texts, so the server's response cache answers "
+                        "repeats (default: every request's text is new, and the figures "
+                        "are the model's)")
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
@@ -90,7 +122,7 @@ def _loadtest(p: argparse.ArgumentParser):
         from ..serving.loadtest import format_summary, run_loadtest
 
         s = run_loadtest(a.url, a.rate, a.duration, a.arrivals, a.concurrency, a.slo_ms,
-                         seed=a.seed)
+                         seed=a.seed, repeat_inputs=a.repeat_inputs)
         print_json(s) if a.json else print(format_summary(s))
         return 0
 

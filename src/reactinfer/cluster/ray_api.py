@@ -86,6 +86,16 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def owns_cluster() -> bool:
+    """True when this process started the Ray instance it is connected to (ray.init
+    with no cluster to join): shutting Ray down then ends every Ray process, Serve's
+    included. Ray has no public call for this; its driver keeps the node it started."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    return bool(is_initialized() and node is not None and getattr(node, "head", False))
+
+
 @contextlib.contextmanager
 def session(address: str | None = None, **kw: Any) -> Iterator[None]:
     """Ray for the duration of a command: started here (and stopped at the end) unless

@@ -8,6 +8,8 @@ routes requests to the live ones meanwhile.
 """
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,12 +54,18 @@ class Served:
     url: str
     replicas: int
     started_ray: bool
+    stopped_by: str | None = None  # the signal that ended a blocking run (SIGTERM, SIGINT)
+    owns_cluster: bool = False  # Ray was started here, not joined
 
     def replica_actors(self) -> list[Any]:
         return ray_api.serve_replica_actors(APP_NAME)
 
     def stop(self) -> None:
-        ray_api.serve_shutdown()
+        # Our own Ray goes down whole, Serve with it. Asking Serve's controller to shut
+        # down first would wait 30 s for nothing when a signal to the process group (a
+        # terminal's Ctrl-C, systemd, `timeout`) has already ended it.
+        if not (self.started_ray and self.owns_cluster):
+            ray_api.serve_shutdown()
         if self.started_ray:
             ray_api.shutdown()
 
@@ -98,16 +106,41 @@ def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
         ray_actor_options={"num_cpus": cpus_per_replica},
         health_check_period_s=2, health_check_timeout_s=10)(serve.ingress()(ReactIngress))
     ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
-    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started)
+    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started,
+                    owns_cluster=started and ray_api.owns_cluster())
     _wait_ready(served.url, ready_timeout)
     if block:
         print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
-              f"{served.url} (Ctrl-C stops)")
+              f"{served.url} (Ctrl-C or SIGTERM stops)", flush=True)
+        ray_term = signal.getsignal(signal.SIGTERM)
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+            served.stopped_by = _wait_for_stop_signal()
         finally:
             served.stop()
+            signal.signal(signal.SIGTERM, ray_term)
     return served
+
+
+def _wait_for_stop_signal() -> str:
+    """Block until SIGTERM or SIGINT; return its name.
+
+    ray.init makes SIGTERM raise SystemExit wherever the main thread happens to be, and
+    the process then dies half-way through Ray's teardown (a native stack dump). Our own
+    handlers only note the signal, so the caller stops Serve and Ray in order."""
+    got: list[str] = []
+    stop = threading.Event()
+
+    def note(signum: int, frame: object) -> None:
+        got.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):  # short waits: the handler runs between them
+            pass
+    finally:
+        # a second Ctrl-C while Ray shuts down interrupts as usual; SIGTERM is already
+        # being obeyed, so a repeat of it is ignored rather than tearing the shutdown
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return got[0]

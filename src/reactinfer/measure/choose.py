@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..core.backend import GenerativeRunner, backend_options, list_backends
+from ..core.bounds import check_max_drop
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     from ..backends.convert import to_backend
     from ..tasks import get_task
 
+    check_max_drop(max_drop)
     if not texts:
         raise UserError("backend selection needs some evaluation texts")
     task = get_task(handle.task)

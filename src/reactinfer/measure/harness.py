@@ -14,6 +14,7 @@ import psutil
 from tqdm.auto import tqdm
 
 from ..core.backend import Batch, Runner
+from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile, package_versions
@@ -21,6 +22,10 @@ from ..data import texts_for
 from ..models import load
 from ..tasks import get_task, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
+
+# Below this many held-out texts, quality (a mean over texts) and throughput are too
+# noisy to trust: a report says so rather than printing them as if they were solid.
+MIN_EVAL_TEXTS = 50
 
 
 class _Counted:
@@ -174,6 +179,26 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     return to_backend(handle, name, **opts), None
 
 
+def check_bench_args(batch_size: int, n_eval: int | None, latency_runs: int,
+                     gen_tokens: int, threads: int | None, max_drop: float | None) -> None:
+    """Refuse impossible settings before loading anything (a batch of 0 would fail deep
+    inside the runner, a negative bound only after every backend was measured)."""
+    check_at_least("--batch-size", batch_size)
+    check_at_least("--n-eval", n_eval)
+    check_at_least("--latency-runs", latency_runs)
+    check_at_least("gen_tokens", gen_tokens, 0)
+    check_at_least("--threads", threads)
+    check_max_drop(max_drop)
+
+
+def small_sample_warning(n: int) -> str | None:
+    """One line for a report whose figures come from too few texts to trust."""
+    if n >= MIN_EVAL_TEXTS:
+        return None
+    return (f"only {n} eval text{'s' if n != 1 else ''}: quality and throughput figures are "
+            f"noisy below {MIN_EVAL_TEXTS}; give more data (--data) or a larger --n-eval")
+
+
 def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
           latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
           progress: bool = True, eval_texts: Sequence[str] | None = None,
@@ -188,6 +213,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
     bound (`max_drop`, default per task; the report's `backend_selection` holds every
     measurement and the reason); `threads`, `precision` and `device` (torch backends: auto,
     cpu, cuda) are the backend's options."""
+    check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
     original = load(model)
     task = get_task(original.task)
     texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
@@ -198,6 +224,9 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     if selection is not None:
         report["backend_selection"] = selection
+    warning = small_sample_warning(len(texts))
+    if warning:
+        report["eval_warning"] = warning
 
     ref_handle: ModelHandle | None
     if reference is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
@@ -82,8 +83,8 @@ class PlanSettings:
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; choose one of "
                             f"{', '.join(OBJECTIVES)}")
-        if not 0 <= self.max_drop < 1:
-            raise UserError(f"--max-drop must be in [0, 1), got {self.max_drop}")
+        check_max_drop(self.max_drop)
+        check_at_least("--batch-size", self.batch_size)
         if self.budget_s <= 0:
             raise UserError(f"--budget-s must be positive, got {self.budget_s}")
         if self.n_eval < 10:

@@ -140,18 +140,52 @@ class Variant:
         return self.service.predict(max(self.service.points, default=1))
 
 
+# The one figure per task that says how close a variant's answers are to the original's
+# (1.0: the same), on held-out texts: what the ladder shows and react_effective_quality
+# averages. The same key whichever command measured it, so variants compare.
+HEADLINE_QUALITY = {"embedding": "mean_cosine", "classification": "top1_agreement",
+                    "causal-lm": "token_agreement"}
+UNMEASURED = ("changed from the original and never measured against it (its artifact "
+              "records no quality); its answers count in react_unknown_quality_answers_total")
+
+
 def variant_quality(handle: ModelHandle) -> float | None:
-    """Quality from the artifact's measured metrics; 1.0 when nothing was changed."""
-    m = handle.metrics or {}
-    if "quality_drop" in m and m["quality_drop"] is not None:
-        return float(max(0.0, min(1.0, 1.0 - float(m["quality_drop"]))))
-    q = m.get("quality")
-    if isinstance(q, dict):
-        for key in ("mean_cosine", "top1_agreement", "token_agreement"):
-            if key in q:
-                return float(q[key])
+    """Quality from the artifact's measured metrics; 1.0 when nothing was changed; None
+    when it was changed and never measured."""
+    q = recorded_quality(handle.metrics or {}, getattr(handle, "task", None))
+    if q is not None:
+        return q
     if not handle.transforms and handle.backend == "torch":
         return 1.0
+    return None
+
+
+def recorded_quality(metrics: dict[str, Any], task: str | None = None) -> float | None:
+    """The quality against the original recorded in `metrics`, wherever the command that
+    measured it put it: at the top (`react optimize` saves its trial's observation there,
+    as does whoever saves a `bench` report) or in a section named after the step
+    (`react compress` writes `metrics.compress.quality`). The top wins: it describes the
+    artifact as saved."""
+    sections = [metrics] + [v for v in metrics.values() if isinstance(v, dict)]
+    for section in sections:
+        q = _quality_in(section, task)
+        if q is not None:
+            return q
+    return None
+
+
+def _quality_in(section: dict[str, Any], task: str | None) -> float | None:
+    quality = section.get("quality")
+    if isinstance(quality, dict):
+        keys = [HEADLINE_QUALITY[task]] if task in HEADLINE_QUALITY else \
+            list(HEADLINE_QUALITY.values())
+        for key in keys:
+            value = quality.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(max(0.0, min(1.0, value)))
+    drop = section.get("quality_drop")  # only the drop recorded: 1 - drop
+    if isinstance(drop, (int, float)) and not isinstance(drop, bool) and math.isfinite(drop):
+        return float(max(0.0, min(1.0, 1.0 - drop)))
     return None
 
 
@@ -265,7 +299,9 @@ class Ladder:
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": v.name, "level": i, "active": i == self.active, "quality": v.quality,
+                 **({} if v.quality is not None else {"quality_note": UNMEASURED}),
                  "service_ms": {n: round(s * 1e3, 3) for n, s in sorted(v.service.points.items())},
                  "prefill_ms": round(v.gen.prefill_s * 1e3, 3),
                  "ms_per_token": round(v.gen.token_s * 1e3, 3)}
                 for i, v in enumerate(self.variants)]
+

@@ -1,13 +1,20 @@
 """`react loadtest`: an open-loop load generator for a ReAct (or any OpenAI-compatible)
 server on this machine. Requests leave at scheduled times (Poisson or constant), so a
 slow server cannot slow the arrivals down; latency is measured from the scheduled time.
-Bounded in count and time, and loopback only."""
+Bounded in count and time, and loopback only.
+
+Every request carries a text no request has sent before (a tag unique to the run and the
+request), so the server's response cache cannot answer it: the figures are the model's,
+not the cache's. `repeat_inputs=True` cycles the same texts instead, to measure with the
+cache. Either way the summary gives the cache's hits and misses during the run, read from
+the server's /metrics (None for a server that does not publish them)."""
 from __future__ import annotations
 
 import asyncio
 import gc
 import ipaddress
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,17 +64,85 @@ def arrival_times(rate: float, duration: float, arrivals: str, seed: int = 0) ->
     return out
 
 
-async def _payload_for(client: Any, path: str) -> tuple[str, Any]:
-    """Pick the endpoint and a payload builder from the server's models when no path is
-    given; otherwise build the payload the path expects."""
-    if not path:
-        models = (await client.get("/v1/models")).json()["data"]
-        first = models[0]
-        path = "/v1/completions" if first.get("task") == "causal-lm" else "/v1/embeddings"
-        model = first["id"]
-    else:
-        model = None
+async def _payload_for(client: Any, base: str, path: str) -> tuple[str, Any]:
+    """The endpoint and model to load: from the server's model list when the URL names no
+    endpoint. A URL where nothing answers, or something that is not a ReAct (or OpenAI-
+    compatible) server, is the user's to fix: one line, before any load is sent."""
+    import httpx
+
+    try:
+        r = await client.get(path or "/v1/models")  # any answer proves someone listens
+    except httpx.TransportError as e:
+        raise UserError(f"loadtest: nothing answers at {base} ({_reason(e)}); start the "
+                        "server first (react serve MODEL --port PORT) or check the URL"
+                        ) from None
+    if path:
+        return path, None
+    try:
+        first = r.json()["data"][0]
+        model = str(first["id"])
+    except (ValueError, KeyError, IndexError, TypeError):  # not JSON, or not a model list
+        raise UserError(f"loadtest: {base}/v1/models answered HTTP {r.status_code} without a "
+                        "model list: is this a ReAct server? Otherwise name the endpoint in "
+                        f"the URL, e.g. {base}/v1/embeddings") from None
+    path = "/v1/completions" if first.get("task") == "causal-lm" else "/v1/embeddings"
     return path, model
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause's words: 'Connection refused', not httpx's wrapper."""
+    while (inner := e.__cause__ or e.__context__) is not None:
+        e = inner
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+async def _cache_counts(client: Any) -> tuple[float, float] | None:
+    """(hits, misses) of the server's response cache so far, summed over its models, from
+    its Prometheus text; None when it publishes none (not a ReAct server)."""
+    import httpx
+
+    try:
+        r = await client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    totals = {"react_cache_hits_total": 0.0, "react_cache_misses_total": 0.0}
+    seen = False
+    for line in r.text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            try:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            seen = True
+    if not seen and "# TYPE react_cache_hits_total" not in r.text:
+        return None
+    return totals["react_cache_hits_total"], totals["react_cache_misses_total"]
+
+
+def cache_summary(before: tuple[float, float] | None, after: tuple[float, float] | None
+                  ) -> dict[str, Any] | None:
+    """Hits, misses and hit rate of the cache over the run (items, not requests)."""
+    if before is None or after is None:
+        return None
+    hits, misses = after[0] - before[0], after[1] - before[1]
+    total = hits + misses
+    return {"hits": int(hits), "misses": int(misses),
+            "hit_rate": hits / total if total > 0 else None}
+
+
+def request_texts(texts: Sequence[str], n: int, repeat_inputs: bool = False) -> list[str]:
+    """The text of each of `n` requests: `texts` in turn, each tagged with this run and its
+    request number unless `repeat_inputs` (then the same texts come round again, within a
+    run and across runs, and the response cache answers the repeats)."""
+    if not texts:
+        raise UserError("loadtest: no texts to send")
+    if repeat_inputs:
+        return [texts[i % len(texts)] for i in range(n)]
+    run = secrets.token_hex(4)  # a new run never repeats an earlier run's texts either
+    return [f"{texts[i % len(texts)]} (#{run}-{i})" for i in range(n)]
 
 
 def _body(path: str, model: str | None, text: str) -> dict[str, Any]:
@@ -83,15 +158,18 @@ def _body(path: str, model: str | None, text: str) -> dict[str, Any]:
 
 async def _run(url: str, rate: float, duration: float, arrivals: str, concurrency: int,
                slo_ms: float | None, texts: Sequence[str], seed: int,
-               headers: dict[str, str] | None, timeout_s: float) -> dict[str, Any]:
+               headers: dict[str, str] | None, timeout_s: float, repeat_inputs: bool
+               ) -> dict[str, Any]:
     import httpx
 
     from .rawhttp import RawClient
 
     base, path = check_loopback(url)
     times = arrival_times(rate, duration, arrivals, seed)
-    async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
-        path, model = await _payload_for(client, path)
+    inputs = request_texts(texts, len(times), repeat_inputs)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, headers=headers) as client:
+        path, model = await _payload_for(client, base, path)
+        cache_before = await _cache_counts(client)
     parts = urlsplit(base)
     raw = RawClient(parts.hostname or "127.0.0.1", parts.port or 80, concurrency, timeout_s)
     records: list[tuple[int, float, str]] = []  # (status, latency s, variant or error)
@@ -106,8 +184,8 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
         lags.append(max(0.0, time.perf_counter() - (t0 + at)))
         sent: list[float] = []
         try:
-            status, hdrs, _ = await raw.post_json(path, _body(path, model, texts[i % len(texts)]),
-                                                  headers, sent_at=sent)
+            status, hdrs, _ = await raw.post_json(path, _body(path, model, inputs[i]), headers,
+                                                  sent_at=sent)
             variant = hdrs.get("x-react-variant", "")
         except Exception as e:  # noqa: BLE001  (every failure is counted by kind)
             status, variant = 0, _error_name(e)
@@ -119,7 +197,11 @@ async def _run(url: str, rate: float, duration: float, arrivals: str, concurrenc
     await asyncio.gather(*(one(i, at) for i, at in enumerate(times)))
     wall = time.perf_counter() - t0
     await raw.close()
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, headers=headers) as client:
+        cache_after = await _cache_counts(client)
     out = summarise(records, wall, rate, duration, arrivals, slo_ms, path)
+    out["inputs"] = "repeated" if repeat_inputs else "unique"
+    out["cache"] = cache_summary(cache_before, cache_after)
     lag_ms = np.asarray(lags) * 1e3
     # how far behind schedule the client itself sent: large values mean the client, not
     # the server, limited the load
@@ -181,9 +263,10 @@ def summarise(records: Sequence[tuple[int, float, str]], wall: float, rate: floa
 def run_loadtest(url: str, rate: float, duration: float, arrivals: str = "poisson",
                  concurrency: int = 256, slo_ms: float | None = None,
                  texts: Sequence[str] | None = None, seed: int = 0,
-                 headers: dict[str, str] | None = None, timeout_s: float = 30.0
-                 ) -> dict[str, Any]:
-    """Send `rate` requests/s for `duration` s to a loopback server; return the summary."""
+                 headers: dict[str, str] | None = None, timeout_s: float = 30.0,
+                 repeat_inputs: bool = False) -> dict[str, Any]:
+    """Send `rate` requests/s for `duration` s to a loopback server; return the summary.
+    Each request's text is new to the server unless `repeat_inputs` (module docstring)."""
     if concurrency < 1:
         raise UserError("loadtest: --concurrency must be at least 1")
     if texts is None:
@@ -200,7 +283,7 @@ def run_loadtest(url: str, rate: float, duration: float, arrivals: str = "poisso
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_run(url, rate, duration, arrivals, concurrency, slo_ms, texts,
-                                   seed, headers, timeout_s))
+                                   seed, headers, timeout_s, repeat_inputs))
     finally:
         gc.set_threshold(*threshold)
 
@@ -213,6 +296,16 @@ def _loop_factory() -> Any:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def _cache_line(s: dict[str, Any]) -> str:
+    inputs = {"unique": "inputs unique per request",
+              "repeated": "inputs repeated (--repeat-inputs)"}.get(s.get("inputs", ""), "")
+    c = s.get("cache")
+    if c is None:
+        return f"cache       not reported by the server; {inputs}"
+    rate = "-" if c["hit_rate"] is None else f"{c['hit_rate'] * 100:.1f}%"
+    return f"cache       {c['hits']} hits, {c['misses']} misses ({rate} hit); {inputs}"
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -228,6 +321,7 @@ def format_summary(s: dict[str, Any]) -> str:
              "status      " + ", ".join(f"{k}: {v}" for k, v in s["status_counts"].items())]
     if s["variant_mix"]:
         lines.append("variants    " + ", ".join(f"{k}: {v}" for k, v in s["variant_mix"].items()))
+    lines.append(_cache_line(s))
     if "slo_ms" in s:
         a, b = s["slo_attainment_admitted"], s["slo_attainment_all"]
         lines.append(f"SLO {s['slo_ms']:g} ms  met by {f(a * 100 if a is not None else None)}% "

@@ -125,7 +125,11 @@ class Metrics:
         self.cache_misses = Counter("react_cache_misses_total", "items not in the cache")
         self.effective_quality = Gauge(
             "react_effective_quality", "mean quality of answers, counting an answer delivered "
-            "after its deadline as 0 (1.0 = the original model, always on time)")
+            "after its deadline as 0 (1.0 = the original model, always on time); answers "
+            "from a variant of unknown quality are counted apart")
+        self.unknown_quality = Counter(
+            "react_unknown_quality_answers_total", "answers from a variant whose quality "
+            "against the original was never measured (not in react_effective_quality)")
         self.ontime_quality = Gauge("react_ontime_quality",
                                     "mean quality of answers delivered within their deadline")
         self.ready = Gauge("react_ready", "1 when the server accepts inference requests")
@@ -133,7 +137,8 @@ class Metrics:
         self._qlock = threading.Lock()
 
     def record_quality(self, model: str, quality: float | None, on_time: bool) -> None:
-        if quality is None:
+        if quality is None:  # not a guess of 1 or 0: said apart, so the mean stays true
+            self.unknown_quality.inc(model=model)
             return
         with self._qlock:
             row = self._quality.setdefault(model, [0.0, 0.0, 0.0])

@@ -4,7 +4,9 @@ the server exits. A second signal exits at once."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -65,13 +67,61 @@ def draining_server(app: Any, host: str, port: int, log_level: str = "warning",
     return DrainingServer(config)
 
 
+def check_port(port: int) -> None:
+    """1..65535, or 0 for any free port (the socket then tells which one it got)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"serve: --port must be in 1..65535 (or 0: any free port), got {port}")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT, for uvicorn to listen on.
+
+    Bound before any model loads, so a port in use (or a host that is not this
+    machine's) is one line at once rather than a traceback after the load; and port 0
+    becomes a real port that the banner can print."""
+    check_port(port)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"serve: --host {host!r} does not resolve ({e.strerror}); give an "
+                        "address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    # IPv4 first: 'localhost' may list ::1 first, and clients mostly try 127.0.0.1
+    family, _, _, _, address = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # what uvicorn sets: a restart need not wait for the old connections' TIME_WAIT (a
+    # port someone listens on is still refused)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UserError(_bind_error(host, port, e)) from None
+    return sock
+
+
+def _bind_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (f"serve: port {port} on {host} is already in use (another server?); stop "
+                "it, or pick another --port")
+    if e.errno == errno.EACCES:
+        return f"serve: port {port} needs privileges on this machine; pick one above 1023"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"serve: --host {host} is not an address of this machine; try 127.0.0.1"
+    return f"serve: cannot listen on {host}:{port}: {e.strerror or e}"
+
+
 def serve(models: Sequence[str | ModelHandle], host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "warning", drain_grace_s: float = 0.0, **config: Any) -> None:
     """Serve `models` over HTTP until SIGTERM / SIGINT (then drain and return).
 
     `config` takes ServeConfig's fields (slo_ms, max_batch, max_delay_ms, ...)."""
-    if not 0 <= port <= 65535:
-        raise UserError(f"serve: port must be in 0..65535, got {port}")
-    app = create_app(models, ServeConfig.from_kwargs(**config))
-    server = draining_server(app, host, port, log_level, drain_grace_s)
-    server.run()
+    serve_config = ServeConfig.from_kwargs(**config)
+    sock = listen_socket(host, port)
+    try:
+        app = create_app(models, serve_config)
+    except BaseException:
+        sock.close()
+        raise
+    server = draining_server(app, host, sock.getsockname()[1], log_level, drain_grace_s)
+    server.run(sockets=[sock])
