@@ -5,6 +5,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +308,14 @@ def test_a_failed_save_still_reports_what_was_measured(model_and_data, tmp_path,
     md = (out / "report.md").read_text()
     assert "not finished" in md and "not serializable" in md and "drop last layer" in md
 
+
+def test_the_stated_margin_is_the_one_the_code_uses():
+    from reactinfer.cli.main import build_parser
+    from reactinfer.planner.budget import MARGIN_MIN_S, MARGIN_SHARE, margin_s
+
+    assert margin_s(60) == MARGIN_MIN_S and margin_s(900) == MARGIN_SHARE * 900
+    help_text = " ".join(build_parser()._subparsers._group_actions[0]  # type: ignore
+                         .choices["optimize"].format_help().split())
+    assert f"margin of {MARGIN_SHARE:.0%} (at least {MARGIN_MIN_S:.0f} s)" in help_text
+    doc = " ".join((Path(__file__).parents[2] / "docs" / "planner.md").read_text().split())
+    assert f"margin of {MARGIN_SHARE:.0%}, at least {MARGIN_MIN_S:.0f} s" in doc
