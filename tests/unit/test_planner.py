@@ -291,6 +291,19 @@ def test_a_timed_step_is_cut_to_the_time_left_or_skipped():
     assert fit_steps((), fixed_s=10, expected_s=30, left_s=20).steps is None
 
 
+def test_measurements_are_sized_to_the_budget():
+    from reactinfer.planner.budget import size_search
+
+    # an LM on a slow machine: 0.8 s per text, 0.5 s per batch-1 run, batches of 8
+    probe = {"batch_size": 8, "n_eval": 8, "prepare_s": 0.0,
+             "throughput": {"seconds": 6.4}, "latency_ms": {"mean": 500.0}}
+    assert size_search(probe, 400, 30, room_s=1000) == (400, 30)  # fits: as asked
+    n, runs = size_search(probe, 400, 30, room_s=60)
+    assert 16 <= n < 400 and n % 8 == 0 and 5 <= runs < 30
+    assert 6.4 + 0.8 * n + 0.5 * (runs + 3) <= 60 + 0.8 * 8  # about the room, to a batch
+    assert size_search(probe, 400, 30, room_s=1) == (16, 5)  # never below two batches
+
+
 def test_a_failed_save_still_reports_what_was_measured(model_and_data, tmp_path, monkeypatch):
     def save_artifact(*a, **kw):
         raise ValueError("The model is quantized with gguf and is not serializable")

@@ -148,14 +148,15 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     """Baseline and best re-measured one after the other on the held-out texts (up to
     `confirm_n_eval`, fewer when the budget is short): the figures the headline uses."""
     s = planner.s
-    if not s.confirm_n_eval:
+    if not s.confirm_n_eval or not best["parent"]:  # the original is the best: nothing to do
         return None
     assert planner.ref_trial is not None
-    fixed, per_text = confirm_cost([planner.ref_trial, best], s.n_eval, 2 * s.latency_runs)
+    runs = 2 * planner.latency_runs
+    fixed, per_text = confirm_cost([planner.ref_trial, best], len(planner.texts), runs)
     left = planner.budget.left() - REPORT_S
     n = s.confirm_n_eval if per_text <= 0 else min(s.confirm_n_eval,
                                                     int((left - fixed) / per_text))
-    floor = min(s.n_eval, s.confirm_n_eval)  # fewer texts than the search used adds nothing
+    floor = min(len(planner.texts), s.confirm_n_eval)  # fewer than the search's: no better
     if n < floor:
         state["notes"].append(
             f"no side-by-side re-measure: on {floor} texts it would take "
@@ -165,9 +166,9 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     texts = texts_for("eval", s.data, n)
     task = get_task(planner.base.task)
     try:
-        b, b_res = measure(planner.base, texts, s.batch_size, s.latency_runs * 2,
+        b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,
                            progress=planner.progress)
-        o, o_res = measure(handle, texts, s.batch_size, s.latency_runs * 2,
+        o, o_res = measure(handle, texts, s.batch_size, runs, gen_tokens=0,
                            progress=planner.progress)
     except (UserError, *_SAVE_ERRORS) as e:
         state["notes"].append(f"the side-by-side re-measure failed ({type(e).__name__}: {e}); "
@@ -213,10 +214,12 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
         "seconds": budget.elapsed(), "search_seconds": result["seconds"],
         "budget_s": budget.total_s, "margin_s": margin_s(budget.total_s),
         "reused": result["reused"],
+        "search": {**planner.sizing, "n_texts": len(planner.texts),
+                   "latency_runs": planner.latency_runs},
         "gain": confirm["gain"] if confirm else gain(best["observation"], base["observation"],
                                                      s.objective),
         "gain_from": f"side-by-side re-measure on {confirm['n_eval']} texts" if confirm
-        else f"the search's measurements on {s.n_eval} texts",
+        else f"the search's measurements on {len(planner.texts)} texts",
         "best_recipe": Candidate.from_json(best["candidate"]).describe(),
         "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,
         "variants": state["variants"], "best_artifact": state["best_artifact"],

@@ -11,9 +11,8 @@ cost fits in what is left after the time the end of the run needs.
 from __future__ import annotations
 
 import dataclasses
-import json
+import statistics
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
-from ..core.transform import compress, config_from_dict
+from ..core.transform import config_from_dict
 from ..data import texts_for
 from ..measure.harness import measure
 from ..models import load
@@ -31,8 +30,10 @@ from ..tasks import get_task
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
+    BASELINE_SHARE,
     CONFIRM_SHARE,
     FIRST_OF_KIND,
+    PROBE_TEXTS,
     REPORT_S,
     Budget,
     Fit,
@@ -41,8 +42,10 @@ from .budget import (
     fit_steps,
     measure_s,
     save_cost,
+    size_search,
     timed_total,
 )
+from .builder import Builder
 from .store import TrialStore
 
 OBJECTIVES = {  # name → (observation path, higher is better)
@@ -130,50 +133,6 @@ class PlanSettings:
         return {k: getattr(self, k) for k in keep}
 
 
-class Builder:
-    """Builds models from recipes, reusing the handles of recipe prefixes (small LRU)."""
-
-    def __init__(self, base: ModelHandle, size: int = 6, progress: bool = False):
-        self.base, self.progress = base, progress
-        self.cache: OrderedDict[tuple[str, ...], ModelHandle] = OrderedDict()
-        self.built: OrderedDict[str, ModelHandle] = OrderedDict()
-        self.size = size
-
-    def torch_handle(self, transforms: tuple[str, ...]) -> ModelHandle:
-        for n in range(len(transforms), 0, -1):
-            if transforms[:n] in self.cache:
-                handle, done = self.cache[transforms[:n]], n
-                self.cache.move_to_end(transforms[:n])
-                break
-        else:
-            handle, done = self.base, 0
-        for i in range(done, len(transforms)):
-            cfg = json.loads(transforms[i])
-            if "progress" in cfg:  # a long step (distillation) shows its bar when the run does
-                cfg["progress"] = self.progress
-            handle = compress(handle, [config_from_dict(cfg)])
-            self.cache[transforms[:i + 1]] = handle
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
-        return handle
-
-    def build(self, cand: Candidate) -> ModelHandle:
-        """The model for a recipe; the last few built are kept, because the best candidate
-        and the Pareto variants are built again to be saved (distillation is not cheap)."""
-        if cand.key in self.built:
-            self.built.move_to_end(cand.key)
-            return self.built[cand.key]
-        handle = self.torch_handle(cand.transforms)
-        if cand.backend != "torch" or cand.backend_options():
-            from ..backends import to_backend
-
-            handle = to_backend(handle, cand.backend, **cand.backend_options())
-        self.built[cand.key] = handle
-        while len(self.built) > self.size:
-            self.built.popitem(last=False)
-        return handle
-
-
 class Planner:
     def __init__(self, settings: PlanSettings, out: Path, actions: Sequence[Action],
                  resume: bool = False, progress: bool = True, budget: Budget | None = None):
@@ -192,6 +151,8 @@ class Planner:
         self.texts = texts_for("eval", settings.data, settings.n_eval)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
+        self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
+        self.sizing: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
         self.ref_results: dict[str, Any] | None = None
         self.ref_trial: dict[str, Any] | None = None
@@ -205,8 +166,10 @@ class Planner:
             self.bar.set_postfix_str(f"{text} | {self.budget.left():.0f}s left", refresh=True)
 
     def _observe(self, handle: ModelHandle) -> dict[str, Any]:
-        report, results = measure(handle, self.texts, self.s.batch_size, self.s.latency_runs,
-                                  progress=self.progress)
+        # no generation-speed runs: no decision uses them, and for an LM they cost as much
+        # as the rest of the measurement
+        report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
+                                  gen_tokens=0, progress=self.progress)
         if self.ref_results is None:
             self.ref_results = results
         report["quality"] = self.task.compare(self.ref_results, results)
@@ -276,8 +239,10 @@ class Planner:
 
     # -- the budget ----------------------------------------------------------------------
     def _measure_s(self) -> float:
-        """What measuring one model has cost here so far (the slowest, to be safe)."""
-        return max((measure_s(t) for t in self.log if t.get("observation")), default=0.0)
+        """What measuring one model costs here: the median of this run's measurements (one
+        slow outlier, a compile, does not make every later step look slow)."""
+        return float(statistics.median([measure_s(t) for t in self.log if t.get("observation")]
+                                       or [0.0]))
 
     def _reserve(self, best_trial: dict[str, Any]) -> float:
         """Seconds the end of the run needs if `best_trial` stays the best: rebuild it if it
@@ -293,12 +258,13 @@ class Planner:
 
     def confirm_reserve(self, best_trial: dict[str, Any]) -> float:
         """Seconds kept for re-measuring the best beside the original at the end: what it is
-        predicted to take, but at most a share of the budget (it can use fewer texts)."""
-        if not self.s.confirm_n_eval:
+        predicted to take, but at most a share of the budget (it can use fewer texts). None
+        while the original is the best: there is nothing to compare it with."""
+        if not self.s.confirm_n_eval or not best_trial["parent"]:
             return 0.0
         assert self.ref_trial is not None
-        fixed, per_text = confirm_cost([self.ref_trial, best_trial], self.s.n_eval,
-                                       2 * self.s.latency_runs)
+        fixed, per_text = confirm_cost([self.ref_trial, best_trial], len(self.texts),
+                                       2 * self.latency_runs)
         return min(fixed + per_text * self.s.confirm_n_eval, CONFIRM_SHARE * self.budget.total_s)
 
     def _fit(self, action: Action, cand: Candidate, best: Candidate,
@@ -307,7 +273,7 @@ class Planner:
         the reason to skip it (`Fit.steps is None`)."""
         if self._stored(cand) is not None:
             return cand, Fit(action.steps, 0.0)  # reused from the store: costs nothing
-        fixed = self._measure_s() * FIRST_OF_KIND
+        fixed = self._measure_s() * FIRST_OF_KIND * action.cost
         family = [t["seconds"] for t in self.log
                   if t.get("family") == action.family and t["decision"] != "skipped"]
         expected = max(family) if family else fixed + timed_total(action.steps)
@@ -317,6 +283,28 @@ class Planner:
         cut = dataclasses.replace(action, steps=fit.steps).apply(best, self.runtime_kinds)
         assert cut is not None  # the same action, with shorter time budgets
         return cut, fit
+
+    def _size_search(self) -> None:
+        """Fit measuring one model into a share of the budget: fewer held-out texts and
+        latency runs when it is short. Stored, so a resumed run measures as the first did."""
+        sized = self.store.get_meta("search")
+        if sized is None and self.store.all():  # a store from before sizing: as asked
+            sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
+        if sized is None:
+            self._phase("sizing the search to the budget")
+            t0 = time.perf_counter()
+            try:
+                probe, _ = measure(self.base, self.texts[:PROBE_TEXTS], self.s.batch_size, 1,
+                                   gen_tokens=0, progress=False)
+            except (UserError, RuntimeError, ValueError, NotImplementedError):
+                return  # the baseline trial reports why the model cannot be measured
+            n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
+                                  BASELINE_SHARE * self.budget.left())
+            sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
+            self.store.set_meta("search", sized)
+        self.texts = self.texts[:sized["n_texts"]]
+        self.latency_runs = sized["latency_runs"]
+        self.sizing = sized
 
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
@@ -364,6 +352,7 @@ class Planner:
         t_start = time.perf_counter()
         base_cand = Candidate()
         bar = self.bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
+        self._size_search()
         ref_trial = self.ref_trial = self._trial(
             0, base_cand, "baseline", "baseline",
             "Measure the original model on this machine first: every later step is judged "
@@ -373,7 +362,7 @@ class Planner:
         if self.ref_results is None:  # baseline reused from the store: quality needs results
             self._phase("baseline: measuring the reference outputs")
             self.ref_results = measure(self.base, self.texts, self.s.batch_size, 1,
-                                       progress=self.progress)[1]
+                                       gen_tokens=0, progress=self.progress)[1]
         bar.update(1)
         baseline = ref_trial["observation"]
         best, best_obs, best_trial = base_cand, baseline, ref_trial

@@ -83,7 +83,7 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     outside_label: str | None = "outside the bound (any criterion)"
     for t in trials:
-        ok, _ = in_bound(data, t)
+        ok, why = in_bound(data, t)
         colour = {"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red")
         # the y axis shows one criterion; a trial that fails another (e.g. top-10 recall)
         # may sit below the bound line, so it is drawn as a cross, never on the front
@@ -92,13 +92,16 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
                    marker="o" if ok else "x", label=None if ok else outside_label)
         if not ok:
             outside_label = None  # one legend entry
-        ax.annotate(t["action"], (objective_value(t["observation"], objective),
-                                  t["observation"]["quality_drop"]), fontsize=6,
+        # below the line yet outside the bound: say which other criterion it failed
+        hidden = not ok and t["observation"]["quality_drop"] <= data["max_drop"]
+        ax.annotate(f"{t['action']}\n({why})" if hidden else t["action"],
+                    (objective_value(t["observation"], objective),
+                     t["observation"]["quality_drop"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     front = [t for t in data["pareto"] if in_bound(data, t)[0]]
     ax.plot([objective_value(t["observation"], objective) for t in front],
             [t["observation"]["quality_drop"] for t in front], "--", c="tab:blue",
-            label="Pareto front within the bound")
+            marker="o", mfc="none", ms=10, label="Pareto front within the bound")
     ax.axhline(data["max_drop"], c="grey", lw=0.8, ls=":",
                label=f"bound on the drop in {data['quality_score']}")
     ax.set_xlabel(f"{objective} ({UNITS[objective]})")
@@ -151,6 +154,7 @@ def _header(data: dict[str, Any]) -> list[str]:
              f"- objective: **{data['objective']}**, quality bound: "
              + bound_text(data["task"], data["quality_score"], data["max_drop"]),
              f"- machine: {data['hardware_summary']}",
+             *_search_line(data),
              f"- {len(trials)} trials ({data['reused']} reused from the store"
              + (f", {skipped} skipped for the time budget" if skipped else "")
              + f") in {data['seconds']:.0f}s{budget}; stopped: {data['stop']}",
@@ -160,13 +164,25 @@ def _header(data: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _search_line(data: dict[str, Any]) -> list[str]:
+    search, asked = data.get("search"), data["settings"]
+    if not search or (search["n_texts"], search["latency_runs"]) == (asked["n_eval"],
+                                                                     asked["latency_runs"]):
+        return []
+    return [f"- each trial measured on {search['n_texts']} held-out texts (of {asked['n_eval']}"
+            f" asked) and {search['latency_runs']} latency runs (of "
+            f"{asked['latency_runs']}): sized so that measuring one model takes about a fifth "
+            "of the time budget"]
+
+
 def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
     """The re-measure's table; the ratios come from `gain()`, as the headline's does."""
     b, o = conf["baseline"], conf["best"]
     lines = ["## Baseline vs best (re-measured side by side on "
              f"{conf['n_eval']} held-out texts)", "",
              "The headline's figure is this table's row for the objective; the trace below "
-             f"holds the search's own measurements (on {data['settings']['n_eval']} texts).", "",
+             "holds the search's own measurements (on "
+             f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} texts).", "",
              "| | baseline | best | ratio |", "|---|---|---|---|"]
     p95 = b["latency_ms"]["p95"] / o["latency_ms"]["p95"]
     rows = [(f"throughput @ batch {b['throughput']['batch_size']} (items/s)",
