@@ -31,6 +31,7 @@ MIN_TIMED_SHARE = 0.5
 # The re-measure may take at most this share of the budget away from the search; when less
 # is left at the end, it runs on fewer texts, or is skipped.
 CONFIRM_SHARE = 0.25
+CONFIRM_FILL = 0.8  # the re-measure is sized to this share of the time left at the end
 # Measuring one model (the original, then each candidate) may take this share of what is
 # left of the budget: room for the original and a few steps. When it would take longer,
 # trials use fewer held-out texts and latency runs (the report says how many).

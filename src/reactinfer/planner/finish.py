@@ -18,7 +18,7 @@ from ..models import load
 from ..tasks import get_task
 from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
-from .budget import REPORT_S, build_s, confirm_cost, margin_s, save_cost
+from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
 from .loop import STORE_NAME, Planner, gain, within_bound
 from .report import pareto_table, write_report
 
@@ -154,8 +154,9 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     runs = 2 * planner.latency_runs
     fixed, per_text = confirm_cost([planner.ref_trial, best], len(planner.texts), runs)
     left = planner.budget.left() - REPORT_S
+    # it fills the time left, so aim short of it: a prediction is never exact
     n = s.confirm_n_eval if per_text <= 0 else min(s.confirm_n_eval,
-                                                    int((left - fixed) / per_text))
+                                                    int(CONFIRM_FILL * (left - fixed) / per_text))
     floor = min(len(planner.texts), s.confirm_n_eval)  # fewer than the search's: no better
     if n < floor:
         state["notes"].append(
