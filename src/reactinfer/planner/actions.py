@@ -88,7 +88,8 @@ class Action:
     """`steps` are transform config dicts appended to the recipe; `runtime=True` marks steps
     that change the torch model's number format (they stay last, and need a torch backend).
     `backend` switches the backend (and options). Actions in a `family` escalate: level n is
-    only tried once level n-1 was kept."""
+    only tried once level n-1 was kept. `cost` says how long a first trial is expected to
+    take, in measurements; steps with a `time_budget_s` add that."""
 
     name: str
     family: str
@@ -99,6 +100,10 @@ class Action:
     level: int = 0
     tasks: tuple[str, ...] = ("embedding", "classification", "causal-lm")
     lossless: bool = False
+    # what a first trial of this action costs, in measurements of a model (the time budget
+    # predicts from it until a trial of its family was measured): more than 1 where
+    # building is slow or measuring includes a one-off (torch.compile compiles then)
+    cost: float = 1.0
 
     def apply(self, cand: Candidate, runtime_kinds: set[str]) -> Candidate | None:
         """The candidate this action leads to, or None where it does not apply."""

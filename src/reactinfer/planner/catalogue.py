@@ -34,8 +34,9 @@ def catalogue() -> list[Action]:
         # lossless engine choices first
         Action("onnxruntime fp32", "ort", _expect_ort_fp32,
                backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
+        # compiling for each new input shape happens while it is measured: ~3 measurements
         Action("torch.compile", "compile", _expect_compile, backend=("torch-compile", {}),
-               tasks=ENCODERS, lossless=True),
+               tasks=ENCODERS, lossless=True, cost=3.0),
         Action("llama.cpp (packaged GGUF)", "llamacpp-source",
                _expect_llamacpp("its packaged", 5.0),
                backend=("llama.cpp", {"outtype": "source"}), tasks=LM),

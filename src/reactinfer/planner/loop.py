@@ -5,13 +5,14 @@ the best expected gain for this machine and objective (Thought), applies it to t
 candidate so far (Action), measures the result here (Observation), and keeps it only if
 it improves the objective by at least `min_gain` while staying within the quality bound.
 Every trial is stored, so `resume=True` continues a run without redoing finished trials.
+The run keeps to the user's time budget (budget.py): a step starts only if its predicted
+cost fits in what is left after the time the end of the run needs.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import statistics
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,30 @@ from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
-from ..core.transform import compress, config_from_dict
+from ..core.transform import config_from_dict
 from ..data import texts_for
 from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task
 from .actions import Action, Candidate, Context, model_facts
+from .artifacts import saved_artifacts
+from .budget import (
+    BASELINE_SHARE,
+    CONFIRM_SHARE,
+    FIRST_OF_KIND,
+    PROBE_TEXTS,
+    REPORT_S,
+    Budget,
+    Fit,
+    build_s,
+    confirm_cost,
+    fit_steps,
+    measure_s,
+    save_cost,
+    size_search,
+    timed_total,
+)
+from .builder import Builder
 from .store import TrialStore
 
 OBJECTIVES = {  # name → (observation path, higher is better)
@@ -36,6 +55,8 @@ OBJECTIVES = {  # name → (observation path, higher is better)
     "size": (("size_mb",), False),
 }
 STORE_NAME = "trials.sqlite"
+# an action that fits, with its candidate and Thought, and the ones skipped before it
+Pick = tuple[Action, Candidate, str, list[tuple[Action, Candidate, str, str]]]
 
 
 def objective_value(obs: dict[str, Any], objective: str) -> float:
@@ -59,10 +80,23 @@ def within_bound(task: str, quality: dict[str, float], max_drop: float) -> tuple
     if drop > max_drop:
         return False, f"quality drop {drop:.4f} > bound {max_drop}"
     if task == "embedding":
-        floor = max(0.0, 1 - 5 * max_drop)
+        floor = recall_floor(max_drop)
         if quality["top10_recall"] < floor:
             return False, f"top-10 recall {quality['top10_recall']:.3f} < {floor:.3f}"
     return True, f"quality drop {drop:.4f} ≤ {max_drop}"
+
+
+def recall_floor(max_drop: float) -> float:
+    """Embeddings: the least top-10 neighbour recall `within_bound` accepts."""
+    return max(0.0, 1 - 5 * max_drop)
+
+
+def bound_text(task: str, quality_name: str, max_drop: float) -> str:
+    """Every criterion of `within_bound`, in words, for reports."""
+    text = f"drop ≤ {max_drop} ({quality_name})"
+    if task == "embedding":
+        text += f" and top-10 recall ≥ {recall_floor(max_drop):.3f}"
+    return text
 
 
 @dataclasses.dataclass
@@ -78,6 +112,7 @@ class PlanSettings:
     min_gain: float = 0.03
     max_trials: int | None = None
     target: float | None = None  # e.g. 2.0: stop once the objective is ×2 the baseline
+    confirm_n_eval: int | None = 1000  # the final side-by-side re-measure (0/None: none)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -89,6 +124,9 @@ class PlanSettings:
             raise UserError(f"--budget-s must be positive, got {self.budget_s}")
         if self.n_eval < 10:
             raise UserError("n_eval must be at least 10 for a meaningful quality figure")
+        if self.confirm_n_eval is not None and self.confirm_n_eval < 0:
+            raise UserError(f"confirm_n_eval must be >= 0 (0: no re-measure), got "
+                            f"{self.confirm_n_eval}")
 
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
@@ -96,70 +134,43 @@ class PlanSettings:
         return {k: getattr(self, k) for k in keep}
 
 
-class Builder:
-    """Builds models from recipes, reusing the handles of recipe prefixes (small LRU)."""
-
-    def __init__(self, base: ModelHandle, size: int = 6):
-        self.base = base
-        self.cache: OrderedDict[tuple[str, ...], ModelHandle] = OrderedDict()
-        self.built: OrderedDict[str, ModelHandle] = OrderedDict()
-        self.size = size
-
-    def torch_handle(self, transforms: tuple[str, ...]) -> ModelHandle:
-        for n in range(len(transforms), 0, -1):
-            if transforms[:n] in self.cache:
-                handle, done = self.cache[transforms[:n]], n
-                self.cache.move_to_end(transforms[:n])
-                break
-        else:
-            handle, done = self.base, 0
-        for i in range(done, len(transforms)):
-            handle = compress(handle, [config_from_dict(json.loads(transforms[i]))])
-            self.cache[transforms[:i + 1]] = handle
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
-        return handle
-
-    def build(self, cand: Candidate) -> ModelHandle:
-        """The model for a recipe; the last few built are kept, because the best candidate
-        and the Pareto variants are built again to be saved (distillation is not cheap)."""
-        if cand.key in self.built:
-            self.built.move_to_end(cand.key)
-            return self.built[cand.key]
-        handle = self.torch_handle(cand.transforms)
-        if cand.backend != "torch" or cand.backend_options():
-            from ..backends import to_backend
-
-            handle = to_backend(handle, cand.backend, **cand.backend_options())
-        self.built[cand.key] = handle
-        while len(self.built) > self.size:
-            self.built.popitem(last=False)
-        return handle
-
-
 class Planner:
     def __init__(self, settings: PlanSettings, out: Path, actions: Sequence[Action],
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, budget: Budget | None = None):
         settings.validate()
         self.s, self.out, self.progress = settings, Path(out), progress
+        self.budget = budget if budget is not None else Budget(settings.budget_s)
         self.store = TrialStore(self.out / STORE_NAME)
         self.store.check_run(settings.store_key(), resume)
         self.base = load(settings.model)
         self.task = get_task(self.base.task)
         self.actions = [a for a in actions if self.base.task in a.tasks]
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
-        self.builder = Builder(self.base)
+        self.builder = Builder(self.base, progress=progress)
+        # models a finished earlier run already saved (by trial key): no rebuild needed
+        self.saved = saved_artifacts(self.out / "best", *sorted((self.out / "variants").glob("*")))
         self.texts = texts_for("eval", settings.data, settings.n_eval)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
+        self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
+        self.sizing: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
         self.ref_results: dict[str, Any] | None = None
+        self.ref_trial: dict[str, Any] | None = None
         self.reused = 0
+        self.bar: Any = None
 
     # -- one trial -----------------------------------------------------------------------
+    def _phase(self, text: str) -> None:
+        """Say on the progress bar what the run is doing: a step may take minutes."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{text} | {self.budget.left():.0f}s left", refresh=True)
+
     def _observe(self, handle: ModelHandle) -> dict[str, Any]:
-        report, results = measure(handle, self.texts, self.s.batch_size, self.s.latency_runs,
-                                  progress=False)
+        # no generation-speed runs: no decision uses them, and for an LM they cost as much
+        # as the rest of the measurement
+        report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
+                                  gen_tokens=0, progress=self.progress)
         if self.ref_results is None:
             self.ref_results = results
         report["quality"] = self.task.compare(self.ref_results, results)
@@ -167,18 +178,30 @@ class Planner:
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
                                        "quality", "quality_drop") if k in report}
 
-    def _trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
-               parent: str | None, best_obs: dict[str, Any] | None) -> dict[str, Any]:
+    def _stored(self, cand: Candidate) -> dict[str, Any] | None:
         stored = self.store.get(cand.key)
         if stored is not None and (stored["observation"] is not None
                                    or stored["decision"] == "failed"):
+            return stored
+        return None
+
+    def _trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
+               parent: str | None, best_obs: dict[str, Any] | None) -> dict[str, Any]:
+        stored = self._stored(cand)
+        if stored is not None:
             self.reused += 1
             trial = {**stored, "family": family, "reused": True}
             self.log.append(trial)
             return trial
         t0 = time.perf_counter()
         try:
-            obs = self._observe(self.builder.build(cand) if parent else self.base)
+            self._phase(f"{action}: building")
+            handle = self.builder.build(cand) if parent else self.base
+            t1 = time.perf_counter()
+            self._phase(f"{action}: measuring")
+            obs = self._observe(handle)
+            # what building and measuring cost here: the budget predicts later steps from it
+            obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
         except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
         else:
@@ -206,12 +229,91 @@ class Planner:
         self.log.append(trial)
         return trial
 
+    def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
+              reason: str) -> None:
+        """Record in the trace an action the budget leaves no time for. Not stored: a
+        resumed run with more time may still try it."""
+        self.log.append({"key": cand.key, "step": step, "action": action.name,
+                         "thought": thought, "parent": parent, "candidate": cand.to_json(),
+                         "observation": None, "decision": "skipped", "reason": reason,
+                         "seconds": 0.0, "family": action.family, "reused": False})
+
+    # -- the budget ----------------------------------------------------------------------
+    def _measure_s(self) -> float:
+        """What measuring one model costs here: the median of this run's measurements (one
+        slow outlier, a compile, does not make every later step look slow)."""
+        return float(statistics.median([measure_s(t) for t in self.log if t.get("observation")]
+                                       or [0.0]))
+
+    def _reserve(self, best_trial: dict[str, Any]) -> float:
+        """Seconds the end of the run needs if `best_trial` stays the best: rebuild it if it
+        is not at hand, save it and the original, re-measure both side by side, report."""
+        assert self.ref_trial is not None
+        reserve = REPORT_S
+        for t in (best_trial, self.ref_trial) if best_trial["parent"] else (best_trial,):
+            if t["key"] not in self.saved:
+                reserve += save_cost(t["observation"]["size_mb"])
+                if t["parent"] and t["key"] not in self.builder.built:
+                    reserve += build_s(t)
+        return reserve + self.confirm_reserve(best_trial)
+
+    def confirm_reserve(self, best_trial: dict[str, Any]) -> float:
+        """Seconds kept for re-measuring the best beside the original at the end: what it is
+        predicted to take, but at most a share of the budget (it can use fewer texts). None
+        while the original is the best: there is nothing to compare it with."""
+        if not self.s.confirm_n_eval or not best_trial["parent"]:
+            return 0.0
+        assert self.ref_trial is not None
+        fixed, per_text = confirm_cost([self.ref_trial, best_trial], len(self.texts),
+                                       2 * self.latency_runs)
+        return min(fixed + per_text * self.s.confirm_n_eval, CONFIRM_SHARE * self.budget.total_s)
+
+    def _fit(self, action: Action, cand: Candidate, best: Candidate,
+             left: float) -> tuple[Candidate, Fit]:
+        """The candidate to try within `left` seconds (time-budgeted steps cut to fit), or
+        the reason to skip it (`Fit.steps is None`)."""
+        if self._stored(cand) is not None:
+            return cand, Fit(action.steps, 0.0)  # reused from the store: costs nothing
+        fixed = self._measure_s() * FIRST_OF_KIND * action.cost
+        family = [t["seconds"] for t in self.log
+                  if t.get("family") == action.family and t["decision"] != "skipped"]
+        expected = max(family) if family else fixed + timed_total(action.steps)
+        fit = fit_steps(action.steps, fixed, expected, left)
+        if fit.steps is None or fit.steps == action.steps:
+            return cand, fit
+        cut = dataclasses.replace(action, steps=fit.steps).apply(best, self.runtime_kinds)
+        assert cut is not None  # the same action, with shorter time budgets
+        return cut, fit
+
+    def _size_search(self) -> None:
+        """Fit measuring one model into a share of the budget: fewer held-out texts and
+        latency runs when it is short. Stored, so a resumed run measures as the first did."""
+        sized = self.store.get_meta("search")
+        if sized is None and self.store.all():  # a store from before sizing: as asked
+            sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
+        if sized is None:
+            self._phase("sizing the search to the budget")
+            t0 = time.perf_counter()
+            try:
+                probe, _ = measure(self.base, self.texts[:PROBE_TEXTS], self.s.batch_size, 1,
+                                   gen_tokens=0, progress=False)
+            except (UserError, RuntimeError, ValueError, NotImplementedError):
+                return  # the baseline trial reports why the model cannot be measured
+            n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
+                                  BASELINE_SHARE * self.budget.left())
+            sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
+            self.store.set_meta("search", sized)
+        self.texts = self.texts[:sized["n_texts"]]
+        self.latency_runs = sized["latency_runs"]
+        self.sizing = sized
+
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
         return Context(hardware_profile(), self.base.task, self.s.objective,
                        model_facts(self.base.model, self.base.task), self.log)
 
-    def _next(self, best: Candidate, tried: set[str]) -> tuple[Action, Candidate, str] | None:
+    def _options(self, best: Candidate, tried: set[str]) -> list[tuple[Action, Candidate, str]]:
+        """The untried actions that apply to `best`, most promising first, with the Thought."""
         ctx = self._context()
         kept = {t["action"] for t in self.log if t["decision"] == "kept"}
         options: list[tuple[float, int, Action, Candidate, str]] = []
@@ -226,59 +328,96 @@ class Planner:
                 continue
             expected, why = a.expect(ctx)
             options.append((expected, -len(options), a, cand, why))
+        options.sort(key=lambda o: (o[0], o[1]), reverse=True)
+        return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
+                          f"{_how(a, best)}.") for expected, _, a, cand, why in options]
+
+    def _pick(self, best: Candidate, tried: set[str], left: float) -> Pick | str | None:
+        """The most promising action that fits in `left` seconds, and the more promising
+        ones that do not (to be recorded as skipped). None: no action applies; a str: none
+        fits, and why."""
+        options = self._options(best, tried)
         if not options:
             return None
-        expected, _, action, cand, why = max(options, key=lambda o: (o[0], o[1]))
-        thought = f"{why} Expected ×{expected:.2f} on {self.s.objective}; applying to " \
-                  f"[{best.describe()}]."
-        return action, cand, thought
+        skipped: list[tuple[Action, Candidate, str, str]] = []
+        for action, cand, thought in options:
+            cand, fit = self._fit(action, cand, best, left)
+            if fit.steps is not None:
+                return action, cand, thought + (f" {fit.note}" if fit.note else ""), skipped
+            skipped.append((action, cand, thought, fit.note))
+        # nothing fits: stop here rather than list every remaining action as skipped
+        return f"time budget: the next step, {options[0][0].name}, is {skipped[0][3]}"
 
     def run(self) -> dict[str, Any]:
         ensure_actions_valid(self.actions)
         t_start = time.perf_counter()
         base_cand = Candidate()
-        ref_trial = self._trial(0, base_cand, "baseline", "baseline",
-                                "Measure the original model on this machine first: every later "
-                                "step is judged against it.", None, None)
+        bar = self.bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
+        self._size_search()
+        ref_trial = self.ref_trial = self._trial(
+            0, base_cand, "baseline", "baseline",
+            "Measure the original model on this machine first: every later step is judged "
+            "against it.", None, None)
         if ref_trial["observation"] is None:
             raise UserError(f"the baseline could not be measured: {ref_trial['reason']}")
         if self.ref_results is None:  # baseline reused from the store: quality needs results
+            self._phase("baseline: measuring the reference outputs")
             self.ref_results = measure(self.base, self.texts, self.s.batch_size, 1,
-                                       progress=False)[1]
+                                       gen_tokens=0, progress=self.progress)[1]
+        bar.update(1)
         baseline = ref_trial["observation"]
         best, best_obs, best_trial = base_cand, baseline, ref_trial
         tried: set[str] = set()
         stop = "no more actions apply"
-        bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
-        step = 0
+        step = n_trials = 0
         while True:
-            elapsed = time.perf_counter() - t_start
-            if elapsed > self.s.budget_s:
-                stop = f"time budget of {self.s.budget_s:.0f}s reached"
-                break
-            if self.s.max_trials is not None and step >= self.s.max_trials:
+            if self.s.max_trials is not None and n_trials >= self.s.max_trials:
                 stop = f"trial limit of {self.s.max_trials} reached"
                 break
             if self.s.target and gain(best_obs, baseline, self.s.objective) >= self.s.target:
                 stop = f"target ×{self.s.target} reached"
                 break
-            nxt = self._next(best, tried)
-            if nxt is None:
+            reserve = self._reserve(best_trial)
+            left = self.budget.left() - reserve
+            if left <= 0 and n_trials == 0 and not ref_trial["reused"]:
+                stop = (f"time budget: measuring the original model took "
+                        f"{ref_trial['seconds']:.0f}s of {self.budget.total_s:.0f}s, and the "
+                        f"end of the run needs ~{reserve:.0f}s; give a larger --budget-s or a "
+                        "smaller --n-eval")
                 break
-            action, cand, thought = nxt
+            picked = self._pick(best, tried, left)
+            if picked is None:
+                break
+            if isinstance(picked, str):
+                stop = f"{picked} ({reserve:.0f}s of the {self.budget.total_s:.0f}s budget " \
+                       "are kept for the end)"
+                break
+            action, cand, thought, skipped = picked
+            for s_action, s_cand, s_thought, why in skipped:
+                tried.add(s_action.name)
+                step += 1
+                self._skip(step, s_action, s_cand, s_thought, best.key, why)
             tried.add(action.name)
             step += 1
-            bar.set_postfix_str(f"{action.name} | best ×"
-                                f"{gain(best_obs, baseline, self.s.objective):.2f}")
+            n_trials += 1
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
             bar.update(1)
             if trial["decision"] == "kept":
                 best, best_obs, best_trial = cand, trial["observation"], trial
         bar.close()
+        self.bar = None
         return {"stop": stop, "baseline": ref_trial, "best": best_trial, "best_candidate": best,
                 "trials": self.log, "reused": self.reused,
                 "seconds": time.perf_counter() - t_start}
+
+
+def _how(action: Action, best: Candidate) -> str:
+    """How the action relates to the best candidate: an engine switch replaces its backend
+    (the recipe's transforms stay); anything else is applied on top of it."""
+    if action.backend is not None and action.backend[0] != best.backend:
+        return f"replacing the backend of [{best.describe()}] with {action.backend[0]}"
+    return f"applying to [{best.describe()}]"
 
 
 def ensure_actions_valid(actions: Sequence[Action]) -> None:

@@ -53,6 +53,15 @@ class TrialStore:
             raise UserError(f"cannot resume: the earlier run used different settings {diff}; "
                             "use the same settings or another output directory")
 
+    def get_meta(self, key: str) -> Any:
+        """A run-wide value stored with the trials (JSON), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.db.commit()
+
     def get(self, key: str) -> dict[str, Any] | None:
         cur = self.db.execute("SELECT * FROM trials WHERE key=?", (key,))
         row = cur.fetchone()

@@ -1,0 +1,162 @@
+"""The user's time budget: one deadline for the whole run, report included.
+
+The planner predicts what each step costs from what it has measured so far on this machine
+(measuring the original model, earlier trials of the same family), keeps back what the end
+of the run needs (saving the best model, the side-by-side re-measure, the report), and
+starts a step only if its predicted cost fits in the rest. A step with a time budget of its
+own (recovery distillation's `time_budget_s`) is given at most the time left; a step that
+cannot fit is skipped, and the trace says so.
+
+Predictions can be wrong (a first compile, a busy machine), so the run is allowed to end a
+little late: `margin_s(budget)`, 10% of the budget and at least 10 s. The one cost that no
+prediction can avoid is measuring the original model: if that alone takes longer than the
+budget, the run stops right after it and says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+MARGIN_SHARE = 0.10
+MARGIN_MIN_S = 10.0
+# Building a candidate adds to measuring it (ONNX export, a transform's own pass), and a
+# new engine's first measurement is the least predictable: count a quarter more. (Measured
+# on 2 cores with minilm: ONNX Runtime int8 / fp32 and torch int8 took 0.4-0.7 of the
+# original's measurement, build included; torch.compile 2.9, hence its Action.cost.)
+FIRST_OF_KIND = 1.25
+# A recovery distillation cut below half its own budget rarely recovers enough quality to
+# stay within the bound: better to skip it and say so than to spend the time on it.
+MIN_TIMED_SHARE = 0.5
+# The re-measure may take at most this share of the budget away from the search; when less
+# is left at the end, it runs on fewer texts, or is skipped.
+CONFIRM_SHARE = 0.25
+CONFIRM_FILL = 0.8  # the re-measure is sized to this share of the time left at the end
+# Measuring one model (the original, then each candidate) may take this share of what is
+# left of the budget: room for the original and a few steps. When it would take longer,
+# trials use fewer held-out texts and latency runs (the report says how many).
+BASELINE_SHARE = 0.2
+# one small measurement first, to size the others (an LM's batch of 4 costs seconds on
+# a small CPU; a smaller batch than the real one overestimates per text: the safe side)
+PROBE_TEXTS = 4
+MIN_LATENCY_RUNS = 5
+REPORT_S = 5.0  # report.json/.md and two plots (importing matplotlib is most of it)
+SAVE_S = 1.0  # per artifact, plus its size at SAVE_MB_PER_S (writing and hashing)
+SAVE_MB_PER_S = 50.0
+
+
+def margin_s(budget_s: float) -> float:
+    """How late past the budget a run may end (prediction error), in seconds."""
+    return max(MARGIN_MIN_S, MARGIN_SHARE * budget_s)
+
+
+class Budget:
+    """A deadline on the wall clock. `start` (a `time.time()` stamp) lets the CLI count from
+    when the command started, imports included; `--resume` gets a fresh budget."""
+
+    def __init__(self, budget_s: float, start: float | None = None):
+        self.total_s = float(budget_s)
+        self.start = time.time() if start is None else start
+        self.deadline = self.start + self.total_s
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+
+# -- what a step costs ------------------------------------------------------------------------
+
+def timed_total(steps: tuple[dict[str, Any], ...]) -> float:
+    """The seconds that steps with a budget of their own (`time_budget_s`) may take."""
+    return float(sum(s.get("time_budget_s") or 0.0 for s in steps))
+
+
+def measure_s(trial: dict[str, Any]) -> float:
+    """Seconds spent measuring a trial's model (older stores: the whole trial)."""
+    obs = trial.get("observation") or {}
+    return float(obs.get("timing", {}).get("measure_s", trial.get("seconds", 0.0)))
+
+
+def build_s(trial: dict[str, Any]) -> float:
+    """Seconds spent building a trial's model from its recipe (older stores: the whole trial)."""
+    obs = trial.get("observation") or {}
+    return float(obs.get("timing", {}).get("build_s", trial.get("seconds", 0.0)))
+
+
+def save_cost(size_mb: float) -> float:
+    return SAVE_S + size_mb / SAVE_MB_PER_S
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """What to run for an action within the time left: its steps (time budgets cut to fit)
+    and a note for the trace, or `steps=None` and the reason it is skipped."""
+
+    steps: tuple[dict[str, Any], ...] | None
+    predicted_s: float
+    note: str = ""
+
+
+def fit_steps(steps: tuple[dict[str, Any], ...], fixed_s: float, expected_s: float,
+              left_s: float) -> Fit:
+    """Fit an action into `left_s`. `fixed_s`: the predicted cost besides its timed steps;
+    `expected_s`: the predicted cost in all (measured on an earlier trial of its family, or
+    `fixed_s` + the timed steps' budgets)."""
+    timed = timed_total(steps)
+    room = left_s - fixed_s
+    if timed == 0 or room >= timed:
+        if expected_s <= left_s:
+            return Fit(steps, expected_s)
+        return Fit(None, expected_s, _no_room(expected_s, left_s))
+    # a step that stops on its own clock can be given less time, but not so little that
+    # it cannot work (unless its family has shown it finishes early here)
+    if room >= 1.0 and (expected_s <= left_s or room >= MIN_TIMED_SHARE * timed):
+        share = room / timed
+        cut = tuple({**s, "time_budget_s": float(max(1, int(s["time_budget_s"] * share)))}
+                    if s.get("time_budget_s") else s for s in steps)
+        return Fit(cut, fixed_s + timed_total(cut),
+                   f"Its own time budget is cut from {timed:.0f}s to {timed_total(cut):.0f}s "
+                   "to fit in what is left of the run's.")
+    return Fit(None, fixed_s + timed, _no_room(fixed_s + timed, left_s))
+
+
+def _no_room(need_s: float, left_s: float) -> str:
+    return (f"predicted to take ~{need_s:.0f}s, but only {max(left_s, 0):.0f}s of the time "
+            "budget are left before the final save, re-measure and report")
+
+
+def confirm_cost(trials: list[dict[str, Any]], n_eval: int,
+                 latency_runs: int) -> tuple[float, float]:
+    """The re-measure of `trials` (baseline and best) with `latency_runs` batch-1 runs,
+    predicted from how long their own measurements (on `n_eval` texts) took: (fixed
+    seconds, seconds per text)."""
+    fixed = per_text = 0.0
+    for t in trials:
+        obs = t.get("observation") or {}
+        thr = float(obs.get("throughput", {}).get("seconds", 0.0))
+        lat = obs.get("latency_ms", {})
+        run_s = float(lat.get("mean", 0.0)) / 1e3
+        overhead = max(0.0, measure_s(t) - thr - run_s * float(lat.get("n", 0)))
+        fixed += overhead + run_s * latency_runs
+        per_text += thr / max(n_eval, 1)
+    return fixed, per_text
+
+
+def size_search(probe: dict[str, Any], n_eval: int, latency_runs: int,
+                room_s: float) -> tuple[int, int]:
+    """Held-out texts and batch-1 latency runs per trial such that measuring one model takes
+    about `room_s`, predicted from a probe (`measure` on a few texts, one latency run, no
+    generation). At most what was asked; at least two batches and MIN_LATENCY_RUNS runs."""
+    batch = int(probe["batch_size"])
+    per_text = float(probe["throughput"]["seconds"]) / max(1, int(probe["n_eval"]))
+    one = float(probe["latency_ms"]["mean"]) / 1e3
+    # the runner, a warm-up batch and three warm-up runs come with every measurement
+    fixed = float(probe.get("prepare_s", 0.0)) + per_text * batch + 3 * one
+    if fixed + per_text * n_eval + one * latency_runs <= room_s:
+        return n_eval, latency_runs
+    share = max(0.0, (room_s - fixed) / (per_text * n_eval + one * latency_runs))
+    n = max(min(n_eval, max(10, 2 * batch)), int(n_eval * share) // batch * batch)
+    runs = max(min(MIN_LATENCY_RUNS, latency_runs), int(latency_runs * share))
+    return min(n, n_eval), min(runs, latency_runs)

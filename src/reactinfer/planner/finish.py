@@ -1,0 +1,230 @@
+"""The end of a run: save the best model and the variant ladder, re-measure baseline vs
+best side by side, and write the report, within what is left of the time budget.
+
+Whatever goes wrong here, the report is still written from what was measured (the trials
+are in the store already), and then the error is raised."""
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from ..core.artifact import save_artifact
+from ..core.errors import UserError
+from ..core.handle import ModelHandle
+from ..core.hardware import hardware_profile
+from ..data import texts_for
+from ..measure.harness import measure
+from ..models import load
+from ..tasks import get_task
+from .actions import Candidate
+from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
+from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
+from .loop import STORE_NAME, Planner, gain, within_bound
+from .report import pareto_table, write_report
+
+MAX_VARIANTS = 4
+# what saving or re-measuring a model may raise; the run's report is written regardless
+_SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
+
+
+def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
+    """Save, re-measure and report; returns the report data."""
+    s = planner.s
+    for t in result["trials"]:  # the bound the loop decided with, for the table and plots
+        if t.get("observation"):
+            t["within_bound"], t["bound"] = within_bound(
+                planner.base.task, t["observation"]["quality"], s.max_drop)
+    pareto = pareto_table(result["trials"], s.objective)
+    best = result["best"]
+    state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
+                             "notes": [], "errors": []}
+    try:
+        handle = _best_handle(planner, best)
+        _save_best(planner, best, handle, state)
+        _save_variants(planner, _ladder(pareto, best), best, state)
+        state["confirm"] = _confirm(planner, best, handle, state)
+    except BaseException as e:  # noted in the report, which is written below; then raised
+        state["errors"].append(f"{type(e).__name__}: {e}")
+        e.add_note(f"the report of the measured trials is in {planner.out / 'report.md'}, "
+                   f"the trials in {planner.out / STORE_NAME}")
+        raise
+    finally:
+        data = report_data(planner, result, pareto, state)
+        write_report(planner.out, data)
+        planner.store.close()
+    return data
+
+
+# -- saving ----------------------------------------------------------------------------------
+
+def _at_hand(planner: Planner, trial: dict[str, Any]) -> ModelHandle | None:
+    """The trial's model if it needs no rebuild: the original, or still in the cache."""
+    if not trial["parent"]:
+        return planner.base
+    if trial["key"] in planner.builder.built:
+        return planner.builder.build(Candidate.from_json(trial["candidate"]))
+    return None
+
+
+def _best_handle(planner: Planner, best: dict[str, Any]) -> ModelHandle:
+    handle = _at_hand(planner, best)
+    if handle is not None:
+        return handle
+    if best["key"] in planner.saved:  # saved by an earlier run: load, do not rebuild
+        return load(planner.saved[best["key"]])
+    return planner.builder.build(Candidate.from_json(best["candidate"]))
+
+
+def _save_best(planner: Planner, best: dict[str, Any], handle: ModelHandle,
+               state: dict[str, Any]) -> None:
+    path = planner.out / "best"
+    if saved_key(path) != best["key"]:
+        save_artifact(handle, path, metrics=tagged_metrics(best), overwrite=True)
+    state["best_artifact"] = "best"
+
+
+def _ladder(pareto: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants for the serving ladder: the Pareto set within the bound, best quality
+    first; the chosen best is always one."""
+    variants = [t for t in pareto if t["within_bound"]][:MAX_VARIANTS - 1]
+    if all(t["key"] != best["key"] for t in variants):
+        variants.append(best)
+    return variants
+
+
+def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[str, Any],
+                   state: dict[str, Any]) -> None:
+    out = planner.out
+    vdir, old = out / "variants", out / ".variants.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if vdir.exists():  # kept aside: a variant saved by an earlier run is moved, not rebuilt
+        vdir.rename(old)
+    on_disk = saved_artifacts(*sorted(old.glob("*")))
+    vdir.mkdir(parents=True)
+    try:
+        for t in variants:
+            name = f"{len(state['variants']):02d}-" + \
+                t["action"].replace(" ", "_").replace("/", "-")
+            path = vdir / name
+            try:
+                saved = _save_variant(planner, t, best, path, on_disk, state)
+            except _SAVE_ERRORS as e:
+                shutil.rmtree(path, ignore_errors=True)
+                state["notes"].append(f"variant {t['action']} not saved: {type(e).__name__}: {e}")
+                continue
+            if saved:
+                t["artifact"] = str(path.relative_to(out))
+                state["variants"].append(t["artifact"])
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], path: Any,
+                  on_disk: dict[str, Any], state: dict[str, Any]) -> bool:
+    if t["key"] == best["key"] and state["best_artifact"]:
+        link_copy(planner.out / "best", path)
+        return True
+    if t["key"] in on_disk:
+        on_disk.pop(t["key"]).rename(path)
+        return True
+    handle = _at_hand(planner, t)
+    need = save_cost(t["observation"]["size_mb"]) + (build_s(t) if handle is None else 0.0)
+    left = planner.budget.left() - planner.confirm_reserve(best) - REPORT_S
+    if need > left:
+        state["notes"].append(f"variant {t['action']} not saved: it needs ~{need:.0f}s, "
+                              f"{max(left, 0):.0f}s of the time budget are left")
+        return False
+    if handle is None:
+        handle = planner.builder.build(Candidate.from_json(t["candidate"]))
+    save_artifact(handle, path, metrics=tagged_metrics(t), overwrite=True)
+    return True
+
+
+# -- the side-by-side re-measure -------------------------------------------------------------
+
+def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
+             state: dict[str, Any]) -> dict[str, Any] | None:
+    """Baseline and best re-measured one after the other on the held-out texts (up to
+    `confirm_n_eval`, fewer when the budget is short): the figures the headline uses."""
+    s = planner.s
+    if not s.confirm_n_eval or not best["parent"]:  # the original is the best: nothing to do
+        return None
+    assert planner.ref_trial is not None
+    runs = 2 * planner.latency_runs
+    fixed, per_text = confirm_cost([planner.ref_trial, best], len(planner.texts), runs)
+    left = planner.budget.left() - REPORT_S
+    # it fills the time left, so aim short of it: a prediction is never exact
+    n = s.confirm_n_eval if per_text <= 0 else min(s.confirm_n_eval,
+                                                    int(CONFIRM_FILL * (left - fixed) / per_text))
+    floor = min(len(planner.texts), s.confirm_n_eval)  # fewer than the search's: no better
+    if n < floor:
+        state["notes"].append(
+            f"no side-by-side re-measure: on {floor} texts it would take "
+            f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
+            "are left; the figures are the search's")
+        return None
+    texts = texts_for("eval", s.data, n)
+    task = get_task(planner.base.task)
+    try:
+        b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,
+                           progress=planner.progress)
+        o, o_res = measure(handle, texts, s.batch_size, runs, gen_tokens=0,
+                           progress=planner.progress)
+    except (UserError, *_SAVE_ERRORS) as e:
+        state["notes"].append(f"the side-by-side re-measure failed ({type(e).__name__}: {e}); "
+                              "the figures are the search's")
+        return None
+    b["quality"], o["quality"] = task.compare(b_res, b_res), task.compare(b_res, o_res)
+    ok, why = within_bound(planner.base.task, o["quality"], s.max_drop)
+    return {"n_eval": len(texts), "baseline": b, "best": o,
+            "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}
+
+
+# -- the report's data -----------------------------------------------------------------------
+
+def verdict(data: dict[str, Any]) -> str:
+    """The headline. Its figure is `data['gain']`: the side-by-side re-measure's when there
+    is one (the table below shows the same numbers), else the search's."""
+    obj, g, confirm = data["objective"], data["gain"], data.get("confirm")
+    target = data["settings"].get("target")
+    if data["best"]["key"] == data["baseline"]["key"]:
+        return "no step paid on this machine: the original model is the best (best effort)"
+    if confirm and g < 1:
+        return (f"best effort: ×{g:.2f} on {obj} in the side-by-side re-measure; the gain "
+                "seen during the search did not hold up")
+    if target and g < target:
+        return f"best effort: ×{g:.2f} on {obj}, short of the ×{target} target"
+    if confirm and not confirm["within_bound"]:
+        return (f"×{g:.2f} on {obj}, but outside the quality bound on the "
+                f"{confirm['n_eval']} re-measured texts ({confirm['bound']})")
+    return f"×{g:.2f} on {obj} within the quality bound"
+
+
+def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str, Any]],
+                state: dict[str, Any]) -> dict[str, Any]:
+    s, budget = planner.s, planner.budget
+    best, base = result["best"], result["baseline"]
+    confirm = state["confirm"]
+    hw = hardware_profile()
+    data = {
+        "model": s.model, "task": planner.base.task, "objective": s.objective,
+        "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,
+        "hardware": hw.to_dict(), "hardware_summary": hw.summary(),
+        "settings": dict(s.__dict__), "stop": result["stop"],
+        "seconds": budget.elapsed(), "search_seconds": result["seconds"],
+        "budget_s": budget.total_s, "margin_s": margin_s(budget.total_s),
+        "reused": result["reused"],
+        "search": {**planner.sizing, "n_texts": len(planner.texts),
+                   "latency_runs": planner.latency_runs},
+        "gain": confirm["gain"] if confirm else gain(best["observation"], base["observation"],
+                                                     s.objective),
+        "gain_from": f"side-by-side re-measure on {confirm['n_eval']} texts" if confirm
+        else f"the search's measurements on {len(planner.texts)} texts",
+        "best_recipe": Candidate.from_json(best["candidate"]).describe(),
+        "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,
+        "variants": state["variants"], "best_artifact": state["best_artifact"],
+        "confirm": confirm, "notes": state["notes"], "errors": state["errors"],
+    }
+    data["verdict"] = verdict(data)
+    return data
