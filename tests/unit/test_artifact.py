@@ -86,3 +86,31 @@ def test_plain_module_artifact_needs_architecture(tmp_path, texts):
     h2 = ri.load(tmp_path / "m", module=Enc())
     np.testing.assert_array_equal(_outputs(h, texts)["embeddings"],
                                   _outputs(h2, texts)["embeddings"])
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_model_loaded_from_gguf_saves_as_safetensors_and_reloads_exactly(tmp_path, texts,
+                                                                        outtype):
+    # transformers 5 marks a model loaded with gguf_file= as "quantized with gguf", which
+    # save_pretrained refuses, though its weights are de-quantized float32 (issue #14)
+    import torch
+
+    from reactinfer.backends.gguf_convert import convert_to_gguf
+    from reactinfer.compression import PruneFFN, QuantizeWeightOnly
+
+    path = convert_to_gguf(tiny_handle("causal-lm"), tmp_path / "tiny.gguf", outtype)
+    h = ri.load(path)
+    assert all(p.dtype == torch.float32 for p in h.model.parameters()) and not h.files
+    variants = {"plain": h, "pruned": ri.compress(h, [PruneFFN(keep=0.5)]),
+                "woq": ri.compress(h, [QuantizeWeightOnly(bits=8, group_size=16)])}
+    for name, v in variants.items():
+        m = ri.Artifact.save(v, tmp_path / name).manifest
+        assert "model.safetensors" in m["files"]
+        assert not any(f.endswith(".gguf") for f in m["files"])
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert "quantization_config" not in config  # a reload must not ask for a GGUF file
+        v2 = ri.load(tmp_path / name)
+        assert v2.transforms == v.transforms
+        a, b = _outputs(v, texts), _outputs(v2, texts)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")

@@ -3,6 +3,7 @@ artifacts, and in-memory torch modules, through one registry of loaders."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -125,17 +126,55 @@ def load_gguf(path: Path, task: str | None = None, name: str | None = None,
     kw = {"gguf_file": path.name, "local_files_only": True}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent,
-                                                                  torch_dtype=torch.float32, **kw)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, torch_dtype=torch.float32, **kw, **_dequantize_gguf_kwargs())
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not read GGUF file {path}: {e}") from None
-    model.eval()
+    model = drop_dense_quantizer_marker(model).eval()
     if source is None:
         source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
+    # No runtime file: the handle runs (and saves) its float torch weights; llama.cpp finds
+    # the unchanged GGUF through `source` (backends.gguf_convert.source_gguf) when it can
+    # use it as is, and a transformed model must not carry the stale file into an artifact.
     return ModelHandle(task="causal-lm", model=model, tokenizer=tokenizer,
                        name=name or path.stem, source=source,
-                       max_length=_max_length(path.parent, "causal-lm", model.config),
-                       files={"source.gguf": path})
+                       max_length=_max_length(path.parent, "causal-lm", model.config))
+
+
+def _dequantize_gguf_kwargs() -> dict[str, Any]:
+    """Ask for plain float weights. transformers 5 can keep GGUF blocks packed (GgufLinear,
+    when the `kernels` package is installed), which our transforms, GGUF conversion and
+    artifacts cannot handle; transformers 4 always de-quantizes and has no GgufConfig."""
+    import transformers
+
+    config_cls = getattr(transformers, "GgufConfig", None)
+    if config_cls is None or "dequantize" not in inspect.signature(config_cls).parameters:
+        return {}
+    return {"quantization_config": config_cls(dequantize=True)}
+
+
+def drop_dense_quantizer_marker(model: Any) -> Any:
+    """Clear transformers' "quantized with gguf" marker from a de-quantized model.
+
+    transformers 5 marks every model loaded with `gguf_file=` as quantized (`hf_quantizer`,
+    `config.quantization_config`), even when every weight was de-quantized to float, and
+    `save_pretrained` then refuses it ("quantized with gguf and is not serializable"); a
+    config.json saved with the marker would also ask for a GGUF file on reload. The weights
+    are ordinary float tensors, so the marker is wrong: drop it. A model with packed
+    (non-float) weights keeps it, and transformers' own error says why it cannot be saved.
+    """
+    import torch
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
+        return model
+    tensors = list(model.parameters()) + list(model.buffers())
+    packed = getattr(quantizer, "packed_modules", None)
+    if packed or not all(torch.is_floating_point(t) for t in tensors):
+        return model
+    quantizer.remove_quantization_config(model)
+    return model
 
 
 register_loader("artifact", lambda p: p.is_dir() and (p / "manifest.json").exists())(
@@ -159,10 +198,7 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
     source = {"kind": "builtin", "ref": name, "sha256": sha256_file(weights)}
     loader = load_gguf if path.suffix == ".gguf" else load_hf_dir
     kw = {k: v for k, v in kw.items() if k not in ("task", "name", "source")}
-    handle = loader(path, task=spec.task, name=name, source=source, **kw)
-    if path.suffix == ".gguf":  # the packaged GGUF is a runtime file llama.cpp can use as is
-        handle = handle.derive(files={})
-    return handle
+    return loader(path, task=spec.task, name=name, source=source, **kw)
 
 
 def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
@@ -210,7 +246,7 @@ def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str
         if isinstance(value, torch.Tensor):
             h.update(key.encode())
             h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    module.eval()
+    module = drop_dense_quantizer_marker(module).eval()  # a GGUF-loaded transformers model
     return ModelHandle(task=task, model=module, tokenizer=tokenizer, name=name,
                        source={"kind": "module", "ref": type(module).__name__,
                                "sha256": h.hexdigest()},
