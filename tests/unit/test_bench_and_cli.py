@@ -7,6 +7,7 @@ import pytest
 
 import reactinfer as ri
 from reactinfer.cli.main import main
+from reactinfer.core.errors import UserError
 from reactinfer.testing import save_tiny_hf, tiny_handle
 
 
@@ -134,3 +135,51 @@ def test_cli_info_and_models_and_backends(tmp_path, capsys):
     assert names == ["minilm", "smollm2"]
     assert main(["backends", "--json"]) == 0
     assert "torch" in [b["name"] for b in json.loads(capsys.readouterr().out)]
+
+
+def test_bench_default_eval_sample_is_small_for_lms_and_recorded(tmp_path):
+    # issue #14: `react bench smollm2` evaluated all 1,000 texts by default (~25 min)
+    from reactinfer.data import texts_for
+    from reactinfer.measure import format_report
+    from reactinfer.measure.harness import DEFAULT_LATENCY_RUNS, DEFAULT_N_EVAL
+
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"open the archive and close it when done {i}"
+                              for i in range(800)))
+    available = len(texts_for("eval", str(data)))
+    assert available > DEFAULT_N_EVAL["causal-lm"]
+    kw = {"batch_size": 8, "data": str(data), "gen_tokens": 0, "progress": False}
+    r = ri.bench(tiny_handle("causal-lm"), **kw)
+    assert r["n_eval"] == DEFAULT_N_EVAL["causal-lm"] == 64
+    assert r["n_eval_available"] == available and r["n_eval_default"] is True
+    assert r["latency_ms"]["n"] == DEFAULT_LATENCY_RUNS["causal-lm"]
+    assert f"64 of {available}" in format_report(r) and "--n-eval all" in format_report(r)
+    r = ri.bench(tiny_handle("causal-lm"), n_eval="all", latency_runs=2, **kw)
+    assert r["n_eval"] == available and r["n_eval_default"] is False
+    r = ri.bench(tiny_handle("embedding"), latency_runs=2, **kw)  # encoders: every text
+    assert r["n_eval"] == available and not r["n_eval_default"]
+    with pytest.raises(UserError, match="--n-eval"):
+        ri.bench(tiny_handle("causal-lm"), n_eval=0, **kw)
+
+
+def _bench_cli(tmp_path, *extra):
+    d = save_tiny_hf(tmp_path / "lm", "causal-lm")
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"return a new list of items {i}" for i in range(40)))
+    return main(["bench", str(d), "--data", str(data), "--batch-size", "4",
+                 "--latency-runs", "2", "--json", *extra])
+
+
+def test_cli_bench_shows_progress_for_each_phase_on_stderr(tmp_path, capsys):
+    assert _bench_cli(tmp_path) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout holds the JSON only
+    assert report["n_eval_available"] == report["n_eval"]
+    for phase in ("prepare + warm-up", "eval", "latency @ batch 1", "generation"):
+        assert f"[torch] {phase}" in captured.err, phase
+    assert _bench_cli(tmp_path / "quiet", "--no-progress", "--n-eval", "all") == 0
+    captured = capsys.readouterr()
+    assert "[torch]" not in captured.err and json.loads(captured.out)["n_eval"] > 0
+    assert main(["bench", "minilm", "--n-eval", "most"]) == 2  # refused before loading
+    err = capsys.readouterr().err
+    assert "--n-eval must be at least 1 or 'all'" in err and len(err.strip().splitlines()) == 1

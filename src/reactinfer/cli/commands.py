@@ -43,8 +43,12 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("model", help="built-in name, model path, or artifact directory")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field")
-    p.add_argument("--n-eval", type=int, default=None, help="use only the first N eval texts")
-    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--n-eval", type=_n_eval, default=None, metavar="N|all",
+                   help="evaluate on the first N held-out texts, or 'all' of them (default: "
+                   "all for encoders and classifiers, 64 for causal LMs, whose evaluation "
+                   "costs a full-vocabulary forward per text)")
+    p.add_argument("--latency-runs", type=int, default=None,
+                   help="timed batch-1 requests (default 50; 20 for causal LMs)")
     p.add_argument("--reference", help="judge quality against this model instead")
     p.add_argument("--backend", help="run on this backend (see `react backends`), or 'auto' "
                    "to measure them here and pick the fastest within the quality bound")
@@ -71,6 +75,14 @@ def _bench(p: argparse.ArgumentParser):
         return 0
 
     return run
+
+
+def _n_eval(value: str) -> int | str:
+    """--n-eval: a count or 'all'; bench() checks it up front (one line, exit 2)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
 
 
 @command("info", "Print an artifact's manifest readably (verifies its files).")

@@ -27,6 +27,23 @@ from ..tasks.causal_lm import GEN_PROMPT
 # noisy to trust: a report says so rather than printing them as if they were solid.
 MIN_EVAL_TEXTS = 50
 
+# The evaluation sample when the caller does not choose one (n_eval=None). A causal LM
+# costs a full-vocabulary forward per text (about 0.3-1 s per text for smollm2 on 2 CPU
+# cores), so its default is a sample that keeps `react bench smollm2` to a few minutes;
+# n_eval="all" (--n-eval all) evaluates every held-out text. Encoders evaluate all of them
+# in seconds. A fixed count, not a time budget: the same command measures the same texts
+# on every machine.
+DEFAULT_N_EVAL: dict[str, int | None] = {"embedding": None, "classification": None,
+                                         "causal-lm": 64}
+# Batch-1 latency samples when the caller does not choose (latency_runs=None).
+DEFAULT_LATENCY_RUNS = {"embedding": 50, "classification": 50, "causal-lm": 20}
+LATENCY_WARMUP = 3  # untimed batch-1 calls before the timed ones
+
+
+def _bar(progress: bool, desc: str, total: int, unit: str) -> tqdm:
+    """One phase's progress bar on stderr (a no-op bar when progress is off)."""
+    return tqdm(total=total, desc=desc, disable=not progress, unit=unit, leave=False)
+
 
 class _Counted:
     """Wraps a runner to tick a progress bar once per batch."""
@@ -47,8 +64,9 @@ def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
 
 
 def latency_batch1(handle: ModelHandle, runner: Runner, texts: Sequence[str], n: int,
-                   warmup: int = 3) -> dict[str, float]:
-    """One request at a time, tokenization included (what a caller waits for)."""
+                   warmup: int = LATENCY_WARMUP, bar: tqdm | None = None) -> dict[str, float]:
+    """One request at a time, tokenization included (what a caller waits for); `bar`
+    ticks once per request."""
     if not texts:
         raise UserError("no texts to measure latency on")
     picks = [texts[i % len(texts)] for i in range(n + warmup)]
@@ -58,19 +76,26 @@ def latency_batch1(handle: ModelHandle, runner: Runner, texts: Sequence[str], n:
         runner(tokenize(handle.tokenizer, [text], handle.max_length))
         if i >= warmup:
             samples.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
     return percentiles(samples)
 
 
 def generation_speed(handle: ModelHandle, runner: Any, new_tokens: int = 32,
-                     repeats: int = 3) -> dict[str, float]:
-    """Greedy decoding at batch 1 after a short prompt: tokens/s of new tokens."""
+                     repeats: int = 3, bar: tqdm | None = None) -> dict[str, float]:
+    """Greedy decoding at batch 1 after a short prompt: tokens/s of new tokens; `bar`
+    ticks once per decode (a warm-up, then `repeats` timed ones)."""
     prompt = handle.tokenizer(GEN_PROMPT)["input_ids"]
     runner.generate(prompt, 4)  # warm-up
+    if bar is not None:
+        bar.update(1)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = runner.generate(prompt, new_tokens)
         times.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
     n = len(out)
     best = float(np.median(times))
     return {"tokens_per_s": n / best, "ms_per_token": best / max(n, 1) * 1e3,
@@ -100,22 +125,28 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
             latency_runs: int = 50, gen_tokens: int = 32, progress: bool = True
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Speed, memory and size of `handle` on `texts`, and the task results quality needs.
-    Quality itself is a comparison, done by the caller against a reference's results."""
+    Quality itself is a comparison, done by the caller against a reference's results.
+    With `progress`, each phase (prepare, eval, latency runs, generation) shows a bar on
+    stderr."""
     if not texts:
         raise UserError("the evaluation data is empty")
     task = get_task(handle.task)
     # full-vocabulary LM logits are large (B, T, 49k): keep LM batches small
     eval_batch = min(batch_size, 8) if handle.task == "causal-lm" else batch_size
-    t0 = time.perf_counter()
-    runner = handle.runner()
-    prepare_s = time.perf_counter() - t0
-    # warm-up: first calls allocate, compile, and fill caches (reported apart: warmup_s)
-    t0 = time.perf_counter()
-    runner(tokenize(handle.tokenizer, texts[:min(len(texts), eval_batch)], handle.max_length))
-    warmup_s = time.perf_counter() - t0
+    what = f"bench {handle.name} [{handle.backend}]"
+    with _bar(progress, f"{what} prepare + warm-up", 2, "step") as bar:
+        t0 = time.perf_counter()
+        runner = handle.runner()
+        prepare_s = time.perf_counter() - t0
+        bar.update(1)
+        # warm-up: first calls allocate, compile, and fill caches (reported apart: warmup_s)
+        t0 = time.perf_counter()
+        runner(tokenize(handle.tokenizer, texts[:min(len(texts), eval_batch)],
+                        handle.max_length))
+        warmup_s = time.perf_counter() - t0
+        bar.update(1)
 
-    with tqdm(total=len(texts), desc=f"bench {handle.name} [{handle.backend}]",
-              disable=not progress, unit="text", leave=False) as bar:
+    with _bar(progress, f"{what} eval", len(texts), "text") as bar:
         t0 = time.perf_counter()
         results = task.evaluate(_Counted(runner, bar), handle.tokenizer, texts, eval_batch,
                                 handle.max_length)
@@ -128,12 +159,16 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
         "backend_options": handle.backend_options, "transforms": list(handle.transforms),
         "batch_size": eval_batch, "n_eval": len(texts), "max_length": handle.max_length,
         "prepare_s": prepare_s, "warmup_s": warmup_s,
-        "latency_ms": latency_batch1(handle, runner, texts, latency_runs),
         "throughput": {"items_per_s": len(texts) / elapsed, "tokens_per_s": n_tokens / elapsed,
                        "batch_size": eval_batch, "seconds": elapsed},
     }
+    with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP, "run") as bar:
+        report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
     if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
-        report["generation"] = generation_speed(handle, runner, gen_tokens)
+        repeats = 3
+        with _bar(progress, f"{what} generation ({gen_tokens} tokens, warm-up + {repeats})",
+                  repeats + 1, "run") as bar:
+            report["generation"] = generation_speed(handle, runner, gen_tokens, repeats, bar)
         report["generation"]["kv_cache"] = getattr(runner, "kv_cache", True)
     if hasattr(runner, "device"):  # torch backends: where it ran ('cpu' or 'cuda')
         report["device"] = runner.device
@@ -179,12 +214,16 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     return to_backend(handle, name, **opts), None
 
 
-def check_bench_args(batch_size: int, n_eval: int | None, latency_runs: int,
+def check_bench_args(batch_size: int, n_eval: int | str | None, latency_runs: int | None,
                      gen_tokens: int, threads: int | None, max_drop: float | None) -> None:
     """Refuse impossible settings before loading anything (a batch of 0 would fail deep
     inside the runner, a negative bound only after every backend was measured)."""
     check_at_least("--batch-size", batch_size)
-    check_at_least("--n-eval", n_eval)
+    if isinstance(n_eval, str):
+        if n_eval != "all":
+            raise UserError(f"--n-eval must be at least 1 or 'all', got {n_eval!r}")
+    else:
+        check_at_least("--n-eval", n_eval)
     check_at_least("--latency-runs", latency_runs)
     check_at_least("gen_tokens", gen_tokens, 0)
     check_at_least("--threads", threads)
@@ -199,14 +238,38 @@ def small_sample_warning(n: int) -> str | None:
             f"noisy below {MIN_EVAL_TEXTS}; give more data (--data) or a larger --n-eval")
 
 
-def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int | None = None,
-          latency_runs: int = 50, reference: Any = None, gen_tokens: int = 32,
-          progress: bool = True, eval_texts: Sequence[str] | None = None,
-          backend: str | None = None, threads: int | None = None,
-          precision: str | None = None, max_drop: float | None = None,
-          device: str | None = None) -> dict[str, Any]:
+def _eval_sample(task: str, data: str | None, n_eval: int | str | None,
+                 eval_texts: Sequence[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """The texts to evaluate on, and what the report says about the choice."""
+    if eval_texts is not None:  # the caller's own list, used whole
+        texts = list(eval_texts)
+        return texts, {"n_eval_available": len(texts), "n_eval_default": False}
+    available = texts_for("eval", data)
+    limit = DEFAULT_N_EVAL[task] if n_eval is None else None if n_eval == "all" else int(n_eval)
+    texts = available[:limit]
+    return texts, {"n_eval_available": len(available),
+                   "n_eval_default": n_eval is None and len(texts) < len(available)}
+
+
+def bench(model: Any, batch_size: int = 32, data: str | None = None,
+          n_eval: int | str | None = None, latency_runs: int | None = None,
+          reference: Any = None, gen_tokens: int = 32, progress: bool = True,
+          eval_texts: Sequence[str] | None = None, backend: str | None = None,
+          threads: int | None = None, precision: str | None = None,
+          max_drop: float | None = None, device: str | None = None) -> dict[str, Any]:
     """Measure `model` (anything `load` takes). Quality is judged against `reference`,
     by default the model an artifact was made from, or the model itself.
+
+    Evaluation texts: the held-out part of `data` (or of the built-in corpus); `n_eval`
+    takes the first N of them, or "all"; by default (None) every one for encoders and
+    classifiers, and the first `DEFAULT_N_EVAL["causal-lm"]` (64) for causal LMs, whose
+    evaluation costs a full-vocabulary forward per text. `eval_texts` gives the texts
+    directly instead. The report records `n_eval` (texts used), `n_eval_available` and
+    `n_eval_default` (whether the default sample cut the set short).
+    `latency_runs`: timed batch-1 requests (default 50; 20 for causal LMs).
+    `gen_tokens`: new tokens per timed greedy decode for causal LMs (0 skips generation).
+    `progress`: a bar on stderr for each phase (prepare, eval, latency runs, generation,
+    the reference's eval).
 
     `backend` runs it on that backend first (`to_backend`), or with 'auto' measures the
     available backends and precisions on a sample and picks the fastest within the quality
@@ -216,12 +279,15 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
     check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
     original = load(model)
     task = get_task(original.task)
-    texts = list(eval_texts) if eval_texts is not None else texts_for("eval", data, n_eval)
+    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts)
     if not texts:
         raise UserError("the evaluation data is empty")
+    if latency_runs is None:
+        latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
                                     max_drop, device)
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
+    report.update(sample)
     if selection is not None:
         report["backend_selection"] = selection
     warning = small_sample_warning(len(texts))
@@ -242,8 +308,11 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None, n_eval: int
         if ref_handle is None:
             ref_results, ref_name = results, f"{handle.name} (itself)"
         else:
-            ref_results = task.evaluate(ref_handle.runner(), ref_handle.tokenizer, texts,
-                                        report["batch_size"], ref_handle.max_length)
+            with _bar(progress, f"reference {ref_handle.name} [{ref_handle.backend}] eval",
+                      len(texts), "text") as bar:
+                ref_results = task.evaluate(_Counted(ref_handle.runner(), bar),
+                                            ref_handle.tokenizer, texts, report["batch_size"],
+                                            ref_handle.max_length)
             ref_name = ref_handle.name
         quality = task.compare(ref_results, results)
         report["quality"] = quality

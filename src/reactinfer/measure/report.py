@@ -10,6 +10,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _eval_texts(r: dict[str, Any]) -> str:
+    n, available = r["n_eval"], r.get("n_eval_available")
+    text = f"{n} of {available}" if available and available != n else f"{n}"
+    if r.get("n_eval_default"):
+        text += f" (the default sample for {r['task']} models; --n-eval all for every one)"
+    return text + f" (max length {r['max_length']} tokens)"
+
+
 def format_report(r: dict[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in (r.get("backend_options") or {}).items())
     rows: list[tuple[str, str]] = [
@@ -17,7 +25,7 @@ def format_report(r: dict[str, Any]) -> str:
                   + (f" [{opts}]" if opts else "")
                   + (f" ({r['device']})" if r.get("device") else "")),
         ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
-        ("eval texts", f"{r['n_eval']} (max length {r['max_length']} tokens)"),
+        ("eval texts", _eval_texts(r)),
     ]
     lat = r["latency_ms"]
     rows.append(("latency @ batch 1",
