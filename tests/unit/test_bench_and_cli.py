@@ -177,6 +177,8 @@ def test_cli_bench_shows_progress_for_each_phase_on_stderr(tmp_path, capsys):
     assert report["n_eval_available"] == report["n_eval"]
     for phase in ("prepare + warm-up", "eval", "latency @ batch 1", "generation"):
         assert f"[torch] {phase}" in captured.err, phase
+    assert _bench_cli(tmp_path / "auto", "--backend", "auto") == 0  # one more phase
+    assert "choosing a backend for" in capsys.readouterr().err
     assert _bench_cli(tmp_path / "quiet", "--no-progress", "--n-eval", "all") == 0
     captured = capsys.readouterr()
     assert "[torch]" not in captured.err and json.loads(captured.out)["n_eval"] > 0

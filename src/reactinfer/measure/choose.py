@@ -113,10 +113,13 @@ def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
 def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
                    threads: int | None = None, precision: str | None = None,
                    max_drop: float | None = None, include: Sequence[str] = (),
-                   gen_tokens: int = 16, device: str | None = None
+                   gen_tokens: int = 16, device: str | None = None, progress: bool = False
                    ) -> tuple[ModelHandle, dict[str, Any]]:
     """Measure each candidate on `texts` and return (the chosen handle, the decision).
-    `threads` goes to every candidate, `device` to those with a device option (torch)."""
+    `threads` goes to every candidate, `device` to those with a device option (torch);
+    `progress` shows a bar on stderr that ticks once per candidate."""
+    from tqdm.auto import tqdm
+
     from ..backends.convert import to_backend
     from ..tasks import get_task
 
@@ -131,7 +134,10 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     ref_results = None
     rows: list[dict[str, Any]] = []
     best: tuple[float, ModelHandle | None, dict] = (-1.0, None, {})
-    for name, opts in grid:
+    candidates = tqdm(grid, desc=f"choosing a backend for {handle.name}", unit="candidate",
+                      disable=not progress, leave=False)
+    for name, opts in candidates:
+        candidates.set_postfix_str(f"{name} {opts}")  # the one being converted and measured
         opts = {**opts, **({"threads": threads} if threads is not None else {})}
         if device is not None and "device" in backend_options(list_backends()[name]):
             opts["device"] = device

@@ -183,8 +183,8 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
 
 def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 threads: int | None, precision: str | None, batch_size: int,
-                max_drop: float | None = None, device: str | None = None
-                ) -> tuple[ModelHandle, dict[str, Any] | None]:
+                max_drop: float | None = None, device: str | None = None,
+                progress: bool = False) -> tuple[ModelHandle, dict[str, Any] | None]:
     """Move `handle` to the asked backend, or measure and choose one ('auto')."""
     from ..backends import to_backend
     from ..core.backend import backend_options, get_backend
@@ -193,7 +193,8 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     if backend == "auto":
         sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
         return choose_backend(handle, sample, batch_size, threads=threads,
-                              precision=precision, max_drop=max_drop, device=device)
+                              precision=precision, max_drop=max_drop, device=device,
+                              progress=progress)
     if backend is None and threads is None and precision is None and device is None:
         return handle, None
     name = backend or handle.backend
@@ -268,8 +269,8 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     `n_eval_default` (whether the default sample cut the set short).
     `latency_runs`: timed batch-1 requests (default 50; 20 for causal LMs).
     `gen_tokens`: new tokens per timed greedy decode for causal LMs (0 skips generation).
-    `progress`: a bar on stderr for each phase (prepare, eval, latency runs, generation,
-    the reference's eval).
+    `progress`: a bar on stderr for each phase (choosing a backend, prepare, eval, latency
+    runs, generation, the reference's eval).
 
     `backend` runs it on that backend first (`to_backend`), or with 'auto' measures the
     available backends and precisions on a sample and picks the fastest within the quality
@@ -285,7 +286,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     if latency_runs is None:
         latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
-                                    max_drop, device)
+                                    max_drop, device, progress)
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
     if selection is not None:
