@@ -36,7 +36,6 @@ SKIP = {
     "make run": "the main job: CI runs `make test`, which builds the same environment",
     "make test": "this test runs inside it",
     ". .venv/bin/activate": "the harness puts the environment's bin first on PATH",
-    "react optimize [MODEL]": "a synopsis of the options, not a command",
     "react optimize ./my-hf-model": "needs the user's own model and data",
     "react compress my-model/": "needs the user's own model and data",
     "from reactinfer.compression import CastHalf": "needs a CUDA GPU",
