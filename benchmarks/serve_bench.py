@@ -234,7 +234,7 @@ def batching(variants: dict, texts: list[str], a: argparse.Namespace) -> dict:
             if low_rate is None:
                 low_rate = 0.25 * res[name]["closed_loop"]["items_per_s"]
             res[name]["low_load"] = run_loadtest(base + "/v1/embeddings", low_rate, a.duration,
-                                                 texts=texts, seed=1)
+                                                 texts=texts, seed=1, repeat_inputs=True)
     res["model_alone"] = model_ceiling(fp32[0], texts, a.max_batch, a.duration / 2,
                                        getattr(a, "device", "auto"))
     on, off = res["on"], res["off"]
@@ -264,7 +264,7 @@ def ladder(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) 
     for name, (models, extra) in setups.items():
         with server(models, *flags, *extra) as (base, _):
             s = run_loadtest(base + "/v1/embeddings", rate, a.duration, slo_ms=a.slo_ms,
-                             texts=texts, seed=2)
+                             texts=texts, seed=2, repeat_inputs=True)
             s.update(_quality(base))
             runs[name] = s
     lad, fixed = runs["ladder"], runs["fixed_fp32"]
@@ -294,12 +294,12 @@ def overload(variants: dict, texts: list[str], sat: float, a: argparse.Namespace
         sampler = threading.Thread(target=sample)
         sampler.start()
         over = run_loadtest(base + "/v1/embeddings", 10 * sat, a.overload_s, slo_ms=a.slo_ms,
-                            texts=texts, seed=3)
+                            texts=texts, seed=3, repeat_inputs=True)
         stop.set()
         sampler.join()
         time.sleep(1.0)
         recovery = run_loadtest(base + "/v1/embeddings", 0.3 * sat, a.duration / 2,
-                                slo_ms=a.slo_ms, texts=texts, seed=4)
+                                slo_ms=a.slo_ms, texts=texts, seed=4, repeat_inputs=True)
         return {"rate": 10 * sat, "overload": over, "recovery": recovery,
                 "achieved_send_rate": over["sent"] / over["wall_s"],
                 "rss_mb": {"before": rss_before / 2**20, "peak": max(samples) / 2**20,
@@ -312,7 +312,7 @@ def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -
         result: dict[str, Any] = {}
         t = threading.Thread(target=lambda: result.update(run_loadtest(
             base + "/v1/embeddings", sat, a.duration, slo_ms=a.slo_ms, texts=texts, seed=5,
-            timeout_s=60)))
+            timeout_s=60, repeat_inputs=True)))
         t.start()
         time.sleep(a.duration / 2)
         proc.send_signal(signal.SIGTERM)

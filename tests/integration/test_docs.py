@@ -94,6 +94,7 @@ class Session:
     env: dict[str, str]
     log: list[str] = field(default_factory=list)
     server: subprocess.Popen | None = None
+    server_log: Path = Path()
     port: int = 0
 
     def run(self, cmd: str, ok_codes: tuple[int, ...] = (0,)) -> None:
@@ -112,15 +113,18 @@ class Session:
             cmd = re.sub(r"--port \d+", f"--port {self.port}", cmd)
         else:
             cmd = re.sub(r"^react serve", f"react serve --port {self.port}", cmd)
-        self.server = subprocess.Popen(["bash", "-c", "exec " + cmd], cwd=self.cwd, env=self.env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                       text=True, start_new_session=True)
+        # stderr to a file: a pipe nobody reads would block a chatty server
+        self.server_log = self.cwd / f"server-{self.port}.log"
+        with open(self.server_log, "w") as err:
+            self.server = subprocess.Popen(["bash", "-c", "exec " + cmd], cwd=self.cwd,
+                                           env=self.env, stdout=subprocess.DEVNULL, stderr=err,
+                                           start_new_session=True)
         t0 = time.perf_counter()
         url = f"http://127.0.0.1:{self.port}/v2/health/ready"
         while time.perf_counter() - t0 < 300:
             if self.server.poll() is not None:
                 raise AssertionError(f"`{cmd}` exited {self.server.returncode}:\n"
-                                     f"{self.server.stderr.read()[-4000:]}")
+                                     f"{self.server_log.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
@@ -136,13 +140,15 @@ class Session:
             return
         self.server.send_signal(signal.SIGTERM)
         try:
-            err = self.server.communicate(timeout=120)[1]
+            self.server.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(self.server.pid, signal.SIGKILL)
-            err = self.server.communicate()[1]
-            raise AssertionError(f"the server did not stop on SIGTERM:\n{err[-2000:]}") from None
+            self.server.wait()
+            raise AssertionError("the server did not stop on SIGTERM:\n"
+                                 f"{self.server_log.read_text()[-2000:]}") from None
         finally:
             self.server = None
+        err = self.server_log.read_text()
         assert "Traceback" not in err, f"the server printed a traceback on stop:\n{err}"
 
     def to_server(self, cmd: str) -> str:

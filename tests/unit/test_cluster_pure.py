@@ -165,17 +165,26 @@ def test_blocking_ray_serve_waits_for_the_signal_and_names_it(sig):
     import os
     import signal
     import threading
+    import time
 
     from reactinfer.cluster.serve_ray import _wait_for_stop_signal
 
     before = signal.getsignal(signal.SIGINT)
     term_before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), getattr(signal, sig)))
-    timer.start()
+    signum = getattr(signal, sig)
+
+    def send_once_handled() -> None:  # only once the waiter's handler is in place
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signum) in (before, term_before) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signum)
+
+    sender = threading.Thread(target=send_once_handled, daemon=True)
+    sender.start()
     try:
         assert _wait_for_stop_signal() == sig
         assert signal.getsignal(signal.SIGINT) is before
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
-        timer.join()
+        sender.join(timeout=30)
         signal.signal(signal.SIGTERM, term_before)

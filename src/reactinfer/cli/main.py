@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,7 +80,9 @@ def _library_progress(enabled: bool) -> Iterator[None]:
             os.environ[key] = env_before
         hf_after = sys.modules.get("transformers.utils.logging")
         if hf_after is not None and on_after:
-            hf_after.enable_progress_bar()
+            with warnings.catch_warnings():  # huggingface_hub read the variable at import
+                warnings.simplefilter("ignore", UserWarning)
+                hf_after.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

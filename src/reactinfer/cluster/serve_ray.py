@@ -84,7 +84,8 @@ def _wait_ready(url: str, timeout: float) -> None:
         except httpx.HTTPError as e:
             last = e
         time.sleep(0.5)
-    raise RuntimeError(f"Ray Serve app not ready at {url} after {timeout:.0f} s: {last}")
+    raise UserError(f"the Ray Serve app was not ready at {url} after {timeout:.0f} s ({last}); "
+                    "see the replicas' logs (ray logs), or raise the ready timeout")
 
 
 def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
@@ -108,7 +109,11 @@ def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
     ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
     served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started,
                     owns_cluster=started and ray_api.owns_cluster())
-    _wait_ready(served.url, ready_timeout)
+    try:
+        _wait_ready(served.url, ready_timeout)
+    except BaseException:
+        served.stop()  # never leave Serve (and a Ray started here) running behind an error
+        raise
     if block:
         print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
               f"{served.url} (Ctrl-C or SIGTERM stops)", flush=True)

@@ -105,21 +105,27 @@ def fit_steps(steps: tuple[dict[str, Any], ...], fixed_s: float, expected_s: flo
     `expected_s`: the predicted cost in all (measured on an earlier trial of its family, or
     `fixed_s` + the timed steps' budgets)."""
     timed = timed_total(steps)
-    room = left_s - fixed_s
-    if timed == 0 or room >= timed:
+    if timed == 0:
         if expected_s <= left_s:
             return Fit(steps, expected_s)
         return Fit(None, expected_s, _no_room(expected_s, left_s))
+    # What the action costs besides its timed steps: predicted, or as measured on an
+    # earlier trial of its family when that was more. More time left never turns a run
+    # into a skip, and a cut step is predicted with that measured overhead.
+    overhead = max(fixed_s, expected_s - timed)
+    room = left_s - overhead
+    if room >= timed:
+        return Fit(steps, overhead + timed)
     # a step that stops on its own clock can be given less time, but not so little that
     # it cannot work (unless its family has shown it finishes early here)
     if room >= 1.0 and (expected_s <= left_s or room >= MIN_TIMED_SHARE * timed):
         share = room / timed
         cut = tuple({**s, "time_budget_s": float(max(1, int(s["time_budget_s"] * share)))}
                     if s.get("time_budget_s") else s for s in steps)
-        return Fit(cut, fixed_s + timed_total(cut),
+        return Fit(cut, overhead + timed_total(cut),
                    f"Its own time budget is cut from {timed:.0f}s to {timed_total(cut):.0f}s "
                    "to fit in what is left of the run's.")
-    return Fit(None, fixed_s + timed, _no_room(fixed_s + timed, left_s))
+    return Fit(None, overhead + timed, _no_room(overhead + timed, left_s))
 
 
 def _no_room(need_s: float, left_s: float) -> str:

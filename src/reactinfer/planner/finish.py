@@ -6,6 +6,7 @@ are in the store already), and then the error is raised."""
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 from ..core.artifact import save_artifact
@@ -49,8 +50,25 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
                    f"the trials in {planner.out / STORE_NAME}")
         raise
     finally:
+        data = _write_report_keeping_the_error(planner, result, pareto, state)
+    return data
+
+
+def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
+                                    pareto: list[dict[str, Any]], state: dict[str, Any]
+                                    ) -> dict[str, Any]:
+    """Write the report and close the store, whatever happened. A report that fails while
+    another error is on its way out is noted on that error rather than replacing it."""
+    in_flight = sys.exc_info()[1]
+    try:
         data = report_data(planner, result, pareto, state)
         write_report(planner.out, data)
+    except Exception as e:
+        if in_flight is None:
+            raise
+        in_flight.add_note(f"writing the report failed too: {type(e).__name__}: {e}")
+        data = {}
+    finally:
         planner.store.close()
     return data
 

@@ -202,7 +202,8 @@ class Planner:
             obs = self._observe(handle)
             # what building and measuring cost here: the budget predicts later steps from it
             obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
-        except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
+        # One bad candidate is a failed trial, not the end of the run (and of its report).
+        except Exception as e:  # noqa: BLE001
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
         else:
             assert obs is not None  # _observe returned a measurement

@@ -94,6 +94,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(2048)  # holds the port: a second server starting now fails here, at once
     except OSError as e:
         sock.close()
         raise UserError(_bind_error(host, port, e)) from None
