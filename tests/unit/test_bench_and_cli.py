@@ -135,6 +135,13 @@ def test_cli_info_and_models_and_backends(tmp_path, capsys):
     assert names == ["minilm", "smollm2"]
     assert main(["backends", "--json"]) == 0
     assert "torch" in [b["name"] for b in json.loads(capsys.readouterr().out)]
+    # a reader that left (`| head -1`) is no error and prints no traceback: here the pipe
+    # is closed before the command has written anything
+    p = subprocess.Popen([sys.executable, "-m", "reactinfer", "info", str(tmp_path / "a")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and "Traceback" not in err, err
 
 
 def test_bench_default_eval_sample_is_small_for_lms_and_recorded(tmp_path):

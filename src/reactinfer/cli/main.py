@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"react {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `react info ... | head`: the reader left; that is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(rc or 0)
 
 
