@@ -157,3 +157,14 @@ def test_adapter_surgery_only_touches_the_family_paths(opt_family):
     compress(h, [PruneFFN(0.5)])  # a Llama model is still served by the Llama adapter
     assert all(torch.equal(v, h.model.state_dict()[k]) for k, v in before.items())
     assert adapter_for(h.model).name == "llama"
+
+
+def test_the_planner_reads_model_shape_through_the_adapter(opt_family):
+    from reactinfer.planner.actions import model_facts
+
+    # OPT: FFN width in `ffn_dim`, two FFN matrices; Llama: `intermediate_size`, three
+    opt = model_facts(tiny_opt().model)
+    assert opt["ffn"] == 64 and opt["ffn_share"] == pytest.approx(2 * 64 / (2 * 64 + 4 * 32))
+    llama = model_facts(tiny_model("causal-lm"))
+    assert llama["ffn_share"] == pytest.approx(3 * 64 / (3 * 64 + 4 * 32))
+    assert model_facts(torch.nn.Linear(2, 2)) == {}  # no family: no shape claims

@@ -17,13 +17,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UserError
-from ..models.arch import GGUFLayout, find_adapter, gguf_types, model_kind
+from ..models.arch import GGUFLayout, find_adapter, model_kind
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-SUPPORTED_ARCHS = gguf_types()  # the model types whose family has a GGUF layout
+
+
+def gguf_layout_of(model: Any) -> GGUFLayout | None:
+    """The GGUF layout of `model`'s family, if it has one (asked at call time, so a family
+    registered later counts)."""
+    adapter = find_adapter(model)
+    return adapter.gguf_layout(model) if adapter is not None else None
 
 
 def _file_type(outtype: str) -> int:
@@ -156,8 +162,7 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
         raise UserError(f"GGUF type {outtype!r} is not one of {', '.join(OUTTYPES)} "
                         "(k-quants: run llama.cpp's llama-quantize on an f16 file)")
     model = handle.model
-    arch = find_adapter(model)
-    layout = arch.gguf_layout(model) if arch is not None else None
+    layout = gguf_layout_of(model) if model is not None else None
     if model is None or layout is None:
         raise UserError("GGUF conversion supports Hugging Face Llama causal LMs; this model is "
                         f"{model_kind(model)!r}")

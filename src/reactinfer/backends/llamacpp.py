@@ -17,7 +17,8 @@ import numpy as np
 
 from ..core.backend import Backend, Batch, module_available, register_backend
 from ..core.errors import UserError
-from .gguf_convert import OUTTYPES, SUPPORTED_ARCHS, convert_to_gguf, source_gguf
+from ..models.arch import gguf_types
+from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -150,7 +151,7 @@ class LlamaCppBackend(Backend):
         return {"tasks": ["causal-lm"],
                 "options": {"outtype": ["source"] + list(OUTTYPES), "threads": "int",
                             "n_ctx": "int (max_length + 128)"},
-                "architectures": list(SUPPORTED_ARCHS), "files": [MODEL_FILE],
+                "architectures": list(gguf_types()), "files": [MODEL_FILE],
                 "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
@@ -158,8 +159,7 @@ class LlamaCppBackend(Backend):
             return False
         if unchanged_gguf(handle) is not None:
             return True
-        config = getattr(handle.model, "config", None)
-        return getattr(config, "model_type", None) in SUPPORTED_ARCHS
+        return handle.model is not None and gguf_layout_of(handle.model) is not None
 
     def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
         """Use the source GGUF as is when the weights are unchanged and no type is asked

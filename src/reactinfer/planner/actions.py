@@ -132,16 +132,18 @@ class Action:
 TORCH_BACKENDS = ("torch", "torch-compile")
 
 
-def model_facts(model: Any, task: str) -> dict[str, Any]:
+def model_facts(model: Any) -> dict[str, Any]:
     """Shape facts the Thoughts reason with: layers, width, FFN share of the FLOPs."""
+    from ..models.arch import find_adapter
+
     cfg = getattr(model, "config", None)
-    if cfg is None:
+    adapter = find_adapter(model)
+    if cfg is None or adapter is None:
         return {}
     d = getattr(cfg, "hidden_size", 0)
-    ff = getattr(cfg, "intermediate_size", 0)
+    ff = getattr(cfg, adapter.ffn_config, 0)
     layers = getattr(cfg, "num_hidden_layers", 0)
-    gated = task == "causal-lm"  # Llama FFN has gate, up and down projections
-    ffn = (3 if gated else 2) * d * ff
+    ffn = (len(adapter.ffn_in) + 1) * d * ff  # e.g. Llama: gate, up and down projections
     attn = 4 * d * d
     return {"layers": layers, "hidden": d, "ffn": ff,
             "heads": getattr(cfg, "num_attention_heads", 0),

@@ -311,7 +311,7 @@ class Planner:
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
         return Context(hardware_profile(), self.base.task, self.s.objective,
-                       model_facts(self.base.model, self.base.task), self.log)
+                       model_facts(self.base.model), self.log)
 
     def _options(self, best: Candidate, tried: set[str]) -> list[tuple[Action, Candidate, str]]:
         """The untried actions that apply to `best`, most promising first, with the Thought."""
