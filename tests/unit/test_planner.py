@@ -17,8 +17,8 @@ from reactinfer.core.backend import Backend, register_backend
 from reactinfer.core.errors import UserError
 from reactinfer.core.transform import TransformConfig, register_transform
 from reactinfer.planner import Action, optimize
-from reactinfer.planner.loop import within_bound
 from reactinfer.planner.store import TrialStore
+from reactinfer.tasks import within_bound
 from reactinfer.testing import save_tiny_hf, tiny_texts
 
 

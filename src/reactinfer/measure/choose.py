@@ -1,7 +1,7 @@
-"""Hardware selection: measure the backends and precisions available here on a sample of
-the evaluation texts, and pick the fastest whose quality drop against the original stays
-within a small bound. Every candidate's measurement is returned, so a report can show
-what chose the winner.
+"""Hardware selection: measure the backends and precisions available here on a sample of the
+evaluation texts, and pick the fastest within a small bound on the quality against the
+original (the planner's test, `tasks.within_bound`: for embeddings top-10 recall too).
+Every candidate's measurement is returned, so a report can show what chose the winner.
 
 Speed is throughput at the batch size for encoders and classifiers, and greedy
 generation tokens/s at batch 1 for causal LMs (what a chat or completion user waits on).
@@ -121,7 +121,7 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     from tqdm.auto import tqdm
 
     from ..backends.convert import to_backend
-    from ..tasks import get_task
+    from ..tasks import get_task, within_bound
 
     check_max_drop(max_drop)
     if not texts:
@@ -153,9 +153,9 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
         if ref_results is None:  # the first candidate is the handle's own backend
             ref_results, row["reference"] = results, True
         quality = task.compare(ref_results, results)
-        drop = task.drop(quality)
-        row.update(score=score, unit=unit, quality=quality, quality_drop=drop,
-                   eligible=bool(drop <= bound), **facts)
+        ok, why = within_bound(handle.task, quality, bound)  # the planner's test, every criterion
+        row.update(score=score, unit=unit, quality=quality, quality_drop=task.drop(quality),
+                   eligible=ok, bound=why, **facts)
         rows.append(row)
         if row["eligible"] and score > best[0]:
             best = (score, cand, row)
@@ -165,11 +165,10 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
         raise UserError("no backend could run this model here; see the errors with "
                         "`react backends`")
     base = rows[0].get("score") or score
-    faster_rejected = [f"{r['backend']} {r['options']}" for r in rows
+    faster_rejected = [f"{r['backend']} {r['options']} ({r['bound']})" for r in rows
                        if r.get("score", 0) > score and not r.get("eligible")]
     reason = (f"{row['backend']} {row['options']}: {score:.1f} {row['unit']}, "
-              f"{score / base:.2f}x {rows[0]['backend']}, quality drop {row['quality_drop']:.4f}"
-              f" <= {bound}")
+              f"{score / base:.2f}x {rows[0]['backend']}, {row['bound']}")
     if faster_rejected:
         reason += f"; faster but over the bound: {', '.join(faster_rejected)}"
     decision = {"chosen": {"backend": row["backend"], "options": chosen.backend_options},

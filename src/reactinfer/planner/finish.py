@@ -16,11 +16,11 @@ from ..core.hardware import hardware_profile
 from ..data import texts_for
 from ..measure.harness import measure
 from ..models import load
-from ..tasks import get_task
+from ..tasks import get_task, within_bound
 from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
-from .loop import STORE_NAME, Planner, gain, within_bound
+from .loop import STORE_NAME, Planner, gain
 from .report import pareto_table, write_report
 
 MAX_VARIANTS = 4

@@ -27,7 +27,7 @@ from ..core.transform import config_from_dict
 from ..data import texts_for
 from ..measure.harness import measure
 from ..models import load
-from ..tasks import get_task
+from ..tasks import get_task, recall_floor, within_bound
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -71,24 +71,6 @@ def gain(obs: dict[str, Any], ref: dict[str, Any], objective: str) -> float:
     """How many times better `obs` is than `ref` on the objective (>1 is better)."""
     a, b = objective_value(obs, objective), objective_value(ref, objective)
     return a / b if OBJECTIVES[objective][1] else b / a
-
-
-def within_bound(task: str, quality: dict[str, float], max_drop: float) -> tuple[bool, str]:
-    """The user's bound on the task's quality score, plus, for embeddings, neighbour recall
-    (mean cosine alone can hide re-ordered search results)."""
-    drop = get_task(task).drop(quality)
-    if drop > max_drop:
-        return False, f"quality drop {drop:.4f} > bound {max_drop}"
-    if task == "embedding":
-        floor = recall_floor(max_drop)
-        if quality["top10_recall"] < floor:
-            return False, f"top-10 recall {quality['top10_recall']:.3f} < {floor:.3f}"
-    return True, f"quality drop {drop:.4f} ≤ {max_drop}"
-
-
-def recall_floor(max_drop: float) -> float:
-    """Embeddings: the least top-10 neighbour recall `within_bound` accepts."""
-    return max(0.0, 1 - 5 * max_drop)
 
 
 def bound_text(task: str, quality_name: str, max_drop: float) -> str:

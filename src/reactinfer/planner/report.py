@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .loop import OBJECTIVES, bound_text, gain, objective_value, within_bound
+from ..tasks import within_bound
+from .loop import OBJECTIVES, bound_text, gain, objective_value
 
 UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
 

@@ -91,3 +91,22 @@ def run_in_order(runner: Runner, tokenizer: Any, texts: Sequence[str], batch_siz
     if out is None:
         raise UserError("no texts to run: the data is empty")
     return out
+
+
+def within_bound(task: str, quality: dict[str, float], max_drop: float) -> tuple[bool, str]:
+    """The user's bound on the task's quality score, plus, for embeddings, neighbour recall
+    (mean cosine alone can hide re-ordered search results). One test for every place that
+    keeps or picks a model: the planner, `bench --backend auto`, the reports."""
+    drop = get_task(task).drop(quality)
+    if drop > max_drop:
+        return False, f"quality drop {drop:.4f} > bound {max_drop}"
+    if task == "embedding":
+        floor = recall_floor(max_drop)
+        if quality["top10_recall"] < floor:
+            return False, f"top-10 recall {quality['top10_recall']:.3f} < {floor:.3f}"
+    return True, f"quality drop {drop:.4f} ≤ {max_drop}"
+
+
+def recall_floor(max_drop: float) -> float:
+    """Embeddings: the least top-10 neighbour recall `within_bound` accepts."""
+    return max(0.0, 1 - 5 * max_drop)
