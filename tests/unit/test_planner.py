@@ -336,3 +336,23 @@ def test_the_stated_margin_is_the_one_the_code_uses():
     assert f"margin of {MARGIN_SHARE:.0%} (at least {MARGIN_MIN_S:.0f} s)" in help_text
     doc = " ".join((Path(__file__).parents[2] / "docs" / "planner.md").read_text().split())
     assert f"margin of {MARGIN_SHARE:.0%}, at least {MARGIN_MIN_S:.0f} s" in doc
+
+
+@pytest.mark.parametrize("flags,expect_native", [
+    ({"avx2", "fma", "f16c"}, False),                                     # Zen 1 / Haswell
+    ({"avx2", "avx512f", "avx512_vnni"}, False),                          # Cascade Lake: no bf16
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, True),            # Zen 4 / Cooper Lake
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8"}, True),      # Sapphire Rapids
+])
+def test_bf16_is_expected_to_pay_only_with_native_bf16(flags, expect_native):
+    # synthetic CPUs: the reasoning must not depend on the CPU running the test
+    import dataclasses as dc
+
+    from reactinfer.core.hardware import hardware_profile, isa_from_flags
+    from reactinfer.planner.actions import Context, _expect_half
+
+    hw = dc.replace(hardware_profile(), isa=isa_from_flags(flags), gpu=False)
+    ctx = Context(hardware=hw, task="embedding", objective="throughput", model_facts={}, log=[])
+    gain, why = _expect_half("bf16")(ctx)
+    assert (gain > 1) == expect_native, why
+    assert isa_from_flags(flags)["avx512_bf16"] == ("avx512_bf16" in flags)

@@ -13,7 +13,12 @@ _ISA_FLAGS = {
     "avx2": ("avx2",),
     "avx512": ("avx512f",),
     "vnni": ("avx512_vnni", "avx_vnni", "avx512vnni"),
+    "avx_vnni": ("avx_vnni",),                 # VNNI on 256-bit registers (Alder Lake on)
+    "avx512_bf16": ("avx512_bf16",),           # native bf16 dot products (Zen 4, Cooper Lake)
+    "avx512_fp16": ("avx512_fp16",),
     "amx": ("amx_tile", "amx_int8", "amx_bf16"),
+    "amx_bf16": ("amx_bf16",),
+    "amx_int8": ("amx_int8",),
     "f16c": ("f16c",),
     "fma": ("fma",),
     "neon": ("neon", "asimd"),
@@ -59,10 +64,15 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def isa_from_flags(flags: set[str]) -> dict[str, bool]:
+    """The ISA features we decide by, from the kernel's CPU flag names."""
+    return {name: any(f in flags for f in aliases) for name, aliases in _ISA_FLAGS.items()}
+
+
 @functools.lru_cache(maxsize=1)
 def hardware_profile() -> HardwareProfile:
     model, flags = _cpuinfo()
-    isa = {name: any(f in flags for f in aliases) for name, aliases in _ISA_FLAGS.items()}
+    isa = isa_from_flags(flags)
     gpu, gpu_name, gpu_mem = False, None, None
     try:
         import torch

@@ -216,11 +216,13 @@ def _expect_half(dtype: str) -> Expect:
             return 1.8, f"A GPU is present: {dtype} halves memory traffic and uses tensor cores."
         if ctx.objective == "size":
             return 2.0, f"{dtype} halves the stored weights."
-        fast = ctx.hardware.isa.get("amx") or (dtype == "bf16" and ctx.hardware.isa.get("avx512"))
-        if fast:
-            return 1.3, f"This CPU has native {dtype} matrix instructions."
-        return 0.8, (f"No native {dtype} GEMM on this CPU (no AMX/AVX512-BF16): eager {dtype} is "
-                     "likely slower than fp32; measured last, for completeness.")
+        isa = ctx.hardware.isa
+        native = ("amx_bf16", "avx512_bf16") if dtype == "bf16" else ("avx512_fp16",)
+        have = [name for name in native if isa.get(name)]
+        if have:
+            return 1.3, f"This CPU has native {dtype} instructions ({', '.join(have)})."
+        return 0.8, (f"No native {dtype} GEMM on this CPU (no {' or '.join(native)}): eager "
+                     f"{dtype} is likely slower than fp32; measured last, for completeness.")
     return expect
 
 
