@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +36,7 @@ from ._common import (
     check_fraction,
     check_names,
     clone,
+    linear_at,
     linear_names,
     model_batches,
     need_model,
@@ -125,15 +126,11 @@ class DropLayers(TransformConfig):
 
 # -- unstructured ----------------------------------------------------------------------------
 
-def _linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
-    return cast(torch.nn.Linear, model.get_submodule(name))  # names come from linear_names
-
-
 def _prunable(model: torch.nn.Module, exclude: tuple[str, ...], what: str) -> list[str]:
     """Linear layers, less exclusions and heads tied to an embedding (pruning those would
     prune the embedding table too)."""
     tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    names = [n for n in linear_names(model) if id(_linear(model, n).weight) not in tied]
+    names = [n for n in linear_names(model) if id(linear_at(model, n).weight) not in tied]
     skip = resolve_names(model, exclude, names, what)
     return [n for n in names if n not in skip]
 
@@ -157,7 +154,7 @@ def _prune_magnitude(handle: ModelHandle, cfg: PruneMagnitude) -> ModelHandle:
     model = need_model(handle, "PruneMagnitude")
     names = _prunable(model, cfg.exclude, "PruneMagnitude exclude")
     new = clone(model)
-    weights = [_linear(new, n).weight for n in names]
+    weights = [linear_at(new, n).weight for n in names]
     theta = _kth_abs(torch.cat([w.detach().flatten() for w in weights]), cfg.sparsity) \
         if cfg.scope == "global" else None
     with torch.no_grad():
@@ -171,14 +168,14 @@ def _prune_magnitude(handle: ModelHandle, cfg: PruneMagnitude) -> ModelHandle:
 def _prune_2of4(handle: ModelHandle, cfg: Prune2of4) -> ModelHandle:
     model = need_model(handle, "Prune2of4")
     names = _prunable(model, cfg.exclude, "Prune2of4 exclude")
-    bad = [n for n in names if _linear(model, n).in_features % 4]
+    bad = [n for n in names if linear_at(model, n).in_features % 4]
     if bad:
         raise UserError(f"Prune2of4: input features of {', '.join(bad[:4])} are not a multiple "
                         "of 4; exclude those layers")
     new = clone(model)
     with torch.no_grad():
         for n in names:
-            w = _linear(new, n).weight  # (N, K)
+            w = linear_at(new, n).weight  # (N, K)
             groups = w.view(w.shape[0], -1, 4)  # (N, K/4, 4)
             smallest = groups.abs().argsort(-1)[..., :2]
             groups.scatter_(-1, smallest, 0.0)
