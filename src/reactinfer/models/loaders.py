@@ -169,9 +169,9 @@ def drop_dense_quantizer_marker(model: Any) -> Any:
     method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
     if quantizer is None or str(getattr(method, "value", method)) != "gguf":
         return model
-    tensors = list(model.parameters()) + list(model.buffers())
+    # weights only: integer buffers (position ids) are ordinary in a float model
     packed = getattr(quantizer, "packed_modules", None)
-    if packed or not all(torch.is_floating_point(t) for t in tensors):
+    if packed or not all(torch.is_floating_point(p) for p in model.parameters()):
         return model
     quantizer.remove_quantization_config(model)
     return model
