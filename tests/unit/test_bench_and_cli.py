@@ -192,3 +192,21 @@ def test_cli_bench_shows_progress_for_each_phase_on_stderr(tmp_path, capsys):
     assert main(["bench", "minilm", "--n-eval", "most"]) == 2  # refused before loading
     err = capsys.readouterr().err
     assert "--n-eval must be at least 1 or 'all'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_more_cli_numbers_and_paths_are_checked_before_any_work(tmp_path, capsys):
+    (tmp_path / "recipe.json").write_text('[{"type": "PruneFFN", "keep": 0.5}]')
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["compress", "no-such-model", "--recipe", str(tmp_path / "recipe.json"), "-o",
+          str(tmp_path / "o"), "--n-eval", "-5"], "--n-eval must be at least 1"),
+        (["optimize", "minilm", "--max-trials", "0", "-o", str(tmp_path / "p")],
+         "--max-trials must be at least 1"),
+        (["optimize", "minilm", "--target", "-1", "-o", str(tmp_path / "q")], "--target"),
+        (["optimize", "minilm", "-o", str(tmp_path / "afile")], "is a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()  # nothing written

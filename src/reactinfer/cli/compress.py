@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from ..core.bounds import check_at_least
 from ..core.errors import UserError
 from .main import command, print_json
 
@@ -93,6 +94,7 @@ def _compress(p: argparse.ArgumentParser):
             raise UserError("give --recipe RECIPE.json (with -o ARTIFACT), or --sensitivity")
         if a.recipe and not a.output:
             raise UserError("give -o ARTIFACT: where to save the compressed model")
+        check_at_least("--n-eval", a.n_eval)
         cfgs = with_data(load_recipe(a.recipe), a.data) if a.recipe else []
         handle = load(a.model)
         out: dict[str, Any] = {}

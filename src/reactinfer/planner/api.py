@@ -29,6 +29,8 @@ def optimize(model: str = "minilm", objective: str = "throughput", max_drop: flo
         raise UserError("optimize() takes a model name or path (the store must be able to "
                         "reload it on --resume)")
     out = Path(out or f"react-out/{Path(model).name}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file; give a directory for the run's output")
     s = PlanSettings(model=model, objective=objective, max_drop=max_drop, budget_s=budget_s,
                      data=data, confirm_n_eval=confirm_n_eval, **settings)
     if out.exists() and not resume and any(p.name != "trials.sqlite" for p in out.iterdir()) \

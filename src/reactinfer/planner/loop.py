@@ -102,6 +102,9 @@ class PlanSettings:
                             f"{', '.join(OBJECTIVES)}")
         check_max_drop(self.max_drop)
         check_at_least("--batch-size", self.batch_size)
+        check_at_least("--max-trials", self.max_trials)
+        if self.target is not None and not self.target > 0:
+            raise UserError(f"--target must be a positive ratio, e.g. 2.0, got {self.target}")
         if self.budget_s <= 0:
             raise UserError(f"--budget-s must be positive, got {self.budget_s}")
         if self.n_eval < 10:
