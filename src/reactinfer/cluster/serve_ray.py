@@ -7,8 +7,10 @@ the wire. The app is `reactinfer.serving.app.create_app(models, config)` (config
 routes requests to the live ones meanwhile.
 """
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -70,12 +72,15 @@ class Served:
             ray_api.shutdown()
 
 
-def _wait_ready(url: str, timeout: float) -> None:
+def _wait_ready(url: str, timeout: float, stop: threading.Event | None = None) -> None:
+    """Until the app answers ready (or `stop` is set: a stop signal came first)."""
     import httpx
 
     deadline = time.time() + timeout
     last: Exception | str = "no answer"
     while time.time() < deadline:
+        if stop is not None and stop.is_set():
+            return
         try:
             r = httpx.get(url + "/v2/health/ready", timeout=5)
             if r.status_code == 200:
@@ -106,46 +111,61 @@ def run(models: Sequence[Any] | Any, config: Any = None, replicas: int = 2,
         name="ReactIngress", num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus_per_replica},
         health_check_period_s=2, health_check_timeout_s=10)(serve.ingress()(ReactIngress))
-    ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
-    served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started,
-                    owns_cluster=started and ray_api.owns_cluster())
-    try:
-        _wait_ready(served.url, ready_timeout)
-    except BaseException:
-        served.stop()  # never leave Serve (and a Ray started here) running behind an error
-        raise
-    if block:
-        print(f"serving {len(models)} model(s) on {replicas} Ray Serve replica(s) at "
-              f"{served.url} (Ctrl-C or SIGTERM stops)", flush=True)
-        ray_term = signal.getsignal(signal.SIGTERM)
+    ray_term = signal.getsignal(signal.SIGTERM)
+    # Blocking: the stop signals are noted from now on, so one that arrives while the
+    # replicas start still stops Serve and Ray in order (not Ray's SystemExit mid-way).
+    stops = _StopSignals() if block else contextlib.nullcontext(None)
+    with stops as noted:
+        ray_api.serve_run(deployment.bind(models, config), APP_NAME, host, port)
+        served = Served(url=f"http://{host}:{port}", replicas=replicas, started_ray=started,
+                        owns_cluster=started and ray_api.owns_cluster())
         try:
-            served.stopped_by = _wait_for_stop_signal()
+            _wait_ready(served.url, ready_timeout, noted.event if noted else None)
+            if noted is not None:
+                if not noted.event.is_set():
+                    print(f"serving {len(models)} model(s) on {replicas} Ray Serve "
+                          f"replica(s) at {served.url} (Ctrl-C or SIGTERM stops)", flush=True)
+                served.stopped_by = noted.wait()
         finally:
-            served.stop()
-            signal.signal(signal.SIGTERM, ray_term)
+            if block or sys.exc_info()[1] is not None:
+                # never leave Serve (and a Ray started here) running behind an error
+                served.stop()
+    if block:
+        signal.signal(signal.SIGTERM, ray_term)
     return served
 
 
-def _wait_for_stop_signal() -> str:
-    """Block until SIGTERM or SIGINT; return its name.
+class _StopSignals:
+    """While entered, SIGTERM and SIGINT are only noted; `wait()` blocks until one came.
 
     ray.init makes SIGTERM raise SystemExit wherever the main thread happens to be, and
-    the process then dies half-way through Ray's teardown (a native stack dump). Our own
-    handlers only note the signal, so the caller stops Serve and Ray in order."""
-    got: list[str] = []
-    stop = threading.Event()
+    the process then dies half-way through Ray's teardown (a native stack dump). Noting
+    the signal lets the caller stop Serve and Ray in order."""
 
-    def note(signum: int, frame: object) -> None:
-        got.append(signal.Signals(signum).name)
-        stop.set()
+    def __enter__(self) -> "_StopSignals":
+        self.got: list[str] = []
+        self.event = threading.Event()
+        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM,
+                                                                    signal.SIGINT)}
+        return self
 
-    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not stop.wait(0.5):  # short waits: the handler runs between them
+    def _note(self, signum: int, frame: object) -> None:
+        self.got.append(signal.Signals(signum).name)
+        self.event.set()
+
+    def wait(self) -> str:
+        while not self.event.wait(0.5):  # short waits: the handler runs between them
             pass
-    finally:
+        return self.got[0]
+
+    def __exit__(self, *exc: object) -> None:
         # a second Ctrl-C while Ray shuts down interrupts as usual; SIGTERM is already
         # being obeyed, so a repeat of it is ignored rather than tearing the shutdown
-        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return got[0]
+
+
+def _wait_for_stop_signal() -> str:
+    """Block until SIGTERM or SIGINT; return its name."""
+    with _StopSignals() as stops:
+        return stops.wait()
