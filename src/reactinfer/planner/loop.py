@@ -283,8 +283,8 @@ class Planner:
             try:
                 probe, _ = measure(self.base, self.texts[:PROBE_TEXTS], self.s.batch_size, 1,
                                    gen_tokens=0, progress=False)
-            except (UserError, RuntimeError, ValueError, NotImplementedError):
-                return  # the baseline trial reports why the model cannot be measured
+            except Exception:  # noqa: BLE001  the baseline trial reports why, as _trial does
+                return
             n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
                                   BASELINE_SHARE * self.budget.left())
             sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
