@@ -39,8 +39,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 
-# Benchmarks only: sentence-transformers' ONNX backend needs optimum, which pins an older
-# transformers, so the anchor lives in its own environment.
+# Benchmarks only: sentence-transformers' ONNX and OpenVINO backends need optimum and
+# optimum-intel, which pin an older transformers, so the anchor lives in its own environment.
 ANCHOR := .venv-anchor
 anchor-env: $(ANCHOR)/.installed
 $(ANCHOR)/.installed: benchmarks/anchor-requirements.txt

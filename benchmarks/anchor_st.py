@@ -1,9 +1,11 @@
 """sentence-transformers' own encode, as an anchor for ReAct's figures.
 
-Run as a subprocess (so its own environment can differ: its ONNX backend needs optimum,
-which pins an older transformers, so it lives in .venv-anchor — `make anchor-env`):
+Run as a subprocess (so its own environment can differ: its ONNX and OpenVINO backends need
+optimum / optimum-intel, which pin an older transformers, so they live in .venv-anchor —
+`make anchor-env`):
 
-    python benchmarks/anchor_st.py --model-dir DIR --texts texts.json --backend torch|onnx \
+    python benchmarks/anchor_st.py --model-dir DIR --texts texts.json \
+        --backend torch|onnx|openvino \
         --out result.json [--emb emb.npy] [--batch-size 32] [--latency-runs 50] [--threads N]
 
 Writes throughput at the batch size on all texts (encode sorts by length itself), latency
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHOR_PYTHON = {"torch": Path(sys.executable), "onnx": ROOT / ".venv-anchor" / "bin" / "python"}
+ANCHOR = ROOT / ".venv-anchor" / "bin" / "python"
+ANCHOR_PYTHON = {"torch": Path(sys.executable), "onnx": ANCHOR, "openvino": ANCHOR}
 
 
 def run_st_anchor(backend: str, texts: list[str], model_dir: str, latency_runs: int = 50,
@@ -54,7 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model-dir", required=True)
     p.add_argument("--texts", required=True)
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    p.add_argument("--backend", default="torch", choices=tuple(ANCHOR_PYTHON))
     p.add_argument("--out", required=True)
     p.add_argument("--emb")
     p.add_argument("--batch-size", type=int, default=32)
@@ -70,7 +73,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     texts = json.load(open(a.texts, encoding="utf-8"))
     model_dir = a.model_dir
-    if a.backend == "onnx":  # it exports next to the model: work on a copy
+    if a.backend != "torch":  # it exports next to the model: work on a copy
         model_dir = shutil.copytree(a.model_dir, tempfile.mkdtemp() + "/m")
     import sentence_transformers
 

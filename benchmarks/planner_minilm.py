@@ -5,7 +5,7 @@
 Runs `react optimize minilm --max-drop 0.01` into --run (or reuses a finished run there),
 then measures on all 1,000 held-out eval texts, in alternating rounds:
   - sentence-transformers' own encode, torch fp32 (it sorts by length itself);
-  - sentence-transformers' ONNX backend (from .venv-anchor: `make anchor-env`);
+  - sentence-transformers' ONNX and OpenVINO backends (from .venv-anchor: `make anchor-env`);
   - ReAct's baseline (the original model, torch eager) and ReAct's best artifact;
 throughput at batch 32 and latency at batch 1, and the best artifact's quality (mean cosine,
 top-10 neighbour recall) against the original. Writes results/planner_minilm.{json,md}.
@@ -65,6 +65,7 @@ def main() -> None:
         for name, fn in (
             ("st-torch", lambda: run_st_anchor("torch", texts, model_dir)),
             ("st-onnx", lambda: run_st_anchor("onnx", texts, model_dir)),
+            ("st-openvino", lambda: run_st_anchor("openvino", texts, model_dir)),
             ("react-baseline", lambda: react_engine("ReAct baseline (torch eager)", base,
                                                     texts, 1)),
             ("react-best", lambda: react_engine(f"ReAct best: {plan['best_recipe']}", best,
