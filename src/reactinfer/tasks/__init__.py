@@ -1,4 +1,4 @@
-"""Tasks: embedding, causal-lm, classification."""
-from .base import get_task, iter_batches, recall_floor, tokenize, within_bound
+"""Tasks: embedding, causal-lm, classification, image-classification."""
+from .base import count_tokens, get_task, iter_batches, recall_floor, tokenize, within_bound
 
-__all__ = ["get_task", "iter_batches", "recall_floor", "tokenize", "within_bound"]
+__all__ = ["count_tokens", "get_task", "iter_batches", "recall_floor", "tokenize", "within_bound"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.images import ImagePreprocess
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +23,10 @@ Results = dict[str, np.ndarray]
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Batch:
-    """Tokenize with dynamic padding: pad to the longest text in this batch only."""
+    """Tokenize with dynamic padding: pad to the longest text in this batch only. An image
+    model's "tokenizer" is its ImagePreprocess: the items are images, the batch pixels."""
+    if isinstance(tokenizer, ImagePreprocess):
+        return tokenizer(texts)
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
                     return_tensors="np")
     keep = ("input_ids", "attention_mask", "token_type_ids")
@@ -72,7 +76,12 @@ def register_task(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
-    from . import causal_lm, classification, embedding  # noqa: F401  (register)
+    from . import (  # noqa: F401  (register)
+        causal_lm,
+        classification,
+        embedding,
+        image_classification,
+    )
 
     if name not in _TASKS:
         raise UserError(f"unknown task {name!r}; choose one of {', '.join(sorted(_TASKS))}")
@@ -91,6 +100,14 @@ def run_in_order(runner: Runner, tokenizer: Any, texts: Sequence[str], batch_siz
     if out is None:
         raise UserError("no texts to run: the data is empty")
     return out
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[Any], max_length: int) -> int | None:
+    """Non-padding tokens over all texts (None for images: no tokens to count)."""
+    if isinstance(tokenizer, ImagePreprocess):
+        return None
+    return sum(int(np.sum(tokenize(tokenizer, texts[i:i + 256], max_length)["attention_mask"]))
+               for i in range(0, len(texts), 256))
 
 
 def within_bound(task: str, quality: dict[str, float], max_drop: float) -> tuple[bool, str]:

@@ -1,5 +1,15 @@
 """Helpers for tests: tiny in-process models and numeric checks."""
 from .numeric import sqnr_db
-from .tiny import save_tiny_hf, tiny_handle, tiny_model, tiny_texts, tiny_tokenizer
+from .tiny import (
+    save_tiny_hf,
+    tiny_cnn,
+    tiny_handle,
+    tiny_image_handle,
+    tiny_images,
+    tiny_model,
+    tiny_texts,
+    tiny_tokenizer,
+)
 
-__all__ = ["save_tiny_hf", "sqnr_db", "tiny_handle", "tiny_model", "tiny_texts", "tiny_tokenizer"]
+__all__ = ["save_tiny_hf", "sqnr_db", "tiny_cnn", "tiny_handle", "tiny_image_handle",
+           "tiny_images", "tiny_model", "tiny_texts", "tiny_tokenizer"]

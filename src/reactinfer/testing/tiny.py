@@ -90,3 +90,45 @@ def tiny_texts(n: int = 24) -> list[str]:
         a, b = SENTENCES[i % len(SENTENCES)], SENTENCES[(i * 3 + 1) % len(SENTENCES)]
         out.append(a if i % 3 == 0 else a + " " + b if i % 3 == 1 else a.split(",")[0][:40])
     return out
+
+
+def tiny_cnn(seed: int = 0, classes: int = 10, width: int = 8, channels: int = 3) -> Any:
+    """A 2-block ResNet (BatchNorm, residuals) of width 8: an image classifier in ms."""
+    import torch
+
+    from ..models.cnn import ResNet, ResNetConfig
+
+    torch.manual_seed(seed)
+    model = ResNet(ResNetConfig(in_channels=channels, num_classes=classes, width=width,
+                                blocks=(1, 1)))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained model has
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def tiny_images(n: int = 12, size: int = 20, seed: int = 0) -> list[Any]:
+    """Deterministic uint8 RGB images (H, W, 3) of varied shapes, with smooth content."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = size + (i % 3) * 4, size + (i % 2) * 6
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([np.sin(xx / (2 + i % 5)), np.cos(yy / (3 + i % 4)),
+                         np.sin((xx + yy) / 4)], -1)
+        img = 127.5 * (base + 1) + rng.normal(0, 8, (h, w, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def tiny_image_handle(seed: int = 0, size: int = 16) -> Any:
+    from ..core.images import ImagePreprocess
+    from ..models import load
+
+    pre = ImagePreprocess(size=size, resize=size + 2, mean=(120.0,) * 3, std=(60.0,) * 3)
+    return load(tiny_cnn(seed), task="image-classification", preprocess=pre, name="tiny-cnn")

@@ -1,0 +1,145 @@
+"""How a model wants its images: the preprocessing spec, declared by the model.
+
+`ImagePreprocess` is a frozen dataclass stored in the handle's `tokenizer` slot (the slot
+that turns raw items into a model batch) and, as `preprocess.json`, in artifacts. It lives
+in core because both the loaders (models) and the task (tasks) need it, and they may not
+import each other. Pillow is imported only when an image is actually decoded.
+
+    item (path | uint8 array | PIL image) → mode (RGB / BGR / L) → resize short side
+    → centre crop `size` → (x − mean) / std → (C, size, size) float32
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+PREPROCESS_FILE = "preprocess.json"
+CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """`size`: the square side the model takes; `resize`: the short side before the centre
+    crop (None: resize the whole image to size × size); `mean` / `std` on 0..255 pixels, one
+    per channel (ImageNet style: mean (123.7, 116.3, 103.5), std (58.4, 57.1, 57.4); TF-Lite
+    style: 127 and 128); `channels`: RGB, BGR or L (grey); `dataset`: the built-in image set
+    that fits the model's input ("photos" or "digits") when the user gives no --data."""
+
+    size: int = 224
+    resize: int | None = 256
+    mean: tuple[float, ...] = (127.0, 127.0, 127.0)
+    std: tuple[float, ...] = (128.0, 128.0, 128.0)
+    channels: str = "RGB"
+    dataset: str = "photos"
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNELS:
+            raise UserError(f"channels must be one of {', '.join(CHANNELS)}, "
+                            f"got {self.channels!r}")
+        n = CHANNELS[self.channels]
+        if len(self.mean) != n or len(self.std) != n:
+            raise UserError(f"{self.channels} images need {n} mean and {n} std values, got "
+                            f"{len(self.mean)} and {len(self.std)}")
+        if self.size < 1 or (self.resize is not None and self.resize < self.size):
+            raise UserError(f"need size ≥ 1 and resize ≥ size, got size {self.size}, "
+                            f"resize {self.resize}")
+        if any(s <= 0 for s in self.std):
+            raise UserError(f"std must be positive, got {self.std}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    # -- the batch a runner takes ----------------------------------------------------
+    def __call__(self, items: Sequence[Any], **_: Any) -> dict[str, np.ndarray]:
+        """{"pixel_values": (N, C, size, size) float32}; text-tokenizer keyword arguments
+        (padding, max_length, ...) are ignored so callers can treat both alike."""
+        if not len(items):
+            raise UserError("no images to preprocess")
+        return {"pixel_values": np.stack([self.apply(it) for it in items])}
+
+    def apply(self, item: Any) -> np.ndarray:
+        """One item → (C, size, size) float32."""
+        from PIL import Image
+
+        img = open_image(getattr(item, "image", item))
+        img = img.convert("L" if self.channels == "L" else "RGB")
+        if self.resize is None:
+            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        else:
+            w, h = img.size
+            scale = self.resize / min(w, h)
+            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
+                             Image.Resampling.BILINEAR)
+            w, h = img.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(img, dtype=np.float32).reshape(self.size, self.size, -1)  # (H, W, C)
+        if self.channels == "BGR":
+            x = x[..., ::-1]
+        y = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(y.transpose(2, 0, 1), dtype=np.float32)  # (C, H, W)
+
+    # -- storage ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ImagePreprocess", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImagePreprocess:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields - {"type"}
+        if unknown:
+            raise UserError(f"unknown image preprocessing field(s) {sorted(unknown)}; "
+                            f"known: {', '.join(sorted(fields))}")
+        kw = {k: v for k, v in d.items() if k in fields}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Written beside the weights in an artifact (what `tokenizer.save_pretrained`
+        is for text models)."""
+        Path(directory, PREPROCESS_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> ImagePreprocess:
+        return cls.from_dict(json.loads(Path(directory, PREPROCESS_FILE).read_text()))
+
+
+def as_preprocess(value: Any) -> ImagePreprocess:
+    """An ImagePreprocess from itself or a dict of its fields."""
+    if isinstance(value, ImagePreprocess):
+        return value
+    if isinstance(value, dict):
+        return ImagePreprocess.from_dict(value)
+    raise UserError("preprocess= takes an ImagePreprocess or a dict of its fields (size, "
+                    f"resize, mean, std, channels), not {type(value).__name__}")
+
+
+def open_image(image: Any) -> Any:
+    """A PIL image from a path, a uint8 array (H, W) / (H, W, C), or a PIL image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise UserError(f"an image array must be uint8 (H, W) or (H, W, C), got "
+                            f"{image.dtype} {image.shape}")
+        return Image.fromarray(image)
+    if isinstance(image, (str, Path)):
+        try:
+            img = Image.open(image)
+            img.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f"cannot read image {image}: {e}") from None
+        return img
+    raise UserError(f"not an image: {type(image).__name__} (give a path, a uint8 array "
+                    "or a PIL image)")
