@@ -103,3 +103,25 @@ def test_loading_a_cnn_needs_its_preprocessing():
         ri.load(tiny_cnn(), task="image-classification")
     with pytest.raises(UserError, match="preprocess= is for image"):
         ri.load(tiny_cnn(), task="embedding", preprocess={"size": 8})
+
+
+def test_onnxruntime_fp32_export_matches_torch():
+    pytest.importorskip("onnxruntime")
+    imgs = tiny_images(6)
+    r = ri.bench(tiny_image_handle(), backend="onnxruntime", precision="fp32", batch_size=4,
+                 latency_runs=2, eval_texts=imgs, progress=False)
+    assert r["backend"] == "onnxruntime" and r["reference"] == "tiny-cnn"
+    assert r["quality"]["top1_agreement"] == 1.0 and r["quality"]["kl_divergence"] < 1e-6
+
+
+def test_artifact_keeps_the_preprocessing_and_the_weights(tmp_path):
+    from reactinfer.core.artifact import save_artifact
+
+    h = tiny_image_handle()
+    imgs = tiny_images(4)
+    save_artifact(h, tmp_path / "art")
+    assert (tmp_path / "art" / "preprocess.json").exists()
+    back = ri.load(tmp_path / "art", module=tiny_cnn(seed=5))  # architecture, other weights
+    assert back.tokenizer == h.tokenizer and back.task == "image-classification"
+    np.testing.assert_allclose(back.runner()(tokenize(back.tokenizer, imgs, 0)),
+                               h.runner()(tokenize(h.tokenizer, imgs, 0)), rtol=1e-5, atol=1e-6)

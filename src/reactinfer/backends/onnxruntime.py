@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 PROVIDERS = ("auto", "cpu", "cuda")
-OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits"}
+OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits",
+               "image-classification": "logits"}
 # Options used once, at conversion; the rest configure the session every time it opens.
 EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel")
 SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider")
@@ -47,11 +48,11 @@ def _check_options(opts: dict[str, Any]) -> None:
 
 # -- export -----------------------------------------------------------------------------
 def input_names(handle: ModelHandle) -> list[str]:
-    from ..tasks import tokenize
+    from ..tasks import sample_batch
 
     if handle.task == "causal-lm":
         return ["input_ids", "attention_mask"]
-    return list(tokenize(handle.tokenizer, ["a"], handle.max_length))
+    return list(sample_batch(handle.tokenizer, handle.max_length))
 
 
 def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
@@ -59,7 +60,7 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
     transformers attention-mask code with dynamic axes where the dynamo exporter balks)."""
     import torch
 
-    from ..tasks import get_task, tokenize
+    from ..tasks import get_task, sample_batch
 
     if handle.model is None:
         raise UserError("exporting to ONNX needs the torch model; this handle has none "
@@ -69,12 +70,12 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
                         "export the float model and pass precision='int8-dynamic' instead")
     module = get_task(handle.task).wrap(handle.model).eval()
     names = input_names(handle)
-    # two rows of different length, so the trace sees real padding
-    sample = tokenize(handle.tokenizer, ["The quick brown fox jumps over the lazy dog.", "Hi"],
-                      handle.max_length)
+    sample = sample_batch(handle.tokenizer, handle.max_length)
     args = tuple(torch.from_numpy(sample[n]) for n in names)
     out = OUTPUT_NAME[handle.task]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    # images: only the batch varies (the preprocessing fixes the size)
+    axes = {n: {0: "batch"} if n == "pixel_values" else {0: "batch", 1: "sequence"}
+            for n in names}
     axes[out] = {0: "batch", 1: "sequence"} if handle.task == "causal-lm" else {0: "batch"}
     import warnings
 
@@ -147,7 +148,7 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
 
         from ..data import texts_for
 
-        texts = texts_for("calibration", limit=calibration_texts)
+        texts = texts_for("calibration", limit=calibration_texts, preprocess=handle.tokenizer)
         reader = _CalibrationReader(handle, texts, input_names(handle))
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -241,7 +242,7 @@ class OnnxRuntimeBackend(Backend):
         return "" if self.available() else "pip install onnxruntime onnx (or `make`)"
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tasks": ["embedding", "classification", "causal-lm"],
+        return {"tasks": ["embedding", "classification", "causal-lm", "image-classification"],
                 "options": {"precision": list(PRECISIONS), "opt_level": list(OPT_LEVELS),
                             "provider": list(PROVIDERS), "threads": "int",
                             "inter_op_threads": "int", "opset": "int (17)",

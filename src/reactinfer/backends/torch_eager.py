@@ -70,7 +70,7 @@ class TorchEagerBackend(Backend):
     description = "PyTorch eager (reference; any torch model; CPU, or CUDA when present)"
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tasks": ["embedding", "classification", "causal-lm"],
+        return {"tasks": ["embedding", "classification", "causal-lm", "image-classification"],
                 "options": {"threads": "int", "device": list(DEVICES)}, "files": [],
                 "needs_torch_at_run_time": True}
 

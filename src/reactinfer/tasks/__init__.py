@@ -1,4 +1,13 @@
 """Tasks: embedding, causal-lm, classification, image-classification."""
-from .base import count_tokens, get_task, iter_batches, recall_floor, tokenize, within_bound
+from .base import (
+    count_tokens,
+    get_task,
+    iter_batches,
+    recall_floor,
+    sample_batch,
+    tokenize,
+    within_bound,
+)
 
-__all__ = ["count_tokens", "get_task", "iter_batches", "recall_floor", "tokenize", "within_bound"]
+__all__ = ["count_tokens", "get_task", "iter_batches", "recall_floor", "sample_batch",
+           "tokenize", "within_bound"]

@@ -40,7 +40,7 @@ def iter_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_leng
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     order = np.arange(len(texts))
-    if sort_by_length:
+    if sort_by_length and not isinstance(tokenizer, ImagePreprocess):  # images: one size
         lengths = [len(t) for t in texts]  # characters: a cheap, monotone proxy for tokens
         order = np.argsort(lengths, kind="stable")[::-1]
     for start in range(0, len(order), batch_size):
@@ -100,6 +100,16 @@ def run_in_order(runner: Runner, tokenizer: Any, texts: Sequence[str], batch_siz
     if out is None:
         raise UserError("no texts to run: the data is empty")
     return out
+
+
+def sample_batch(tokenizer: Any, max_length: int) -> Batch:
+    """A small batch to trace an export with: two texts of different length (so the trace
+    sees real padding), or two blank images of the model's input size."""
+    if isinstance(tokenizer, ImagePreprocess):
+        blank = np.zeros((tokenizer.size, tokenizer.size, 3), np.uint8)
+        return tokenizer([blank, blank])
+    return tokenize(tokenizer, ["The quick brown fox jumps over the lazy dog.", "Hi"],
+                    max_length)
 
 
 def count_tokens(tokenizer: Any, texts: Sequence[Any], max_length: int) -> int | None:
