@@ -81,3 +81,11 @@ def test_empty_or_missing_image_folder_is_a_user_error(tmp_path):
         read_image_dir(tmp_path / "nope")
     with pytest.raises(UserError, match="unknown built-in image set"):
         builtin_images("cifar", "eval")
+
+
+def test_cli_bench_on_an_empty_image_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    from reactinfer.cli.main import main
+
+    assert main(["bench", "resnet18-digits", "--data", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no images in" in err and len(err.splitlines()) == 1

@@ -42,7 +42,8 @@ def _models(p: argparse.ArgumentParser):
 def _bench(p: argparse.ArgumentParser):
     p.add_argument("model", help="built-in name, model path, or artifact directory")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field")
+    p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field; "
+                   "for an image model, a folder of images (class subfolders give labels)")
     p.add_argument("--n-eval", type=_n_eval, default=None, metavar="N|all",
                    help="evaluate on the first N held-out texts, or 'all' of them (default: "
                    "all for encoders and classifiers, 64 for causal LMs, whose evaluation "
