@@ -125,3 +125,12 @@ def test_artifact_keeps_the_preprocessing_and_the_weights(tmp_path):
     assert back.tokenizer == h.tokenizer and back.task == "image-classification"
     np.testing.assert_allclose(back.runner()(tokenize(back.tokenizer, imgs, 0)),
                                h.runner()(tokenize(h.tokenizer, imgs, 0)), rtol=1e-5, atol=1e-6)
+
+
+def test_backend_auto_measures_image_models_too():
+    pytest.importorskip("onnxruntime")
+    r = ri.bench(tiny_image_handle(), backend="auto", batch_size=4, latency_runs=2,
+                 eval_texts=tiny_images(8), progress=False)
+    tried = {c["backend"] for c in r["backend_selection"]["candidates"]}
+    assert {"torch", "onnxruntime"} <= tried
+    assert r["quality_drop"] <= 0.01
