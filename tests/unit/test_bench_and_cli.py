@@ -132,7 +132,7 @@ def test_cli_info_and_models_and_backends(tmp_path, capsys):
     assert "every file matches its sha256" in out and "embedding" in out
     assert main(["models", "--json"]) == 0
     names = [m["name"] for m in json.loads(capsys.readouterr().out)]
-    assert names == ["minilm", "smollm2"]
+    assert names == ["minilm", "smollm2", "efficientnet-lite0", "resnet18-digits"]
     assert main(["backends", "--json"]) == 0
     assert "torch" in [b["name"] for b in json.loads(capsys.readouterr().out)]
     # a reader that left (`| head -1`) is no error and prints no traceback: here the pipe

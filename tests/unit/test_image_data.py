@@ -79,6 +79,8 @@ def test_empty_or_missing_image_folder_is_a_user_error(tmp_path):
         read_image_dir(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         read_image_dir(tmp_path / "nope")
+    with pytest.raises(UserError, match="is a file"):
+        read_image_dir(tmp_path / "readme.txt")
     with pytest.raises(UserError, match="unknown built-in image set"):
         builtin_images("cifar", "eval")
 

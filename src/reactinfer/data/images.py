@@ -165,6 +165,9 @@ def read_image_dir(directory: str | Path) -> tuple[list[ImageItem], int]:
     """All images under `directory` (labelled by class subfolder when every image sits in
     one), and the number of non-image files skipped."""
     root = Path(directory)
+    if root.is_file():
+        raise UserError(f"{root} is a file; an image model takes --data DIR, a folder of "
+                        "images (optionally one subfolder per class)")
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
