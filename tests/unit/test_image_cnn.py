@@ -1,5 +1,6 @@
 """The CNN modules of the image built-ins: TF "same" padding, shapes, checkpoint layout."""
 import math
+import os
 
 import pytest
 import torch
@@ -68,3 +69,24 @@ def test_resnet18_layout_and_checked_loading():
     bad["fc.weight"] = torch.zeros(11, 128)
     with pytest.raises(AssertionError, match="fc.weight"):
         load_checked(model, bad)
+
+
+def test_checkpoint_converted_once_to_verified_safetensors(tmp_path, monkeypatch):
+    from reactinfer.models.vision import efficientnet_weights
+
+    monkeypatch.setenv("REACT_CACHE_DIR", str(tmp_path / "cache"))
+    pth = tmp_path / "w.pth"
+    torch.save({"a.weight": torch.arange(6.0).reshape(2, 3),
+                "bn.num_batches_tracked": torch.tensor(7)}, pth)
+    first = efficientnet_weights(pth)
+    cached = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached) == 1 and cached[0].with_suffix(".sha256").exists()
+    mtime = cached[0].stat().st_mtime_ns
+    again = efficientnet_weights(pth)  # read from the cache, not converted again
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert torch.equal(again["a.weight"], first["a.weight"])
+    cached[0].write_bytes(cached[0].read_bytes()[:-4] + b"\0\0\0\0")  # damaged
+    os.utime(cached[0], ns=(mtime + 10**9, mtime + 10**9))  # a new mtime on any file system
+    fixed = efficientnet_weights(pth)  # the hash check catches it: converted again
+    assert torch.equal(fixed["a.weight"], torch.arange(6.0).reshape(2, 3))
+    assert int(fixed["bn.num_batches_tracked"]) == 7
