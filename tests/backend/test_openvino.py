@@ -171,3 +171,28 @@ def test_a_stray_bin_is_still_refused(tmp_path):
     (tmp_path / "model.xml").write_text("<net/>")
     assert is_unsafe(tmp_path / "pytorch_model.bin")
     assert not is_unsafe(tmp_path / "model.bin")
+
+
+def test_cli_bench_takes_backend_options_and_refuses_bad_ones(tmp_path, capsys):
+    from reactinfer.cli.main import main
+    from reactinfer.testing import save_tiny_hf
+
+    src = str(save_tiny_hf(tmp_path / "src", "embedding"))
+    small = ["--n-eval", "8", "--latency-runs", "1", "--batch-size", "4", "--no-progress"]
+    assert main(["bench", src, "--backend", "openvino", "--backend-opt", "hint=throughput",
+                 "--backend-opt", "threads=1", "--json", *small]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "openvino"
+    assert report["backend_options"] == {"precision": "fp32", "hint": "throughput", "threads": 1}
+    for bad in (["--backend", "openvino", "--backend-opt", "hint=fast"],
+                ["--backend", "openvino", "--backend-opt", "hint"],
+                ["--backend-opt", "hint=latency"]):  # options need a named backend
+        assert main(["bench", src, *bad, *small]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # bf16: refused in one line (exit 2) where the CPU lacks it, run where it has it
+    code = main(["bench", src, "--backend", "openvino", "--precision", "bf16", *small])
+    err = capsys.readouterr().err
+    if native_bf16(hardware_profile().isa):
+        assert code == 0
+    else:
+        assert code == 2 and "native bf16" in err and len(err.strip().splitlines()) == 1
