@@ -196,3 +196,15 @@ def test_cli_bench_takes_backend_options_and_refuses_bad_ones(tmp_path, capsys):
         assert code == 0
     else:
         assert code == 2 and "native bf16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_calls_from_several_threads_get_their_own_answers(embed, texts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = to_backend(embed, "openvino", hint="throughput").runner()
+    batches = [_batch(embed, texts[i:i + 3 + i % 4]) for i in range(8)]
+    want = [runner(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(runner, batches))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w, g)

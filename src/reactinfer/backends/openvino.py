@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,7 +183,8 @@ def compile_config(precision: str, hint: str, threads: int | None) -> dict[str, 
 class OvRunner:
     """Runs the compiled IR. Under the throughput hint OpenVINO makes several streams; one
     batch is split across them (one infer request each, run together), so a single caller
-    still uses every core."""
+    still uses every core. Calls from several threads (a server) take turns on the
+    requests: each call already uses every core."""
 
     kv_cache = False
 
@@ -192,6 +194,7 @@ class OvRunner:
         self.inputs = [i.get_any_name() for i in compiled.inputs]
         n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = [compiled.create_infer_request() for _ in range(max(1, n))]
+        self._lock = threading.Lock()
 
     def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
         feed = {}
@@ -210,12 +213,13 @@ class OvRunner:
         rows = len(batch["input_ids"])
         parts = np.array_split(np.arange(rows), min(len(self.requests), rows))  # (B,) → n
         used = self.requests[:len(parts)]
-        for req, idx in zip(used, parts, strict=True):
-            req.start_async({k: v[idx[0]:idx[-1] + 1] for k, v in feed.items()})
-        for req in used:
-            req.wait()
-        return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32)
-                               for r in used])
+        with self._lock:
+            for req, idx in zip(used, parts, strict=True):
+                req.start_async({k: v[idx[0]:idx[-1] + 1] for k, v in feed.items()})
+            for req in used:
+                req.wait()
+            return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32)
+                                   for r in used])
 
 
 class OpenVinoBackend(Backend):
