@@ -208,3 +208,15 @@ def test_calls_from_several_threads_get_their_own_answers(embed, texts):
         got = list(pool.map(runner, batches))
     for w, g in zip(want, got, strict=True):
         np.testing.assert_array_equal(w, g)
+
+
+def test_backend_auto_considers_openvino_at_the_precisions_this_cpu_runs(embed):
+    from reactinfer.measure.choose import candidate_grid
+
+    grid, skipped = candidate_grid(embed)
+    bf16 = native_bf16(hardware_profile().isa)
+    assert [o["precision"] for n, o in grid if n == "openvino"] == \
+        (["fp32", "bf16", "int8"] if bf16 else ["fp32", "int8"])
+    assert any(s["backend"] == "openvino" and "bf16" in s["why"] for s in skipped) is not bf16
+    grid, _ = candidate_grid(embed, precision="int8")
+    assert ("openvino", {"precision": "int8"}) in grid
