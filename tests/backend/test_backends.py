@@ -124,6 +124,7 @@ import sys
 from pathlib import Path
 sys.modules["onnxruntime"] = None  # what Python does for a package that is not installed
 sys.modules["llama_cpp"] = None
+sys.modules["openvino"] = None
 import reactinfer
 from reactinfer.core.backend import get_backend, list_backends
 rows = {n: [b.available(), b.why_unavailable()] for n, b in list_backends().items()}
@@ -142,6 +143,7 @@ def test_missing_engine_is_reported_not_an_import_error():
     got = json.loads(out.stdout)
     assert got["rows"]["onnxruntime"][0] is False and "pip install" in got["rows"]["onnxruntime"][1]
     assert got["rows"]["llama.cpp"][0] is False
+    assert got["rows"]["openvino"] == [False, "pip install openvino nncf"]
     assert got["rows"]["torch"][0] is True
     assert "not available here" in got["err"]
 
@@ -286,9 +288,16 @@ def test_bench_reports_backend_and_quality_against_the_original(texts):
                  progress=False, backend="onnxruntime", precision="int8-dynamic")
     assert r["backend"] == "onnxruntime" and r["backend_options"]["precision"] == "int8-dynamic"
     assert r["reference"] == "tiny-embedding" and r["warmup_s"] > 0
+    # int8 settings are chosen from the CPU (7-bit weights where its kernels saturate) and
+    # recorded with the options
+    from reactinfer.backends.onnxruntime import int8_settings
+    from reactinfer.core.hardware import hardware_profile
     from reactinfer.measure import format_report
 
-    assert "on onnxruntime [precision=int8-dynamic]" in format_report(r).splitlines()[0]
+    want = int8_settings(hardware_profile().isa)["reduce_range"]
+    assert r["backend_options"]["reduce_range"] is want
+    assert (f"on onnxruntime [precision=int8-dynamic, reduce_range={want}]"
+            in format_report(r).splitlines()[0])
     # The reported quality is the original's against int8's, computed here independently.
     # (Whether int8 moves the tiny model's mean cosine visibly below 1.0 depends on the
     # CPU's int8 kernels, so the test asserts agreement, not a gap.)

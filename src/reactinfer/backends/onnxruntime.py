@@ -28,7 +28,7 @@ PROVIDERS = ("auto", "cpu", "cuda")
 OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits",
                "image-classification": "logits"}
 # Options used once, at conversion; the rest configure the session every time it opens.
-EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel")
+EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel", "reduce_range")
 SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider")
 
 
@@ -87,25 +87,39 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
     return path
 
 
+def calibration_batches(handle: ModelHandle, texts: list[str], names: list[str],
+                        batch: int = 8) -> Iterator[dict[str, np.ndarray]]:
+    """Tokenized calibration texts, a few at a time, with the graph's inputs only."""
+    from ..tasks import iter_batches
+
+    return ({n: b[n] for n in names}
+            for _, b in iter_batches(handle.tokenizer, texts, batch, min(handle.max_length, 128)))
+
+
+def int8_settings(isa: dict[str, bool]) -> dict[str, Any]:
+    """ONNX Runtime's int8 settings for a CPU: its U8S8 kernels saturate on x86 without
+    VNNI (ORT's quantization docs), so weights keep to 7 bits there (`reduce_range`)."""
+    from ..core.hardware import int8_saturates
+
+    return {"reduce_range": int8_saturates(isa)}
+
+
 class _CalibrationReader:
     """Feeds tokenized calibration texts to the static quantizer, a few at a time."""
 
     def __init__(self, handle: ModelHandle, texts: list[str], names: list[str], batch: int = 8):
-        from ..tasks import iter_batches
-
-        self._it: Iterator[dict[str, np.ndarray]] = (
-            {n: b[n] for n in names}
-            for _, b in iter_batches(handle.tokenizer, texts, batch, min(handle.max_length, 128)))
+        self._it = calibration_batches(handle, texts, names, batch)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
 
 def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
-                      calibration_texts: int = 64, per_channel: bool = True) -> Path:
+                      calibration_texts: int = 64, per_channel: bool = True,
+                      reduce_range: bool = False) -> Path:
     """fp32 → int8 dynamic / int8 static QDQ / fp16. Only MatMul/Gemm with a weight are
     quantized: quantizing LayerNorm, Softmax, attention or pooling costs accuracy for
-    little speed."""
+    little speed. `reduce_range`: 7-bit weights, for CPUs whose int8 kernels saturate."""
     import logging
 
     root = logging.getLogger()
@@ -113,7 +127,8 @@ def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
     # the quantizer logs a pre-processing hint at WARNING on the root logger every call
     root.setLevel(max(level, logging.ERROR))
     try:
-        return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel)
+        return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel,
+                                  reduce_range)
     finally:
         root.setLevel(level)
 
@@ -131,12 +146,13 @@ def activation_matmuls(path: Path) -> list[str]:
 
 
 def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
-                       calibration_texts: int, per_channel: bool) -> Path:
+                       calibration_texts: int, per_channel: bool, reduce_range: bool) -> Path:
     if precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=per_channel, reduce_range=reduce_range,
+                         op_types_to_quantize=["MatMul", "Gemm"],
                          nodes_to_exclude=activation_matmuls(src))
     elif precision == "int8-static":
         from onnxruntime.quantization import (
@@ -152,7 +168,8 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
         reader = _CalibrationReader(handle, texts, input_names(handle))
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                        per_channel=per_channel, reduce_range=reduce_range,
+                        op_types_to_quantize=["MatMul", "Gemm"],
                         nodes_to_exclude=activation_matmuls(src),
                         calibrate_method=CalibrationMethod.MinMax)
     elif precision == "fp16":
@@ -247,7 +264,9 @@ class OnnxRuntimeBackend(Backend):
                             "provider": list(PROVIDERS), "threads": "int",
                             "inter_op_threads": "int", "opset": "int (17)",
                             "calibration_texts": "int (64, int8-static)",
-                            "per_channel": "bool (True)"},
+                            "per_channel": "bool (True)",
+                            "reduce_range": "bool (int8: chosen from the CPU; True where "
+                                            "its int8 kernels saturate, without VNNI)"},
                 "files": [MODEL_FILE], "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
@@ -267,12 +286,17 @@ class OnnxRuntimeBackend(Backend):
                                 "original torch model to change precision")
             return handle.derive(backend=self.name, backend_options={**opts, "precision": have})
         precision = opts.get("precision", "fp32")
+        if precision.startswith("int8") and "reduce_range" not in opts:
+            from ..core.hardware import hardware_profile
+
+            opts = {**opts, **int8_settings(hardware_profile().isa)}  # recorded in the handle
         fp32 = export_onnx(handle, workdir / ("model.fp32.onnx" if precision != "fp32"
                                               else MODEL_FILE), opset=opts.get("opset", 17))
         path = fp32 if precision == "fp32" else convert_precision(
             handle, fp32, workdir / MODEL_FILE, precision,
             calibration_texts=opts.get("calibration_texts", 64),
-            per_channel=opts.get("per_channel", True))
+            per_channel=opts.get("per_channel", True),
+            reduce_range=bool(opts.get("reduce_range", False)))
         write_metadata(path, {"task": handle.task, "max_length": handle.max_length,
                               "precision": precision, "name": handle.name})
         if path != fp32:

@@ -57,7 +57,12 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="torch backends: where "
                    "to run (default auto: a CUDA GPU when torch sees one, else the CPU)")
     p.add_argument("--precision", help="backend precision: onnxruntime fp32|int8-dynamic|"
-                   "int8-static|fp16, llama.cpp source|f16|q8_0|q4_0|...")
+                   "int8-static|fp16, openvino fp32|bf16|int8, llama.cpp "
+                   "source|f16|q8_0|q4_0|...")
+    p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="another option of the named backend, e.g. hint=throughput or "
+                   "fp32_layers='[\"/model/.../MatMul\"]' (VALUE is read as JSON when it "
+                   "parses, else as text; repeatable; `react backends` lists the options)")
     p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
                    "(default: 0.005 embeddings, 0.01 LMs and classifiers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,13 +74,33 @@ def _bench(p: argparse.ArgumentParser):
         report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
-                       precision=a.precision, max_drop=a.max_drop, device=a.device)
+                       precision=a.precision, max_drop=a.max_drop, device=a.device,
+                       backend_options=parse_backend_opts(a.backend_opt))
         print_json(report) if a.json else print(format_report(report))
         if report.get("eval_warning"):
             print(f"react bench: warning: {report['eval_warning']}", file=sys.stderr)
         return 0
 
     return run
+
+
+def parse_backend_opts(items: list[str]) -> dict:
+    """--backend-opt KEY=VALUE items as options: VALUE as JSON when it parses (numbers,
+    booleans, lists), else as text."""
+    import json
+
+    from ..core.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--backend-opt takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _n_eval(value: str) -> int | str:

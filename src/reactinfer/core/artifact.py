@@ -5,7 +5,8 @@
                         hardware profile, package versions
     model.safetensors   (+ config.json) float weights, from save_pretrained
     tokenizer files
-    runtime files       e.g. model.onnx, model.gguf, written by a backend
+    runtime files       e.g. model.onnx, model.gguf, model.xml + model.bin (OpenVINO
+                        IR), written by a backend
 
 Loading verifies every hash and refuses pickle formats; transforms marked
 `replay_on_load` (e.g. int8 dynamic quantization) are re-applied to the stored float
@@ -21,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, UserError
-from .files import UNSAFE_SUFFIXES, sha256_file
+from .files import UNSAFE_SUFFIXES, is_unsafe, sha256_file
 from .handle import ModelHandle
 from .hardware import hardware_profile, package_versions
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".gguf", ".data") + UNSAFE_SUFFIXES
+_WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".gguf", ".data", ".xml") + UNSAFE_SUFFIXES
 
 
 class Artifact:
@@ -79,7 +80,7 @@ def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any]
             shutil.copyfile(src, tmp / name)
             runtime_files[name] = name
         for junk in tmp.glob("*"):  # save_pretrained may add files we do not want
-            if junk.suffix in UNSAFE_SUFFIXES:
+            if is_unsafe(junk):
                 junk.unlink()
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {
@@ -135,9 +136,9 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     manifest = read_manifest(path)
     for p in path.iterdir():
-        if p.suffix in UNSAFE_SUFFIXES:
+        if is_unsafe(p):
             raise ArtifactError(f"{p} is a pickle-capable format; artifacts hold only "
-                                "safetensors, ONNX, GGUF and JSON. Remove it.")
+                                "safetensors, ONNX, OpenVINO IR, GGUF and JSON. Remove it.")
         if p.suffix in _WEIGHT_SUFFIXES and p.name not in manifest["files"]:
             raise ArtifactError(f"{p.name} is not listed in the manifest; the artifact was "
                                 "modified after it was saved")

@@ -8,6 +8,17 @@ from pathlib import Path
 # Formats that can carry pickled code: never loaded, never stored in an artifact.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy")
 
+
+
+def is_unsafe(path: Path) -> bool:
+    """Whether a file may carry pickled code. One `.bin` is safe: OpenVINO IR weights, raw
+    tensor bytes beside the same-named `.xml` that describes them (OpenVINO reads them as
+    bytes; nothing unpickles them)."""
+    if path.suffix == ".bin" and path.with_suffix(".xml").is_file():
+        return False
+    return path.suffix in UNSAFE_SUFFIXES
+
+
 _HASH_CACHE: dict[tuple[str, int, float], str] = {}
 
 

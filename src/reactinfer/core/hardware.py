@@ -69,6 +69,20 @@ def isa_from_flags(flags: set[str]) -> dict[str, bool]:
     return {name: any(f in flags for f in aliases) for name, aliases in _ISA_FLAGS.items()}
 
 
+def int8_saturates(isa: dict[str, bool]) -> bool:
+    """Whether this CPU's int8 GEMM kernels can saturate. Without VNNI, x86 sums pairs of
+    u8×s8 products into 16 bits (VPMADDUBSW) and clamps; VNNI / AMX and Arm's dot products
+    add into 32 bits. Where it saturates, quantizers keep weights to 7 bits (ONNX Runtime's
+    `reduce_range`, NNCF's overflow fix)."""
+    return not (isa.get("vnni") or isa.get("amx_int8") or isa.get("neon"))
+
+
+def native_bf16(isa: dict[str, bool]) -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere engines
+    emulate it, slower than fp32."""
+    return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
+
+
 @functools.lru_cache(maxsize=1)
 def hardware_profile() -> HardwareProfile:
     model, flags = _cpuinfo()
@@ -97,7 +111,8 @@ def hardware_profile() -> HardwareProfile:
 
 
 def package_versions(names: tuple[str, ...] = ("reactinfer", "torch", "transformers", "numpy",
-                                               "onnxruntime", "llama_cpp_python", "ray")) -> dict:
+                                               "onnxruntime", "openvino", "nncf",
+                                               "llama_cpp_python", "ray")) -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}

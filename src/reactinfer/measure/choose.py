@@ -33,6 +33,8 @@ _GRID: dict[str, dict[str, list[dict[str, Any]]]] = {
                                        ("fp32", "int8-dynamic", "int8-static", "fp16")],
                     # int8 of convolutions is not there yet (its quantizer handles MatMul)
                     "image-classification": [{"precision": "fp32"}]},
+    "openvino": {task: [{"precision": p} for p in ("fp32", "bf16", "int8")]
+                 for task in ("embedding", "classification")},
     "llama.cpp": {"causal-lm": [{"outtype": t} for t in ("source", "f16", "q8_0", "q4_0")]},
     "torch-compile": {"*": [{}]},
 }
@@ -48,10 +50,12 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
                    include: Sequence[str] = ()) -> tuple[list[tuple[str, dict]], list[dict]]:
     """(backend, options) pairs worth measuring here, and the ones skipped with why."""
     from ..backends.llamacpp import unchanged_gguf
+    from ..core.hardware import hardware_profile, native_bf16
 
     if handle.model is None:  # a runtime-only model (an .onnx file): nothing to convert
         return [(handle.backend, dict(handle.backend_options))], []
-    out, skipped = [], []
+    out: list[tuple[str, dict]] = []
+    skipped: list[dict[str, Any]] = []
     backends = list_backends()
     order = ["torch"] + [n for n in backends if n != "torch"]  # the reference first
     for name in order:
@@ -69,6 +73,10 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
             continue
         if name == "onnxruntime" and handle.task == "causal-lm":
             options = [{"precision": "fp32"}]
+        if name == "openvino" and not native_bf16(hardware_profile().isa):
+            skipped.append({"backend": name, "options": {"precision": "bf16"},
+                            "why": "the CPU has no native bf16 (AVX-512 BF16 or AMX)"})
+            options = [o for o in options if o.get("precision") != "bf16"]
         for opts in options:
             key = backend.precision_option
             if precision is not None and (key is None or opts.get(key) != precision):

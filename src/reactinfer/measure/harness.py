@@ -185,12 +185,18 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
 def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
                 threads: int | None, precision: str | None, batch_size: int,
                 max_drop: float | None = None, device: str | None = None,
-                progress: bool = False) -> tuple[ModelHandle, dict[str, Any] | None]:
-    """Move `handle` to the asked backend, or measure and choose one ('auto')."""
+                progress: bool = False, extra: dict[str, Any] | None = None
+                ) -> tuple[ModelHandle, dict[str, Any] | None]:
+    """Move `handle` to the asked backend, or measure and choose one ('auto'); `extra`
+    holds more options of the named backend."""
     from ..backends import to_backend
     from ..core.backend import backend_options, get_backend
     from .choose import choose_backend
 
+    extra = extra or {}
+    if extra and backend in (None, "auto"):
+        raise UserError("backend options (--backend-opt) need a named backend: add "
+                        "--backend NAME (see `react backends`)")
     if backend == "auto":
         sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
         return choose_backend(handle, sample, batch_size, threads=threads,
@@ -199,7 +205,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
     if backend is None and threads is None and precision is None and device is None:
         return handle, None
     name = backend or handle.backend
-    opts = dict(handle.backend_options) if name == handle.backend else {}
+    opts = {**(handle.backend_options if name == handle.backend else {}), **extra}
     if threads is not None:
         opts["threads"] = threads
     if device is not None:
@@ -259,7 +265,8 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
           reference: Any = None, gen_tokens: int = 32, progress: bool = True,
           eval_texts: Sequence[str] | None = None, backend: str | None = None,
           threads: int | None = None, precision: str | None = None,
-          max_drop: float | None = None, device: str | None = None) -> dict[str, Any]:
+          max_drop: float | None = None, device: str | None = None,
+          backend_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure `model` (anything `load` takes). Quality is judged against `reference`,
     by default the model an artifact was made from, or the model itself.
 
@@ -278,7 +285,8 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     available backends and precisions on a sample and picks the fastest within the quality
     bound (`max_drop`, default per task; the report's `backend_selection` holds every
     measurement and the reason); `threads`, `precision` and `device` (torch backends: auto,
-    cpu, cuda) are the backend's options."""
+    cpu, cuda) are the backend's options, and `backend_options` any others of the named
+    backend (e.g. openvino's hint or fp32_layers; `react backends` lists them)."""
     check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
     original = load(model)
     task = get_task(original.task)
@@ -288,7 +296,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     if latency_runs is None:
         latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
-                                    max_drop, device, progress)
+                                    max_drop, device, progress, backend_options or {})
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
     if selection is not None:

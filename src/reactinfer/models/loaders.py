@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.files import UNSAFE_SUFFIXES, sha256_file, sha256_files
+from ..core.files import is_unsafe, sha256_file, sha256_files
 from ..core.handle import TASKS, ModelHandle
 from ..core.images import as_preprocess
 from .zoo import BUILTINS
@@ -94,7 +94,7 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
     import transformers
 
     directory = Path(directory)
-    unsafe = [p.name for p in directory.iterdir() if p.suffix in UNSAFE_SUFFIXES]
+    unsafe = [p.name for p in directory.iterdir() if is_unsafe(p)]
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
         hint = f" (found {', '.join(unsafe)}: pickle formats are refused)" if unsafe else ""

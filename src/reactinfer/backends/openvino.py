@@ -1,0 +1,299 @@
+"""OpenVINO: the task-wrapped module is exported to ONNX once (the same graph, with the same
+node names, as the onnxruntime backend: embeddings carry pooling + normalisation), read by
+OpenVINO and saved as IR (`model.xml` + `model.bin`), then run with no PyTorch.
+
+- fp32; bf16 through the INFERENCE_PRECISION_HINT, only where the CPU has native bf16
+  (AVX-512 BF16 or AMX: elsewhere OpenVINO emulates it, slower than fp32);
+- int8: NNCF post-training quantization with the transformer model type (SmoothQuant),
+  calibrated on the calibration split; weights keep to 7 bits (NNCF's overflow fix) on
+  CPUs whose int8 kernels saturate (no VNNI). `fp32_layers` names MatMul/Gemm nodes of the
+  exported ONNX graph (OpenVINO keeps them as op names) that stay float.
+
+Causal LMs are not supported: the exported graph has no KV cache, so generation would
+recompute the prompt every token (use llama.cpp).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.backend import Backend, Batch, register_backend
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+XML_FILE, BIN_FILE = "model.xml", "model.bin"  # names in handle.files and artifacts
+PRECISIONS = ("fp32", "bf16", "int8")
+HINTS = ("latency", "throughput")
+# Throughput measured faster at batch 32 than latency for fp32, bf16 and int8 alike (minilm,
+# 2 cores, benchmarks/openvino_minilm.py): two streams, each half the batch on one core,
+# beat one stream whose threads synchronise every op. Batch-1 latency pays for it.
+DEFAULT_HINT = "throughput"
+OVERFLOW_FIX = ("auto", "enable", "disable", "first_layer")
+# Used once, at conversion; the rest configure the compiled model every time it loads.
+EXPORT_OPTIONS = ("precision", "calibration_texts", "fp32_layers", "overflow_fix", "opset")
+SESSION_OPTIONS = ("threads", "hint")
+# The float parts run in this precision (OpenVINO's default is bf16 wherever the CPU has it;
+# int8 keeps its float layers in fp32, so `fp32_layers` means what it says).
+_INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_HINT = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
+def _installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
+
+
+def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
+    """Refuse unknown options and impossible settings in one line each; `isa` is the
+    hardware profile's (bf16 needs it native)."""
+    from ..core.hardware import native_bf16
+
+    unknown = set(opts) - set(EXPORT_OPTIONS) - set(SESSION_OPTIONS)
+    if unknown:
+        raise UserError(f"openvino backend: unknown option(s) {sorted(unknown)}; known: "
+                        f"{', '.join(EXPORT_OPTIONS + SESSION_OPTIONS)}")
+    for key, allowed in (("precision", PRECISIONS), ("hint", HINTS),
+                         ("overflow_fix", OVERFLOW_FIX)):
+        if key in opts and opts[key] not in allowed:
+            raise UserError(f"openvino {key} {opts[key]!r} is not one of {', '.join(allowed)}")
+    for key in ("threads", "calibration_texts"):
+        if opts.get(key) is not None and int(opts[key]) < 1:
+            raise UserError(f"openvino {key} must be at least 1, got {opts[key]}")
+    if opts.get("precision") == "bf16" and not native_bf16(isa):
+        raise UserError("openvino precision 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
+                        "or AMX), which this one lacks; use precision fp32 or int8")
+    layers = opts.get("fp32_layers")
+    if layers and opts.get("precision") != "int8":
+        raise UserError("openvino fp32_layers keeps layers out of int8: use it with "
+                        "precision int8")
+    if layers is not None and (isinstance(layers, str) or
+                               not all(isinstance(n, str) for n in layers)):
+        raise UserError("openvino fp32_layers is a list of MatMul/Gemm node names, e.g. "
+                        "['/model/encoder/layer.0/output/dense/MatMul']")
+
+
+def overflow_fix_for(isa: dict[str, bool]) -> str:
+    """NNCF's overflow fix for a CPU: 7-bit weights in every layer where the int8 kernels
+    saturate (no VNNI), none where they add in 32 bits."""
+    from ..core.hardware import int8_saturates
+
+    return "enable" if int8_saturates(isa) else "disable"
+
+
+# -- conversion ---------------------------------------------------------------------------
+def quantizable_layers(model: Any) -> list[str]:
+    """Names of the MatMul ops (ONNX MatMul and Gemm both become MatMul) `fp32_layers` may
+    name: the ONNX node names, which OpenVINO keeps as friendly names."""
+    return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+
+
+def is_float_layer(model: Any, name: str) -> bool:
+    """Whether the MatMul `name` of an OpenVINO model computes in float: no quantized
+    activation (FakeQuantize) and no int8 weight feeds it."""
+    op = next(o for o in model.get_ops() if o.get_friendly_name() == name)
+    for value in op.input_values():
+        node = value.get_node()
+        if node.get_type_name() == "FakeQuantize":
+            return False
+        if node.get_type_name() in ("Multiply", "Subtract", "Convert") and any(
+                v.get_node().get_type_name() == "Constant" and
+                v.get_element_type().get_type_name() in ("i8", "u8")
+                for src in node.input_values() for v in _through_converts(src)):
+            return False  # weight decompressed from int8: Constant(i8) → Convert → Multiply
+    return True
+
+
+def _through_converts(value: Any) -> Iterator[Any]:
+    yield value
+    node = value.get_node()
+    if node.get_type_name() in ("Convert", "Subtract"):
+        for v in node.input_values():
+            yield from _through_converts(v)
+
+
+def quantize_int8(handle: ModelHandle, model: Any, calibration_texts: int,
+                  fp32_layers: list[str], overflow_fix: str, progress: bool = False) -> Any:
+    """NNCF post-training int8 (transformer preset: SmoothQuant, attention-aware scopes)."""
+    import logging
+
+    import nncf
+
+    from ..data import texts_for
+    from .onnxruntime import calibration_batches
+
+    known = set(quantizable_layers(model))
+    missing = [n for n in fp32_layers if n not in known]
+    if missing:
+        raise UserError(f"openvino fp32_layers: no MatMul named {missing[0]!r} in this model; "
+                        f"names look like {sorted(known)[0]!r} ({len(known)} in all)")
+    names = [i.get_any_name() for i in model.inputs]
+    data = list(calibration_batches(handle, texts_for("calibration", limit=calibration_texts),
+                                    names))
+    params = nncf.AdvancedQuantizationParameters(
+        overflow_fix=nncf.OverflowFix(overflow_fix))
+    scope = nncf.IgnoredScope(names=list(fp32_layers), validate=True) if fp32_layers else None
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    try:  # NNCF logs at INFO and draws its progress bars on stdout
+        logger.setLevel(logging.INFO if progress else logging.ERROR)
+        with quiet:
+            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
+                                 model_type=nncf.ModelType.TRANSFORMER,
+                                 ignored_scope=scope, advanced_parameters=params)
+    finally:
+        logger.setLevel(level)
+
+
+def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
+               progress: bool = False) -> dict[str, Path]:
+    """Export → (quantize) → IR files in `workdir`; returns {name: path}."""
+    import openvino as ov
+
+    from .onnxruntime import export_onnx
+
+    onnx_path = export_onnx(handle, workdir / "model.fp32.onnx", opset=opts.get("opset", 17))
+    model = ov.convert_model(str(onnx_path))
+    if opts.get("precision") == "int8":
+        model = quantize_int8(handle, model, int(opts.get("calibration_texts", 128)),
+                              list(opts.get("fp32_layers") or ()), opts["overflow_fix"],
+                              progress)
+    model.set_rt_info(handle.task, ["reactinfer", "task"])
+    model.set_rt_info(str(handle.max_length), ["reactinfer", "max_length"])
+    # compress_to_fp16=False: fp32 weights stay fp32 (the default would halve them)
+    ov.save_model(model, str(workdir / XML_FILE), compress_to_fp16=False)
+    onnx_path.unlink()
+    return {XML_FILE: workdir / XML_FILE, BIN_FILE: workdir / BIN_FILE}
+
+
+# -- runtime ------------------------------------------------------------------------------
+def compile_config(precision: str, hint: str, threads: int | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"PERFORMANCE_HINT": _HINT[hint],
+                              "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class OvRunner:
+    """Runs the compiled IR. Under the throughput hint OpenVINO makes several streams; one
+    batch is split across them (one infer request each, run together), so a single caller
+    still uses every core. Calls from several threads (a server) take turns on the
+    requests: each call already uses every core."""
+
+    kv_cache = False
+
+    def __init__(self, handle: ModelHandle, compiled: Any):
+        self.handle = handle
+        self.compiled = compiled
+        self.inputs = [i.get_any_name() for i in compiled.inputs]
+        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = [compiled.create_infer_request() for _ in range(max(1, n))]
+        self._lock = threading.Lock()
+
+    def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
+        feed = {}
+        for name in self.inputs:
+            if name in batch:
+                feed[name] = batch[name]
+            elif name == "token_type_ids":
+                feed[name] = np.zeros_like(batch["input_ids"])
+            else:
+                raise UserError(f"the OpenVINO model needs input {name!r}, which the "
+                                "tokenizer did not produce")
+        return feed
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        feed = self._feed(batch)
+        rows = len(batch["input_ids"])
+        parts = np.array_split(np.arange(rows), min(len(self.requests), rows))  # (B,) → n
+        used = self.requests[:len(parts)]
+        with self._lock:
+            for req, idx in zip(used, parts, strict=True):
+                req.start_async({k: v[idx[0]:idx[-1] + 1] for k, v in feed.items()})
+            for req in used:
+                req.wait()
+            return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32)
+                                   for r in used])
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    writes_files = True
+    precision_option = "precision"
+    description = ("OpenVINO (IR from the exported ONNX graph; fp32, bf16 where the CPU has "
+                   "it native, int8 by NNCF with SmoothQuant; throughput (default) or latency "
+                   "hint; encoders only: no KV cache for causal LMs, use llama.cpp)")
+
+    def available(self) -> bool:
+        return _installed()
+
+    def why_unavailable(self) -> str:
+        return "" if self.available() else "pip install openvino nncf"
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tasks": ["embedding", "classification"],
+                "options": {"precision": list(PRECISIONS), "hint": list(HINTS),
+                            "threads": "int", "calibration_texts": "int (128, int8)",
+                            "fp32_layers": "list of MatMul/Gemm node names kept float (int8)",
+                            "overflow_fix": list(OVERFLOW_FIX), "opset": "int (17)"},
+                "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
+
+    def supports(self, handle: ModelHandle) -> bool:
+        return handle.task != "causal-lm" and (XML_FILE in handle.files or
+                                               handle.model is not None)
+
+    def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
+        """Export and convert once; the result runs from `model.xml` + `model.bin` alone."""
+        from ..core.hardware import hardware_profile
+
+        assert workdir is not None  # writes_files: to_backend always gives one
+        isa = hardware_profile().isa
+        check_options(opts, isa)
+        opts = {"precision": "fp32", **opts}
+        if handle.model is None:  # already IR: only the compile options can change
+            if XML_FILE not in handle.files:
+                raise UserError(f"nothing to convert: the handle has no torch model and no "
+                                f"{XML_FILE}")
+            have = handle.backend_options.get("precision", "fp32")
+            # bf16 is an fp32 IR run in bf16: the two convert into each other freely
+            if opts["precision"] != have and {opts["precision"], have} != {"fp32", "bf16"}:
+                raise UserError(f"this OpenVINO model is already {have}; convert from the "
+                                "original torch model to change precision")
+            return handle.derive(backend=self.name, backend_options=opts)
+        if opts["precision"] == "int8":
+            opts.setdefault("overflow_fix", "auto")
+            if opts["overflow_fix"] == "auto":  # recorded resolved, so a report says which
+                opts["overflow_fix"] = overflow_fix_for(isa)
+        files = convert_ir(handle, workdir, opts)
+        return handle.derive(model=None, checkpoint=None, replay_from=None,
+                             backend=self.name, backend_options=opts, files=files)
+
+    def prepare(self, handle: ModelHandle, **opts: Any) -> OvRunner:
+        import openvino as ov
+
+        from ..core.hardware import hardware_profile
+
+        check_options(opts, hardware_profile().isa)
+        if XML_FILE not in handle.files:  # run a torch handle directly: convert on the fly
+            from .convert import scratch_dir
+
+            handle = self.convert(handle, scratch_dir("react-openvino-"), **opts)
+            opts = handle.backend_options
+        core = ov.Core()
+        model = core.read_model(str(handle.files[XML_FILE]), str(handle.files[BIN_FILE]))
+        config = compile_config(opts.get("precision", "fp32"), opts.get("hint", DEFAULT_HINT),
+                                opts.get("threads"))
+        return OvRunner(handle, core.compile_model(model, "CPU", config))
+
+
+register_backend(OpenVinoBackend())

@@ -1,0 +1,222 @@
+"""The OpenVINO backend on tiny models: fp32 matches torch eager, int8 (NNCF) runs with its
+quality measured, bf16 only where the CPU has it, fp32_layers stays float, artifacts hold
+the IR (hashed, refused when corrupt) and run without torch. Settings chosen from the
+CPU are tested with synthetic hardware profiles, never by assuming the one running."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import reactinfer as ri
+from reactinfer.backends import to_backend
+from reactinfer.core.errors import ArtifactError, UserError
+from reactinfer.core.hardware import hardware_profile, isa_from_flags, native_bf16
+from reactinfer.tasks import tokenize
+from reactinfer.testing import sqnr_db, tiny_handle
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino nncf)")
+pytest.importorskip("nncf", reason="nncf is not installed (pip install openvino nncf)")
+
+from reactinfer.backends import openvino as ovb  # noqa: E402
+
+AVX2 = isa_from_flags({"avx2", "fma", "f16c"})                      # Zen 1, Haswell
+VNNI = isa_from_flags({"avx2", "avx512f", "avx512_vnni"})           # Cascade Lake
+BF16 = isa_from_flags({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})  # Zen 4
+AMX = isa_from_flags({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"})
+FFN = "/model/encoder/layer.0/intermediate/dense/MatMul"  # a node of the exported graph
+
+
+@pytest.fixture(scope="module")
+def embed():
+    return tiny_handle("embedding")
+
+
+@pytest.fixture(scope="module")
+def int8(embed):
+    return to_backend(embed, "openvino", precision="int8", calibration_texts=16,
+                      fp32_layers=[FFN])
+
+
+def _batch(handle, texts):
+    return tokenize(handle.tokenizer, texts, handle.max_length)
+
+
+@pytest.mark.parametrize("task", ["embedding", "classification"])
+@pytest.mark.parametrize("hint", ["latency", "throughput"])
+def test_fp32_matches_torch_eager(task, hint, texts):
+    handle = tiny_handle(task)
+    conv = to_backend(handle, "openvino", precision="fp32", hint=hint, threads=2)
+    assert conv.model is None and set(conv.files) == {"model.xml", "model.bin"}
+    assert handle.backend == "torch"  # the input is unchanged
+    for rows in (texts[:7], ["open"]):  # a batch, and one text of one word
+        batch = _batch(handle, rows)
+        out = conv.runner()(batch)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, handle.runner()(batch), atol=1e-4, rtol=0)
+
+
+def test_int8_runs_and_its_quality_is_measured(embed, int8, texts):
+    assert int8.backend_options["overflow_fix"] == ovb.overflow_fix_for(hardware_profile().isa)
+    batch = _batch(embed, texts[:16])
+    ref, out = embed.runner()(batch), int8.runner()(batch)
+    assert np.abs(ref - out).max() > 0          # int8 really ran: outputs are not fp32's
+    assert sqnr_db(ref, out) >= 15.0            # the loose floor of the other int8 paths
+    r = ri.bench(int8, reference=embed, eval_texts=texts, batch_size=8, latency_runs=2,
+                 progress=False)
+    assert r["backend"] == "openvino" and 0.9 < r["quality"]["mean_cosine"] <= 1.0 + 1e-6
+
+
+def test_fp32_layers_stay_float_and_the_rest_is_int8(int8):
+    import openvino as ov
+
+    model = ov.Core().read_model(str(int8.files["model.xml"]))
+    layers = ovb.quantizable_layers(model)
+    assert FFN in layers and ovb.is_float_layer(model, FFN)
+    dense = [n for n in layers if n.endswith("dense/MatMul") and n != FFN]
+    assert dense and not any(ovb.is_float_layer(model, n) for n in dense)
+    assert int8.backend_options["fp32_layers"] == [FFN]
+
+
+def test_fp32_layers_must_name_a_layer(embed):
+    with pytest.raises(UserError, match="no MatMul named"):
+        to_backend(embed, "openvino", precision="int8", calibration_texts=8,
+                   fp32_layers=["/no/such/MatMul"])
+    with pytest.raises(UserError, match="precision int8"):
+        to_backend(embed, "openvino", fp32_layers=[FFN])
+
+
+def test_bf16_only_where_the_cpu_has_it(embed, texts):
+    for isa in (AVX2, VNNI):
+        with pytest.raises(UserError, match="native bf16"):
+            ovb.check_options({"precision": "bf16"}, isa)
+    for isa in (BF16, AMX):
+        ovb.check_options({"precision": "bf16"}, isa)
+    if not native_bf16(hardware_profile().isa):
+        with pytest.raises(UserError, match="native bf16"):
+            to_backend(embed, "openvino", precision="bf16")
+        pytest.skip("this CPU has no native bf16: the refusal is what runs here")
+    conv = to_backend(embed, "openvino", precision="bf16")
+    batch = _batch(embed, texts[:8])
+    assert sqnr_db(embed.runner()(batch), conv.runner()(batch)) >= 30.0
+
+
+def test_settings_chosen_from_the_cpu():
+    from reactinfer.backends.onnxruntime import int8_settings
+
+    assert ovb.overflow_fix_for(AVX2) == "enable"   # u8×s8 pair sums saturate: 7-bit weights
+    for isa in (VNNI, BF16, AMX, isa_from_flags({"asimd"})):
+        assert ovb.overflow_fix_for(isa) == "disable"
+    assert int8_settings(AVX2) == {"reduce_range": True}
+    assert int8_settings(VNNI) == {"reduce_range": False}
+    assert ovb.compile_config("fp32", "throughput", 2) == {
+        "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": 2}
+
+
+def test_bad_options_are_one_line_user_errors(embed):
+    for opts, match in (({"precision": "int4"}, "precision"), ({"hint": "fast"}, "hint"),
+                        ({"threads": 0}, "threads"), ({"warp": 1}, "unknown"),
+                        ({"precision": "int8", "fp32_layers": FFN}, "list")):
+        with pytest.raises(UserError, match=match):
+            to_backend(embed, "openvino", **opts)
+    with pytest.raises(UserError, match="does not run"):
+        to_backend(tiny_handle("causal-lm"), "openvino")
+
+
+_NO_TORCH = """
+import sys, json
+sys.modules["torch"] = None  # any use of PyTorch now raises ImportError
+import reactinfer as ri
+from reactinfer.tasks import tokenize
+h = ri.load(sys.argv[1])
+out = h.runner()(tokenize(h.tokenizer, json.loads(sys.argv[2]), h.max_length))
+print(json.dumps({"model": h.model is None, "backend": h.backend, "out": out.tolist()}))
+"""
+
+
+def test_artifact_holds_the_ir_reloads_without_torch_and_refuses_corruption(
+        embed, int8, tmp_path, texts):
+    ri.Artifact.save(int8, tmp_path / "art")
+    manifest = ri.Artifact.read_manifest(tmp_path / "art")
+    assert {"model.xml", "model.bin"} <= set(manifest["files"])
+    assert "model.safetensors" not in manifest["files"]
+    assert manifest["backend_options"]["precision"] == "int8"
+    batch = _batch(embed, texts[:3])
+    want = int8.runner()(batch)
+    back = ri.load(tmp_path / "art")
+    assert back.model is None and back.backend == "openvino"
+    np.testing.assert_allclose(back.runner()(batch), want, atol=1e-5)
+    run = subprocess.run([sys.executable, "-c", _NO_TORCH, str(tmp_path / "art"),
+                          json.dumps(texts[:3])], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["model"] and got["backend"] == "openvino"
+    np.testing.assert_allclose(np.array(got["out"]), want, atol=1e-5)
+    weights = tmp_path / "art" / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.bin.*sha256"):
+        ri.load(tmp_path / "art")
+
+
+def test_a_stray_bin_is_still_refused(tmp_path):
+    """Only IR weights beside their .xml are safe; any other .bin may be a pickle."""
+    from reactinfer.core.files import is_unsafe
+
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    (tmp_path / "model.bin").write_bytes(b"x")
+    (tmp_path / "model.xml").write_text("<net/>")
+    assert is_unsafe(tmp_path / "pytorch_model.bin")
+    assert not is_unsafe(tmp_path / "model.bin")
+
+
+def test_cli_bench_takes_backend_options_and_refuses_bad_ones(tmp_path, capsys):
+    from reactinfer.cli.main import main
+    from reactinfer.testing import save_tiny_hf
+
+    src = str(save_tiny_hf(tmp_path / "src", "embedding"))
+    small = ["--n-eval", "8", "--latency-runs", "1", "--batch-size", "4", "--no-progress"]
+    assert main(["bench", src, "--backend", "openvino", "--backend-opt", "hint=throughput",
+                 "--backend-opt", "threads=1", "--json", *small]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "openvino"
+    assert report["backend_options"] == {"precision": "fp32", "hint": "throughput", "threads": 1}
+    for bad in (["--backend", "openvino", "--backend-opt", "hint=fast"],
+                ["--backend", "openvino", "--backend-opt", "hint"],
+                ["--backend-opt", "hint=latency"]):  # options need a named backend
+        assert main(["bench", src, *bad, *small]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # bf16: refused in one line (exit 2) where the CPU lacks it, run where it has it
+    code = main(["bench", src, "--backend", "openvino", "--precision", "bf16", *small])
+    err = capsys.readouterr().err
+    if native_bf16(hardware_profile().isa):
+        assert code == 0
+    else:
+        assert code == 2 and "native bf16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_calls_from_several_threads_get_their_own_answers(embed, texts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = to_backend(embed, "openvino", hint="throughput").runner()
+    batches = [_batch(embed, texts[i:i + 3 + i % 4]) for i in range(8)]
+    want = [runner(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(runner, batches))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w, g)
+
+
+def test_backend_auto_considers_openvino_at_the_precisions_this_cpu_runs(embed):
+    from reactinfer.measure.choose import candidate_grid
+
+    grid, skipped = candidate_grid(embed)
+    bf16 = native_bf16(hardware_profile().isa)
+    assert [o["precision"] for n, o in grid if n == "openvino"] == \
+        (["fp32", "bf16", "int8"] if bf16 else ["fp32", "int8"])
+    assert any(s["backend"] == "openvino" and "bf16" in s["why"] for s in skipped) is not bf16
+    grid, _ = candidate_grid(embed, precision="int8")
+    assert ("openvino", {"precision": "int8"}) in grid
