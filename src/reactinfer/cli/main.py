@@ -114,4 +114,8 @@ def _without_prefix(message: str, command: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m reactinfer.cli.main`: the commands register on the imported module,
+    # not on this __main__ copy of it, so hand over to that one
+    from reactinfer.cli.main import main as _main
+
+    sys.exit(_main())
