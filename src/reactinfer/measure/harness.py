@@ -314,6 +314,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         texts, latency_runs, sizing = fit_to_budget(
             handle, texts, batch_size, latency_runs,
             time_budget_s - (time.perf_counter() - t_start), 2.0 if with_ref else 1.0)
+        sizing["budget_s"] = time_budget_s
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
     if sizing is not None:
@@ -365,5 +366,5 @@ def fit_to_budget(handle: ModelHandle, texts: Sequence[str], batch_size: int,
                        progress=False)
     probe_s = time.perf_counter() - t0
     n, runs = size_search(probe, len(texts), latency_runs, room_s - probe_s, text_cost)
-    return list(texts[:n]), runs, {"budget_s": room_s, "probe_s": probe_s, "n_texts": n,
+    return list(texts[:n]), runs, {"room_s": room_s, "probe_s": probe_s, "n_texts": n,
                                    "n_texts_asked": len(texts), "latency_runs": runs}

@@ -15,7 +15,7 @@ def _eval_texts(r: dict[str, Any]) -> str:
     text = f"{n} of {available}" if available and available != n else f"{n}"
     if r.get("time_budget"):
         tb = r["time_budget"]
-        text += (f" (as many as fit in --time-budget-s {tb['budget_s']:.0f}; "
+        text += (f" (as many as fit in --time-budget-s {tb.get('budget_s', 0):.0f}; "
                  f"took {tb.get('seconds', 0):.0f} s)")
     elif r.get("n_eval_default"):
         text += f" (the default sample for {r['task']} models; --n-eval all for every one)"

@@ -62,7 +62,8 @@ def torch_next_token_scores(model: torch.nn.Module, input_ids: torch.Tensor,
                             attention_mask: torch.Tensor, block: int = SCORE_BLOCK
                             ) -> tuple[np.ndarray, np.ndarray]:
     """`scores_from_logits` for a Hugging Face causal LM without its (B, T, V) logits: the
-    body runs once, the LM head on `block` positions at a time, each block reduced at once.
+    body runs once, the LM head on about `block` rows (batch × positions) at a time, each
+    block reduced at once.
     Models whose logits are more than head(hidden) (soft-capped, scaled) get full logits,
     reduced by blocks in torch."""
     target = input_ids[:, 1:]
@@ -81,8 +82,9 @@ def torch_next_token_scores(model: torch.nn.Module, input_ids: torch.Tensor,
     bsz, t = target.shape
     nll = torch.zeros((bsz, t), dtype=torch.float32)
     argmax = torch.zeros((bsz, t), dtype=torch.int32)
-    for s in range(0, t, block):
-        e = min(s + block, t)  # the last position predicts nothing
+    step = max(1, block // max(bsz, 1))  # about `block` rows of logits at a time
+    for s in range(0, t, step):
+        e = min(s + step, t)  # the last position predicts nothing
         x = (head(hidden[:, s:e]) if plain else hidden[:, s:e]).float()
         picked = x.gather(-1, target[:, s:e, None])[..., 0]
         nll[:, s:e] = (torch.logsumexp(x, -1) - picked).cpu()

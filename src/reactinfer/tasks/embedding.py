@@ -66,7 +66,7 @@ class EmbeddingTask:
         ref, cand = reference["embeddings"], candidate["embeddings"]
         ref_n = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
         cand_n = cand / np.linalg.norm(cand, axis=1, keepdims=True).clip(1e-12)
-        cos = np.sum(ref_n * cand_n, axis=1)
+        cos = np.asarray(np.sum(ref_n * cand_n, axis=1, dtype=np.float64))  # as the CI
         recall = recall_per_query(ref_n, cand_n)
         return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
                 "top10_recall": float(recall.mean()),
