@@ -166,13 +166,16 @@ def test_throughput_objective_rolls_back_a_slower_engine(model_and_data, tmp_pat
 def test_interrupted_run_resumes_without_redoing_trials(model_and_data, tmp_path):
     model, data = model_and_data
     out = tmp_path / "run"
-    _run(model, data, out, objective="size", max_drop=0.5, max_trials=1)
+    first = _run(model, data, out, objective="size", max_drop=0.5, max_trials=1)
+    assert first["reference_outputs"]["cache"] == "measured"
     with pytest.raises(UserError, match="--resume"):
         _run(model, data, out, objective="size", max_drop=0.5)
     with pytest.raises(UserError, match="different settings"):
         _run(model, data, out, objective="latency", max_drop=0.5, resume=True)
     r = _run(model, data, out, objective="size", max_drop=0.5, resume=True)
     assert r["reused"] == 2  # the baseline and the first trial came from the store
+    assert r["reference_outputs"]["cache"] == "reused"  # not measured again
+    assert "reference outputs: reused" in (out / "report.md").read_text()
     assert [t["reused"] for t in r["trials"][:2]] == [True, True]
     assert not any(t["reused"] for t in r["trials"][2:])
     assert len(TrialStore(out / "trials.sqlite").all()) == len(r["trials"])

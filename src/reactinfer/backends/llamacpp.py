@@ -1,10 +1,11 @@
 """llama.cpp (llama-cpp-python) for causal LMs: runs a GGUF file directly (the packaged
 smollm2 as is), or one converted from our (compressed) torch model by `gguf_convert`.
 
-The runner returns full logits (B, T, V) for perplexity (the context keeps all logits)
-and generates greedily with the KV cache: the prompt is evaluated once, then one token
-per step. `generate(..., reuse_cache=False)` re-evaluates the whole sequence per token,
-which is what not having a KV cache costs (shown by the benchmark).
+The runner returns full logits (B, T, V) when called, scores perplexity without them
+(`score`: each decoded chunk's logits reduced in place), and generates greedily with the
+KV cache: the prompt is evaluated once, then one token per step.
+`generate(..., reuse_cache=False)` re-evaluates the whole sequence per token, which is
+what not having a KV cache costs (shown by the benchmark).
 """
 from __future__ import annotations
 
@@ -82,6 +83,41 @@ class LlamaCppRunner:
             if len(pos):
                 out[i, pos] = self._eval(ids[i, pos].tolist())
         return out
+
+    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Per position (B, T-1), the NLL of the next token and the argmax, each decoded
+        chunk's logits read in place from llama.cpp and reduced at once: no (B, T, V) array,
+        no copy into llama-cpp-python's score matrix."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        nll = np.zeros((len(ids), ids.shape[1] - 1), np.float32)
+        argmax = np.zeros(nll.shape, np.int32)
+        for i in range(len(ids)):
+            tokens = ids[i, np.flatnonzero(mask[i])]  # right padding: positions 0..n-1
+            n = len(tokens) - 1
+            if n > 0:
+                nll[i, :n], argmax[i, :n] = self._score_tokens(tokens)
+        return nll, argmax
+
+    def _score_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from ..tasks.causal_lm import score_rows
+
+        llm = self.llm
+        if len(tokens) > llm.n_ctx():
+            raise UserError(f"{len(tokens)} tokens do not fit llama.cpp's context of "
+                            f"{llm.n_ctx()}; pass n_ctx=")
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        nll, argmax = np.empty(len(tokens) - 1, np.float32), np.empty(len(tokens) - 1, np.int32)
+        for s in range(0, len(tokens) - 1, llm.n_batch):
+            chunk = tokens[s:s + llm.n_batch].tolist()
+            llm._batch.set_batch(batch=chunk, n_past=s, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            target = tokens[s + 1:s + 1 + len(chunk)]  # the last token predicts nothing
+            rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.n_vocab))
+            nll[s:s + len(target)], argmax[s:s + len(target)] = score_rows(
+                rows[:len(target)], target)
+        llm.reset()  # the next eval starts from an empty cache (it clears from n_tokens=0)
+        return nll, argmax
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int,
                  reuse_cache: bool = True) -> list[int]:

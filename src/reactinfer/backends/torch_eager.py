@@ -50,6 +50,18 @@ class TorchRunner:
                                  for k, v in batch.items()})
         return out.float().cpu().numpy()
 
+    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Causal LMs: per position, the NLL of the next token and the argmax, with the LM
+        head applied to a block of positions at a time (no (B, T, V) logits)."""
+        import torch
+
+        from ..tasks.causal_lm import torch_next_token_scores
+
+        with torch.inference_mode():
+            return torch_next_token_scores(
+                self.model, torch.from_numpy(batch["input_ids"]).to(self.device),
+                torch.from_numpy(batch["attention_mask"]).to(self.device))
+
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         import torch
 

@@ -50,6 +50,10 @@ def _bench(p: argparse.ArgumentParser):
                    "costs a full-vocabulary forward per text)")
     p.add_argument("--latency-runs", type=int, default=None,
                    help="timed batch-1 requests (default 50; 20 for causal LMs)")
+    p.add_argument("--time-budget-s", type=float, default=None, metavar="S",
+                   help="evaluate as many held-out texts (of --n-eval, default all) and "
+                   "latency runs as fit in about S seconds; quality figures come with 95%% "
+                   "confidence intervals either way")
     p.add_argument("--reference", help="judge quality against this model instead")
     p.add_argument("--backend", help="run on this backend (see `react backends`), or 'auto' "
                    "to measure them here and pick the fastest within the quality bound")
@@ -75,7 +79,8 @@ def _bench(p: argparse.ArgumentParser):
                        latency_runs=a.latency_runs, reference=a.reference,
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
                        precision=a.precision, max_drop=a.max_drop, device=a.device,
-                       backend_options=parse_backend_opts(a.backend_opt))
+                       backend_options=parse_backend_opts(a.backend_opt),
+                       time_budget_s=a.time_budget_s)
         print_json(report) if a.json else print(format_report(report))
         if report.get("eval_warning"):
             print(f"react bench: warning: {report['eval_warning']}", file=sys.stderr)

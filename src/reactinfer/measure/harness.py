@@ -22,6 +22,7 @@ from ..data import texts_for
 from ..models import load
 from ..tasks import count_tokens, get_task, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
+from .sizing import PROBE_TEXTS, size_search
 
 # Below this many held-out texts, quality (a mean over texts) and throughput are too
 # noisy to trust: a report says so rather than printing them as if they were solid.
@@ -47,13 +48,21 @@ def _bar(progress: bool, desc: str, total: int, unit: str) -> tqdm:
 
 
 class _Counted:
-    """Wraps a runner to tick a progress bar once per batch."""
+    """Wraps a runner to tick a progress bar once per batch (its `score`, when it has one,
+    too: a causal LM's perplexity is scored in the engine)."""
 
     def __init__(self, runner: Runner, bar: tqdm):
         self.runner, self.bar = runner, bar
+        if getattr(runner, "score", None) is not None:
+            self.score = self._score
 
     def __call__(self, batch: Batch) -> np.ndarray:
         out = self.runner(batch)
+        self.bar.update(len(next(iter(batch.values()))))
+        return out
+
+    def _score(self, batch: Batch) -> Any:
+        out = self.runner.score(batch)  # type: ignore[attr-defined]
         self.bar.update(len(next(iter(batch.values()))))
         return out
 
@@ -266,7 +275,8 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
           eval_texts: Sequence[str] | None = None, backend: str | None = None,
           threads: int | None = None, precision: str | None = None,
           max_drop: float | None = None, device: str | None = None,
-          backend_options: dict[str, Any] | None = None) -> dict[str, Any]:
+          backend_options: dict[str, Any] | None = None,
+          time_budget_s: float | None = None) -> dict[str, Any]:
     """Measure `model` (anything `load` takes). Quality is judged against `reference`,
     by default the model an artifact was made from, or the model itself.
 
@@ -286,10 +296,20 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     bound (`max_drop`, default per task; the report's `backend_selection` holds every
     measurement and the reason); `threads`, `precision` and `device` (torch backends: auto,
     cpu, cuda) are the backend's options, and `backend_options` any others of the named
-    backend (e.g. openvino's hint or fp32_layers; `react backends` lists them)."""
+    backend (e.g. openvino's hint or fp32_layers; `react backends` lists them).
+
+    `time_budget_s`: evaluate as many texts (of `n_eval`, by default all held-out ones) and
+    latency runs as fit in about that many seconds, predicted from a probe on a few texts
+    (the report's `time_budget`); generation-speed runs come on top. Every quality figure
+    comes with its 95% confidence interval (`quality["ci95"]`)."""
     check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise UserError(f"--time-budget-s must be positive, got {time_budget_s}")
+    t_start = time.perf_counter()
     original = load(model)
     task = get_task(original.task)
+    if time_budget_s is not None and n_eval is None:
+        n_eval = "all"  # the budget sizes the sample
     texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer)
     if not texts:
         raise UserError("the evaluation data is empty")
@@ -297,8 +317,18 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
                                     max_drop, device, progress, backend_options or {})
+    sizing = None
+    if time_budget_s is not None:
+        with_ref = reference is not None or handle is not original or bool(handle.transforms) \
+            or handle.source.get("kind") == "artifact"
+        texts, latency_runs, sizing = fit_to_budget(
+            handle, texts, batch_size, latency_runs,
+            time_budget_s - (time.perf_counter() - t_start), 2.0 if with_ref else 1.0)
+        sizing["budget_s"] = time_budget_s
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
+    if sizing is not None:
+        report["time_budget"] = sizing
     if selection is not None:
         report["backend_selection"] = selection
     warning = small_sample_warning(len(texts))
@@ -331,4 +361,20 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         report["reference"] = ref_name
     report["hardware"] = hardware_profile().to_dict()
     report["versions"] = package_versions()
+    if sizing is not None:
+        sizing["seconds"] = time.perf_counter() - t_start
     return report
+
+
+def fit_to_budget(handle: ModelHandle, texts: Sequence[str], batch_size: int,
+                  latency_runs: int, room_s: float, text_cost: float = 1.0
+                  ) -> tuple[list[str], int, dict[str, Any]]:
+    """The first texts and the latency runs that measuring `handle` fits in `room_s`,
+    predicted from a probe on PROBE_TEXTS texts (`sizing.size_search`), and a record of it."""
+    t0 = time.perf_counter()
+    probe, _ = measure(handle, texts[:PROBE_TEXTS], batch_size, 1, gen_tokens=0,
+                       progress=False)
+    probe_s = time.perf_counter() - t0
+    n, runs = size_search(probe, len(texts), latency_runs, room_s - probe_s, text_cost)
+    return list(texts[:n]), runs, {"room_s": room_s, "probe_s": probe_s, "n_texts": n,
+                                   "n_texts_asked": len(texts), "latency_runs": runs}

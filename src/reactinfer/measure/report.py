@@ -13,9 +13,21 @@ def _fmt(v: Any) -> str:
 def _eval_texts(r: dict[str, Any]) -> str:
     n, available = r["n_eval"], r.get("n_eval_available")
     text = f"{n} of {available}" if available and available != n else f"{n}"
-    if r.get("n_eval_default"):
+    if r.get("time_budget"):
+        tb = r["time_budget"]
+        text += (f" (as many as fit in --time-budget-s {tb.get('budget_s', 0):.0f}; "
+                 f"took {tb.get('seconds', 0):.0f} s)")
+    elif r.get("n_eval_default"):
         text += f" (the default sample for {r['task']} models; --n-eval all for every one)"
     return text + (f" (max length {r['max_length']} tokens)" if r["max_length"] else "")
+
+
+def format_quality(q: dict[str, Any]) -> str:
+    """Each figure, with its 95% confidence interval where it has one."""
+    ci = q.get("ci95", {})
+    return " · ".join(f"{k} {_fmt(v)}" + (f" [95% CI {_fmt(ci[k][0])}–{_fmt(ci[k][1])}]"
+                                          if k in ci else "")
+                      for k, v in q.items() if k != "ci95")
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -54,8 +66,7 @@ def format_report(r: dict[str, Any]) -> str:
     params = f" · {r['params'] / 1e6:.1f}M params" if r.get("params") else ""
     rows.append(("size", f"{r['size_mb']:.1f} MiB{params}"))
     if r.get("quality"):
-        q = " · ".join(f"{k} {_fmt(v)}" for k, v in r["quality"].items())
-        rows.append((f"quality vs {r['reference']}", q))
+        rows.append((f"quality vs {r['reference']}", format_quality(r["quality"])))
     else:
         rows.append(("quality", r.get("quality_note", "not measured")))
     hw = r["hardware"]

@@ -18,6 +18,11 @@ import dataclasses
 import time
 from typing import Any
 
+# sizing one measurement to a time budget is shared with `react bench --time-budget-s`
+from ..measure.sizing import MIN_LATENCY_RUNS as MIN_LATENCY_RUNS
+from ..measure.sizing import PROBE_TEXTS as PROBE_TEXTS
+from ..measure.sizing import size_search as size_search
+
 MARGIN_SHARE = 0.10
 MARGIN_MIN_S = 10.0
 # Building a candidate adds to measuring it (ONNX export, a transform's own pass), and a
@@ -36,10 +41,6 @@ CONFIRM_FILL = 0.8  # the re-measure is sized to this share of the time left at 
 # left of the budget: room for the original and a few steps. When it would take longer,
 # trials use fewer held-out texts and latency runs (the report says how many).
 BASELINE_SHARE = 0.2
-# one small measurement first, to size the others (an LM's batch of 4 costs seconds on
-# a small CPU; a smaller batch than the real one overestimates per text: the safe side)
-PROBE_TEXTS = 4
-MIN_LATENCY_RUNS = 5
 REPORT_S = 5.0  # report.json/.md and two plots (importing matplotlib is most of it)
 SAVE_S = 1.0  # per artifact, plus its size at SAVE_MB_PER_S (writing and hashing)
 SAVE_MB_PER_S = 50.0
@@ -148,21 +149,3 @@ def confirm_cost(trials: list[dict[str, Any]], n_eval: int,
         fixed += overhead + run_s * latency_runs
         per_text += thr / max(n_eval, 1)
     return fixed, per_text
-
-
-def size_search(probe: dict[str, Any], n_eval: int, latency_runs: int,
-                room_s: float) -> tuple[int, int]:
-    """Held-out texts and batch-1 latency runs per trial such that measuring one model takes
-    about `room_s`, predicted from a probe (`measure` on a few texts, one latency run, no
-    generation). At most what was asked; at least two batches and MIN_LATENCY_RUNS runs."""
-    batch = int(probe["batch_size"])
-    per_text = float(probe["throughput"]["seconds"]) / max(1, int(probe["n_eval"]))
-    one = float(probe["latency_ms"]["mean"]) / 1e3
-    # the runner, a warm-up batch and three warm-up runs come with every measurement
-    fixed = float(probe.get("prepare_s", 0.0)) + per_text * batch + 3 * one
-    if fixed + per_text * n_eval + one * latency_runs <= room_s:
-        return n_eval, latency_runs
-    share = max(0.0, (room_s - fixed) / (per_text * n_eval + one * latency_runs))
-    n = max(min(n_eval, max(10, 2 * batch)), int(n_eval * share) // batch * batch)
-    runs = max(min(MIN_LATENCY_RUNS, latency_runs), int(latency_runs * share))
-    return min(n, n_eval), min(runs, latency_runs)

@@ -26,6 +26,7 @@ from ..core.hardware import hardware_profile
 from ..core.transform import config_from_dict
 from ..data import texts_for
 from ..measure.harness import measure
+from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
 from ..tasks import get_task, recall_floor, within_bound
 from .actions import Action, Candidate, Context, model_facts
@@ -141,6 +142,7 @@ class Planner:
         self.sizing: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
         self.ref_results: dict[str, Any] | None = None
+        self.ref_info: dict[str, Any] | None = None  # how the reference outputs were had
         self.ref_trial: dict[str, Any] | None = None
         self.reused = 0
         self.bar: Any = None
@@ -156,12 +158,17 @@ class Planner:
         # as the rest of the measurement
         report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
                                   gen_tokens=0, progress=self.progress)
-        if self.ref_results is None:
+        if self.ref_results is None:  # the baseline: its outputs are the reference, saved
             self.ref_results = results
+            self.ref_info = save_reference(self.out, self._ref_key(), results,
+                                           report["throughput"]["seconds"])
         report["quality"] = self.task.compare(self.ref_results, results)
         report["quality_drop"] = self.task.drop(report["quality"])
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
                                        "quality", "quality_drop") if k in report}
+
+    def _ref_key(self) -> dict[str, Any]:
+        return reference_key(self.base, self.texts, self.s.batch_size)
 
     def _stored(self, cand: Candidate) -> dict[str, Any] | None:
         stored = self.store.get(cand.key)
@@ -347,9 +354,11 @@ class Planner:
         if ref_trial["observation"] is None:
             raise UserError(f"the baseline could not be measured: {ref_trial['reason']}")
         if self.ref_results is None:  # baseline reused from the store: quality needs results
-            self._phase("baseline: measuring the reference outputs")
-            self.ref_results = measure(self.base, self.texts, self.s.batch_size, 1,
-                                       gen_tokens=0, progress=self.progress)[1]
+            self._phase("baseline: the reference outputs")
+            self.ref_results, self.ref_info = cached_reference(
+                self.out, self._ref_key(), lambda: measure(
+                    self.base, self.texts, self.s.batch_size, 1, gen_tokens=0,
+                    progress=self.progress)[1])
         bar.update(1)
         baseline = ref_trial["observation"]
         best, best_obs, best_trial = base_cand, baseline, ref_trial
@@ -394,7 +403,7 @@ class Planner:
         bar.close()
         self.bar = None
         return {"stop": stop, "baseline": ref_trial, "best": best_trial, "best_candidate": best,
-                "trials": self.log, "reused": self.reused,
+                "trials": self.log, "reused": self.reused, "reference_outputs": self.ref_info,
                 "seconds": time.perf_counter() - t_start}
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..measure.refcache import describe as describe_reference
 from ..tasks import within_bound
 from .loop import OBJECTIVES, bound_text, gain, objective_value
 
@@ -59,9 +60,11 @@ def pareto_table(trials: list[dict[str, Any]], objective: str) -> list[dict[str,
     return sorted(inside + outside, key=lambda t: t["observation"]["quality_drop"])
 
 
-def _quality_str(q: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in q.items()
-                     if k not in ("reference_perplexity", "min_cosine"))
+def _quality_str(q: dict[str, Any]) -> str:
+    ci = q.get("ci95", {})
+    return ", ".join(f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
+                     for k, v in q.items()
+                     if k not in ("reference_perplexity", "min_cosine", "ci95"))
 
 
 def _fmt_obs(obs: dict[str, Any] | None, objective: str, baseline: dict[str, Any]) -> str:
@@ -166,6 +169,12 @@ def _header(data: dict[str, Any]) -> list[str]:
 
 
 def _search_line(data: dict[str, Any]) -> list[str]:
+    ref = [f"- {describe_reference(data['reference_outputs'])}"] \
+        if data.get("reference_outputs") else []
+    return ref + _sizing_line(data)
+
+
+def _sizing_line(data: dict[str, Any]) -> list[str]:
     search, asked = data.get("search"), data["settings"]
     if not search or (search["n_texts"], search["latency_runs"]) == (asked["n_eval"],
                                                                      asked["latency_runs"]):

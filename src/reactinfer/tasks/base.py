@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.images import ImagePreprocess
+from .stats import CI_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -60,9 +61,11 @@ class Task(Protocol):
     def evaluate(self, runner: Runner, tokenizer: Any, texts: Sequence[str], batch_size: int,
                  max_length: int) -> Results: ...
 
-    def compare(self, reference: Results, candidate: Results) -> dict[str, float]: ...
+    def compare(self, reference: Results, candidate: Results) -> dict[str, Any]:
+        """Quality figures, and their 95% confidence intervals under `ci95` (stats.py)."""
+        ...
 
-    def drop(self, quality: dict[str, float]) -> float:
+    def drop(self, quality: dict[str, Any]) -> float:
         """Relative quality drop against the reference (0 = identical)."""
         ...
 
@@ -120,18 +123,50 @@ def count_tokens(tokenizer: Any, texts: Sequence[Any], max_length: int) -> int |
                for i in range(0, len(texts), 256))
 
 
-def within_bound(task: str, quality: dict[str, float], max_drop: float) -> tuple[bool, str]:
+def within_bound(task: str, quality: dict[str, Any], max_drop: float) -> tuple[bool, str]:
     """The user's bound on the task's quality score, plus, for embeddings, neighbour recall
     (mean cosine alone can hide re-ordered search results). One test for every place that
-    keeps or picks a model: the planner, `bench --backend auto`, the reports."""
-    drop = get_task(task).drop(quality)
+    keeps or picks a model: the planner, `bench --backend auto`, the reports.
+
+    The point estimates decide (docs/bench.md says why); when the quality holds 95%
+    confidence intervals (`quality["ci95"]`), the reason says whether the decision holds
+    with that confidence or whether an interval straddles the limit."""
+    t = get_task(task)
+    drop = t.drop(quality)
+    drop_ci = drop_interval(task, quality)
     if drop > max_drop:
-        return False, f"quality drop {drop:.4f} > bound {max_drop}"
+        return False, f"quality drop {drop:.4f} > bound {max_drop}" + _ci_note(
+            drop_ci, max_drop, "drop")
     if task == "embedding":
         floor = recall_floor(max_drop)
+        recall_ci = quality.get(CI_KEY, {}).get("top10_recall")
         if quality["top10_recall"] < floor:
-            return False, f"top-10 recall {quality['top10_recall']:.3f} < {floor:.3f}"
-    return True, f"quality drop {drop:.4f} ≤ {max_drop}"
+            return False, f"top-10 recall {quality['top10_recall']:.3f} < {floor:.3f}" + \
+                _ci_note(recall_ci, floor, "top-10 recall")
+        return True, f"quality drop {drop:.4f} ≤ {max_drop}" + _ci_note(
+            drop_ci, max_drop, "drop") + _ci_note(recall_ci, floor, "top-10 recall")
+    return True, f"quality drop {drop:.4f} ≤ {max_drop}" + _ci_note(drop_ci, max_drop, "drop")
+
+
+def drop_interval(task: str, quality: dict[str, Any]) -> list[float] | None:
+    """The 95% confidence interval of the task's quality drop, from the interval of its
+    quality score (None when the quality has none)."""
+    t = get_task(task)
+    ci = quality.get(CI_KEY, {}).get(t.quality_name)
+    if ci is None:
+        return None
+    ends = sorted(t.drop({**quality, t.quality_name: v}) for v in ci)
+    return [float(ends[0]), float(ends[1])]
+
+
+def _ci_note(ci: list[float] | None, limit: float, what: str) -> str:
+    """'; 95% CI [a, b]' and whether it lies on one side of `limit` or straddles it."""
+    if ci is None:
+        return ""
+    lo, hi = ci
+    side = ("straddles the limit: not decided at 95% confidence" if lo <= limit <= hi
+            else "decided at 95% confidence")
+    return f" ({what} 95% CI [{lo:.4f}, {hi:.4f}] {side})"
 
 
 def recall_floor(max_drop: float) -> float:

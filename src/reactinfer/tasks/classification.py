@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .base import Results, register_task, run_in_order
+from .stats import CI_KEY, proportion_ci
 
 
 class Logits(torch.nn.Module):
@@ -35,15 +36,20 @@ class ClassificationTask:
                  max_length: int) -> Results:
         return {"logits": run_in_order(runner, tokenizer, texts, batch_size, max_length)}
 
-    def compare(self, reference: Results, candidate: Results) -> dict[str, float]:
+    def compare(self, reference: Results, candidate: Results) -> dict[str, Any]:
         ref, cand = reference["logits"].argmax(-1), candidate["logits"].argmax(-1)
-        out = {"top1_agreement": float(np.mean(ref == cand))}
+        same = (ref == cand).astype(np.float64)
+        out: dict[str, Any] = {"top1_agreement": float(same.mean())}
+        ci = {"top1_agreement": proportion_ci(same)}
         if "labels" in reference:
-            out["accuracy"] = float(np.mean(cand == reference["labels"]))
+            right = (cand == reference["labels"]).astype(np.float64)
+            out["accuracy"] = float(right.mean())
             out["reference_accuracy"] = float(np.mean(ref == reference["labels"]))
+            ci["accuracy"] = proportion_ci(right)
+        out[CI_KEY] = ci
         return out
 
-    def drop(self, quality: dict[str, float]) -> float:
+    def drop(self, quality: dict[str, Any]) -> float:
         return 1.0 - quality["top1_agreement"]
 
 

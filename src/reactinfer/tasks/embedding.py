@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .base import Results, register_task, run_in_order
+from .stats import CI_KEY, bootstrap_ci, mean_ci
 
 
 class MeanPooled(torch.nn.Module):
@@ -29,10 +30,16 @@ def neighbour_recall(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
                      n_queries: int = 200) -> float:
     """Do the same documents come back for the same queries? Mean overlap of top-k
     neighbours (self excluded) under reference and candidate embeddings."""
+    return float(recall_per_query(reference, candidate, k, n_queries).mean())
+
+
+def recall_per_query(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
+                     n_queries: int = 200) -> np.ndarray:
+    """`neighbour_recall` of each query (the first `n_queries` items)."""
     n = len(reference)
     k = min(k, n - 1)
     if k < 1:
-        return 1.0
+        return np.ones(1)
     q = min(n_queries, n)
 
     def topk(e: np.ndarray) -> np.ndarray:
@@ -41,7 +48,7 @@ def neighbour_recall(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
         return np.argpartition(-sims, k, axis=1)[:, :k]
 
     a, b = topk(reference), topk(candidate)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)])
 
 
 class EmbeddingTask:
@@ -55,15 +62,17 @@ class EmbeddingTask:
                  max_length: int) -> Results:
         return {"embeddings": run_in_order(runner, tokenizer, texts, batch_size, max_length)}
 
-    def compare(self, reference: Results, candidate: Results) -> dict[str, float]:
+    def compare(self, reference: Results, candidate: Results) -> dict[str, Any]:
         ref, cand = reference["embeddings"], candidate["embeddings"]
         ref_n = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
         cand_n = cand / np.linalg.norm(cand, axis=1, keepdims=True).clip(1e-12)
-        cos = np.sum(ref_n * cand_n, axis=1)
+        cos = np.asarray(np.sum(ref_n * cand_n, axis=1, dtype=np.float64))  # as the CI
+        recall = recall_per_query(ref_n, cand_n)
         return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
-                "top10_recall": neighbour_recall(ref_n, cand_n)}
+                "top10_recall": float(recall.mean()),
+                CI_KEY: {"mean_cosine": mean_ci(cos), "top10_recall": bootstrap_ci(recall)}}
 
-    def drop(self, quality: dict[str, float]) -> float:
+    def drop(self, quality: dict[str, Any]) -> float:
         return 1.0 - quality["mean_cosine"]
 
 
