@@ -3,7 +3,6 @@ inputs, deadlines, and running encode / generate requests through cache and batc
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -58,8 +57,8 @@ async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]
     if not body:
         raise ApiError(400, "the body is empty: send a JSON object")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = orjson.loads(body)  # several times faster than json.loads on the event loop
+    except orjson.JSONDecodeError as e:
         raise ApiError(400, f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(data).__name__}")
