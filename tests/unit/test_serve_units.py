@@ -476,3 +476,19 @@ def test_a_client_calling_in_a_loop_is_not_held_for_companions():
         assert b._ready_at() == pytest.approx(first.arrival + 0.005)
     finally:
         loop.close()
+
+
+def test_the_server_runs_onnx_runtime_without_spinning_threads_unless_the_artifact_chose():
+    pytest.importorskip("onnxruntime")
+    from reactinfer.backends import to_backend
+    from reactinfer.serving.state import for_serving
+    from reactinfer.testing import tiny_handle
+
+    h = tiny_handle("embedding")
+    assert for_serving(h) is h  # torch: nothing to set
+    o = for_serving(to_backend(h, "onnxruntime"))
+    assert o.backend_options["spinning"] is False
+    opts = o.runner().session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    chosen = o.derive(backend_options={**o.backend_options, "spinning": True})
+    assert for_serving(chosen) is chosen
