@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 BUDGET ?= 600
 run: $(STAMP)
 	$(BIN)/react optimize minilm --max-drop 0.01 --budget-s $(BUDGET) -o react-out/minilm --resume
-	$(BIN)/react serve react-out/minilm/variants/* --slo-ms 100
+	$(BIN)/react serve react-out/minilm
 
 # Ray Serve's replica-restart test runs in a process of its own (REACT_SLOW_TESTS=1): after
 # the other suites in one process its restarted replica was not scheduled in time.

@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 
 from reactinfer.cluster import ray_api  # noqa: E402
 from reactinfer.cluster.serve_ray import run  # noqa: E402
+from reactinfer.serving import ServeConfig  # noqa: E402
 from reactinfer.testing import save_tiny_hf, tiny_texts  # noqa: E402
 
 pytestmark = [
@@ -36,14 +37,21 @@ def free_port() -> int:
 def served(tmp_path_factory):
     model = save_tiny_hf(tmp_path_factory.mktemp("m") / "tiny", "embedding")
     ray_api.init(num_cpus=2)
-    s = run([model], None, replicas=2, port=free_port(), cpus_per_replica=0.5)
+    # with an API key: it must reach every replica with the rest of the settings
+    s = run([model], ServeConfig(api_key=KEY), replicas=2, port=free_port(),
+            cpus_per_replica=0.5)
     yield s
     s.stop()
     ray_api.shutdown()
 
 
-def post(url, texts, timeout=30):
-    return httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=timeout)
+KEY = "replica-key"
+
+
+def post(url, texts, timeout=30, key=KEY):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=timeout,
+                      headers=headers)
 
 
 def test_embeddings_from_two_replicas(served):
@@ -61,6 +69,9 @@ def test_embeddings_from_two_replicas(served):
     assert len(pids) == 2
     assert httpx.get(served.url + "/v2/health/ready").status_code == 200
     assert post(served.url, [""]).status_code == 400
+    for _ in range(4):  # whichever replica answers, it knows the key
+        assert post(served.url, ["a"], key=None).status_code == 401
+        assert post(served.url, ["a"], key="wrong").status_code == 401
 
 
 def test_killed_replica_restarts_and_other_replica_is_unaffected(served):

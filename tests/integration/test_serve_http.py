@@ -272,7 +272,7 @@ def test_streaming_yields_tokens_as_they_are_made(server):
 
 def test_full_queue_and_hopeless_deadline_get_429_then_recover(artifacts):
     h = slow(tiny_handle("embedding"), 0.3)
-    with running([h], max_queue=2, max_batch=1, slo_ms=60_000) as s:
+    with running([h], max_queue=2, max_batch=1) as s:  # no SLO: only the bound and stated deadlines
         rs = burst(s.base, "/v1/embeddings", [{"input": f"item {i}"} for i in range(8)])
         codes = sorted(r.status_code for r in rs)
         assert codes.count(429) >= 4 and codes.count(200) >= 2
@@ -283,6 +283,45 @@ def test_full_queue_and_hopeless_deadline_get_429_then_recover(artifacts):
         assert r.status_code == 429 and "deadline" in r.json()["error"]["message"]
         assert s.metric("react_rejected_total", reason="queue_full") >= 4
         assert s.client.post("/v1/embeddings", json={"input": "after"}).status_code == 200
+
+
+def test_default_settings_answer_a_burst_that_fits_the_queue():
+    """#15: 40 concurrent requests of 16 texts, no client deadline, default settings (no
+    SLO): all are answered, however long the queue takes (it was 39 refusals with a
+    default 100 ms SLO)."""
+    h = slow(tiny_handle("embedding"), 0.05)  # 20 calls of 32 texts: about a second
+    with running([h]) as s:
+        bodies = [{"input": [f"text {i} of request {k}" for i in range(16)]} for k in range(40)]
+        rs = burst(s.base, "/v1/embeddings", bodies)
+        assert [getattr(r, "status_code", r) for r in rs] == [200] * 40
+        assert all(len(r.json()["data"]) == 16 for r in rs)
+        assert s.metric("react_rejected_total") == 0
+
+
+def test_api_key_guards_inference_routes_only(artifacts):
+    key = "s3cret-key"
+    with running([str(artifacts / "emb"), str(artifacts / "lm")], api_key=key) as s:
+        c, infer = s.client, f"/v2/models/{EMB}/infer"
+        v2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}
+        for auth in (None, "Bearer wrong", f"Basic {key}", f"Bearer {key}x"):
+            headers = {"Authorization": auth} if auth else {}
+            r = c.post("/v1/embeddings", json={"input": "open"}, headers=headers)
+            assert r.status_code == 401, auth
+            err = r.json()["error"]
+            assert err["code"] == "invalid_api_key" and "Authorization: Bearer" in err["message"]
+            assert key not in r.text and r.headers["www-authenticate"].startswith("Bearer")
+            assert c.post(infer, json=v2, headers=headers).status_code == 401
+            assert isinstance(c.post(infer, json=v2, headers=headers).json()["error"], str)
+            assert c.get("/v1/models", headers=headers).status_code == 401
+        ok = {"Authorization": f"Bearer {key}"}
+        assert c.post("/v1/embeddings", json={"input": "open"}, headers=ok).status_code == 200
+        assert c.post(infer, json=v2, headers=ok).status_code == 200
+        assert c.post("/v1/completions", json={"prompt": "a", "max_tokens": 2},
+                      headers=ok).status_code == 200
+        for open_path in ("/v2/health/ready", "/v2/health/live", "/metrics",
+                          f"/v2/models/{EMB}/ready"):
+            assert c.get(open_path).status_code == 200, open_path
+        assert s.metric("react_requests_total", endpoint="unauthorized", status="401") == 16
 
 
 def test_hopeless_requests_are_shed_before_the_body_is_read(artifacts):
@@ -464,3 +503,49 @@ def test_cli_serve_drains_on_sigterm(artifacts):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_serves_the_output_of_react_optimize_with_a_key_from_the_environment(artifacts,
+                                                                                 tmp_path):
+    """`react serve OUT` serves OUT/variants/* (the ladder `react optimize` chose); the key
+    comes from REACT_API_KEY and is never printed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(artifacts / "emb", run / "variants" / "00-fp32")
+    shutil.copytree(artifacts / "emb", run / "best")
+    (run / "report.md").write_text("# a react optimize report")
+    port, key = free_port(), "k3y-from-env"
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               REACT_API_KEY=key)
+    proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", str(run), "--port",
+                             str(port), "--threads", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/v2/health/ready").status_code == 200:
+                    break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.1)
+        assert httpx.post(base + "/v1/embeddings", json={"input": "a"}).status_code == 401
+        r = httpx.post(base + "/v1/embeddings", json={"input": "open the file"},
+                       headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.headers["x-react-variant"] == "00-fp32"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        out = proc.stdout.read().decode()
+        assert "API key required" in out and key not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_says_when_a_directory_is_neither_a_model_nor_an_optimize_run(tmp_path, capsys):
+    from reactinfer.cli.main import main
+
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "output directory of `react optimize`" in err and len(err.strip().splitlines()) == 1

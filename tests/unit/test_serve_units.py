@@ -361,3 +361,134 @@ def test_loadtest_inputs_are_unique_unless_repeated():
     assert request_texts(texts, 3, repeat_inputs=True) == [texts[0], texts[1], texts[0]]
     with pytest.raises(UserError):
         request_texts([], 3)
+
+
+def test_without_an_slo_requests_have_no_deadline_and_queue_up_to_the_bound():
+    """Defaults (#15): no client deadline and no operator SLO mean no deadline, so only a
+    full queue refuses; a stated deadline is still judged."""
+    import math
+
+    from reactinfer.serving.admission import deadline_for
+
+    cfg = ServeConfig(max_queue=50)
+    assert cfg.slo_ms is None and cfg.slo_s == math.inf
+    assert deadline_for(cfg, 10.0, None) == math.inf
+    assert deadline_for(cfg, 10.0, 250.0) == pytest.approx(10.25)
+    assert deadline_for(ServeConfig(slo_ms=100), 10.0, None) == pytest.approx(10.1)
+    ladder = _ladder()
+    b = Batcher("m", ladder, cfg, Metrics())  # worker not started: the queue only grows
+    loop = asyncio.new_event_loop()
+    try:
+        now = time.monotonic()
+        for _ in range(50):  # far more work than any deadline of 100 ms would allow
+            b.admit(Request("encode", Job(deadline_for(cfg, now, None), items=16), loop,
+                            loop.create_future(), texts=["x"] * 16))
+        with pytest.raises(Rejected, match="queue is full"):
+            b.admit(Request("encode", Job(math.inf, items=1), loop, loop.create_future(),
+                            texts=["x"]))
+        b2 = Batcher("m", _ladder(), cfg, Metrics())
+        b2.admit(Request("encode", Job(math.inf, items=16), loop, loop.create_future(),
+                         texts=["x"] * 16))
+        with pytest.raises(Rejected, match="deadline cannot be met"):  # stated, hopeless
+            b2.admit(Request("encode", Job(deadline_for(cfg, time.monotonic(), 1e-3),
+                                           items=16), loop, loop.create_future(),
+                             texts=["x"] * 16))
+        # the ladder keeps the best variant when nothing has a deadline
+        assert ladder.update([r.job for r in b._queue], time.monotonic()) == 0
+    finally:
+        loop.close()
+
+
+def test_api_key_is_checked_in_constant_time_and_never_shown(monkeypatch):
+    from reactinfer.serving.auth import API_KEY_ENV, api_key_from_env, authorized, needs_key
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict:
+        return {"headers": list(headers)}
+
+    assert authorized(scope((b"authorization", b"Bearer s3cret")), "s3cret")
+    assert authorized(scope((b"authorization", b"bearer s3cret")), "s3cret")
+    for bad in (b"Bearer s3cre", b"Bearer s3cret2", b"Basic s3cret", b"s3cret", b"Bearer "):
+        assert not authorized(scope((b"authorization", bad)), "s3cret"), bad
+    assert not authorized(scope(), "s3cret")
+    for path in ("/v1/embeddings", "/v1/chat/completions", "/v1/models",
+                 "/v2/models/minilm/infer", "/v2/models/minilm"):
+        assert needs_key(path), path
+    for path in ("/v2/health/ready", "/v2/health/live", "/metrics", "/openapi.json",
+                 "/v2/models/minilm/ready"):
+        assert not needs_key(path), path
+    cfg = ServeConfig(api_key="s3cret")
+    assert "s3cret" not in repr(cfg) and cfg.to_dict()["api_key"] == "set"
+    with pytest.raises(UserError):
+        ServeConfig(api_key=" ")
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert api_key_from_env(None) == "from-env" and api_key_from_env("flag") == "flag"
+    monkeypatch.setenv(API_KEY_ENV, "")
+    assert api_key_from_env(None) is None
+
+
+def test_an_optimize_output_directory_serves_its_variants(tmp_path):
+    from reactinfer.serving.app import load_models, model_refs, optimize_run_variants
+
+    run = tmp_path / "run"
+    for d in ("variants/01-int8", "variants/00-fp32", "best"):
+        (run / d).mkdir(parents=True)
+        (run / d / "manifest.json").write_text("{}")
+    (run / "variants" / "stray").mkdir()  # not an artifact: left out
+    assert optimize_run_variants(run) == [run / "variants/00-fp32", run / "variants/01-int8"]
+    assert model_refs(["minilm", str(run)]) == ["minilm", run / "variants/00-fp32",
+                                                run / "variants/01-int8"]
+    assert optimize_run_variants(run / "best") is None  # an artifact: served as itself
+    for d in ("00-fp32", "01-int8"):
+        (run / "variants" / d / "manifest.json").unlink()
+    assert optimize_run_variants(run) == [run / "best"]  # no variants saved: the best
+    (run / "best" / "manifest.json").unlink()
+    with pytest.raises(UserError, match="no saved artifact"):
+        optimize_run_variants(run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="nor is it the output directory of `react optimize`"):
+        load_models([str(empty)])
+
+
+def test_a_client_calling_in_a_loop_is_not_held_for_companions():
+    """Requests that each come after the last one's answer never overlap: waiting
+    max_delay for a companion would only add it to every round trip (the batch-1 latency
+    over HTTP was about 2.9 ms of model plus a 5 ms wait)."""
+    import math
+
+    b = Batcher("m", _ladder(), ServeConfig(max_delay_ms=5), Metrics())
+    loop = asyncio.new_event_loop()
+    try:
+        def admit() -> Request:
+            r = Request("encode", Job(math.inf), loop, loop.create_future(), texts=["x"])
+            b.admit(r)
+            return r
+
+        for _ in range(10):  # one at a time, close together
+            r = admit()
+            assert b._ready_at() == r.arrival
+            batch, _ = b._next()
+            assert batch == [r]
+            b._finish(r, value=None)
+        first = admit()
+        for _ in range(9):  # now they overlap: a companion is worth the wait
+            admit()
+        assert b._ready_at() == pytest.approx(first.arrival + 0.005)
+    finally:
+        loop.close()
+
+
+def test_the_server_runs_onnx_runtime_without_spinning_threads_unless_the_artifact_chose():
+    pytest.importorskip("onnxruntime")
+    from reactinfer.backends import to_backend
+    from reactinfer.serving.state import for_serving
+    from reactinfer.testing import tiny_handle
+
+    h = tiny_handle("embedding")
+    assert for_serving(h) is h  # torch: nothing to set
+    o = for_serving(to_backend(h, "onnxruntime"))
+    assert o.backend_options["spinning"] is False
+    opts = o.runner().session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    chosen = o.derive(backend_options={**o.backend_options, "spinning": True})
+    assert for_serving(chosen) is chosen

@@ -29,7 +29,7 @@ OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm
                "image-classification": "logits"}
 # Options used once, at conversion; the rest configure the session every time it opens.
 EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel", "reduce_range")
-SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider")
+SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider", "spinning")
 
 
 def _check_options(opts: dict[str, Any]) -> None:
@@ -186,7 +186,8 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
 
 # -- runtime ----------------------------------------------------------------------------
 def make_session(path: Path, threads: int | None = None, inter_op_threads: int | None = None,
-                 opt_level: str = "all", provider: str = "auto") -> Any:
+                 opt_level: str = "all", provider: str = "auto",
+                 spinning: bool | None = None) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -199,6 +200,8 @@ def make_session(path: Path, threads: int | None = None, inter_op_threads: int |
         so.intra_op_num_threads = int(threads)
     if inter_op_threads is not None:
         so.inter_op_num_threads = int(inter_op_threads)
+    if spinning is not None:  # idle intra-op threads busy-wait for work (ORT's default)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3  # quiet: fp16 on CPU warns about every inserted Cast
     available = ort.get_available_providers()
     if provider == "cuda" and "CUDAExecutionProvider" not in available:
@@ -263,6 +266,7 @@ class OnnxRuntimeBackend(Backend):
                 "options": {"precision": list(PRECISIONS), "opt_level": list(OPT_LEVELS),
                             "provider": list(PROVIDERS), "threads": "int",
                             "inter_op_threads": "int", "opset": "int (17)",
+                            "spinning": "bool (ONNX Runtime's default: on)",
                             "calibration_texts": "int (64, int8-static)",
                             "per_channel": "bool (True)",
                             "reduce_range": "bool (int8: chosen from the CPU; True where "

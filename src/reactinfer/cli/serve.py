@@ -14,12 +14,16 @@ from .main import command, print_json
                   "batching, deadlines, load shedding and a variant ladder.")
 def _serve(p: argparse.ArgumentParser):
     p.add_argument("models", nargs="+", metavar="ARTIFACT",
-                   help="artifact directories or built-in names; several variants of one "
-                        "model form its ladder")
+                   help="artifact directories, built-in names, or the output directory of "
+                        "`react optimize` (its variants); several variants of one model "
+                        "form its ladder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000,
                    help="1..65535, or 0 for any free port (the banner says which)")
-    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument("--slo-ms", type=float, default=None,
+                   help="latency objective (ms): the deadline of requests that state none "
+                        "(X-Deadline-Ms), and what the variant ladder holds; default none: "
+                        "such requests queue up to --max-queue")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=256)
@@ -37,12 +41,16 @@ def _serve(p: argparse.ArgumentParser):
                    help="scale predictions by this quantile of recent actual/predicted "
                         "answer times: about this fraction of admitted requests is on time")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on the /v1 and /v2 inference "
+                        "routes (default: $REACT_API_KEY; health and /metrics stay open)")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (with --ray)")
     p.add_argument("--ray-address", default=None)
 
     def run(a: argparse.Namespace) -> int:
+        from ..serving.auth import api_key_from_env
         from ..serving.config import SERVER_PACKAGES, ServeConfig, require
         from ..serving.server import check_port, listen_socket
 
@@ -56,7 +64,8 @@ def _serve(p: argparse.ArgumentParser):
                              max_body_bytes=a.max_body_bytes, long_text=a.long_text,
                              warmup=not a.no_warmup,
                              deadline_admission=not a.no_deadline_admission,
-                             admit_quantile=a.admit_quantile)
+                             admit_quantile=a.admit_quantile,
+                             api_key=api_key_from_env(a.api_key))
         if a.threads is not None:
             from ..backends.torch_eager import set_threads
 
@@ -73,8 +82,10 @@ def _serve(p: argparse.ArgumentParser):
             sock.close()
             raise
         port = sock.getsockname()[1]
+        key = "  API key required" if config.api_key else ""
         print(f"react serve: http://{a.host}:{port}  models: {', '.join(app.state.react.groups)}"
-              "  (ready once /v2/health/ready says so; Ctrl-C or SIGTERM drains)", flush=True)
+              f"{key}  (ready once /v2/health/ready says so; Ctrl-C or SIGTERM drains)",
+              flush=True)
         draining_server(app, a.host, port, a.log_level).run(sockets=[sock])
         return 0
 

@@ -8,6 +8,10 @@ queue (O(queue x variants)). Between changes of the queue, of the worker's busy 
 of the service-time curves (the batcher calls `changed()`, which empties the memo) the
 answer for a request that goes last in EDF order (the usual case: one SLO for all) is the
 same, up to the busy time: it is kept in a memo.
+
+`deadline_for` is the one place that decides a request's deadline: the client's
+X-Deadline-Ms, else the operator's SLO, else none (infinite: the request queues up to
+--max-queue and only a full queue refuses it).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class Admission:
         self.model, self.ladder, self.config, self.metrics = model, ladder, config, metrics
         self._queue = queue  # the batcher's own list: it is read here, never changed
         self._wake = wake  # tells the worker (lock held) that an estimate needs re-timing
-        self.calibration = Calibration(config.admit_quantile, floor_s=0.1 * config.slo_s)
+        self.calibration = Calibration(config.admit_quantile, floor_s=calibration_floor_s(config))
         self.stale = False  # an idle server refused a request on its estimate alone
         self._memo: dict[Any, Any] = {}  # predictions, see least_finish
 
@@ -83,6 +87,24 @@ class Admission:
     def changed(self) -> None:
         """The queue, the busy time or a service-time curve changed: forget the memo."""
         self._memo = {}
+
+
+# Predictions under this count as this in the calibration when there is no SLO to scale
+# it by: sub-10 ms predictions on a shared CPU are mostly noise.
+NO_SLO_FLOOR_S = 0.01
+
+
+def calibration_floor_s(config: ServeConfig) -> float:
+    """Predictions under a tenth of the SLO are all noise to the calibration."""
+    return NO_SLO_FLOOR_S if config.slo_ms is None else 0.1 * config.slo_s
+
+
+def deadline_for(config: ServeConfig, arrival: float, stated_ms: float | None) -> float:
+    """The absolute (monotonic) deadline of a request that reached the app at `arrival`:
+    `stated_ms` from the client (X-Deadline-Ms), else the SLO, else math.inf (none)."""
+    if stated_ms is not None:
+        return arrival + stated_ms / 1e3
+    return arrival + config.slo_s  # inf without an SLO
 
 
 def _deadline(job: Job) -> float:

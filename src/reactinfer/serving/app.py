@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
+from .auth import authorized, needs_key, refuse
 from .config import ServeConfig
 from .shed import error_body, shed_early
 from .state import ARRIVAL_KEY, ApiError, ServingState
@@ -27,8 +28,9 @@ _ALWAYS_OPEN = ("/v2/health/", "/metrics", "/openapi.json", "/docs")
 
 
 class DrainGate:
-    """ASGI middleware: counts requests in flight (until their last byte is sent) and
-    answers 503 to new inference requests while draining."""
+    """ASGI middleware: counts requests in flight (until their last byte is sent),
+    answers 503 to new inference requests while draining, and 401 to inference requests
+    without the API key when the server has one (auth.py)."""
 
     def __init__(self, app: Any, state: ServingState):
         self.app, self.state = app, state
@@ -49,6 +51,11 @@ class DrainGate:
             await resp(scope, receive, send)
             return
         metrics = self.state.metrics
+        key = self.state.config.api_key
+        if key is not None and needs_key(path) and not authorized(scope, key):
+            metrics.requests.inc(endpoint="unauthorized", status="401")
+            await refuse(path, send)
+            return
         scope[ARRIVAL_KEY] = arrival = time.monotonic()  # deadlines count from here
 
         async def counted_send(message: dict) -> None:
@@ -74,16 +81,53 @@ class DrainGate:
             self.state.active_http -= 1
 
 
-def load_models(models: Sequence[str | ModelHandle]) -> list[ModelHandle]:
+def optimize_run_variants(path: Path) -> list[Path] | None:
+    """The artifacts to serve from the output directory of `react optimize` (its
+    variants/*, best quality first, else best/), or None when `path` is not one."""
+    if not path.is_dir() or (path / "manifest.json").exists() \
+            or not ((path / "variants").is_dir() or (path / "best").is_dir()):
+        return None
+    found = sorted(p for p in (path / "variants").glob("*") if (p / "manifest.json").exists())
+    if not found and (path / "best" / "manifest.json").exists():
+        found = [path / "best"]
+    if not found:
+        raise UserError(f"serve: {path} is a `react optimize` output with no saved artifact "
+                        "in variants/ or best/: run `react optimize` again to finish it")
+    return found
+
+
+def model_refs(models: Sequence[str | Path | ModelHandle]) -> list[str | Path | ModelHandle]:
+    """`models` with every `react optimize` output directory replaced by its variants
+    (the ladder it chose)."""
+    out: list[str | Path | ModelHandle] = []
+    for m in models:
+        run = optimize_run_variants(Path(m)) if isinstance(m, (str, Path)) else None
+        out.extend(run if run is not None else [m])
+    return out
+
+
+def load_models(models: Sequence[str | Path | ModelHandle]) -> list[ModelHandle]:
     from ..models import load
 
     if not models:
         raise UserError("serve: give at least one model (an artifact directory or a built-in "
                         "name such as minilm)")
-    return [m if not isinstance(m, (str, Path)) else load(m) for m in models]
+    handles = []
+    for m in model_refs(models):
+        if not isinstance(m, (str, Path)):
+            handles.append(m)
+            continue
+        try:
+            handles.append(load(m))
+        except UserError as e:
+            if not Path(m).is_dir():
+                raise
+            raise UserError(f"{e}; nor is it the output directory of `react optimize` "
+                            "(best/ and variants/)") from None
+    return handles
 
 
-def create_app(models: Sequence[str | ModelHandle], config: ServeConfig | None = None
+def create_app(models: Sequence[str | Path | ModelHandle], config: ServeConfig | None = None
                ) -> fastapi.FastAPI:
     """The serving app for `models` (artifact paths, built-in names, or handles)."""
     import fastapi

@@ -39,6 +39,7 @@ class Batcher:
         self._last_probe = 0.0
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
+        self._overlap = 0.0  # EWMA of whether an arrival found another request in flight
         self.draining = False
         self.admission = Admission(model, ladder, config, metrics, self._queue,
                                    wake=self._cond.notify_all)
@@ -120,12 +121,14 @@ class Batcher:
         return self.admission.least_finish(job, busy)
 
     def _arrived(self, now: float) -> None:
-        """Track the time between arrivals: the worker waits for companions only when
-        one is likely to come. Lock held."""
+        """Track the time between arrivals, and whether they overlap: the worker waits
+        for companions only when one is likely to come. Lock held, before the request
+        counts as in flight."""
         if self._last_arrival:
             gap = now - self._last_arrival
             self._gap_s = gap if self._gap_s == float("inf") else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
+        self._overlap = 0.8 * self._overlap + 0.2 * (self._inflight > 0)
 
     async def submit(self, req: Request) -> Any:
         self.admit(req)
@@ -188,10 +191,13 @@ class Batcher:
     def _ready_at(self) -> float:
         """When the oldest request stops waiting for companions. Wait only when one is
         likely to come within the delay: at low load waiting adds latency and forms no
-        batch. Lock held, queue not empty."""
+        batch. Nor when requests come one after another's answer (a client calling in a
+        loop): however short the gap, nothing would join, and the wait itself would
+        stretch every round trip (to about twice the delay). Lock held, queue not empty."""
         delay = self.config.max_delay_s
         expected = delay / self._gap_s if self._gap_s > 0 else 1.0
-        return min(r.arrival for r in self._queue) + (delay if expected >= 0.5 else 0.0)
+        wait = expected >= 0.5 and self._overlap >= 0.5
+        return min(r.arrival for r in self._queue) + (delay if wait else 0.0)
 
     def _take(self, edf: list[Request], now: float) -> tuple[list[Request], int]:
         """Choose the level, take the next batch off the queue and predict how long the

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
@@ -26,7 +27,10 @@ def require(packages: Sequence[str], what: str) -> None:
 class ServeConfig:
     """How the server batches, admits, sheds, caches and switches variants.
 
-    slo_ms          latency objective; also the default deadline of a request (X-Deadline-Ms)
+    slo_ms          latency objective: the deadline of a request that states none
+                    (X-Deadline-Ms), and what the ladder holds. None (the default): no
+                    objective; such requests queue up to max_queue and are never refused
+                    for time, and the ladder steps down only for stated deadlines
     max_batch       most items one model call takes (1 turns batching off)
     max_delay_ms    longest a batch waits to fill up
     max_queue       most requests waiting; beyond it new ones get 429 at once
@@ -50,9 +54,11 @@ class ServeConfig:
     drain_timeout_s longest a drain waits for accepted requests before exiting anyway
     deadline_admission  refuse (429) requests no variant can answer in time; off, only
                     the queue bound sheds (what most servers do)
+    api_key         when set, every /v1 and /v2 inference route needs
+                    `Authorization: Bearer <api_key>` (auth.py); never printed
     """
 
-    slo_ms: float = 100.0
+    slo_ms: float | None = None
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 256
@@ -71,9 +77,16 @@ class ServeConfig:
     probe_s: float = 0.5
     drain_timeout_s: float = 30.0
     deadline_admission: bool = True
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        positive = {"slo_ms": self.slo_ms, "max_batch": self.max_batch,
+        if self.slo_ms is not None and not self.slo_ms > 0:
+            raise UserError(f"serve: slo_ms must be positive (or None: no objective), got "
+                            f"{self.slo_ms}")
+        if self.api_key is not None and (not isinstance(self.api_key, str)
+                                         or not self.api_key.strip()):
+            raise UserError("serve: the API key must be a non-empty string")
+        positive = {"max_batch": self.max_batch,
                     "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
                     "max_inputs": self.max_inputs, "max_tokens": self.max_tokens,
                     "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
@@ -96,7 +109,8 @@ class ServeConfig:
 
     @property
     def slo_s(self) -> float:
-        return self.slo_ms / 1e3
+        """The objective in seconds; infinite when there is none."""
+        return math.inf if self.slo_ms is None else self.slo_ms / 1e3
 
     @property
     def max_delay_s(self) -> float:
@@ -111,4 +125,7 @@ class ServeConfig:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings, with the API key only said to be set (never its value)."""
+        out = dataclasses.asdict(self)
+        out["api_key"] = "set" if self.api_key else None
+        return out

@@ -3,7 +3,6 @@ inputs, deadlines, and running encode / generate requests through cache and batc
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
+from .admission import deadline_for
 from .cache import normalise
 from .ladder import Job
 from .request import Generated, Rejected, Request
@@ -57,8 +57,8 @@ async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]
     if not body:
         raise ApiError(400, "the body is empty: send a JSON object")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = orjson.loads(body)  # several times faster than json.loads on the event loop
+    except orjson.JSONDecodeError as e:
         raise ApiError(400, f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(data).__name__}")
@@ -66,17 +66,16 @@ async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]
 
 
 def deadline_of(request: HttpRequest, state: ServingState) -> float:
-    """Absolute (monotonic) deadline: arrival + X-Deadline-Ms, default the SLO. Arrival is
-    when the request reached the app, so time spent waiting for the event loop counts."""
+    """Absolute (monotonic) deadline (admission.deadline_for): arrival + X-Deadline-Ms,
+    else the SLO, else none (math.inf). Arrival is when the request reached the app, so
+    time spent waiting for the event loop counts."""
     start = request.scope.get(ARRIVAL_KEY) or time.monotonic()
     raw = request.headers.get(DEADLINE_HEADER)
-    if raw is None:
-        return start + state.config.slo_s
-    ms = deadline_ms(raw)
-    if ms is None:
+    ms = None if raw is None else deadline_ms(raw)
+    if raw is not None and ms is None:
         raise ApiError(400, f"{DEADLINE_HEADER} must be a positive number of milliseconds, "
                        f"got {raw!r}")
-    return start + ms / 1e3
+    return deadline_for(state.config, start, ms)
 
 
 def check_texts(value: Any, g: Group, state: ServingState, param: str) -> list[str]:

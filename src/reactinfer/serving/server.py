@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
 from .app import create_app
+from .auth import api_key_from_env
 from .config import ServeConfig
 from .state import ServingState
 
@@ -116,7 +117,9 @@ def serve(models: Sequence[str | ModelHandle], host: str = "127.0.0.1", port: in
           log_level: str = "warning", drain_grace_s: float = 0.0, **config: Any) -> None:
     """Serve `models` over HTTP until SIGTERM / SIGINT (then drain and return).
 
-    `config` takes ServeConfig's fields (slo_ms, max_batch, max_delay_ms, ...)."""
+    `config` takes ServeConfig's fields (slo_ms, max_batch, max_delay_ms, api_key, ...);
+    without `api_key`, REACT_API_KEY gives it."""
+    config.setdefault("api_key", api_key_from_env(None))
     serve_config = ServeConfig.from_kwargs(**config)
     sock = listen_socket(host, port)
     try:

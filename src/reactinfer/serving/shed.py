@@ -9,7 +9,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from .admission import deadline_for
+
 if TYPE_CHECKING:
+    from .config import ServeConfig
     from .state import Group, ServingState
 
 _TASK_OF_PATH = {"/v1/embeddings": "embedding", "/v1/completions": "causal-lm",
@@ -49,12 +52,12 @@ def deadline_ms(raw: str | bytes) -> float | None:
     return ms if 0 < ms < float("inf") else None
 
 
-def _deadline(scope: dict, arrival: float, slo_s: float) -> float | None:
+def _deadline(scope: dict, arrival: float, config: ServeConfig) -> float | None:
     for key, value in scope.get("headers", ()):
         if key == b"x-deadline-ms":
             ms = deadline_ms(value)  # None: the handler answers 400 for it
-            return None if ms is None else arrival + ms / 1e3
-    return arrival + slo_s
+            return None if ms is None else deadline_for(config, arrival, ms)
+    return deadline_for(config, arrival, None)
 
 
 async def shed_early(state: ServingState, scope: dict, send: Any, arrival: float) -> bool:
@@ -65,7 +68,7 @@ async def shed_early(state: ServingState, scope: dict, send: Any, arrival: float
     groups, route = _candidates(state, path)
     if not groups:
         return False
-    deadline = _deadline(scope, arrival, state.config.slo_s)
+    deadline = _deadline(scope, arrival, state.config)
     if deadline is None:
         return False
     refusals = []

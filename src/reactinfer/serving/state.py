@@ -92,6 +92,21 @@ def _variant_name(handle: ModelHandle) -> str:
     return handle.name
 
 
+# Backend options the server sets on a variant unless its artifact chose them. ONNX
+# Runtime's idle intra-op threads spin between operators by default: in a server they
+# take the cores that the event loop and the tokenizer need between and during batches.
+SERVE_OPTIONS: dict[str, dict[str, Any]] = {"onnxruntime": {"spinning": False}}
+
+
+def for_serving(handle: ModelHandle) -> ModelHandle:
+    """`handle` with the server's backend options (SERVE_OPTIONS) where it has none."""
+    extra = {k: v for k, v in SERVE_OPTIONS.get(handle.backend, {}).items()
+             if k not in handle.backend_options}
+    if not extra:
+        return handle
+    return handle.derive(backend_options={**handle.backend_options, **extra})
+
+
 class ServingState:
     """Everything the endpoints share: groups, cache, metrics, readiness and drain."""
 
@@ -111,7 +126,7 @@ class ServingState:
     def _build(self, handles: Sequence[ModelHandle]) -> None:
         by_key: dict[str, list[ModelHandle]] = {}
         names: dict[str, str] = {}
-        for h in handles:
+        for h in map(for_serving, handles):
             root = _root_source(h.source)
             key = f"{h.task}:{root.get('sha256') or h.name}"
             by_key.setdefault(key, []).append(h)
