@@ -318,7 +318,8 @@ def test_a_failed_save_still_reports_what_was_measured(model_and_data, tmp_path,
     with pytest.raises(ValueError, match="not serializable"):
         _run(model, data, out, objective="size", max_drop=0.5)
     stored = TrialStore(out / "trials.sqlite").all()
-    assert len(stored) == 4  # the baseline and the three actions
+    # the baseline, the three actions, then the two rolled back retried on the kept one
+    assert len(stored) == 6
     report = json.loads((out / "report.json").read_text())
     assert [t["key"] for t in report["trials"]] == [t["key"] for t in stored]
     assert report["best"]["action"] == "drop last layer" and report["best_artifact"] is None
@@ -346,13 +347,157 @@ def test_the_stated_margin_is_the_one_the_code_uses():
 ])
 def test_bf16_is_expected_to_pay_only_with_native_bf16(flags, expect_native):
     # synthetic CPUs: the reasoning must not depend on the CPU running the test
+    from reactinfer.core.hardware import isa_from_flags
+    from reactinfer.planner.actions import Candidate, _expect_engine_format
+
+    bf16 = Candidate(transforms=(json.dumps({"type": "CastHalf", "dtype": "bf16"}),))
+    gain, why = _expect_engine_format(_ctx(flags, Candidate(), bf16))
+    assert (gain > 1) == expect_native, why
+    assert isa_from_flags(flags)["avx512_bf16"] == ("avx512_bf16" in flags)
+
+
+def _ctx(flags, base, cand, objective="throughput"):
     import dataclasses as dc
 
     from reactinfer.core.hardware import hardware_profile, isa_from_flags
-    from reactinfer.planner.actions import Context, _expect_half
+    from reactinfer.planner.actions import Context
 
     hw = dc.replace(hardware_profile(), isa=isa_from_flags(flags), gpu=False)
-    ctx = Context(hardware=hw, task="embedding", objective="throughput", model_facts={}, log=[])
-    gain, why = _expect_half("bf16")(ctx)
-    assert (gain > 1) == expect_native, why
-    assert isa_from_flags(flags)["avx512_bf16"] == ("avx512_bf16" in flags)
+    return Context(hardware=hw, task="embedding", objective=objective, model_facts={}, log=[],
+                   base=base, cand=cand)
+
+
+# -- a search that composes: deterministic speeds, so no test depends on this CPU ----------
+
+@dataclasses.dataclass(frozen=True)
+class Tag(TransformConfig):
+    """A step that leaves the model as it is: its speed is set by the fake measurement."""
+    kind = "test.Tag"
+
+
+@register_transform(Tag)
+def _tag(handle, cfg):
+    return handle.derive(model=copy.deepcopy(handle.model))
+
+
+class FormatBackend(Backend):
+    """torch, with a `precision` option the fake measurement reads (outputs unchanged)."""
+    name = "test-format"
+    description = "torch with a precision option"
+
+    def capabilities(self):
+        return {**super().capabilities(), "options": {"precision": ["fp32", "half"]}}
+
+    def prepare(self, handle, **opts):
+        return TorchRunner(handle)
+
+
+register_backend(FormatBackend())
+
+
+def _speed(handle):
+    """Throughput by recipe: the tag alone does not pay (×1.01), on a dropped layer it does
+    (×1.4); the test engine ×2, its half precision ×1.5 more."""
+    kinds = [t.get("type") for t in handle.transforms]
+    speed = 100.0
+    if "test.DropLastLayer" in kinds:
+        speed *= 1.5
+    if "test.Tag" in kinds:
+        speed *= 1.4 if "test.DropLastLayer" in kinds else 1.01
+    if handle.backend == "test-format":
+        speed *= 2.0 * (1.5 if handle.backend_options.get("precision") == "half" else 1.0)
+    return speed
+
+
+def _fake_speed(monkeypatch, each=None):
+    from reactinfer.measure.harness import measure as real
+
+    def measure(handle, texts, *a, **kw):
+        report, results = real(handle, texts, *a, **kw)
+        report["throughput"]["items_per_s"] = _speed(handle)
+        if each is not None:
+            each()
+        return report, results
+
+    _patch_planner(monkeypatch, "measure", measure)
+
+
+def _compose_actions():
+    tag = Action("tag", "tag", _expect(3.0), steps=({"type": "test.Tag"},))
+    drop = Action("drop last layer", "drop", _expect(1.5), steps=({"type": "test.DropLastLayer"},))
+    return [tag, drop]
+
+
+def test_a_step_rolled_back_on_one_base_is_retried_and_kept_on_another(
+        model_and_data, tmp_path, monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    out = tmp_path / "run"
+    r = _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions())
+    keys = {t["key"]: t for t in r["trials"]}
+    tags = [t for t in r["trials"] if t["action"] == "tag"]
+    assert [t["decision"] for t in tags] == ["rolled back", "kept"], r["trials"]
+    first, retry = tags
+    assert "does not pay" in first["reason"] and keys[first["parent"]]["action"] == "baseline"
+    assert keys[retry["parent"]]["action"] == "drop last layer"
+    assert f"Tried at step {first['step']}" in retry["thought"]
+    assert "retried on this base" in retry["thought"]
+    assert r["best"]["key"] == retry["key"]
+    md = (out / "report.md").read_text()
+    assert f"**{retry['step']}. tag** — on step {keys[retry['parent']]['step']} " \
+           "(drop last layer) — kept" in md
+
+
+def test_a_number_format_applies_to_the_engine_kept(model_and_data, tmp_path, monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    engine = Action("test engine", "engine", _expect(2.0),
+                    backend=("test-format", {"precision": "fp32"}))
+    half = Action("half", "half", _expect(1.5), steps=({"type": "test.Tag"},), runtime=True,
+                  formats={"test-format": {"precision": "half"}})
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.5,
+             actions=[engine, half])
+    by_action = {t["action"]: t for t in r["trials"]}
+    assert by_action["test engine"]["decision"] == "kept"
+    t = by_action["half"]
+    # the torch form (a runtime step) no longer applies; the engine's own form does
+    assert t["candidate"]["backend"] == "test-format" and t["candidate"]["transforms"] == []
+    assert t["candidate"]["backend_options"] == {"precision": "half"}
+    assert t["parent"] == by_action["test engine"]["key"] and t["decision"] == "kept"
+    assert "on test-format this is precision=half" in t["thought"]
+
+
+def test_retries_stay_within_the_time_budget(model_and_data, tmp_path, monkeypatch):
+    """Each measurement is made to cost 30 s of the budget: the search must stop for time
+    before it has tried every candidate, and say so."""
+    from reactinfer.planner import budget as budget_mod
+
+    spent = {"s": 0.0}
+
+    class Clock(budget_mod.Budget):
+        def left(self):
+            return super().left() - spent["s"]
+
+    _patch_planner(monkeypatch, "Budget", Clock)
+    _fake_speed(monkeypatch, each=lambda: spent.__setitem__("s", spent["s"] + 30.0))
+    model, data = model_and_data
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.5,
+             actions=_compose_actions(), budget_s=120)
+    fresh = [t for t in r["trials"] if t["decision"] not in ("baseline", "skipped")]
+    assert r["stop"].startswith("time budget"), r["stop"]
+    assert len(fresh) < 3  # unbounded, the run makes three trials (the test above)
+
+
+def test_resume_reuses_stored_trials_and_goes_on_retrying(model_and_data, tmp_path,
+                                                          monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    out = tmp_path / "run"
+    _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions(),
+         max_trials=2)
+    r = _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions(),
+             resume=True)
+    assert r["reused"] == 3  # the baseline, the tag rolled back, the drop kept
+    assert [(t["action"], t["reused"]) for t in r["trials"]] == [
+        ("baseline", True), ("tag", True), ("drop last layer", True), ("tag", False)]
+    assert r["trials"][-1]["decision"] == "kept"
