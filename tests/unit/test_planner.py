@@ -501,3 +501,125 @@ def test_resume_reuses_stored_trials_and_goes_on_retrying(model_and_data, tmp_pa
     assert [(t["action"], t["reused"]) for t in r["trials"]] == [
         ("baseline", True), ("tag", True), ("drop last layer", True), ("tag", False)]
     assert r["trials"][-1]["decision"] == "kept"
+
+
+def _catalogue_forms():
+    from reactinfer.planner.catalogue import catalogue
+
+    acts = {a.name: a for a in catalogue()}
+    kinds = {s["type"] for a in acts.values() if a.runtime for s in a.steps}
+    return acts, kinds
+
+
+def test_number_formats_take_the_form_of_the_engine_at_hand():
+    # recipes only: nothing is built, so OpenVINO need not be installed
+    from reactinfer.planner.actions import Candidate
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    ov = acts["openvino fp32"].apply(torch_, kinds)
+    int8, bf16 = acts["int8 dynamic (per-channel)"], acts["bf16"]
+    assert int8.apply(ort, kinds) == acts["onnxruntime int8 dynamic"].apply(ort, kinds)
+    assert int8.apply(ort, kinds).backend_options() == {"precision": "int8-dynamic"}
+    assert (int8.apply(ov, kinds).backend, int8.apply(ov, kinds).backend_options()) == \
+        ("openvino", {"precision": "int8"})
+    assert bf16.apply(ov, kinds).backend_options() == {"precision": "bf16"}
+    assert bf16.apply(ort, kinds) is None  # no bf16 form on ONNX Runtime
+    on_torch = bf16.apply(torch_, kinds)
+    assert on_torch.backend == "torch" and on_torch.configs() == [{"type": "CastHalf",
+                                                                   "dtype": "bf16"}]
+    # torch-format numbers are not exported to another engine
+    assert acts["openvino fp32"].apply(on_torch, kinds) is None
+    # a structural step keeps the engine; another engine takes the pruned recipe as it is
+    prune = acts["prune FFN 25% + distil"]
+    pruned = prune.apply(ort, kinds)
+    assert pruned.backend == "onnxruntime" and pruned.configs()[0]["type"] == "PruneFFN"
+    assert prune.apply(pruned, kinds) is None  # a step is applied once per recipe
+    ov_pruned = acts["openvino bf16"].apply(pruned, kinds)
+    assert ov_pruned.backend == "openvino" and ov_pruned.configs() == pruned.configs()
+    assert int8.apply(ov_pruned, kinds).backend_options() == {"precision": "int8"}
+
+
+CPUS = {  # synthetic profiles: the reasoning must not depend on the CPU running the test
+    "avx2": {"avx2", "fma", "f16c"},                                           # Zen 1
+    "vnni": {"avx2", "avx512f", "avx512_vnni"},                                # Cascade Lake
+    "vnni+bf16": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"},            # Zen 4
+    "amx": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+            "amx_int8"},                                                       # Sapphire Rapids
+}
+
+
+def _expected(cpu, base, action, objective="throughput"):
+    from reactinfer.planner.actions import _expect_engine_format
+
+    acts, kinds = _catalogue_forms()
+    cand = acts[action].apply(base, kinds)
+    return _expect_engine_format(_ctx(CPUS[cpu], base, cand, objective))
+
+
+def test_expectations_follow_the_hardware():
+    from reactinfer.planner.actions import Candidate
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    ov = acts["openvino fp32"].apply(torch_, kinds)
+    int8 = "int8 dynamic (per-channel)"
+    # AVX2 only: int8 gains little, bf16 loses
+    g, why = _expected("avx2", ort, int8)
+    assert 1 < g < 1.3 and "No VNNI" in why, why
+    assert _expected("avx2", torch_, "bf16")[0] < 1
+    # VNNI: int8 pays, more on OpenVINO than on ONNX Runtime; no bf16 yet
+    g_ort, g_ov = _expected("vnni", ort, int8)[0], _expected("vnni", ov, int8)[0]
+    assert 1.5 < g_ort < g_ov, (g_ort, g_ov)
+    assert _expected("vnni", torch_, "bf16")[0] < 1
+    # native bf16: OpenVINO bf16 pays over OpenVINO fp32, and the Thought names the flag
+    g, why = _expected("vnni+bf16", ov, "bf16")
+    assert g > 1.5 and "avx512_bf16" in why, why
+    # AMX: both formats pay more than with AVX-512 alone
+    assert _expected("amx", ov, "bf16")[0] > g
+    g, why = _expected("amx", ov, int8)
+    assert g > _expected("vnni", ov, int8)[0] and "amx_int8" in why
+    for cpu in CPUS:
+        # lossless engines first from eager torch; leaving a faster base is expected to lose
+        assert _expected(cpu, torch_, "openvino fp32")[0] > 1
+        assert _expected(cpu, torch_, "onnxruntime fp32")[0] > 1
+        assert _expected(cpu, ov, "onnxruntime fp32")[0] < 1
+    # size: int8 stores fewer bytes; OpenVINO's bf16 is an inference precision
+    assert _expected("avx2", ort, int8, "size")[0] > 3
+    assert _expected("amx", ov, "bf16", "size")[0] == 1.0
+
+
+def test_openvino_bf16_is_offered_only_with_native_bf16():
+    from reactinfer.core.backend import list_backends
+    from reactinfer.core.hardware import hardware_profile, isa_from_flags
+    from reactinfer.planner.catalogue import default_actions, unavailable_actions
+
+    def hw(cpu):
+        return dataclasses.replace(hardware_profile(), isa=isa_from_flags(CPUS[cpu]), gpu=False)
+
+    ov = list_backends().get("openvino")
+    ov_here = ov is not None and ov.available()
+    for cpu in CPUS:
+        actions = {a.name: a for a in default_actions(hw(cpu))}
+        native = cpu in ("vnni+bf16", "amx")
+        assert ("openvino bf16" in actions) == (native and ov_here), cpu
+        assert ("openvino" in actions["bf16"].formats) == native, cpu
+        assert ("openvino int8" in actions) == ov_here
+        if not ov_here:
+            assert "openvino" in unavailable_actions(hw(cpu))["openvino fp32"]
+        elif not native:
+            assert "no native bf16" in unavailable_actions(hw(cpu))["openvino bf16"]
+
+
+def test_the_hardware_summary_names_bf16_amx_and_vnni():
+    from reactinfer.core.hardware import hardware_profile, isa_from_flags, isa_text
+
+    isa = isa_from_flags(CPUS["amx"] | {"avx_vnni"})
+    text = isa_text(isa).split(",")
+    for flag in ("avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "vnni"):
+        assert flag in text, text
+    assert "amx_bf16" not in isa_text(isa_from_flags(CPUS["vnni+bf16"])).split(",")
+    hw = dataclasses.replace(hardware_profile(), isa=isa)
+    assert f"ISA: {isa_text(isa)}" in hw.summary()

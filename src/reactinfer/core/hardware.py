@@ -42,7 +42,7 @@ class HardwareProfile:
         return asdict(self)
 
     def summary(self) -> str:
-        flags = ",".join(k for k, v in self.isa.items() if v) or "none"
+        flags = isa_text(self.isa)
         gpu = f", GPU {self.gpu_name}" if self.gpu else ", no GPU"
         return (f"{self.cpu_model} ({self.cores_physical} cores / {self.cores_logical} threads, "
                 f"ISA: {flags}), {self.memory_gb:.0f} GiB{gpu}")
@@ -67,6 +67,11 @@ def _cpuinfo() -> tuple[str, set[str]]:
 def isa_from_flags(flags: set[str]) -> dict[str, bool]:
     """The ISA features we decide by, from the kernel's CPU flag names."""
     return {name: any(f in flags for f in aliases) for name, aliases in _ISA_FLAGS.items()}
+
+
+def isa_text(isa: dict[str, bool]) -> str:
+    """The ISA features present, as reports print them (e.g. `avx2,avx512,vnni,avx512_bf16`)."""
+    return ",".join(k for k, v in isa.items() if v) or "none"
 
 
 @functools.lru_cache(maxsize=1)
