@@ -623,3 +623,24 @@ def test_the_hardware_summary_names_bf16_amx_and_vnni():
     assert "amx_bf16" not in isa_text(isa_from_flags(CPUS["vnni+bf16"])).split(",")
     hw = dataclasses.replace(hardware_profile(), isa=isa)
     assert f"ISA: {isa_text(isa)}" in hw.summary()
+
+
+def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_path,
+                                                         monkeypatch):
+    """`Planner._over_bound` sees every trial rolled back for quality, and only those; what
+    it returns is the trial the loop goes on with (where a repair fits in)."""
+    from reactinfer.planner.loop import Planner
+
+    seen = []
+
+    def over_bound(self, step, action, trial, best_obs):
+        seen.append((action.name, trial["decision"]))
+        return {**trial, "reason": trial["reason"] + " [hook]"}
+
+    monkeypatch.setattr(Planner, "_over_bound", over_bound)
+    model, data = model_and_data
+    noise, slow, _ = _actions()
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.01,
+             actions=[noise, slow])
+    assert seen == [("noise", "rolled back")]
+    assert "does not pay" in next(t for t in r["trials"] if t["action"] == "slow engine")["reason"]
