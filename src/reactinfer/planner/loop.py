@@ -217,11 +217,18 @@ class Planner:
             return "rolled back", f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})"
         return "kept", f"{self.s.objective} ×{g:.2f} vs best; {why}"
 
+    def _out_of_bound(self, trial: dict[str, Any]) -> bool:
+        """A measured trial whose quality is outside the bound."""
+        obs = trial.get("observation")
+        return obs is not None and not within_bound(self.base.task, obs["quality"],
+                                                    self.s.max_drop)[0]
+
     def _over_bound(self, step: int, action: Action, trial: dict[str, Any],
                     best_obs: dict[str, Any]) -> dict[str, Any]:
         """The one place a trial rolled back for quality is handled: the hook for repairing
         it (keeping its most sensitive layers in higher precision) and returning the repaired
-        trial instead. As it stands, the rollback stands."""
+        trial instead; a returned trial that is "kept" becomes the best (its "candidate").
+        As it stands, the rollback stands."""
         return trial
 
     def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
@@ -342,10 +349,9 @@ class Planner:
         last = done[-1]
         note = (f" Tried at step {last['step']} on [{self._base_of(last)}]: {last['decision']} "
                 f"({last['reason']})")
-        ok = within_bound(self.base.task, last["observation"]["quality"], self.s.max_drop)[0]
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
-        if not ok and same_form:
+        if self._out_of_bound(last) and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
         return expected, note + "; retried on this base."
@@ -427,12 +433,12 @@ class Planner:
             n_trials += 1
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
-            if trial["decision"] == "rolled back" and not within_bound(
-                    self.base.task, trial["observation"]["quality"], self.s.max_drop)[0]:
+            if trial["decision"] == "rolled back" and self._out_of_bound(trial):
                 trial = self._over_bound(step, action, trial, best_obs)
             bar.update(1)
             if trial["decision"] == "kept":
-                best, best_obs, best_trial = cand, trial["observation"], trial
+                best = Candidate.from_json(trial["candidate"])
+                best_obs, best_trial = trial["observation"], trial
         bar.close()
         self.bar = None
         return {"stop": stop, "baseline": ref_trial, "best": best_trial, "best_candidate": best,
