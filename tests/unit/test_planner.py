@@ -644,3 +644,23 @@ def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_pat
              actions=[noise, slow])
     assert seen == [("noise", "rolled back")]
     assert "does not pay" in next(t for t in r["trials"] if t["action"] == "slow engine")["reason"]
+
+
+def test_a_format_over_the_bound_on_one_engine_puts_lossless_steps_first():
+    from reactinfer.planner.actions import Candidate, _expect_engine_format
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort_int8 = acts["onnxruntime int8 dynamic"].apply(torch_, kinds)
+    torch_int8 = acts["int8 dynamic (per-channel)"].apply(torch_, kinds)
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    over = {"action": "onnxruntime int8 dynamic", "candidate": ort_int8.to_json(),
+            "decision": "rolled back", "reason": "top-10 recall 0.911 < 0.950",
+            "over_bound": True}
+    for cpu in CPUS:
+        ctx = dataclasses.replace(_ctx(CPUS[cpu], torch_, torch_int8), log=[over])
+        g_int8, why = _expect_engine_format(ctx)
+        g_fresh = _expect_engine_format(_ctx(CPUS[cpu], torch_, torch_int8))[0]
+        g_ort = _expect_engine_format(_ctx(CPUS[cpu], torch_, ort))[0]
+        assert g_int8 < g_fresh and g_int8 < g_ort, (cpu, g_int8, g_ort)
+        assert "0.911" in why and "lossless steps come first" in why

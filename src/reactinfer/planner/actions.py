@@ -70,6 +70,12 @@ class Context:
     def family_results(self, family: str) -> list[dict[str, Any]]:
         return [t for t in self.log if t.get("family") == family]
 
+    def format_overshoot(self, fmt: str) -> dict[str, Any] | None:
+        """The last trial in number format `fmt` (any engine) that went over the bound."""
+        over = [t for t in self.log if t.get("over_bound")
+                and number_format(Candidate.from_json(t["candidate"])) == fmt]
+        return over[-1] if over else None
+
     def structural_overshoot(self) -> dict[str, Any] | None:
         """The structural trial that overshot the quality bound the most, if any."""
         worst = None
@@ -272,9 +278,15 @@ def _expect_engine_format(ctx: Context) -> tuple[float, str]:
                    f"{old_fmt}. {note}").strip()
     new, why = candidate_speed(ctx.hardware, ctx.cand)
     old, _ = candidate_speed(ctx.hardware, ctx.base)
-    return new / old, (f"{note} {why} Prior over eager PyTorch fp32: ×{new:.2f} for "
-                       f"{engine} {new_fmt}, ×{old:.2f} for the base's "
-                       f"{ctx.base.backend} {old_fmt}.").replace("  ", " ").strip()
+    g = new / old
+    over = ctx.format_overshoot(new_fmt) if new_fmt != old_fmt else None
+    if over is not None and g > 1:  # what was observed outweighs the prior
+        g = 1 + (g - 1) * 0.25
+        why += (f" But {new_fmt} went over the bound as {over['action']} "
+                f"({over['reason']}): it may here too, so lossless steps come first.")
+    return g, (f"{note} {why} Prior over eager PyTorch fp32: ×{new:.2f} for "
+               f"{engine} {new_fmt}, ×{old:.2f} for the base's "
+               f"{ctx.base.backend} {old_fmt}.").replace("  ", " ").strip()
 
 
 def _size(cand: Candidate) -> float:

@@ -176,6 +176,7 @@ class Planner:
         if stored is not None:
             self.reused += 1
             trial = {**stored, "family": family, "reused": True}
+            trial["over_bound"] = self._out_of_bound(trial)  # derived: not stored
             self.log.append(trial)
             return trial
         t0 = time.perf_counter()
@@ -200,7 +201,7 @@ class Planner:
         self.store.put(trial)
         if obs is not None and self.ref_results is None:
             raise AssertionError("the baseline must be observed first")
-        trial.update(family=family, reused=False)
+        trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
         self.log.append(trial)
         return trial
 
@@ -351,7 +352,7 @@ class Planner:
                 f"({last['reason']})")
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
-        if self._out_of_bound(last) and same_form:
+        if last["over_bound"] and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
         return expected, note + "; retried on this base."
@@ -433,7 +434,7 @@ class Planner:
             n_trials += 1
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
-            if trial["decision"] == "rolled back" and self._out_of_bound(trial):
+            if trial["decision"] == "rolled back" and trial["over_bound"]:
                 trial = self._over_bound(step, action, trial, best_obs)
             bar.update(1)
             if trial["decision"] == "kept":
