@@ -623,6 +623,15 @@ def test_the_hardware_summary_names_bf16_amx_and_vnni():
     assert "amx_bf16" not in isa_text(isa_from_flags(CPUS["vnni+bf16"])).split(",")
     hw = dataclasses.replace(hardware_profile(), isa=isa)
     assert f"ISA: {isa_text(isa)}" in hw.summary()
+    # `react bench` prints the same flags, from the report's recorded profile
+    from reactinfer.measure import format_report
+    from reactinfer.testing import tiny_handle
+
+    r = ri.bench(tiny_handle("embedding"), n_eval=10, latency_runs=2, batch_size=4,
+                 progress=False)
+    r["hardware"] = {**r["hardware"], "isa": isa}
+    line = next(ln for ln in format_report(r).splitlines() if ln.startswith("hardware"))
+    assert line.endswith(isa_text(isa)), line
 
 
 def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_path,
