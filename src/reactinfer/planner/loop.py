@@ -343,8 +343,9 @@ class Planner:
     def _earlier(self, action: Action, cand: Candidate, expected: float) -> tuple[float, str]:
         """What trials of `action` on other bases say about trying it on this one. A step
         that went over the bound changes the model the same way here (unless it takes
-        another engine's form), so it is expected to fail again: tried after the others."""
-        done = [t for t in self.log if t["action"] == action.name and t.get("observation")]
+        another engine's form), so it is expected to fail again: tried after the others; so
+        is a step that failed (an engine that cannot take the model)."""
+        done = [t for t in self.log if t["action"] == action.name and t["decision"] != "skipped"]
         if not done:
             return expected, ""
         last = done[-1]
@@ -352,7 +353,7 @@ class Planner:
                 f"({last['reason']})")
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
-        if last["over_bound"] and same_form:
+        if (last["over_bound"] or last["decision"] == "failed") and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
         return expected, note + "; retried on this base."
