@@ -455,8 +455,14 @@ def test_a_number_format_applies_to_the_engine_kept(model_and_data, tmp_path, mo
                     backend=("test-format", {"precision": "fp32"}))
     half = Action("half", "half", _expect(1.5), steps=({"type": "test.Tag"},), runtime=True,
                   formats={"test-format": {"precision": "half"}})
+    # leads to the same candidate as `half` on the engine, but is expected to pay less
+    engine_half = Action("test engine half", "engine-half", _expect(1.2),
+                         backend=("test-format", {"precision": "half"}))
     r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.5,
-             actions=[engine, half])
+             actions=[engine_half, engine, half])
+    halves = [t for t in r["trials"] if t["candidate"]["backend_options"].get("precision")
+              == "half"]
+    assert [t["action"] for t in halves] == ["half"], r["trials"]  # one trial, the likelier
     by_action = {t["action"]: t for t in r["trials"]}
     assert by_action["test engine"]["decision"] == "kept"
     t = by_action["half"]

@@ -324,21 +324,24 @@ class Planner:
         ctx = self._context()
         kept = {t["action"] for t in self.log if t["decision"] == "kept"}
         options: list[tuple[float, int, Action, Candidate, str]] = []
-        seen = set(tried)
         for a in self.actions:
             if a.level > 0 and not any(b.family == a.family and b.level == a.level - 1
                                        and b.name in kept for b in self.actions):
                 continue  # escalate a family only after its milder step paid off
             cand = a.apply(best, self.runtime_kinds)
-            if cand is None or cand.key in seen:
-                continue  # the same candidate by another action is one trial
-            seen.add(cand.key)
+            if cand is None or cand.key in tried:
+                continue
             expected, why = a.expect(dataclasses.replace(ctx, base=best, cand=cand))
             expected, before = self._earlier(a, cand, expected)
             options.append((expected, -len(options), a, cand, why + before))
         options.sort(key=lambda o: (o[0], o[1]), reverse=True)
+        unique, seen = [], set()  # the same candidate by another action is one trial
+        for o in options:  # (the most promising action's)
+            if o[3].key not in seen:
+                seen.add(o[3].key)
+                unique.append(o)
         return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
-                          f"{_how(a, best, cand)}.") for expected, _, a, cand, why in options]
+                          f"{_how(a, best, cand)}.") for expected, _, a, cand, why in unique]
 
     def _earlier(self, action: Action, cand: Candidate, expected: float) -> tuple[float, str]:
         """What trials of `action` on other bases say about trying it on this one. A step
