@@ -321,7 +321,8 @@ def test_a_failed_save_still_reports_what_was_measured(model_and_data, tmp_path,
     with pytest.raises(ValueError, match="not serializable"):
         _run(model, data, out, objective="size", max_drop=0.5)
     stored = TrialStore(out / "trials.sqlite").all()
-    assert len(stored) == 4  # the baseline and the three actions
+    # the baseline, the three actions, then the two rolled back retried on the kept one
+    assert len(stored) == 6
     report = json.loads((out / "report.json").read_text())
     assert [t["key"] for t in report["trials"]] == [t["key"] for t in stored]
     assert report["best"]["action"] == "drop last layer" and report["best_artifact"] is None
@@ -349,13 +350,335 @@ def test_the_stated_margin_is_the_one_the_code_uses():
 ])
 def test_bf16_is_expected_to_pay_only_with_native_bf16(flags, expect_native):
     # synthetic CPUs: the reasoning must not depend on the CPU running the test
+    from reactinfer.core.hardware import isa_from_flags
+    from reactinfer.planner.actions import Candidate, _expect_engine_format
+
+    bf16 = Candidate(transforms=(json.dumps({"type": "CastHalf", "dtype": "bf16"}),))
+    gain, why = _expect_engine_format(_ctx(flags, Candidate(), bf16))
+    assert (gain > 1) == expect_native, why
+    assert isa_from_flags(flags)["avx512_bf16"] == ("avx512_bf16" in flags)
+
+
+def _ctx(flags, base, cand, objective="throughput"):
     import dataclasses as dc
 
     from reactinfer.core.hardware import hardware_profile, isa_from_flags
-    from reactinfer.planner.actions import Context, _expect_half
+    from reactinfer.planner.actions import Context
 
     hw = dc.replace(hardware_profile(), isa=isa_from_flags(flags), gpu=False)
-    ctx = Context(hardware=hw, task="embedding", objective="throughput", model_facts={}, log=[])
-    gain, why = _expect_half("bf16")(ctx)
-    assert (gain > 1) == expect_native, why
-    assert isa_from_flags(flags)["avx512_bf16"] == ("avx512_bf16" in flags)
+    return Context(hardware=hw, task="embedding", objective=objective, model_facts={}, log=[],
+                   base=base, cand=cand)
+
+
+# -- a search that composes: deterministic speeds, so no test depends on this CPU ----------
+
+@dataclasses.dataclass(frozen=True)
+class Tag(TransformConfig):
+    """A step that leaves the model as it is: its speed is set by the fake measurement."""
+    kind = "test.Tag"
+
+
+@register_transform(Tag)
+def _tag(handle, cfg):
+    return handle.derive(model=copy.deepcopy(handle.model))
+
+
+class FormatBackend(Backend):
+    """torch, with a `precision` option the fake measurement reads (outputs unchanged)."""
+    name = "test-format"
+    description = "torch with a precision option"
+
+    def capabilities(self):
+        return {**super().capabilities(), "options": {"precision": ["fp32", "half"]}}
+
+    def prepare(self, handle, **opts):
+        return TorchRunner(handle)
+
+
+register_backend(FormatBackend())
+
+
+def _speed(handle):
+    """Throughput by recipe: the tag alone does not pay (×1.01), on a dropped layer it does
+    (×1.4); the test engine ×2, its half precision ×1.5 more."""
+    kinds = [t.get("type") for t in handle.transforms]
+    speed = 100.0
+    if "test.DropLastLayer" in kinds:
+        speed *= 1.5
+    if "test.Tag" in kinds:
+        speed *= 1.4 if "test.DropLastLayer" in kinds else 1.01
+    if handle.backend == "test-format":
+        speed *= 2.0 * (1.5 if handle.backend_options.get("precision") == "half" else 1.0)
+    return speed
+
+
+def _fake_speed(monkeypatch, each=None):
+    from reactinfer.measure.harness import measure as real
+
+    def measure(handle, texts, *a, **kw):
+        report, results = real(handle, texts, *a, **kw)
+        report["throughput"]["items_per_s"] = _speed(handle)
+        if each is not None:
+            each()
+        return report, results
+
+    _patch_planner(monkeypatch, "measure", measure)
+
+
+def _compose_actions():
+    tag = Action("tag", "tag", _expect(3.0), steps=({"type": "test.Tag"},))
+    drop = Action("drop last layer", "drop", _expect(1.5), steps=({"type": "test.DropLastLayer"},))
+    return [tag, drop]
+
+
+def test_a_step_rolled_back_on_one_base_is_retried_and_kept_on_another(
+        model_and_data, tmp_path, monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    out = tmp_path / "run"
+    r = _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions())
+    keys = {t["key"]: t for t in r["trials"]}
+    tags = [t for t in r["trials"] if t["action"] == "tag"]
+    assert [t["decision"] for t in tags] == ["rolled back", "kept"], r["trials"]
+    first, retry = tags
+    assert "does not pay" in first["reason"] and keys[first["parent"]]["action"] == "baseline"
+    assert keys[retry["parent"]]["action"] == "drop last layer"
+    assert f"Tried at step {first['step']}" in retry["thought"]
+    assert "retried on this base" in retry["thought"]
+    assert r["best"]["key"] == retry["key"]
+    md = (out / "report.md").read_text()
+    assert f"**{retry['step']}. tag** — on step {keys[retry['parent']]['step']} " \
+           "(drop last layer) — kept" in md
+
+
+def test_a_number_format_applies_to_the_engine_kept(model_and_data, tmp_path, monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    engine = Action("test engine", "engine", _expect(2.0),
+                    backend=("test-format", {"precision": "fp32"}))
+    half = Action("half", "half", _expect(1.5), steps=({"type": "test.Tag"},), runtime=True,
+                  formats={"test-format": {"precision": "half"}})
+    # leads to the same candidate as `half` on the engine, but is expected to pay less
+    engine_half = Action("test engine half", "engine-half", _expect(1.2),
+                         backend=("test-format", {"precision": "half"}))
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.5,
+             actions=[engine_half, engine, half])
+    halves = [t for t in r["trials"] if t["candidate"]["backend_options"].get("precision")
+              == "half"]
+    assert [t["action"] for t in halves] == ["half"], r["trials"]  # one trial, the likelier
+    by_action = {t["action"]: t for t in r["trials"]}
+    assert by_action["test engine"]["decision"] == "kept"
+    t = by_action["half"]
+    # the torch form (a runtime step) no longer applies; the engine's own form does
+    assert t["candidate"]["backend"] == "test-format" and t["candidate"]["transforms"] == []
+    assert t["candidate"]["backend_options"] == {"precision": "half"}
+    assert t["parent"] == by_action["test engine"]["key"] and t["decision"] == "kept"
+    assert "on test-format this is precision=half" in t["thought"]
+
+
+def test_retries_stay_within_the_time_budget(model_and_data, tmp_path, monkeypatch):
+    """Each measurement is made to cost 30 s of the budget: the search must stop for time
+    before it has tried every candidate, and say so."""
+    from reactinfer.planner import budget as budget_mod
+
+    spent = {"s": 0.0}
+
+    class Clock(budget_mod.Budget):
+        def left(self):
+            return super().left() - spent["s"]
+
+    _patch_planner(monkeypatch, "Budget", Clock)
+    _fake_speed(monkeypatch, each=lambda: spent.__setitem__("s", spent["s"] + 30.0))
+    model, data = model_and_data
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.5,
+             actions=_compose_actions(), budget_s=120)
+    fresh = [t for t in r["trials"] if t["decision"] not in ("baseline", "skipped")]
+    assert r["stop"].startswith("time budget"), r["stop"]
+    assert len(fresh) < 3  # unbounded, the run makes three trials (the test above)
+
+
+def test_resume_reuses_stored_trials_and_goes_on_retrying(model_and_data, tmp_path,
+                                                          monkeypatch):
+    _fake_speed(monkeypatch)
+    model, data = model_and_data
+    out = tmp_path / "run"
+    _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions(),
+         max_trials=2)
+    r = _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions(),
+             resume=True)
+    assert r["reused"] == 3  # the baseline, the tag rolled back, the drop kept
+    assert [(t["action"], t["reused"]) for t in r["trials"]] == [
+        ("baseline", True), ("tag", True), ("drop last layer", True), ("tag", False)]
+    assert r["trials"][-1]["decision"] == "kept"
+
+
+def _catalogue_forms():
+    from reactinfer.planner.catalogue import catalogue
+
+    acts = {a.name: a for a in catalogue()}
+    kinds = {s["type"] for a in acts.values() if a.runtime for s in a.steps}
+    return acts, kinds
+
+
+def test_number_formats_take_the_form_of_the_engine_at_hand():
+    # recipes only: nothing is built, so OpenVINO need not be installed
+    from reactinfer.planner.actions import Candidate
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    ov = acts["openvino fp32"].apply(torch_, kinds)
+    int8, bf16 = acts["int8 dynamic (per-channel)"], acts["bf16"]
+    assert int8.apply(ort, kinds) == acts["onnxruntime int8 dynamic"].apply(ort, kinds)
+    assert int8.apply(ort, kinds).backend_options() == {"precision": "int8-dynamic"}
+    assert (int8.apply(ov, kinds).backend, int8.apply(ov, kinds).backend_options()) == \
+        ("openvino", {"precision": "int8"})
+    assert bf16.apply(ov, kinds).backend_options() == {"precision": "bf16"}
+    assert bf16.apply(ort, kinds) is None  # no bf16 form on ONNX Runtime
+    on_torch = bf16.apply(torch_, kinds)
+    assert on_torch.backend == "torch" and on_torch.configs() == [{"type": "CastHalf",
+                                                                   "dtype": "bf16"}]
+    # torch-format numbers are not exported to another engine
+    assert acts["openvino fp32"].apply(on_torch, kinds) is None
+    # a structural step keeps the engine; another engine takes the pruned recipe as it is
+    prune = acts["prune FFN 25% + distil"]
+    pruned = prune.apply(ort, kinds)
+    assert pruned.backend == "onnxruntime" and pruned.configs()[0]["type"] == "PruneFFN"
+    assert prune.apply(pruned, kinds) is None  # a step is applied once per recipe
+    ov_pruned = acts["openvino bf16"].apply(pruned, kinds)
+    assert ov_pruned.backend == "openvino" and ov_pruned.configs() == pruned.configs()
+    assert int8.apply(ov_pruned, kinds).backend_options() == {"precision": "int8"}
+
+
+CPUS = {  # synthetic profiles: the reasoning must not depend on the CPU running the test
+    "avx2": {"avx2", "fma", "f16c"},                                           # Zen 1
+    "vnni": {"avx2", "avx512f", "avx512_vnni"},                                # Cascade Lake
+    "vnni+bf16": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"},            # Zen 4
+    "amx": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+            "amx_int8"},                                                       # Sapphire Rapids
+}
+
+
+def _expected(cpu, base, action, objective="throughput"):
+    from reactinfer.planner.actions import _expect_engine_format
+
+    acts, kinds = _catalogue_forms()
+    cand = acts[action].apply(base, kinds)
+    return _expect_engine_format(_ctx(CPUS[cpu], base, cand, objective))
+
+
+def test_expectations_follow_the_hardware():
+    from reactinfer.planner.actions import Candidate
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    ov = acts["openvino fp32"].apply(torch_, kinds)
+    int8 = "int8 dynamic (per-channel)"
+    # AVX2 only: int8 gains little, bf16 loses
+    g, why = _expected("avx2", ort, int8)
+    assert 1 < g < 1.3 and "No VNNI" in why, why
+    assert _expected("avx2", torch_, "bf16")[0] < 1
+    # VNNI: int8 pays, more on OpenVINO than on ONNX Runtime; no bf16 yet
+    g_ort, g_ov = _expected("vnni", ort, int8)[0], _expected("vnni", ov, int8)[0]
+    assert 1.5 < g_ort < g_ov, (g_ort, g_ov)
+    assert _expected("vnni", torch_, "bf16")[0] < 1
+    # native bf16: OpenVINO bf16 pays over OpenVINO fp32, and the Thought names the flag
+    g, why = _expected("vnni+bf16", ov, "bf16")
+    assert g > 1.5 and "avx512_bf16" in why, why
+    # AMX: both formats pay more than with AVX-512 alone
+    assert _expected("amx", ov, "bf16")[0] > g
+    g, why = _expected("amx", ov, int8)
+    assert g > _expected("vnni", ov, int8)[0] and "amx_int8" in why
+    for cpu in CPUS:
+        # lossless engines first from eager torch; leaving a faster base is expected to lose
+        assert _expected(cpu, torch_, "openvino fp32")[0] > 1
+        assert _expected(cpu, torch_, "onnxruntime fp32")[0] > 1
+        assert _expected(cpu, ov, "onnxruntime fp32")[0] < 1
+    # size: int8 stores fewer bytes; OpenVINO's bf16 is an inference precision
+    assert _expected("avx2", ort, int8, "size")[0] > 3
+    assert _expected("amx", ov, "bf16", "size")[0] == 1.0
+
+
+def test_openvino_bf16_is_offered_only_with_native_bf16():
+    from reactinfer.core.backend import list_backends
+    from reactinfer.core.hardware import hardware_profile, isa_from_flags
+    from reactinfer.planner.catalogue import default_actions, unavailable_actions
+
+    def hw(cpu):
+        return dataclasses.replace(hardware_profile(), isa=isa_from_flags(CPUS[cpu]), gpu=False)
+
+    ov = list_backends().get("openvino")
+    ov_here = ov is not None and ov.available()
+    for cpu in CPUS:
+        actions = {a.name: a for a in default_actions(hw(cpu))}
+        native = cpu in ("vnni+bf16", "amx")
+        assert ("openvino bf16" in actions) == (native and ov_here), cpu
+        assert ("openvino" in actions["bf16"].formats) == native, cpu
+        assert ("openvino int8" in actions) == ov_here
+        if not ov_here:
+            assert "openvino" in unavailable_actions(hw(cpu))["openvino fp32"]
+        elif not native:
+            assert "no native bf16" in unavailable_actions(hw(cpu))["openvino bf16"]
+
+
+def test_the_hardware_summary_names_bf16_amx_and_vnni():
+    from reactinfer.core.hardware import hardware_profile, isa_from_flags, isa_text
+
+    isa = isa_from_flags(CPUS["amx"] | {"avx_vnni"})
+    text = isa_text(isa).split(",")
+    for flag in ("avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "vnni"):
+        assert flag in text, text
+    assert "amx_bf16" not in isa_text(isa_from_flags(CPUS["vnni+bf16"])).split(",")
+    hw = dataclasses.replace(hardware_profile(), isa=isa)
+    assert f"ISA: {isa_text(isa)}" in hw.summary()
+    # `react bench` prints the same flags, from the report's recorded profile
+    from reactinfer.measure import format_report
+    from reactinfer.testing import tiny_handle
+
+    r = ri.bench(tiny_handle("embedding"), n_eval=10, latency_runs=2, batch_size=4,
+                 progress=False)
+    r["hardware"] = {**r["hardware"], "isa": isa}
+    line = next(ln for ln in format_report(r).splitlines() if ln.startswith("hardware"))
+    assert line.endswith(isa_text(isa)), line
+
+
+def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_path,
+                                                         monkeypatch):
+    """`Planner._over_bound` sees every trial rolled back for quality, and only those; what
+    it returns is the trial the loop goes on with (where a repair fits in)."""
+    from reactinfer.planner.loop import Planner
+
+    seen = []
+
+    def over_bound(self, step, action, trial, best_obs):
+        seen.append((action.name, trial["decision"]))
+        return {**trial, "reason": trial["reason"] + " [hook]"}
+
+    monkeypatch.setattr(Planner, "_over_bound", over_bound)
+    model, data = model_and_data
+    noise, slow, _ = _actions()
+    r = _run(model, data, tmp_path / "run", objective="throughput", max_drop=0.01,
+             actions=[noise, slow])
+    assert seen == [("noise", "rolled back")]
+    assert "does not pay" in next(t for t in r["trials"] if t["action"] == "slow engine")["reason"]
+
+
+def test_a_format_over_the_bound_on_one_engine_puts_lossless_steps_first():
+    from reactinfer.planner.actions import Candidate, _expect_engine_format
+
+    acts, kinds = _catalogue_forms()
+    torch_ = Candidate()
+    ort_int8 = acts["onnxruntime int8 dynamic"].apply(torch_, kinds)
+    torch_int8 = acts["int8 dynamic (per-channel)"].apply(torch_, kinds)
+    ort = acts["onnxruntime fp32"].apply(torch_, kinds)
+    over = {"action": "onnxruntime int8 dynamic", "candidate": ort_int8.to_json(),
+            "decision": "rolled back", "reason": "top-10 recall 0.911 < 0.950",
+            "over_bound": True}
+    for cpu in CPUS:
+        ctx = dataclasses.replace(_ctx(CPUS[cpu], torch_, torch_int8), log=[over])
+        g_int8, why = _expect_engine_format(ctx)
+        g_fresh = _expect_engine_format(_ctx(CPUS[cpu], torch_, torch_int8))[0]
+        g_ort = _expect_engine_format(_ctx(CPUS[cpu], torch_, ort))[0]
+        assert g_int8 < g_fresh and g_int8 < g_ort, (cpu, g_int8, g_ort)
+        assert "0.911" in why and "lossless steps come first" in why

@@ -42,7 +42,7 @@ class HardwareProfile:
         return asdict(self)
 
     def summary(self) -> str:
-        flags = ",".join(k for k, v in self.isa.items() if v) or "none"
+        flags = isa_text(self.isa)
         gpu = f", GPU {self.gpu_name}" if self.gpu else ", no GPU"
         return (f"{self.cpu_model} ({self.cores_physical} cores / {self.cores_logical} threads, "
                 f"ISA: {flags}), {self.memory_gb:.0f} GiB{gpu}")
@@ -81,6 +81,11 @@ def native_bf16(isa: dict[str, bool]) -> bool:
     """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere engines
     emulate it, slower than fp32."""
     return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
+
+
+def isa_text(isa: dict[str, bool]) -> str:
+    """The ISA features present, as reports print them (e.g. `avx2,avx512,vnni,avx512_bf16`)."""
+    return ",".join(k for k, v in isa.items() if v) or "none"
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.hardware import isa_text
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -70,7 +72,7 @@ def format_report(r: dict[str, Any]) -> str:
     else:
         rows.append(("quality", r.get("quality_note", "not measured")))
     hw = r["hardware"]
-    flags = ",".join(k for k, v in hw["isa"].items() if v) or "none"
+    flags = isa_text(hw["isa"])
     rows.append(("hardware", f"{hw['cpu_model']} · {hw['cores_logical']} threads · {flags}"
                              + (f" · GPU {hw['gpu_name']}" if hw.get("gpu") else "")))
     width = max(len(k) for k, _ in rows)

@@ -63,9 +63,18 @@ class Context:
     objective: str
     model_facts: dict[str, Any]
     log: ObservationLog
+    # the candidate the action is applied to, and the one it leads to (None: not known)
+    base: Candidate = Candidate()
+    cand: Candidate | None = None
 
     def family_results(self, family: str) -> list[dict[str, Any]]:
         return [t for t in self.log if t.get("family") == family]
+
+    def format_overshoot(self, fmt: str) -> dict[str, Any] | None:
+        """The last trial in number format `fmt` (any engine) that went over the bound."""
+        over = [t for t in self.log if t.get("over_bound")
+                and number_format(Candidate.from_json(t["candidate"])) == fmt]
+        return over[-1] if over else None
 
     def structural_overshoot(self) -> dict[str, Any] | None:
         """The structural trial that overshot the quality bound the most, if any."""
@@ -87,9 +96,12 @@ Expect = Callable[[Context], tuple[float, str]]
 class Action:
     """`steps` are transform config dicts appended to the recipe; `runtime=True` marks steps
     that change the torch model's number format (they stay last, and need a torch backend).
-    `backend` switches the backend (and options). Actions in a `family` escalate: level n is
-    only tried once level n-1 was kept. `cost` says how long a first trial is expected to
-    take, in measurements; steps with a `time_budget_s` add that."""
+    `backend` switches the backend (and options). `formats` expresses a number format for
+    the engine at hand: on a candidate whose backend is a key, the action merges those
+    backend options instead (bf16 is a `CastHalf` step on torch, precision "bf16" on
+    OpenVINO). Actions in a `family` escalate: level n is only tried once level n-1 was
+    kept. `cost` says how long a first trial is expected to take, in measurements; steps
+    with a `time_budget_s` add that."""
 
     name: str
     family: str
@@ -104,20 +116,25 @@ class Action:
     # predicts from it until a trial of its family was measured): more than 1 where
     # building is slow or measuring includes a one-off (torch.compile compiles then)
     cost: float = 1.0
+    formats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def apply(self, cand: Candidate, runtime_kinds: set[str]) -> Candidate | None:
         """The candidate this action leads to, or None where it does not apply."""
         configs = cand.configs()
         structural = [c for c in configs if c["type"] not in runtime_kinds]
         runtime = [c for c in configs if c["type"] in runtime_kinds]
-        if self.backend is not None:
-            name, opts = self.backend
+        target = (cand.backend, self.formats[cand.backend]) if cand.backend in self.formats \
+            else self.backend
+        if target is not None:
+            name, opts = target
             if runtime and name not in TORCH_BACKENDS:
                 return None  # torch-format quantization cannot be exported to another engine
             merged = {**(cand.backend_options() if name == cand.backend else {}), **opts}
             new = dataclasses.replace(cand, backend=name,
                                       options=json.dumps(merged, sort_keys=True))
             return new if new != cand else None
+        if self.steps and all(any(_same_step(s, c) for c in structural) for s in self.steps):
+            return None  # already in the recipe: a step is applied once per candidate
         if self.runtime:
             if cand.backend not in TORCH_BACKENDS or any(
                     c["type"] == s["type"] for c in runtime for s in self.steps):
@@ -130,6 +147,13 @@ class Action:
 
 
 TORCH_BACKENDS = ("torch", "torch-compile")
+
+
+def _same_step(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same transform with the same settings; a time budget cut to fit does not count."""
+    def strip(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k != "time_budget_s"}
+    return strip(a) == strip(b)
 
 
 def model_facts(model: Any) -> dict[str, Any]:
@@ -164,25 +188,121 @@ def _observed(ctx: Context, family: str) -> str:
 # measured, and kept only if it pays.
 # ---------------------------------------------------------------------------------------
 
-def _expect_ort_fp32(ctx: Context) -> tuple[float, str]:
+# What an engine and a number format are expected to give on a CPU, relative to eager
+# PyTorch fp32: priors that only order the trials (measured on 2-core AVX-512 machines for
+# MiniLM, issue #13: ONNX Runtime fp32 ×2.0 and OpenVINO fp32 ×2.3 over sentence-transformers'
+# encode, on top of which int8 gave ×1.9 / ×2.4 with VNNI and OpenVINO bf16 ×1.7 with
+# avx512_bf16). Every step is still measured here and kept only if it pays.
+ENGINE_SPEED = {"torch": 1.0, "torch-compile": 1.1, "onnxruntime": 1.35, "openvino": 1.5}
+ENGINE_NOTE = {
+    "torch": "eager PyTorch runs each op on its own.",
+    "torch-compile": "torch.compile fuses element-wise work around the GEMMs; a modest, "
+                     "lossless gain on CPU, after a one-off compile that is not counted in "
+                     "steady-state speed.",
+    "onnxruntime": "ONNX Runtime fuses attention, GELU/SiLU and LayerNorm into single kernels "
+                   "and is lossless in fp32.",
+    "openvino": "OpenVINO compiles the graph for this CPU's ISA (oneDNN kernels, fused "
+                "attention) and is lossless in fp32.",
+}
+# int8 GEMM gain over the engine's fp32: (AMX int8, VNNI, neither)
+_INT8_SPEED = {"openvino": (3.0, 2.4, 1.2), "onnxruntime": (2.0, 1.8, 1.15)}
+_INT8_TORCH = (1.8, 1.5, 1.1)
+# native half-precision GEMM gain over fp32: (AMX, AVX-512)
+_HALF_SPEED = {"openvino": (2.5, 1.7)}
+_HALF_TORCH = (1.6, 1.3)
+_NATIVE = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("avx512_fp16",)}
+# stored size over fp32: int8 keeps embeddings and norms in float; OpenVINO's bf16 is an
+# inference precision (the IR keeps the float weights)
+_SIZE = {"int8": 3.5, "bf16": 2.0, "fp16": 2.0}
+
+
+def number_format(cand: Candidate) -> str:
+    """The number format a candidate computes in: fp32, bf16, fp16, int8, or woq."""
+    precision = cand.backend_options().get("precision")
+    if precision:
+        return "int8" if str(precision).startswith("int8") else str(precision)
+    for c in cand.configs():
+        if c["type"] == "CastHalf":
+            return str(c.get("dtype", "bf16"))
+        if c["type"] == "QuantizeDynamicInt8":
+            return "int8"
+        if c["type"] == "QuantizeWeightOnly":
+            return "woq"
+    return "fp32"
+
+
+def format_speed(hw: HardwareProfile, engine: str, fmt: str) -> tuple[float, str]:
+    """Expected speed of `fmt` over fp32 on `engine` on this CPU, and why."""
+    isa = hw.isa
+    if fmt in _NATIVE:
+        if hw.gpu and engine in TORCH_BACKENDS:
+            return 1.8, f"A GPU is present: {fmt} halves memory traffic and uses tensor cores."
+        have = [name for name in _NATIVE[fmt] if isa.get(name)]
+        if not have:
+            return 0.8, (f"No native {fmt} GEMM on this CPU (no {' or '.join(_NATIVE[fmt])}): "
+                         f"{fmt} is likely slower than fp32 here.")
+        amx, avx512 = _HALF_SPEED.get(engine, _HALF_TORCH)
+        g = amx if any(n.startswith("amx") for n in have) else avx512
+        return g, (f"Native {fmt} ({', '.join(have)}) on this CPU → {fmt} on {engine} expected "
+                   f"×{g:.1f} over fp32.")
+    if fmt == "int8":
+        amx, vnni, plain = _INT8_SPEED.get(engine, _INT8_TORCH)
+        if isa.get("amx_int8"):
+            return amx, (f"AMX int8 tiles (amx_int8) → int8 on {engine} expected ×{amx:.1f} "
+                         "over fp32.")
+        if isa.get("vnni"):
+            which = "avx_vnni" if isa.get("avx_vnni") and not isa.get("avx512") else "AVX-512 VNNI"
+            return vnni, (f"int8 dot products ({which}) → int8 on {engine} expected ×{vnni:.1f} "
+                          "over fp32; quality must be checked.")
+        return plain, ("No VNNI/AMX on this CPU → int8 GEMMs gain little here; int8 still cuts "
+                       f"memory traffic: ×{plain:.2f} expected, after the lossless steps.")
+    return 1.0, ""
+
+
+def candidate_speed(hw: HardwareProfile, cand: Candidate) -> tuple[float, str]:
+    """Expected speed of a candidate's engine and number format over eager PyTorch fp32."""
+    g, why = format_speed(hw, cand.backend, number_format(cand))
+    return ENGINE_SPEED.get(cand.backend, 1.0) * g, why
+
+
+def _expect_engine_format(ctx: Context) -> tuple[float, str]:
+    """An engine or number-format step: the expected speed of the candidate it leads to
+    over that of its base, from the hardware profile (size: stored bytes)."""
+    assert ctx.cand is not None, "engine/format expectations need the candidate"
+    new_fmt, old_fmt = number_format(ctx.cand), number_format(ctx.base)
+    engine = ctx.cand.backend
+    note = ENGINE_NOTE.get(engine, "") if engine != ctx.base.backend else ""
     if ctx.objective == "size":
-        return 1.0, "ONNX Runtime fp32 stores the same weights; no size gain expected."
-    return 1.35, (f"ONNX Runtime fuses attention, GELU/SiLU and LayerNorm into single kernels and "
-                  f"is lossless; on {ctx.hardware.cores_logical} CPU threads that usually beats "
-                  "eager PyTorch, so try it first: it costs no quality.")
+        g = _size(ctx.cand) / _size(ctx.base)
+        return g, (f"{new_fmt} on {engine} stores ×{g:.2f} fewer bytes than the base's "
+                   f"{old_fmt}. {note}").strip()
+    new, why = candidate_speed(ctx.hardware, ctx.cand)
+    old, _ = candidate_speed(ctx.hardware, ctx.base)
+    g = new / old
+    over = ctx.format_overshoot(new_fmt) if new_fmt != old_fmt else None
+    if over is not None and g > 1:  # what was observed outweighs the prior
+        g = 1 + (g - 1) * 0.25
+        why += (f" But {new_fmt} went over the bound as {over['action']} "
+                f"({over['reason']}): it may here too, so lossless steps come first.")
+    return g, (f"{note} {why} Prior over eager PyTorch fp32: ×{new:.2f} for "
+               f"{engine} {new_fmt}, ×{old:.2f} for the base's "
+               f"{ctx.base.backend} {old_fmt}.").replace("  ", " ").strip()
+
+
+def _size(cand: Candidate) -> float:
+    fmt = number_format(cand)
+    if fmt == "bf16" and cand.backend == "openvino":
+        return 1.0
+    return _SIZE.get(fmt, 1.0)
 
 
 def _expect_int8(engine: str) -> Expect:
+    """Weight-only int8 in eager PyTorch (LMs): its own kernels, not the GEMM priors."""
     def expect(ctx: Context) -> tuple[float, str]:
-        isa = ctx.hardware.isa
         if ctx.objective == "size":
             return 3.5, f"int8 weights are 4× smaller than fp32; {engine} quantizes Linear layers."
-        if isa.get("vnni") or isa.get("amx"):
-            return 1.8, (f"This CPU has VNNI/AMX int8 dot products, so {engine} int8 GEMMs should "
-                         "run well ahead of fp32; quality must be checked.")
-        return 1.15, (f"This CPU has AVX2 but no VNNI/AMX: int8 GEMMs gain little over fp32 here, "
-                      f"but {engine} int8 also halves memory traffic; worth one measurement, "
-                      "after the lossless steps.")
+        return 1.1, (f"{engine} int8 reads a quarter of the weight bytes, which pays when "
+                     "decoding is memory-bound; its GEMMs dequantize on the fly.")
     return expect
 
 
@@ -208,27 +328,6 @@ def _expect_prune(what: str, fraction: float) -> Expect:
                       f"recovery distillation on the train split limits the quality loss."
                       + _observed(ctx, "prune-" + what.split()[0].lower()))
     return expect
-
-
-def _expect_half(dtype: str) -> Expect:
-    def expect(ctx: Context) -> tuple[float, str]:
-        if ctx.hardware.gpu:
-            return 1.8, f"A GPU is present: {dtype} halves memory traffic and uses tensor cores."
-        if ctx.objective == "size":
-            return 2.0, f"{dtype} halves the stored weights."
-        isa = ctx.hardware.isa
-        native = ("amx_bf16", "avx512_bf16") if dtype == "bf16" else ("avx512_fp16",)
-        have = [name for name in native if isa.get(name)]
-        if have:
-            return 1.3, f"This CPU has native {dtype} instructions ({', '.join(have)})."
-        return 0.8, (f"No native {dtype} GEMM on this CPU (no {' or '.join(native)}): eager "
-                     f"{dtype} is likely slower than fp32; measured last, for completeness.")
-    return expect
-
-
-def _expect_compile(ctx: Context) -> tuple[float, str]:
-    return 1.1, ("torch.compile fuses element-wise work around the GEMMs; a modest, lossless gain "
-                 "on CPU, after a one-off compile that is not counted in steady-state speed.")
 
 
 def _expect_llamacpp(quant: str, gain: float) -> Expect:

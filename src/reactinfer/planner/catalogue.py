@@ -3,18 +3,19 @@ are left out (with the reason kept in `unavailable_actions()`), so the planner o
 tries what this installation can do."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..core.backend import list_backends
 from ..core.errors import UserError
+from ..core.hardware import HardwareProfile, hardware_profile
 from ..core.transform import config_from_dict
 from .actions import (
+    _NATIVE,
     Action,
-    _expect_compile,
-    _expect_half,
+    _expect_engine_format,
     _expect_int8,
     _expect_llamacpp,
-    _expect_ort_fp32,
     _expect_prune,
     _expect_sparse,
 )
@@ -32,10 +33,12 @@ def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
 def catalogue() -> list[Action]:
     return [
         # lossless engine choices first
-        Action("onnxruntime fp32", "ort", _expect_ort_fp32,
+        Action("onnxruntime fp32", "ort", _expect_engine_format,
                backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
+        Action("openvino fp32", "openvino", _expect_engine_format,
+               backend=("openvino", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
         # compiling for each new input shape happens while it is measured: ~3 measurements
-        Action("torch.compile", "compile", _expect_compile, backend=("torch-compile", {}),
+        Action("torch.compile", "compile", _expect_engine_format, backend=("torch-compile", {}),
                tasks=ENCODERS, lossless=True, cost=3.0),
         Action("llama.cpp (packaged GGUF)", "llamacpp-source",
                _expect_llamacpp("its packaged", 5.0),
@@ -58,23 +61,32 @@ def catalogue() -> list[Action]:
                steps=({"type": "DropLayers", "keep": 5 / 6}, _recovery())),
         Action("drop 1/3 layers + distil", "prune-layers", _expect_prune("layers", 1 / 3),
                steps=({"type": "DropLayers", "keep": 4 / 6}, _recovery()), level=1),
-        # number formats
-        Action("onnxruntime int8 dynamic", "ort-int8", _expect_int8("ONNX Runtime"),
+        # number formats: an engine with its format, and the format for the engine at hand
+        # (the trace names the form each trial took)
+        Action("onnxruntime int8 dynamic", "ort-int8", _expect_engine_format,
                backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS),
-        Action("torch int8 dynamic (per-channel)", "torch-int8", _expect_int8("PyTorch"),
-               steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True),
+        # NNCF post-training quantization, calibrated on the calibration split
+        Action("openvino int8", "openvino-int8", _expect_engine_format,
+               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS),
+        Action("openvino bf16", "openvino-bf16", _expect_engine_format,
+               backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS),
+        Action("int8 dynamic (per-channel)", "int8", _expect_engine_format,
+               steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True,
+               formats={"onnxruntime": {"precision": "int8-dynamic"},
+                        "openvino": {"precision": "int8"}}),
         Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),
                steps=({"type": "QuantizeWeightOnly", "bits": 8},), runtime=True, tasks=LM),
-        Action("bf16", "half", _expect_half("bf16"), steps=({"type": "CastHalf", "dtype": "bf16"},),
-               runtime=True),
-        Action("fp16", "half", _expect_half("fp16"), steps=({"type": "CastHalf", "dtype": "fp16"},),
-               runtime=True, level=1),
+        Action("bf16", "half", _expect_engine_format,
+               steps=({"type": "CastHalf", "dtype": "bf16"},), runtime=True,
+               formats={"openvino": {"precision": "bf16"}}),
+        Action("fp16", "half", _expect_engine_format,
+               steps=({"type": "CastHalf", "dtype": "fp16"},), runtime=True, level=1),
         Action("2:4 sparsity", "sparse", _expect_sparse,
                steps=({"type": "Prune2of4"},), tasks=ENCODERS),
     ]
 
 
-def _why_unavailable(a: Action) -> str | None:
+def _why_unavailable(a: Action, hw: HardwareProfile) -> str | None:
     for step in a.steps:
         try:
             config_from_dict(step)
@@ -87,12 +99,32 @@ def _why_unavailable(a: Action) -> str | None:
             return f"backend {a.backend[0]} is not part of this installation"
         if not b.available():
             return f"backend {a.backend[0]}: {b.why_unavailable()}"
+    if a.backend is not None and not _runs_here(a.backend[1], hw):
+        precision = a.backend[1]["precision"]
+        return f"no native {precision} on this CPU (no {' or '.join(_NATIVE[precision])})"
     return None
 
 
-def default_actions() -> list[Action]:
-    return [a for a in catalogue() if _why_unavailable(a) is None]
+def _runs_here(options: dict[str, Any], hw: HardwareProfile) -> bool:
+    """A half-precision engine option needs native instructions: OpenVINO refuses bf16 on a
+    CPU without avx512_bf16 / amx_bf16 rather than emulate it slowly."""
+    precision = options.get("precision")
+    return precision not in _NATIVE or any(hw.isa.get(n) for n in _NATIVE[precision])
 
 
-def unavailable_actions() -> dict[str, str]:
-    return {a.name: why for a in catalogue() if (why := _why_unavailable(a)) is not None}
+def _for_hardware(a: Action, hw: HardwareProfile) -> Action:
+    """Drop the forms of a format action this CPU cannot run (OpenVINO's bf16 needs native
+    bf16): the action then does not apply on that engine."""
+    keep = {engine: opts for engine, opts in a.formats.items() if _runs_here(opts, hw)}
+    return a if keep == a.formats else dataclasses.replace(a, formats=keep)
+
+
+def default_actions(hw: HardwareProfile | None = None) -> list[Action]:
+    """The catalogue's actions this installation and CPU (`hw`, default: this one) can run."""
+    hw = hw or hardware_profile()
+    return [_for_hardware(a, hw) for a in catalogue() if _why_unavailable(a, hw) is None]
+
+
+def unavailable_actions(hw: HardwareProfile | None = None) -> dict[str, str]:
+    hw = hw or hardware_profile()
+    return {a.name: why for a in catalogue() if (why := _why_unavailable(a, hw)) is not None}

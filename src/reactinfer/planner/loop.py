@@ -183,6 +183,7 @@ class Planner:
         if stored is not None:
             self.reused += 1
             trial = {**stored, "family": family, "reused": True}
+            trial["over_bound"] = self._out_of_bound(trial)  # derived: not stored
             self.log.append(trial)
             return trial
         t0 = time.perf_counter()
@@ -199,18 +200,7 @@ class Planner:
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
         else:
             assert obs is not None  # _observe returned a measurement
-            if best_obs is None:
-                decision, reason = "baseline", "the original model"
-            else:
-                ok, why = within_bound(self.base.task, obs["quality"], self.s.max_drop)
-                g = gain(obs, best_obs, self.s.objective)
-                if not ok:
-                    decision, reason = "rolled back", why
-                elif g < 1 + self.s.min_gain:
-                    decision = "rolled back"
-                    reason = f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})"
-                else:
-                    decision, reason = "kept", f"{self.s.objective} ×{g:.2f} vs best; {why}"
+            decision, reason = self._judge(obs, best_obs)
         trial = {"key": cand.key, "step": step, "action": action, "thought": thought,
                  "parent": parent, "candidate": cand.to_json(), "observation": obs,
                  "decision": decision, "reason": reason,
@@ -218,8 +208,35 @@ class Planner:
         self.store.put(trial)
         if obs is not None and self.ref_results is None:
             raise AssertionError("the baseline must be observed first")
-        trial.update(family=family, reused=False)
+        trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
         self.log.append(trial)
+        return trial
+
+    def _judge(self, obs: dict[str, Any], best_obs: dict[str, Any] | None) -> tuple[str, str]:
+        """Keep or roll back a measured candidate: within the bound, and better than the best
+        by `min_gain`."""
+        if best_obs is None:
+            return "baseline", "the original model"
+        ok, why = within_bound(self.base.task, obs["quality"], self.s.max_drop)
+        g = gain(obs, best_obs, self.s.objective)
+        if not ok:
+            return "rolled back", why
+        if g < 1 + self.s.min_gain:
+            return "rolled back", f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})"
+        return "kept", f"{self.s.objective} ×{g:.2f} vs best; {why}"
+
+    def _out_of_bound(self, trial: dict[str, Any]) -> bool:
+        """A measured trial whose quality is outside the bound."""
+        obs = trial.get("observation")
+        return obs is not None and not within_bound(self.base.task, obs["quality"],
+                                                    self.s.max_drop)[0]
+
+    def _over_bound(self, step: int, action: Action, trial: dict[str, Any],
+                    best_obs: dict[str, Any]) -> dict[str, Any]:
+        """The one place a trial rolled back for quality is handled: the hook for repairing
+        it (keeping its most sensitive layers in higher precision) and returning the repaired
+        trial instead; a returned trial that is "kept" becomes the best (its "candidate").
+        As it stands, the rollback stands."""
         return trial
 
     def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
@@ -306,24 +323,55 @@ class Planner:
                        model_facts(self.base.model), self.log)
 
     def _options(self, best: Candidate, tried: set[str]) -> list[tuple[Action, Candidate, str]]:
-        """The untried actions that apply to `best`, most promising first, with the Thought."""
+        """The actions that lead from `best` to a candidate not tried yet, most promising
+        first, with the Thought. Keyed by candidate, not by action: on each new best every
+        action is considered again, so a step rolled back on one base is retried on another
+        (the Thought says how it went before), and a number format is expressed for the
+        engine at hand."""
         ctx = self._context()
         kept = {t["action"] for t in self.log if t["decision"] == "kept"}
         options: list[tuple[float, int, Action, Candidate, str]] = []
         for a in self.actions:
-            if a.name in tried:
-                continue
             if a.level > 0 and not any(b.family == a.family and b.level == a.level - 1
                                        and b.name in kept for b in self.actions):
                 continue  # escalate a family only after its milder step paid off
             cand = a.apply(best, self.runtime_kinds)
-            if cand is None:
+            if cand is None or cand.key in tried:
                 continue
-            expected, why = a.expect(ctx)
-            options.append((expected, -len(options), a, cand, why))
+            expected, why = a.expect(dataclasses.replace(ctx, base=best, cand=cand))
+            expected, before = self._earlier(a, cand, expected)
+            options.append((expected, -len(options), a, cand, why + before))
         options.sort(key=lambda o: (o[0], o[1]), reverse=True)
+        unique, seen = [], set()  # the same candidate by another action is one trial
+        for o in options:  # (the most promising action's)
+            if o[3].key not in seen:
+                seen.add(o[3].key)
+                unique.append(o)
         return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
-                          f"{_how(a, best)}.") for expected, _, a, cand, why in options]
+                          f"{_how(a, best, cand)}.") for expected, _, a, cand, why in unique]
+
+    def _earlier(self, action: Action, cand: Candidate, expected: float) -> tuple[float, str]:
+        """What trials of `action` on other bases say about trying it on this one. A step
+        that went over the bound changes the model the same way here (unless it takes
+        another engine's form), so it is expected to fail again: tried after the others; so
+        is a step that failed (an engine that cannot take the model)."""
+        done = [t for t in self.log if t["action"] == action.name and t["decision"] != "skipped"]
+        if not done:
+            return expected, ""
+        last = done[-1]
+        note = (f" Tried at step {last['step']} on [{self._base_of(last)}]: {last['decision']} "
+                f"({last['reason']})")
+        same_form = not (action.formats or action.backend) \
+            or last["candidate"]["backend"] == cand.backend
+        if (last["over_bound"] or last["decision"] == "failed") and same_form:
+            expected = min(expected, 1 + (expected - 1) * 0.25)
+            return expected, note + "; the same change on this base, so it comes last."
+        return expected, note + "; retried on this base."
+
+    def _base_of(self, trial: dict[str, Any]) -> str:
+        """The candidate a trial was applied to, in words."""
+        parent = next((t for t in self.log if t["key"] == trial["parent"]), None)
+        return Candidate.from_json(parent["candidate"]).describe() if parent else "?"
 
     def _pick(self, best: Candidate, tried: set[str], left: float) -> Pick | str | None:
         """The most promising action that fits in `left` seconds, and the more promising
@@ -389,17 +437,22 @@ class Planner:
                 break
             action, cand, thought, skipped = picked
             for s_action, s_cand, s_thought, why in skipped:
-                tried.add(s_action.name)
+                tried.add(s_cand.key)
                 step += 1
                 self._skip(step, s_action, s_cand, s_thought, best.key, why)
-            tried.add(action.name)
+            # the candidate as offered and as cut to the time left are the same trial
+            offered = action.apply(best, self.runtime_kinds)
+            tried.update({cand.key} | ({offered.key} if offered else set()))
             step += 1
             n_trials += 1
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
+            if trial["decision"] == "rolled back" and trial["over_bound"]:
+                trial = self._over_bound(step, action, trial, best_obs)
             bar.update(1)
             if trial["decision"] == "kept":
-                best, best_obs, best_trial = cand, trial["observation"], trial
+                best = Candidate.from_json(trial["candidate"])
+                best_obs, best_trial = trial["observation"], trial
         bar.close()
         self.bar = None
         return {"stop": stop, "baseline": ref_trial, "best": best_trial, "best_candidate": best,
@@ -407,11 +460,15 @@ class Planner:
                 "seconds": time.perf_counter() - t_start}
 
 
-def _how(action: Action, best: Candidate) -> str:
+def _how(action: Action, best: Candidate, cand: Candidate) -> str:
     """How the action relates to the best candidate: an engine switch replaces its backend
-    (the recipe's transforms stay); anything else is applied on top of it."""
-    if action.backend is not None and action.backend[0] != best.backend:
-        return f"replacing the backend of [{best.describe()}] with {action.backend[0]}"
+    (the recipe's transforms stay), a number format takes the form of the engine at hand;
+    anything else is applied on top of it."""
+    if cand.backend != best.backend:
+        return f"replacing the backend of [{best.describe()}] with {cand.backend}"
+    if cand.backend in action.formats:
+        opts = ", ".join(f"{k}={v}" for k, v in action.formats[cand.backend].items())
+        return f"on {cand.backend} this is {opts}: applying to [{best.describe()}]"
     return f"applying to [{best.describe()}]"
 
 

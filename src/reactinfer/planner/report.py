@@ -221,9 +221,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += _side_by_side(data, conf)
     lines += [f"Best recipe: `{data['best_recipe']}`", "",
               "## Trace (thought → action → observation)", ""]
+    by_key = {t["key"]: t for t in data["trials"] if t["decision"] != "skipped"}
     for t in data["trials"]:
         reused = " *(reused from store)*" if t.get("reused") else ""
-        lines += [f"**{t['step']}. {t['action']}** — {t['decision']}{reused}",
+        parent = by_key.get(t.get("parent") or "")
+        on = f" — on step {parent['step']} ({parent['action']})" if parent else ""
+        lines += [f"**{t['step']}. {t['action']}**{on} — {t['decision']}{reused}",
                   f"- Thought: {t['thought']}",
                   f"- Action: `{json.dumps(t['candidate'])}`",
                   f"- Observation: {_fmt_obs(t.get('observation'), obj, base)}",
