@@ -104,6 +104,10 @@ class Action:
     # predicts from it until a trial of its family was measured): more than 1 where
     # building is slow or measuring includes a one-off (torch.compile compiles then)
     cost: float = 1.0
+    # the backend option that keeps named layers in higher precision (e.g. "fp32_layers"):
+    # when a trial of this action overshoots the quality bound, planner/repair.py searches
+    # the smallest set of its most sensitive layers to keep there
+    fallback: str | None = None
 
     def apply(self, cand: Candidate, runtime_kinds: set[str]) -> Candidate | None:
         """The candidate this action leads to, or None where it does not apply."""
@@ -130,6 +134,8 @@ class Action:
 
 
 TORCH_BACKENDS = ("torch", "torch-compile")
+# backend options that name layers kept in higher precision (Action.fallback), for reports
+FALLBACK_OPTIONS = ("fp32_layers",)
 
 
 def model_facts(model: Any) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def catalogue() -> list[Action]:
                steps=({"type": "DropLayers", "keep": 4 / 6}, _recovery()), level=1),
         # number formats
         Action("onnxruntime int8 dynamic", "ort-int8", _expect_int8("ONNX Runtime"),
-               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS),
+               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS,
+               fallback="fp32_layers"),
         Action("torch int8 dynamic (per-channel)", "torch-int8", _expect_int8("PyTorch"),
                steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True),
         Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),

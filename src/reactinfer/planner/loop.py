@@ -47,6 +47,7 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .repair import repair
 from .store import TrialStore
 
 OBJECTIVES = {  # name → (observation path, higher is better)
@@ -389,6 +390,8 @@ class Planner:
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
             bar.update(1)
+            if trial["decision"] == "rolled back" and action.fallback:  # over the bound?
+                trial, cand, step = repair(self, action, trial, cand, best_trial, step)
             if trial["decision"] == "kept":
                 best, best_obs, best_trial = cand, trial["observation"], trial
         bar.close()
