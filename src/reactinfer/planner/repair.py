@@ -107,8 +107,10 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
             f" and {k - SHOW_LAYERS} more" if k > SHOW_LAYERS else "")
         thought = (f"{action.name} overshot ({why}). Ranked its {len(names)} quantizable layers "
                    f"by the error int8 adds to each one's output on {n_cal} calibration texts "
-                   f"({rank_s:.1f}s); the {k} most sensitive are {shown} → keep "
-                   f"{'it' if k == 1 else 'them'} in higher precision ({action.fallback}), "
+                   f"({rank_s:.1f}s); "
+                   + (f"the most sensitive is {shown} → keep it" if k == 1 else
+                      f"the {k} most sensitive are {shown} → keep them")
+                   + f" in higher precision ({action.fallback}), "
                    + ("growing the set until the bound holds." if hi is None else
                       f"bisecting between {lo} (missed) and {hi} (met) layers."))
         name = f"{action.name} + {k} layer{'s' if k > 1 else ''} fp32"

@@ -207,7 +207,7 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
 def _fallback_line(t: dict[str, Any]) -> list[str]:
     """The layers a trial kept in higher precision (planner/repair.py), by name."""
     opts = t["candidate"].get("backend_options", {})
-    return [f"- Kept in higher precision ({key}, {len(opts[key])} layers): "
+    return [f"- Kept in higher precision ({key}, {len(opts[key])} of the layers): "
             + ", ".join(f"`{name}`" for name in opts[key])
             for key in FALLBACK_OPTIONS if opts.get(key)]
 
