@@ -29,23 +29,23 @@ pytest.importorskip("onnxruntime")
 SENSITIVE = "/model/encoder/layer.1/output/dense/MatMul"
 
 
-def _outlier_model():
-    model = tiny_model("embedding")
-    ffn = model.encoder.layer[1]
-    with torch.no_grad():
-        ffn.intermediate.dense.weight[0].zero_()
-        ffn.intermediate.dense.bias[0] = 1000.0  # GELU(1000) = 1000, for every token
-        ffn.output.dense.weight.mul_(500.0)  # the layer's output dominates the residual
-        ffn.output.dense.weight[:, 0] = 0.0  # the float model never sees the outlier
-    return model
+def _outlier_dir(path, layers=2, outliers=(1,)):
+    model = tiny_model("embedding", layers=layers)
+    for i in outliers:
+        ffn = model.encoder.layer[i]
+        with torch.no_grad():
+            ffn.intermediate.dense.weight[0].zero_()
+            ffn.intermediate.dense.bias[0] = 1000.0  # GELU(1000) = 1000, for every token
+            ffn.output.dense.weight.mul_(500.0)  # the layer's output dominates the residual
+            ffn.output.dense.weight[:, 0] = 0.0  # the float model never sees the outlier
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return path
 
 
 @pytest.fixture
 def outlier_dir(tmp_path):
-    d = tmp_path / "outlier"
-    _outlier_model().save_pretrained(d, safe_serialization=True)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return _outlier_dir(tmp_path / "outlier")
 
 
 @pytest.fixture
@@ -74,13 +74,17 @@ def test_sensitivity_ranks_the_outlier_layer_first(outlier_dir):
     assert errors[SENSITIVE] > 0.1 > max(errors[n] for n in ranked[1:])
 
 
-def test_fallback_search_finds_a_set_within_the_bound(outlier_dir, data, tmp_path):
-    out = tmp_path / "run"
+def _optimize(model_dir, data, out):
     # min_gain -1: every candidate within the bound "pays", so the test decides on quality
     # alone and never on a timing
-    r = optimize(str(outlier_dir), data=data, out=out, objective="throughput", max_drop=0.05,
-                 budget_s=300, n_eval=40, batch_size=8, latency_runs=3, confirm_n_eval=0,
-                 progress=False, actions=[_int8_action()], min_gain=-1.0)
+    return optimize(str(model_dir), data=data, out=out, objective="throughput",
+                    max_drop=0.05, budget_s=300, n_eval=40, batch_size=8, latency_runs=3,
+                    confirm_n_eval=0, progress=False, actions=[_int8_action()], min_gain=-1.0)
+
+
+def test_fallback_search_finds_a_set_within_the_bound(outlier_dir, data, tmp_path):
+    out = tmp_path / "run"
+    r = _optimize(outlier_dir, data, out)
     trials = r["trials"]
     full = trials[1]
     assert full["action"] == "onnxruntime int8 dynamic" and full["decision"] == "rolled back"
@@ -100,6 +104,23 @@ def test_fallback_search_finds_a_set_within_the_bound(outlier_dir, data, tmp_pat
     assert best.backend_options["fp32_layers"] == [SENSITIVE]
     stored = json.loads((out / "report.json").read_text())
     assert stored["trials"][2]["candidate"]["backend_options"]["fp32_layers"] == [SENSITIVE]
+
+
+def test_the_search_grows_bisects_and_keeps_the_smallest_set(data, tmp_path):
+    # three layers that each alone break the bound: 1 and 2 miss, 4 meets, then 3 meets
+    model = _outlier_dir(tmp_path / "three", layers=3, outliers=(0, 1, 2))
+    r = _optimize(model, data, tmp_path / "run")
+    fallbacks = [t for t in r["trials"][2:] if t.get("observation")]
+    ks = [len(t["candidate"]["backend_options"]["fp32_layers"]) for t in fallbacks]
+    assert ks == [1, 2, 4, 3], [(t["action"], t["decision"], t["reason"]) for t in fallbacks]
+    met = [within_bound("embedding", t["observation"]["quality"], 0.05)[0] for t in fallbacks]
+    assert met == [False, False, True, True]
+    assert [t["decision"] for t in fallbacks] == ["rolled back"] * 2 + ["rolled back", "kept"]
+    assert "smaller set of 3 layers" in fallbacks[2]["reason"]
+    chosen = fallbacks[3]["candidate"]["backend_options"]["fp32_layers"]
+    assert sorted(chosen) == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+    assert r["best"]["key"] == fallbacks[3]["key"]
+    assert "bisecting between 2 (missed) and 4 (met)" in fallbacks[3]["thought"]
 
 
 def test_fp32_layers_stay_float_and_survive_save_and_reload(outlier_dir, tmp_path):

@@ -12,9 +12,11 @@ meets the bound.
 2. Search k, the number of most sensitive layers kept: growing steps 1, 2, 4, ... until a
    fallback meets the bound, then bisection between the last k that missed and the first
    that met it. Each fallback is a real trial of the loop (built, measured on the held-out
-   texts against the original, kept or rolled back by the loop's rule), in the trace and
-   the store. Growing stops when a fallback is already too slow to pay: more layers in
-   float are only slower.
+   texts against the original, judged by the loop's rule against the best before the
+   repair), in the trace and the store. Of the fallbacks that meet the bound and pay, the
+   one with the fewest layers in float is kept (fewer float layers are faster; between two
+   fallbacks the difference is mostly noise), the others are marked rolled back. Growing
+   stops when a fallback is already too slow to pay: more layers in float are only slower.
 3. The budget: each fallback starts only if the overshooting trial's cost (build and
    measure) fits in what is left after the end of the run's reserve.
 
@@ -73,8 +75,8 @@ def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
 def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candidate,
            best_trial: dict[str, Any], step: int) -> tuple[dict[str, Any], Candidate, int]:
     """Search the smallest fallback that meets the bound for a rolled-back trial of
-    `action` on `cand`. Returns the trial and candidate to keep (the last fallback the
-    loop kept, else the ones given) and the last step number used."""
+    `action` on `cand`. Returns the trial and candidate to keep (the kept fallback with the
+    fewest layers in higher precision, else the ones given) and the last step number."""
     obs = trial.get("observation")
     s, task = planner.s, planner.base.task
     if action.fallback is None or obs is None:
@@ -92,7 +94,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
         return trial, cand, step  # no room to rank and try even one fallback
     ranked, rank_s, n_cal = rank_layers(planner, cand)
     names = [name for name, _ in ranked]
-    kept_trial, kept_cand = trial, cand
+    met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
     lo, hi, k, tried = 0, None, 0, 0
     parent = trial["parent"]
     while tried < MAX_FALLBACKS:
@@ -115,8 +117,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
                       f"bisecting between {lo} (missed) and {hi} (met) layers."))
         name = f"{action.name} + {k} layer{'s' if k > 1 else ''} fp32"
         step += 1
-        left = planner.budget.left() - planner._reserve(kept_trial if kept_trial is not trial
-                                                        else best_trial)
+        left = planner.budget.left() - planner._reserve(best_trial)
         if cost > left:
             planner._skip(step, action, fb, thought, parent,
                           f"predicted to take ~{cost:.0f}s, but only {max(left, 0):.0f}s of "
@@ -124,20 +125,30 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
                           "report")
             break
         tried += 1
-        against = (kept_trial if kept_trial is not trial else best_trial)["observation"]
-        t = planner._trial(step, fb, name, action.family, thought, parent, against)
-        t["fallback"] = {"option": action.fallback, "layers": layers, "of": len(names)}
-        if t["decision"] == "kept":
-            kept_trial, kept_cand = t, fb
+        # judged against the best before the repair: the smallest set that meets the bound
+        # is the one kept (fewer float layers are faster; a speed difference between two
+        # fallbacks is mostly the machine's noise)
+        t = planner._trial(step, fb, name, action.family, thought, parent, best_obs)
         o = t.get("observation")
         if o is None:
             break  # a failed build: the trace says why; more layers will not fix it
         met, why_k = within_bound(task, o["quality"], s.max_drop)
-        pays = gain(o, best_obs, s.objective) >= 1 + s.min_gain
+        if t["decision"] == "kept":
+            met_trials[k] = t
         if met:
             hi = k  # then bisect below it: a smaller set is faster
         else:
             lo, why = k, why_k
-            if not pays:
+            if gain(o, best_obs, s.objective) < 1 + s.min_gain:
                 break  # already too slow to pay; keeping more layers in float is slower
-    return kept_trial, kept_cand, step
+    if not met_trials:
+        return trial, cand, step
+    smallest = min(met_trials)
+    for k_other, t in met_trials.items():
+        if k_other != smallest:  # one kept step per repair: the smallest set
+            t["decision"] = "rolled back"
+            t["reason"] = (f"the smaller set of {smallest} layers also meets the bound; "
+                           + t["reason"])
+            planner.store.put(t)
+    chosen = met_trials[smallest]
+    return chosen, Candidate.from_json(chosen["candidate"]), step
