@@ -92,7 +92,15 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
     cost = float(trial["seconds"])
     if planner.budget.left() - planner._reserve(best_trial) < 2 * cost:
         return trial, cand, step  # no room to rank and try even one fallback
-    ranked, rank_s, n_cal = rank_layers(planner, cand)
+    try:
+        ranked, rank_s, n_cal = rank_layers(planner, cand)
+    # a model whose graph cannot be ranked keeps the loop's decision, and the trace says why
+    except Exception as e:  # noqa: BLE001
+        planner._skip(step + 1, action, cand, f"{action.name} overshot ({why}): rank its layers "
+                      "to keep the most sensitive in higher precision.", trial["parent"],
+                      f"ranking the layers failed: {type(e).__name__}: {e}")
+        planner.log[-1]["decision"] = "failed"  # not a skip for the time budget
+        return trial, cand, step + 1
     names = [name for name, _ in ranked]
     met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
     lo, hi, k, tried = 0, None, 0, 0
