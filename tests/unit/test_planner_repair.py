@@ -168,3 +168,15 @@ def test_search_schedule_grows_then_bisects():
             lo = k
     assert ks == [1, 2, 4, 8, 6, 5] and hi == meets_from
     assert _schedule(3, 0, None, 2) is None  # never all layers: that is the fp32 model
+
+
+def test_a_new_precision_step_drops_the_layer_fallback():
+    from reactinfer.planner.actions import Candidate
+
+    repaired = Candidate.from_json({"transforms": [], "backend": "onnxruntime",
+                                    "backend_options": {"precision": "int8-dynamic",
+                                                        "threads": 2,
+                                                        "fp32_layers": [SENSITIVE]}})
+    fp32 = Action("onnxruntime fp32", "ort", lambda ctx: (1.0, ""),
+                  backend=("onnxruntime", {"precision": "fp32"}))
+    assert fp32.apply(repaired, set()).backend_options() == {"precision": "fp32", "threads": 2}

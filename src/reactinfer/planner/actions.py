@@ -118,7 +118,11 @@ class Action:
             name, opts = self.backend
             if runtime and name not in TORCH_BACKENDS:
                 return None  # torch-format quantization cannot be exported to another engine
-            merged = {**(cand.backend_options() if name == cand.backend else {}), **opts}
+            # session options carry over; a layer fallback belongs to the precision it was
+            # searched for, so a new precision step starts without it
+            kept = {k: v for k, v in cand.backend_options().items()
+                    if k not in FALLBACK_OPTIONS} if name == cand.backend else {}
+            merged = {**kept, **opts}
             new = dataclasses.replace(cand, backend=name,
                                       options=json.dumps(merged, sort_keys=True))
             return new if new != cand else None
