@@ -42,7 +42,7 @@ def main() -> None:
     from reactinfer.models import load
     from reactinfer.planner import optimize
     from reactinfer.planner.catalogue import catalogue
-    from reactinfer.tasks import get_task
+    from reactinfer.tasks import get_task, within_bound
 
     actions = [a for a in catalogue() if a.name in ("onnxruntime fp32",
                                                     "onnxruntime int8 dynamic")]
@@ -86,7 +86,11 @@ def main() -> None:
         lines.append(f"| {row['variant']} | {row['fp32_layers']} | {row['items_per_s']:.1f} | "
                      f"×{row['items_per_s'] / fp32:.2f} | {row['mean_cosine']:.4f} | "
                      f"{row['top10_recall']:.3f} |")
-    lines += ["", f"planner best: {r['best']['action']} ({r['best_recipe']})", ""]
+    met = [row for row in rows[1:] if within_bound(base.task, quality[row["variant"]],
+                                                    args.max_drop)[0]]
+    smallest = min(met, key=lambda row: row["fp32_layers"], default=None)
+    lines += ["", f"planner best: {r['best']['action']}; smallest fallback within the bound: "
+              + (f"{smallest['fp32_layers']} layers in fp32" if smallest else "none"), ""]
     OUT.mkdir(exist_ok=True)
     (OUT / "repair_minilm.json").write_text(json.dumps({"rows": rows, "best": r["best"]["action"],
                                                         "trials": r["trials"]}, indent=2,
