@@ -651,9 +651,9 @@ def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_pat
 
     seen = []
 
-    def over_bound(self, step, action, trial, best_obs):
+    def over_bound(self, step, action, trial, cand, best_trial):
         seen.append((action.name, trial["decision"]))
-        return {**trial, "reason": trial["reason"] + " [hook]"}
+        return {**trial, "reason": trial["reason"] + " [hook]"}, step
 
     monkeypatch.setattr(Planner, "_over_bound", over_bound)
     model, data = model_and_data

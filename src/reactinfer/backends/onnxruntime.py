@@ -8,7 +8,7 @@ written into the ONNX model's metadata_props so a bare `.onnx` file loads on its
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from ..core.backend import Backend, Batch, module_available, register_backend
 from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
+from .onnx_layers import activation_matmuls, check_layers
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -28,7 +29,8 @@ PROVIDERS = ("auto", "cpu", "cuda")
 OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits",
                "image-classification": "logits"}
 # Options used once, at conversion; the rest configure the session every time it opens.
-EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel", "reduce_range")
+EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel", "reduce_range",
+                  "fp32_layers")
 SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider", "spinning")
 
 
@@ -116,10 +118,11 @@ class _CalibrationReader:
 
 def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
                       calibration_texts: int = 64, per_channel: bool = True,
-                      reduce_range: bool = False) -> Path:
+                      reduce_range: bool = False, fp32_layers: Sequence[str] = ()) -> Path:
     """fp32 → int8 dynamic / int8 static QDQ / fp16. Only MatMul/Gemm with a weight are
     quantized: quantizing LayerNorm, Softmax, attention or pooling costs accuracy for
-    little speed. `reduce_range`: 7-bit weights, for CPUs whose int8 kernels saturate."""
+    little speed. `reduce_range`: 7-bit weights, for CPUs whose int8 kernels saturate.
+    `fp32_layers` (ONNX node names, see onnx_layers.quantizable_layers) stay in float."""
     import logging
 
     root = logging.getLogger()
@@ -128,32 +131,21 @@ def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
     root.setLevel(max(level, logging.ERROR))
     try:
         return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel,
-                                  reduce_range)
+                                  reduce_range, list(fp32_layers))
     finally:
         root.setLevel(level)
 
 
-def activation_matmuls(path: Path) -> list[str]:
-    """MatMul nodes with no constant input (attention's Q·Kᵀ and P·V): quantizing both
-    activations costs most of int8's accuracy loss on transformers for little speed."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer}
-    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in graph.node
-            if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
-
-
 def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
-                       calibration_texts: int, per_channel: bool, reduce_range: bool) -> Path:
+                       calibration_texts: int, per_channel: bool, reduce_range: bool,
+                       keep: list[str]) -> Path:
     if precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                          per_channel=per_channel, reduce_range=reduce_range,
                          op_types_to_quantize=["MatMul", "Gemm"],
-                         nodes_to_exclude=activation_matmuls(src))
+                         nodes_to_exclude=activation_matmuls(src) + keep)
     elif precision == "int8-static":
         from onnxruntime.quantization import (
             CalibrationMethod,
@@ -170,14 +162,15 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=per_channel, reduce_range=reduce_range,
                         op_types_to_quantize=["MatMul", "Gemm"],
-                        nodes_to_exclude=activation_matmuls(src),
+                        nodes_to_exclude=activation_matmuls(src) + keep,
                         calibrate_method=CalibrationMethod.MinMax)
     elif precision == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         # keep_io_types: callers still feed int64 ids and read float32 outputs
-        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                         node_block_list=keep or None)
         onnx.save(model, str(dst))
     else:
         raise AssertionError(precision)
@@ -270,7 +263,9 @@ class OnnxRuntimeBackend(Backend):
                             "calibration_texts": "int (64, int8-static)",
                             "per_channel": "bool (True)",
                             "reduce_range": "bool (int8: chosen from the CPU; True where "
-                                            "its int8 kernels saturate, without VNNI)"},
+                                            "its int8 kernels saturate, without VNNI)",
+                            "fp32_layers": "list of ONNX MatMul/Gemm node names kept in "
+                                           "float under int8 / fp16 ([])"},
                 "files": [MODEL_FILE], "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
@@ -285,10 +280,13 @@ class OnnxRuntimeBackend(Backend):
                 raise UserError("nothing to convert: the handle has no torch model and no "
                                 f"{MODEL_FILE}")
             have = handle.backend_options.get("precision", "fp32")
-            if opts.get("precision", have) != have:
-                raise UserError(f"this ONNX model is already {have}; convert from the "
-                                "original torch model to change precision")
-            return handle.derive(backend=self.name, backend_options={**opts, "precision": have})
+            kept = list(handle.backend_options.get("fp32_layers") or [])
+            if opts.get("precision", have) != have or list(opts.get("fp32_layers", kept)) != kept:
+                raise UserError(f"this ONNX model is already {have}"
+                                + (f" with {len(kept)} fp32 layers" if kept else "")
+                                + "; convert from the original torch model to change precision")
+            return handle.derive(backend=self.name, backend_options={
+                **opts, "precision": have, **({"fp32_layers": kept} if kept else {})})
         precision = opts.get("precision", "fp32")
         if precision.startswith("int8") and "reduce_range" not in opts:
             from ..core.hardware import hardware_profile
@@ -296,11 +294,14 @@ class OnnxRuntimeBackend(Backend):
             opts = {**opts, **int8_settings(hardware_profile().isa)}  # recorded in the handle
         fp32 = export_onnx(handle, workdir / ("model.fp32.onnx" if precision != "fp32"
                                               else MODEL_FILE), opset=opts.get("opset", 17))
+        if "fp32_layers" in opts:  # recorded as a list: the same after a JSON round trip
+            opts = {**opts, "fp32_layers": check_layers(opts["fp32_layers"], fp32)}
         path = fp32 if precision == "fp32" else convert_precision(
             handle, fp32, workdir / MODEL_FILE, precision,
             calibration_texts=opts.get("calibration_texts", 64),
             per_channel=opts.get("per_channel", True),
-            reduce_range=bool(opts.get("reduce_range", False)))
+            reduce_range=bool(opts.get("reduce_range", False)),
+            fp32_layers=opts.get("fp32_layers", ()))
         write_metadata(path, {"task": handle.task, "max_length": handle.max_length,
                               "precision": precision, "name": handle.name})
         if path != fp32:

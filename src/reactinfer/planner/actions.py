@@ -117,6 +117,10 @@ class Action:
     # building is slow or measuring includes a one-off (torch.compile compiles then)
     cost: float = 1.0
     formats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # the backend option that keeps named layers in higher precision (e.g. "fp32_layers"):
+    # when a trial of this action overshoots the quality bound, planner/repair.py searches
+    # the smallest set of its most sensitive layers to keep there
+    fallback: str | None = None
 
     def apply(self, cand: Candidate, runtime_kinds: set[str]) -> Candidate | None:
         """The candidate this action leads to, or None where it does not apply."""
@@ -129,7 +133,11 @@ class Action:
             name, opts = target
             if runtime and name not in TORCH_BACKENDS:
                 return None  # torch-format quantization cannot be exported to another engine
-            merged = {**(cand.backend_options() if name == cand.backend else {}), **opts}
+            # session options carry over; a layer fallback belongs to the precision it was
+            # searched for, so a new precision step starts without it
+            kept = {k: v for k, v in cand.backend_options().items()
+                    if k not in FALLBACK_OPTIONS} if name == cand.backend else {}
+            merged = {**kept, **opts}
             new = dataclasses.replace(cand, backend=name,
                                       options=json.dumps(merged, sort_keys=True))
             return new if new != cand else None
@@ -147,6 +155,8 @@ class Action:
 
 
 TORCH_BACKENDS = ("torch", "torch-compile")
+# backend options that name layers kept in higher precision (Action.fallback), for reports
+FALLBACK_OPTIONS = ("fp32_layers",)
 
 
 def _same_step(a: dict[str, Any], b: dict[str, Any]) -> bool:

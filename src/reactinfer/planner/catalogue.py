@@ -64,16 +64,19 @@ def catalogue() -> list[Action]:
         # number formats: an engine with its format, and the format for the engine at hand
         # (the trace names the form each trial took)
         Action("onnxruntime int8 dynamic", "ort-int8", _expect_engine_format,
-               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS),
+               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS,
+               fallback="fp32_layers"),
         # NNCF post-training quantization, calibrated on the calibration split
         Action("openvino int8", "openvino-int8", _expect_engine_format,
-               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS),
+               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS,
+               fallback="fp32_layers"),
         Action("openvino bf16", "openvino-bf16", _expect_engine_format,
                backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS),
         Action("int8 dynamic (per-channel)", "int8", _expect_engine_format,
                steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True,
                formats={"onnxruntime": {"precision": "int8-dynamic"},
-                        "openvino": {"precision": "int8"}}),
+                        "openvino": {"precision": "int8"}},
+               fallback="fp32_layers"),
         Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),
                steps=({"type": "QuantizeWeightOnly", "bits": 8},), runtime=True, tasks=LM),
         Action("bf16", "half", _expect_engine_format,

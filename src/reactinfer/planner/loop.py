@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..core.backend import backend_options, list_backends
 from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
@@ -48,6 +49,7 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .repair import repair
 from .store import TrialStore
 
 OBJECTIVES = {  # name → (observation path, higher is better)
@@ -231,13 +233,20 @@ class Planner:
         return obs is not None and not within_bound(self.base.task, obs["quality"],
                                                     self.s.max_drop)[0]
 
-    def _over_bound(self, step: int, action: Action, trial: dict[str, Any],
-                    best_obs: dict[str, Any]) -> dict[str, Any]:
-        """The one place a trial rolled back for quality is handled: the hook for repairing
-        it (keeping its most sensitive layers in higher precision) and returning the repaired
-        trial instead; a returned trial that is "kept" becomes the best (its "candidate").
-        As it stands, the rollback stands."""
-        return trial
+    def _over_bound(self, step: int, action: Action, trial: dict[str, Any], cand: Candidate,
+                    best_trial: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The one place a trial rolled back for quality is handled: where the action has a
+        fallback option that the candidate's engine takes (e.g. `fp32_layers` on ONNX
+        Runtime and OpenVINO int8), repair.py keeps the most sensitive layers in higher
+        precision and returns the smallest such fallback that meets the bound (a "kept"
+        trial becomes the best, by its "candidate"); elsewhere the rollback stands. Returns
+        the trial and the last step number."""
+        engine = list_backends().get(cand.backend)
+        if action.fallback is None or engine is None \
+                or action.fallback not in backend_options(engine):
+            return trial, step
+        trial, _, step = repair(self, action, trial, cand, best_trial, step)
+        return trial, step
 
     def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
               reason: str) -> None:
@@ -448,7 +457,7 @@ class Planner:
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
             if trial["decision"] == "rolled back" and trial["over_bound"]:
-                trial = self._over_bound(step, action, trial, best_obs)
+                trial, step = self._over_bound(step, action, trial, cand, best_trial)
             bar.update(1)
             if trial["decision"] == "kept":
                 best = Candidate.from_json(trial["candidate"])

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..measure.refcache import describe as describe_reference
 from ..tasks import within_bound
+from .actions import FALLBACK_OPTIONS
 from .loop import OBJECTIVES, bound_text, gain, objective_value
 
 UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
@@ -212,6 +213,14 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _fallback_line(t: dict[str, Any]) -> list[str]:
+    """The layers a trial kept in higher precision (planner/repair.py), by name."""
+    opts = t["candidate"].get("backend_options", {})
+    return [f"- Kept in higher precision ({key}, {len(opts[key])} of the layers): "
+            + ", ".join(f"`{name}`" for name in opts[key])
+            for key in FALLBACK_OPTIONS if opts.get(key)]
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     obj = data["objective"]
     base = data["baseline"]["observation"]
@@ -229,6 +238,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += [f"**{t['step']}. {t['action']}**{on} — {t['decision']}{reused}",
                   f"- Thought: {t['thought']}",
                   f"- Action: `{json.dumps(t['candidate'])}`",
+                  *_fallback_line(t),
                   f"- Observation: {_fmt_obs(t.get('observation'), obj, base)}",
                   f"- Decision: {t['decision']} — {t['reason']}", ""]
     lines += ["## Pareto set (quality vs " + obj + ")", "",

@@ -1,0 +1,161 @@
+"""The layers of an exported ONNX graph that int8 quantizes, and how much int8 hurts each.
+
+One place for every backend that quantizes an exported graph (ONNX Runtime's
+`nodes_to_exclude`, NNCF's IgnoredScope on OpenVINO): a layer is named by its ONNX node
+name, e.g. `/model/encoder/layer.0/output/dense/MatMul`, and `fp32_layers=[...]` keeps
+those nodes in float.
+
+Sensitivity (`layer_sensitivity`) is measured per layer on its real inputs: one fp32 run
+of the graph on calibration texts exposes each quantizable layer's input activations, and
+for each layer alone the int8 product (activations per-tensor asymmetric uint8, weights
+per-output-channel symmetric int8, as dynamic quantization does) is compared with the
+fp32 product: the relative squared error of the layer's output. It ranks layers by the
+error they add themselves, not by what they inherit from the layers before them, and
+costs one fp32 forward pass plus a few GEMMs per layer.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+QUANTIZABLE_OPS = ("MatMul", "Gemm")
+ROWS_PER_BATCH = 256  # token rows per batch on which each layer's products are compared
+
+
+def _graph(model: Any) -> Any:
+    """An onnx GraphProto from a path or a ModelProto."""
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model), load_external_data=False)
+    return model.graph
+
+
+def _constants(graph: Any) -> set[str]:
+    consts = {i.name for i in graph.initializer}
+    return consts | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def _weighted(graph: Any) -> list[Any]:
+    """MatMul/Gemm nodes whose weight (second input) is a constant."""
+    consts = _constants(graph)
+    return [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1
+            and n.input[1] in consts and n.input[0] not in consts
+            and not any(a.name == "transA" and a.i for a in n.attribute)]
+
+
+def quantizable_layers(model: Any) -> list[str]:
+    """Names of the MatMul/Gemm nodes with a constant weight, in graph order: the layers
+    int8 quantizes, and the names `fp32_layers` accepts."""
+    return [n.name for n in _weighted(_graph(model))]
+
+
+def activation_matmuls(model: Any) -> list[str]:
+    """MatMul nodes with no constant input (attention's Q·Kᵀ and P·V): quantizing both
+    activations costs most of int8's accuracy loss on transformers for little speed."""
+    graph = _graph(model)
+    consts = _constants(graph)
+    return [n.name for n in graph.node
+            if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def check_layers(names: Any, model: Any, option: str = "fp32_layers") -> list[str]:
+    """`names` as a list of layer names of `model`, or a UserError naming what is wrong."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(
+            isinstance(n, str) for n in names):
+        raise UserError(f"{option} must be a list of ONNX node names, got {names!r}")
+    known = quantizable_layers(model)
+    unknown = [n for n in names if n not in set(known)]
+    if unknown:
+        raise UserError(f"{option}: {unknown[0]!r} is not a MatMul/Gemm layer with a weight in "
+                        f"this model ({len(known)} are, e.g. {known[0] if known else 'none'!r})")
+    return list(dict.fromkeys(names))
+
+
+def _int8_product(x: np.ndarray, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] @ w with x quantized per-tensor to asymmetric uint8 (the range of all of x,
+    including 0) and w per output channel to symmetric int8, then dequantized."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 255 or 1.0
+    zero = np.round(-lo / scale)
+    xq = (np.clip(np.round(x[rows] / scale) + zero, 0, 255) - zero) * scale
+    w_scale = np.abs(w).max(axis=0, keepdims=True) / 127
+    w_scale[w_scale == 0] = 1.0
+    wq = np.clip(np.round(w / w_scale), -127, 127) * w_scale
+    return np.asarray(xq.astype(np.float32) @ wq.astype(np.float32))
+
+
+def calibration_feeds(handle: ModelHandle, texts: Sequence[str],
+                      batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Tokenized batches of `texts` with the inputs an exported graph of `handle` takes."""
+    from ..tasks import iter_batches
+
+    feeds = []
+    for _, b in iter_batches(handle.tokenizer, list(texts), batch, min(handle.max_length, 128)):
+        feed = dict(b)
+        if handle.task != "causal-lm":
+            feed.setdefault("token_type_ids", np.zeros_like(b["input_ids"]))
+        feeds.append(feed)
+    return feeds
+
+
+def layer_sensitivity(path: Path, feeds: Sequence[dict[str, np.ndarray]],
+                      rows_per_batch: int = ROWS_PER_BATCH) -> dict[str, float]:
+    """Per quantizable layer of the fp32 graph at `path`: the relative squared error
+    ‖int8 − fp32‖² / ‖fp32‖² of its output on the calibration `feeds`, its own inputs
+    being exact. Highest is most sensitive. The quantization step comes from each batch's
+    whole input (as dynamic quantization does); the products are compared on up to
+    `rows_per_batch` token rows of it (a fixed sample), which keeps the GEMMs cheap."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    nodes = _weighted(graph)
+    weights = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    have = {o.name for o in graph.output}
+    for name in dict.fromkeys(n.input[0] for n in nodes):
+        if name not in have:
+            graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # names stay
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so,
+                                   providers=["CPUExecutionProvider"])
+    wanted = [n.input[0] for n in nodes]
+    inputs = [i.name for i in session.get_inputs()]
+    ws = [_weight(n, weights, consts, numpy_helper) for n in nodes]
+    err = np.zeros(len(nodes))
+    ref = np.zeros(len(nodes))
+    for feed in feeds:
+        acts = dict(zip(wanted, session.run(wanted, {k: feed[k] for k in inputs}), strict=True))
+        for i, (n, w) in enumerate(zip(nodes, ws, strict=True)):
+            x = np.asarray(acts[n.input[0]], dtype=np.float32).reshape(-1, w.shape[0])
+            rows = np.random.default_rng(0).permutation(len(x))[:rows_per_batch]
+            y = x[rows] @ w
+            err[i] += float(((_int8_product(x, w, rows) - y).astype(np.float64) ** 2).sum())
+            ref[i] += float((y.astype(np.float64) ** 2).sum())
+    return {n.name: float(e / r) if r > 0 else 0.0 for n, e, r in zip(nodes, err, ref,
+                                                                       strict=True)}
+
+
+def _weight(node: Any, weights: dict[str, Any], consts: dict[str, Any],
+            numpy_helper: Any) -> np.ndarray:
+    """The (K, N) weight of a MatMul/Gemm node (Gemm's transB undone)."""
+    src = weights.get(node.input[1])
+    w = (numpy_helper.to_array(src) if src is not None
+         else numpy_helper.to_array(consts[node.input[1]].attribute[0].t))
+    w = np.asarray(w, dtype=np.float32)
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        w = w.T
+    return w

@@ -1,0 +1,162 @@
+"""Repair: precision per layer under the quality bound.
+
+When a lower-precision step (an Action with a `fallback` option, e.g. ONNX Runtime int8 and
+its `fp32_layers`) pays on speed but goes over the quality bound, the loop does not give up
+on it: as Intel Neural Compressor and NNCF's accuracy-controlled quantization do, it keeps
+the most sensitive layers in higher precision and searches for the smallest such set that
+meets the bound.
+
+1. Rank: the layers of the candidate's exported fp32 ONNX graph, by the error int8 adds to
+   each one's output on calibration texts (backends/onnx_layers.layer_sensitivity; the
+   calibration split only, never the held-out texts the trials are judged on).
+2. Search k, the number of most sensitive layers kept: growing steps 1, 2, 4, ... until a
+   fallback meets the bound, then bisection between the last k that missed and the first
+   that met it. Each fallback is a real trial of the loop (built, measured on the held-out
+   texts against the original, judged by the loop's rule against the best before the
+   repair), in the trace and the store. Of the fallbacks that meet the bound and pay, the
+   one with the fewest layers in float is kept (fewer float layers are faster; between two
+   fallbacks the difference is mostly noise), the others are marked rolled back. Growing
+   stops when a fallback is already too slow to pay: more layers in float are only slower.
+3. The budget: each fallback starts only if the overshooting trial's cost (build and
+   measure) fits in what is left after the end of the run's reserve.
+
+Generic over the backend: the fallback is the Action's backend option name, and the layer
+names are the exported ONNX graph's node names, which every ONNX-based backend shares.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..data import texts_for
+from ..tasks import within_bound
+from .actions import Action, Candidate
+
+if TYPE_CHECKING:
+    from .loop import Planner
+
+CALIBRATION_TEXTS = 32  # enough to rank layers; the ranking costs one fp32 forward on them
+MAX_FALLBACKS = 8  # fallback trials per overshooting step (growing + bisection)
+SHOW_LAYERS = 4  # layers named in a Thought (the candidate and report list all)
+
+
+def short(layer: str) -> str:
+    """`/model/encoder/layer.5/output/dense/MatMul` → `layer.5/output/dense`."""
+    name = layer.strip("/")
+    for prefix in ("model/encoder/", "model/"):
+        name = name.removeprefix(prefix)
+    return name.removesuffix("/MatMul").removesuffix("/Gemm")
+
+
+def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, float]], float, int]:
+    """The candidate's quantizable layers, most sensitive first, with their error; the
+    seconds the ranking took and the number of calibration texts."""
+    from ..backends import to_backend
+    from ..backends.onnx_layers import calibration_feeds, layer_sensitivity
+    from ..models.onnx_file import ONNX_FILE
+
+    t0 = time.perf_counter()
+    fp32 = to_backend(planner.builder.torch_handle(cand.transforms), "onnxruntime",
+                      precision="fp32")
+    texts = texts_for("calibration", planner.s.data, CALIBRATION_TEXTS)
+    errors = layer_sensitivity(fp32.files[ONNX_FILE], calibration_feeds(fp32, texts))
+    ranked = sorted(errors.items(), key=lambda kv: kv[1], reverse=True)
+    return ranked, time.perf_counter() - t0, len(texts)
+
+
+def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
+    """The next k to try: doubling until one met the bound (`hi`), then bisecting."""
+    if hi is None:  # never all n: that is the fp32 model, slower than measured already
+        nxt = min(max(1, 2 * k), n - 1)
+        return nxt if nxt > k else None
+    return (lo + hi) // 2 if hi - lo > 1 else None
+
+
+def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candidate,
+           best_trial: dict[str, Any], step: int) -> tuple[dict[str, Any], Candidate, int]:
+    """Search the smallest fallback that meets the bound for a rolled-back trial of
+    `action` on `cand`. Returns the trial and candidate to keep (the kept fallback with the
+    fewest layers in higher precision, else the ones given) and the last step number."""
+    obs = trial.get("observation")
+    s, task = planner.s, planner.base.task
+    if action.fallback is None or obs is None:
+        return trial, cand, step
+    ok, why = within_bound(task, obs["quality"], s.max_drop)
+    if ok:
+        return trial, cand, step  # rolled back for speed: keeping layers in float is slower
+    from .loop import gain
+
+    best_obs = best_trial["observation"]
+    if gain(obs, best_obs, s.objective) < 1 + s.min_gain:
+        return trial, cand, step  # the fully quantized model did not pay: no fallback will
+    cost = float(trial["seconds"])
+    if planner.budget.left() - planner._reserve(best_trial) < 2 * cost:
+        return trial, cand, step  # no room to rank and try even one fallback
+    try:
+        ranked, rank_s, n_cal = rank_layers(planner, cand)
+    # a model whose graph cannot be ranked keeps the loop's decision, and the trace says why
+    except Exception as e:  # noqa: BLE001
+        planner._skip(step + 1, action, cand, f"{action.name} overshot ({why}): rank its layers "
+                      "to keep the most sensitive in higher precision.", trial["parent"],
+                      f"ranking the layers failed: {type(e).__name__}: {e}")
+        planner.log[-1]["decision"] = "failed"  # not a skip for the time budget
+        return trial, cand, step + 1
+    names = [name for name, _ in ranked]
+    met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
+    lo, hi, k, tried = 0, None, 0, 0
+    parent = trial["parent"]
+    while tried < MAX_FALLBACKS:
+        nxt = _schedule(len(names), lo, hi, k)
+        if nxt is None:
+            break
+        k = nxt
+        layers = names[:k]
+        opts = {**cand.backend_options(), action.fallback: layers}
+        fb = Candidate.from_json({**cand.to_json(), "backend_options": opts})
+        shown = ", ".join(short(n) for n in layers[:SHOW_LAYERS]) + (
+            f" and {k - SHOW_LAYERS} more" if k > SHOW_LAYERS else "")
+        thought = (f"{action.name} overshot ({why}). Ranked its {len(names)} quantizable layers "
+                   f"by the error int8 adds to each one's output on {n_cal} calibration texts "
+                   f"({rank_s:.1f}s); "
+                   + (f"the most sensitive is {shown} → keep it" if k == 1 else
+                      f"the {k} most sensitive are {shown} → keep them")
+                   + f" in higher precision ({action.fallback}), "
+                   + ("growing the set until the bound holds." if hi is None else
+                      f"bisecting between {lo} (missed) and {hi} (met) layers."))
+        name = f"{action.name} + {k} layer{'s' if k > 1 else ''} fp32"
+        step += 1
+        left = planner.budget.left() - planner._reserve(best_trial)
+        if cost > left:
+            planner._skip(step, action, fb, thought, parent,
+                          f"predicted to take ~{cost:.0f}s, but only {max(left, 0):.0f}s of "
+                          "the time budget are left before the final save, re-measure and "
+                          "report")
+            break
+        tried += 1
+        # judged against the best before the repair: the smallest set that meets the bound
+        # is the one kept (fewer float layers are faster; a speed difference between two
+        # fallbacks is mostly the machine's noise)
+        t = planner._trial(step, fb, name, action.family, thought, parent, best_obs)
+        o = t.get("observation")
+        if o is None:
+            break  # a failed build: the trace says why; more layers will not fix it
+        met, why_k = within_bound(task, o["quality"], s.max_drop)
+        if t["decision"] == "kept":
+            met_trials[k] = t
+        if met:
+            hi = k  # then bisect below it: a smaller set is faster
+        else:
+            lo, why = k, why_k
+            if gain(o, best_obs, s.objective) < 1 + s.min_gain:
+                break  # already too slow to pay; keeping more layers in float is slower
+    if not met_trials:
+        return trial, cand, step
+    smallest = min(met_trials)
+    for k_other, t in met_trials.items():
+        if k_other != smallest:  # one kept step per repair: the smallest set
+            t["decision"] = "rolled back"
+            t["reason"] = (f"the smaller set of {smallest} layers also meets the bound; "
+                           + t["reason"])
+            planner.store.put(t)
+    chosen = met_trials[smallest]
+    return chosen, Candidate.from_json(chosen["candidate"]), step
