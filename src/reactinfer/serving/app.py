@@ -74,13 +74,34 @@ class DrainGate:
             self.state.active_http -= 1
 
 
-def load_models(models: Sequence[str | ModelHandle]) -> list[ModelHandle]:
+def load_models(models: Sequence[str | ModelHandle], llm_backend: str = "auto"
+                ) -> list[ModelHandle]:
     from ..models import load
 
     if not models:
         raise UserError("serve: give at least one model (an artifact directory or a built-in "
                         "name such as minilm)")
-    return [m if not isinstance(m, (str, Path)) else load(m) for m in models]
+    return [llm_engine(m if not isinstance(m, (str, Path)) else load(m), llm_backend)
+            for m in models]
+
+
+def llm_engine(handle: ModelHandle, choice: str = "auto") -> ModelHandle:
+    """A causal LM loaded from a GGUF (a built-in name, a .gguf path) and not changed
+    since runs on llama.cpp, the packaged GGUF as is: continuous batching, and the
+    fastest engine measured for it. `choice` names another backend; a handle already
+    on another backend (an artifact) keeps it."""
+    from ..backends.convert import to_backend
+    from ..core.backend import get_backend
+
+    if handle.task != "causal-lm" or handle.backend != "torch" or choice == "torch":
+        return handle
+    if choice != "auto":
+        return to_backend(handle, choice)
+    from ..backends.llamacpp import unchanged_gguf
+
+    if get_backend("llama.cpp").available() and unchanged_gguf(handle) is not None:
+        return to_backend(handle, "llama.cpp", outtype="source")
+    return handle
 
 
 def create_app(models: Sequence[str | ModelHandle], config: ServeConfig | None = None
@@ -91,7 +112,7 @@ def create_app(models: Sequence[str | ModelHandle], config: ServeConfig | None =
     from . import kserve, openai  # the routers need fastapi: imported when an app is made
 
     config = config or ServeConfig()
-    state = ServingState(load_models(models), config)
+    state = ServingState(load_models(models, config.llm_backend), config)
 
     @asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):
