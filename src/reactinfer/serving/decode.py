@@ -121,9 +121,20 @@ def engine_of(v: Variant, slots: int = SLOTS) -> Any:
     return eng
 
 
-def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8) -> None:
-    """Time one sequence alone on `eng`: its first token (prefill), then per token."""
+def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8,
+                   warm: bool = True) -> None:
+    """Time one sequence alone on `eng`: its first token (prefill), then per token. The
+    first run of a new context allocates its buffers: with `warm`, one run goes first."""
+    if warm:
+        _run_alone(eng, prompt_ids, 2)
     t0 = time.perf_counter()
+    first = _run_alone(eng, prompt_ids, tokens)
+    end = time.perf_counter()
+    v.gen.observe(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
+
+
+def _run_alone(eng: Any, prompt_ids: list[int], tokens: int) -> float:
+    """Greedy `tokens` for one sequence; when the first one came (perf_counter)."""
     sid, first, n = eng.start(prompt_ids, tokens), None, 0
     try:
         while n < tokens:
@@ -136,9 +147,8 @@ def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8)
                 eng.feed(sid, int(logits.argmax()))
     finally:
         eng.release(sid)
-    end = time.perf_counter()
     assert first is not None
-    v.gen.observe(first - t0, (end - first) / (n - 1) if n > 1 else None)
+    return first
 
 
 class DecodeLoop:
@@ -160,6 +170,9 @@ class DecodeLoop:
                         break
                     if b._stopping and not b._queue:
                         return
+                    if b.admission.stale and not b._queue:
+                        self._retime()
+                        continue
                     b._cond.wait(0.5)
             self._drop_cancelled()
             self._step()
@@ -194,6 +207,24 @@ class DecodeLoop:
                 continue
             d.sid = eng.start(req.prompt_ids, req.job.new_tokens)
             self.running[(id(eng), d.sid)] = d
+
+    def _retime(self) -> None:
+        """Idle, and a request was refused on an estimate alone: measure the engines again
+        (a slow spell, or the start-up, may have left the estimate far too high). Called
+        with the lock held and nothing running; measures without it (only this thread
+        uses the engines)."""
+        b = self.b
+        b.admission.stale = False
+        b._cond.release()
+        try:
+            for v in b.ladder.variants:
+                eng = engine_of(v)
+                if eng is not None:
+                    v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
+                    measure_engine(v, eng, [1, 2, 3, 4], warm=False)
+        finally:
+            b._cond.acquire()
+        b.admission.changed()
 
     # -- stepping (lock free) ---------------------------------------------------------------
     def _drop_cancelled(self) -> None:
