@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
     """Run a server until the block ends; yield its base URL once `ready_path` is 200."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # not a pipe: a chatty server would fill it and block
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + timeout_s
@@ -70,7 +71,8 @@ def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
                 if httpx.get(base + ready_path).status_code == 200:
                     break
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                log.seek(0)
+                raise RuntimeError(log.read().decode(errors="replace")[-2000:])
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{cmd[:4]} not ready after {timeout_s} s")
@@ -82,6 +84,7 @@ def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.close()
 
 
 async def one_chat(client: httpx.AsyncClient, model: str, question: str, max_tokens: int
@@ -136,7 +139,7 @@ def roofline(path: Path, tokens: int) -> list[dict[str, Any]]:
     from reactinfer.backends.llamacpp_engine import DecodeEngine
 
     llm = Llama(model_path=str(path), n_ctx=256, n_threads=THREADS, verbose=False)
-    eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 4096, 8, 64)
+    eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 512, 8, 64)
     prompt = llm.tokenize(b"Once upon a time")
     rows = []
     for b in (1, 4, 8, 1, 4, 8):  # twice, alternating: the better of the two counts

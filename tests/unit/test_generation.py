@@ -86,7 +86,7 @@ def test_decode_engine_reserves_kv_and_frees_it(tmp_path):
     assert not eng.step().logits  # chunked prefill: no logits before the prompt is in
     first = eng.step().logits
     assert set(first) == {a}
-    assert eng.reserved == 10 and not eng.can_start(eng.n_ctx - 9)
+    assert eng.reserved == 10 and not eng.can_start(eng.n_ctx + 1)
     b = eng.start([5, 6], 3)
     assert not eng.can_start(1)  # both slots taken
     eng.feed(a, int(first[a].argmax()))
@@ -94,3 +94,4 @@ def test_decode_engine_reserves_kv_and_frees_it(tmp_path):
     eng.release(a)
     eng.release(b)
     assert eng.running == 0 and eng.reserved == 0 and eng.can_start(eng.n_ctx)
+    assert not eng.can_start(eng.n_ctx + 1)  # no sequence outgrows its KV stream

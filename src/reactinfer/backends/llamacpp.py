@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 MODEL_FILE = "model.gguf"
-SERVE_CONTEXT_CAP = 4096  # tokens per served sequence at most (KV memory, step cost)
-SEQS_PER_CONTEXT = 4  # the shared KV cache holds this many full-length sequences
+SERVE_CONTEXT_CAP = 2048  # tokens per served sequence at most (KV memory: one stream each)
 OPTIONS = ("outtype", "threads", "n_ctx")
 
 
@@ -124,10 +123,9 @@ class LlamaCppRunner:
 
     def decode_engine(self, slots: int, prefill_cap: int = 128) -> DecodeEngine:
         """A continuous-batching engine (llamacpp_engine.py) on a new context over the
-        same weights: `slots` sequences sharing a KV cache of `serve_context` tokens."""
-        return DecodeEngine(self.llm._model, self.n_vocab, self.threads,
-                            self.serve_context * max(1, slots // SEQS_PER_CONTEXT), slots,
-                            prefill_cap)
+        same weights: `slots` sequences of up to `serve_context` tokens each."""
+        return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
+                            slots, prefill_cap)
 
     @property
     def serve_context(self) -> int:
