@@ -20,11 +20,13 @@ from ..core.backend import Backend, Batch, module_available, register_backend
 from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
+from .llamacpp_engine import DecodeEngine
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 MODEL_FILE = "model.gguf"
+SERVE_CONTEXT_CAP = 2048  # tokens per served sequence at most (KV memory: one stream each)
 OPTIONS = ("outtype", "threads", "n_ctx")
 
 
@@ -154,6 +156,18 @@ class LlamaCppRunner:
             best = int(np.argmax(last))
             last[eos] = saved
         return best
+
+    def decode_engine(self, slots: int, prefill_cap: int = 128) -> DecodeEngine:
+        """A continuous-batching engine (llamacpp_engine.py) on a new context over the
+        same weights: `slots` sequences of up to `serve_context` tokens each."""
+        return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
+                            slots, prefill_cap)
+
+    @property
+    def serve_context(self) -> int:
+        """The most tokens (prompt + answer) one served sequence may hold: the model's
+        trained context, capped so the shared KV cache stays small."""
+        return min(self.llm._model.n_ctx_train(), SERVE_CONTEXT_CAP)
 
     def _decoder(self) -> Any:
         if self._gen is None:

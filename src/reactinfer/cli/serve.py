@@ -40,6 +40,12 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--admit-quantile", type=float, default=0.99,
                    help="scale predictions by this quantile of recent actual/predicted "
                         "answer times: about this fraction of admitted requests is on time")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="most new tokens a completion may ask for (default: up to the "
+                        "model's context)")
+    p.add_argument("--llm-backend", default="auto",
+                   help="engine for a causal LM given as a built-in name or .gguf: auto "
+                        "(llama.cpp, continuous batching) or a backend name such as torch")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the models")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on the /v1 and /v2 inference "
@@ -64,8 +70,8 @@ def _serve(p: argparse.ArgumentParser):
                              max_body_bytes=a.max_body_bytes, long_text=a.long_text,
                              warmup=not a.no_warmup,
                              deadline_admission=not a.no_deadline_admission,
-                             admit_quantile=a.admit_quantile,
-                             api_key=api_key_from_env(a.api_key))
+                             admit_quantile=a.admit_quantile, max_tokens=a.max_tokens,
+                             llm_backend=a.llm_backend, api_key=api_key_from_env(a.api_key))
         if a.threads is not None:
             from ..backends.torch_eager import set_threads
 

@@ -106,7 +106,8 @@ def model_refs(models: Sequence[str | Path | ModelHandle]) -> list[str | Path | 
     return out
 
 
-def load_models(models: Sequence[str | Path | ModelHandle]) -> list[ModelHandle]:
+def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "auto"
+                ) -> list[ModelHandle]:
     from ..models import load
 
     if not models:
@@ -115,16 +116,36 @@ def load_models(models: Sequence[str | Path | ModelHandle]) -> list[ModelHandle]
     handles = []
     for m in model_refs(models):
         if not isinstance(m, (str, Path)):
-            handles.append(m)
+            handles.append(llm_engine(m, llm_backend))
             continue
         try:
-            handles.append(load(m))
+            handle = load(m)
         except UserError as e:
             if not Path(m).is_dir():
                 raise
             raise UserError(f"{e}; nor is it the output directory of `react optimize` "
                             "(best/ and variants/)") from None
+        handles.append(llm_engine(handle, llm_backend))
     return handles
+
+
+def llm_engine(handle: ModelHandle, choice: str = "auto") -> ModelHandle:
+    """A causal LM loaded from a GGUF (a built-in name, a .gguf path) and not changed
+    since runs on llama.cpp, the packaged GGUF as is: continuous batching, and the
+    fastest engine measured for it. `choice` names another backend; a handle already
+    on another backend (an artifact) keeps it."""
+    from ..backends.convert import to_backend
+    from ..core.backend import get_backend
+
+    if handle.task != "causal-lm" or handle.backend != "torch" or choice == "torch":
+        return handle
+    if choice != "auto":
+        return to_backend(handle, choice)
+    from ..backends.llamacpp import unchanged_gguf
+
+    if get_backend("llama.cpp").available() and unchanged_gguf(handle) is not None:
+        return to_backend(handle, "llama.cpp", outtype="source")
+    return handle
 
 
 def create_app(models: Sequence[str | Path | ModelHandle], config: ServeConfig | None = None
@@ -135,7 +156,7 @@ def create_app(models: Sequence[str | Path | ModelHandle], config: ServeConfig |
     from . import kserve, openai  # the routers need fastapi: imported when an app is made
 
     config = config or ServeConfig()
-    state = ServingState(load_models(models), config)
+    state = ServingState(load_models(models, config.llm_backend), config)
 
     @asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):

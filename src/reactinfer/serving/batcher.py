@@ -1,7 +1,8 @@
 """The dynamic batcher of one model: a bounded earliest-deadline-first queue in front of
 one worker thread that forms batches (up to max_batch items or max_delay, companions
 picked by similar length) and runs them on the ladder's active variant, so the event
-loop never blocks on a model call. Whether a request may join the queue is admission's
+loop never blocks on a model call. For a causal LM the worker runs decode.py's loop
+instead: continuous batching of generations. Whether a request may join the queue is admission's
 call (admission.py); how a variant is run is execute.py's.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from .admission import Admission
 from .config import ServeConfig
-from .execute import generate_stream, run_encoder
+from .decode import DecodeLoop
+from .execute import run_encoder
 from .ladder import Calibration, Job, Ladder, Variant
 from .metrics import Metrics
 from .request import Generated, Rejected, Request
@@ -49,7 +51,7 @@ class Batcher:
         self.task = ladder.variants[0].handle.task
         tok = ladder.variants[0].handle.tokenizer
         self.stop_ids = {tok.eos_token_id} if getattr(tok, "eos_token_id", None) is not None \
-            else set()
+            else set()  # end of sequence: the answer is complete
 
     @property
     def calibration(self) -> Calibration:
@@ -139,6 +141,9 @@ class Batcher:
 
     # -- worker thread ------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.task == "causal-lm":  # generations: continuous batching (decode.py)
+            DecodeLoop(self).run()
+            return
         while True:
             picked = self._next()
             if picked is None:
@@ -148,10 +153,7 @@ class Batcher:
                 self._probe(level)
                 continue
             try:
-                if batch[0].kind == "generate":
-                    self._generate(batch[0], level)
-                else:
-                    self._embed(batch, level)
+                self._embed(batch, level)
             except Exception as e:  # noqa: BLE001  (a model failure answers its requests with 500)
                 for r in batch:
                     if r.sink is not None:
@@ -283,32 +285,6 @@ class Batcher:
             n = len(r.texts)
             self._finish(r, value=(y[i:i + n], counts[i:i + n], v.name), variant=v)
             i += len(r.texts)
-
-    def _generate(self, req: Request, level: int) -> None:
-        v = self.ladder.variants[level]
-        start = time.monotonic()
-        self.metrics.queue_seconds.observe(start - req.arrival, model=self.model)
-        tokens: list[int] = []
-        first = None
-        if req.sink is not None:
-            _call(req.loop, req.sink.put_nowait, v.name)  # the header needs it first
-        for tok in generate_stream(v.handle, req.prompt_ids, req.job.new_tokens, self.stop_ids):
-            if first is None:
-                first = time.monotonic()
-                self._first_token(req, v, first)
-            tokens.append(tok)
-            if req.sink is not None:
-                _call(req.loop, req.sink.put_nowait, tok)
-        end = time.monotonic()
-        prefill = (first or end) - start
-        per_tok = (end - first) / (len(tokens) - 1) if first and len(tokens) > 1 else None
-        v.gen.observe(prefill, per_tok)
-        self.metrics.compute_seconds.observe(end - start, model=self.model, variant=v.name)
-        self.metrics.batch_size.observe(1, model=self.model, variant=v.name)
-        reason = "stop" if tokens and tokens[-1] in self.stop_ids else "length"
-        if req.sink is not None:
-            _call(req.loop, req.sink.put_nowait, None)
-        self._finish(req, value=Generated(tokens, reason, v.name), variant=None)
 
     def _first_token(self, req: Request, v: Variant, t: float) -> None:
         """Completions are judged on time to first token."""

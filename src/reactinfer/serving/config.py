@@ -38,7 +38,11 @@ class ServeConfig:
     max_body_bytes  request bodies above this get 413
     max_inputs      most texts in one request
     long_text       "truncate" texts over the model's token limit, or answer 400 ("error")
-    max_tokens      most new tokens a completion may ask for (and the default)
+    max_tokens      most new tokens a completion may ask for (None: up to the model's
+                    context)
+    llm_backend     the engine for causal LMs loaded from a GGUF or a built-in name:
+                    "auto" (llama.cpp when installed: continuous batching), or a backend
+                    name such as "torch"; artifacts keep the backend they were saved with
     down_headroom   step down when predicted latency exceeds this fraction of the deadline
     up_ratio        step back up only when the better variant is predicted under this
                     fraction of the SLO ...
@@ -66,7 +70,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     max_inputs: int = 256
     long_text: str = "truncate"
-    max_tokens: int = 64
+    max_tokens: int | None = None
     down_headroom: float = 0.8
     up_ratio: float = 0.5
     up_hold_s: float = 1.0
@@ -78,6 +82,7 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     deadline_admission: bool = True
     api_key: str | None = field(default=None, repr=False)
+    llm_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.slo_ms is not None and not self.slo_ms > 0:
@@ -88,7 +93,8 @@ class ServeConfig:
             raise UserError("serve: the API key must be a non-empty string")
         positive = {"max_batch": self.max_batch,
                     "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
-                    "max_inputs": self.max_inputs, "max_tokens": self.max_tokens,
+                    "max_inputs": self.max_inputs,
+                    **({} if self.max_tokens is None else {"max_tokens": self.max_tokens}),
                     "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
         for name, value in positive.items():
             if not value > 0:

@@ -1,4 +1,4 @@
-"""Running a variant: greedy decoding token by token, and encoding texts in calls of at
+"""Running a variant: decoding token by token (torch), and encoding texts in calls of at
 most `max_batch`. The batcher's worker and the start-up measurement (warmup.py) both
 call a model through these."""
 from __future__ import annotations
@@ -10,11 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from ..tasks.sampling import Sampling, pick_token
+
 
 def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
-                    stop_ids: set[int]) -> Iterator[int]:
-    """Greedy decoding one token at a time with the KV cache (torch models), so callers
-    can stream each token as it is made. Other backends generate in one call."""
+                    stop_ids: set[int], sampling: Sampling | None = None,
+                    rng: np.random.Generator | None = None) -> Iterator[int]:
+    """Decoding one token at a time with the KV cache (torch models), so callers can
+    stream each token as it is made; greedy unless `sampling` says otherwise. Backends
+    without a step API (and without a decode engine, see decode.py) generate greedily
+    in one call."""
+    s = sampling or Sampling()
+    rng = rng if rng is not None else s.rng()
     if handle.model is None or handle.backend != "torch":
         for tok in handle.runner().generate(list(prompt_ids), max_new_tokens):
             yield tok
@@ -28,7 +35,7 @@ def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
         for i in range(max_new_tokens):
-            tok = int(out.logits[0, -1].argmax())
+            tok = pick_token(out.logits[0, -1].float().cpu().numpy(), s, rng)
             yield tok
             if tok in stop_ids or i == max_new_tokens - 1:
                 return

@@ -16,8 +16,7 @@ from .protocol import (
     deadline_of,
     encode,
     generate,
-    max_tokens_of,
-    prompt_ids,
+    generation_params,
     read_json,
 )
 from .state import ApiError, Group, ServingState, state_of
@@ -110,10 +109,9 @@ async def _generate_output(state: ServingState, g: Group, body: dict[str, Any], 
     """A causal-lm model's output tensor for one prompt, and the variant that made it."""
     raw = body.get("parameters")
     params: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    n = max_tokens_of(params, state)
-    gen = await generate(state, g, prompt_ids(g, state, prompt, n), n, deadline)
-    text = g.tokenizer.decode(gen.tokens, skip_special_tokens=True)
-    return {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": [text]}, gen.variant
+    gen = await generate(state, g, generation_params(params, g, state, prompt), deadline)
+    return {"name": "text_output", "datatype": "BYTES", "shape": [1],
+            "data": [gen.text]}, gen.variant
 
 
 @router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)

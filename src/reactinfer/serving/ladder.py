@@ -113,6 +113,7 @@ class GenTime:
     prefill_s: float = 0.0
     token_s: float = 0.0
     alpha: float = 0.2
+    slots: int = 1  # sequences decoded together (a decode engine's slots)
 
     def predict(self, new_tokens: int) -> float:
         return self.prefill_s + self.token_s * new_tokens
@@ -132,6 +133,7 @@ class Variant:
     quality: float | None  # measured against the original (1.0 for the original itself)
     service: ServiceTime
     gen: GenTime = field(default_factory=GenTime)
+    engine: Any = None  # its decode engine, once the server made one (serving/decode.py)
 
     def cost(self) -> float:
         """What orders the ladder: a full batch for encoders, 32 new tokens for LMs."""
@@ -230,6 +232,7 @@ class Ladder:
         t = busy_s + self.max_delay_s
         pending: list[int] = []  # indices of jobs in the batch being filled
         filled = 0
+        lanes = [0.0] * v.gen.slots  # when each decode slot frees, after the time so far
 
         def close() -> None:
             nonlocal t, filled
@@ -240,10 +243,13 @@ class Ladder:
                 filled = 0
 
         for i, job in enumerate(jobs):
-            if job.new_tokens > 0:
+            if job.new_tokens > 0:  # generations share the slots; judged on the first token
                 close()
-                t += v.gen.predict(job.new_tokens)
-                out.append(t - v.gen.token_s * max(job.new_tokens - 1, 0))  # first token
+                lane = min(range(len(lanes)), key=lanes.__getitem__)
+                out.append(t + lanes[lane] + v.gen.prefill_s + v.gen.token_s)
+                lanes[lane] += v.gen.predict(job.new_tokens)
+                if len(lanes) == 1:
+                    t, lanes[0] = t + lanes[0], 0.0
                 continue
             if filled and filled + job.items > self.max_batch:
                 close()

@@ -1,5 +1,6 @@
 """OpenAI-compatible endpoints: /v1/embeddings, /v1/completions, /v1/chat/completions
-(with `stream: true` as server-sent events) and /v1/models. Decoding is greedy."""
+(with `stream: true` as server-sent events) and /v1/models. Generation takes
+temperature, top_p, top_k, seed and stop (greedy when no temperature is given)."""
 from __future__ import annotations
 
 import base64
@@ -16,13 +17,12 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .protocol import (
     VARIANT_HEADER,
     ArrayJSON,
-    Detokenizer,
+    GenParams,
     check_texts,
     deadline_of,
     encode,
     generate,
-    max_tokens_of,
-    prompt_ids,
+    generation_params,
     read_json,
     start_generation,
 )
@@ -124,37 +124,39 @@ async def _complete(state: ServingState, request: HttpRequest, g: Group, body: d
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
-    max_tokens = max_tokens_of(body, state)
-    ids = prompt_ids(g, state, prompt, max_tokens)
+    p = generation_params(body, g, state, prompt, "chat" if chat else "completion")
     deadline = deadline_of(request, state)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if stream:
-        return await _stream(state, g, ids, max_tokens, deadline, rid, chat)
-    out = await generate(state, g, ids, max_tokens, deadline)
-    text = g.tokenizer.decode(out.tokens, skip_special_tokens=True)
-    usage = {"prompt_tokens": len(ids), "completion_tokens": len(out.tokens),
-             "total_tokens": len(ids) + len(out.tokens)}
+        return await _stream(g, p, deadline, rid, chat)
+    out = await generate(state, g, p, deadline)
     choice: dict[str, Any] = {"index": 0, "finish_reason": out.finish_reason}
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": out.text}
     else:
-        choice.update(text=text, logprobs=None)
+        choice.update(text=out.text, logprobs=None)
     return JSONResponse({"id": rid, "object": "chat.completion" if chat
                          else "text_completion", "created": int(time.time()),
-                         "model": g.name, "choices": [choice], "usage": usage},
+                         "model": g.name, "choices": [choice],
+                         "usage": _usage(len(p.ids), len(out.tokens))},
                         headers={VARIANT_HEADER: out.variant})
 
 
-async def _stream(state: ServingState, g: Group, ids: list[int], max_tokens: int,
-                  deadline: float, rid: str, chat: bool) -> StreamingResponse:
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+async def _stream(g: Group, p: GenParams, deadline: float, rid: str, chat: bool
+                  ) -> StreamingResponse:
     """Admit the generation and wait for its variant (the header needs it) before any
     byte is sent, so a refusal or a model failure still gets its status code."""
-    req = await start_generation(state, g, ids, max_tokens, deadline, stream=True)
+    req = await start_generation(g, p, deadline, stream=True)
     assert req.sink is not None
     first = await req.sink.get()  # the variant name, or None if the model failed
     if first is None:
         await req.future  # raises the model's error
-    return StreamingResponse(_sse(g, req, rid, chat, len(ids)),
+    return StreamingResponse(_sse(g, req, rid, chat, len(p.ids)),
                              media_type="text/event-stream",
                              headers={VARIANT_HEADER: str(first),
                                       "Cache-Control": "no-cache"})
@@ -162,12 +164,14 @@ async def _stream(state: ServingState, g: Group, ids: list[int], max_tokens: int
 
 async def _sse(g: Group, req: Request, rid: str, chat: bool, n_prompt: int
                ) -> AsyncIterator[bytes]:
-    """One event per generated token, as the worker makes it."""
+    """One event per piece of text, as the worker makes it; the last chunk carries the
+    finish reason and the usage. A client that leaves cancels its sequence: the worker
+    frees it at its next step."""
     assert req.sink is not None
     created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
-    detok = Detokenizer(g.tokenizer)
 
-    def event(delta: str | None, finish: str | None, role: bool = False) -> bytes:
+    def event(delta: str | None, finish: str | None, role: bool = False,
+              usage: dict[str, int] | None = None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["delta"] = ({"role": "assistant"} if role else {}) | \
@@ -175,19 +179,23 @@ async def _sse(g: Group, req: Request, rid: str, chat: bool, n_prompt: int
         else:
             choice.update(text=delta or "", logprobs=None)
         payload = {"id": rid, "object": obj, "created": created, "model": g.name,
-                   "choices": [choice]}
+                   "choices": [choice]} | ({"usage": usage} if usage else {})
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    if chat:
-        yield event(None, None, role=True)
-    while (tok := await req.sink.get()) is not None:
-        yield event(detok.add(tok), None)
     try:
-        out = await req.future
-        yield event(None if chat else "", out.finish_reason)
-    except Exception as e:  # noqa: BLE001  (the status is sent; report in-band)
-        yield f"data: {json.dumps({'error': {'message': str(e)}})}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+        if chat:
+            yield event(None, None, role=True)
+        while (text := await req.sink.get()) is not None:
+            yield event(text, None)
+        try:
+            out = await req.future
+            yield event(None if chat else "", out.finish_reason,
+                        usage=_usage(n_prompt, len(out.tokens)))
+        except Exception as e:  # noqa: BLE001  (the status is sent; report in-band)
+            yield f"data: {json.dumps({'error': {'message': str(e)}})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+    finally:
+        req.cancelled = not req.future.done()
 
 
 def _group(state: ServingState, body: dict[str, Any], task: str) -> Group:

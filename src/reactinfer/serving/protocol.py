@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
+from ..tasks.sampling import Sampling
 from .admission import deadline_for
 from .cache import normalise
 from .ladder import Job
@@ -143,38 +145,102 @@ async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: 
     return np.stack([f[0] for f in found]), sum(f[1] for f in found), names
 
 
-def prompt_ids(g: Group, state: ServingState, prompt: str, max_tokens: int) -> list[int]:
-    with g.batcher.tok_lock:
-        ids = g.tokenizer(prompt)["input_ids"]
-    room = g.max_length - max_tokens
-    if len(ids) > room:
-        if state.config.long_text == "error" or room < 1:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; with max_tokens "
-                           f"{max_tokens} this model takes at most {max(room, 0)}: shorten "
-                           "it or ask for fewer tokens", code="context_length_exceeded")
-        ids = ids[-room:]  # keep the end of the prompt: it is what the answer continues
-    return ids
+DEFAULT_MAX_TOKENS = {"completion": 16, "chat": 512}  # OpenAI's 16; chat: until EOS, in reason
 
 
-def max_tokens_of(body: dict[str, Any], state: ServingState, default: int = 16) -> int:
-    n = body.get("max_tokens", body.get("max_completion_tokens", default))
+@dataclass(frozen=True)
+class GenParams:
+    """A generation request, checked: prompt tokens, new tokens, sampling and stop."""
+
+    ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...]
+
+    @property
+    def cacheable(self) -> bool:
+        """The same request gives the same answer: greedy, or seeded."""
+        return self.sampling.greedy or self.sampling.seed is not None
+
+    def cache_key(self, variant: str) -> tuple[Any, ...]:
+        return (variant, "generate", tuple(self.ids), self.max_tokens, self.sampling, self.stop)
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise ApiError(400, f"'{name}' must be a number, got {v!r}", param=name)
+    return float(v)
+
+
+def _integer(body: dict[str, Any], name: str) -> int | None:
+    v = body.get(name)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise ApiError(400, f"'{name}' must be an integer, got {v!r}", param=name)
+    return v
+
+
+def sampling_of(body: dict[str, Any]) -> Sampling:
+    """OpenAI's temperature, top_p and seed, plus top_k (llama.cpp's and vLLM's)."""
+    try:
+        return Sampling(temperature=_number(body, "temperature", 0.0),
+                        top_p=_number(body, "top_p", 1.0), top_k=_integer(body, "top_k") or 0,
+                        seed=_integer(body, "seed"))
+    except ValueError as e:  # out of range
+        param = str(e).split(" ", 1)[0]
+        raise ApiError(400, f"'{param}' {str(e).split(' ', 1)[1]}", param=param) from None
+
+
+def stop_of(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) \
+            or len(stops) > 16:
+        raise ApiError(400, "'stop' must be a string or a list of at most 16 strings",
+                       param="stop")
+    return tuple(s for s in stops if s)
+
+
+def generation_params(body: dict[str, Any], g: Group, state: ServingState, prompt: str,
+                      kind: str = "completion") -> GenParams:
+    """Check a completion request against the model's context and the server's limit:
+    bad values answer 400 naming the parameter."""
+    n = _integer(body, "max_tokens")
     if n is None:
-        n = default
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        n = _integer(body, "max_completion_tokens")
+    if n is not None and n < 1:
         raise ApiError(400, "'max_tokens' must be a positive integer", param="max_tokens")
-    if n > state.config.max_tokens:
-        raise ApiError(400, f"'max_tokens' is {n}; this server allows at most "
-                       f"{state.config.max_tokens}", param="max_tokens")
-    return n
+    cap = state.config.max_tokens
+    if n is not None and cap is not None and n > cap:
+        raise ApiError(400, f"'max_tokens' is {n}; this server allows at most {cap}",
+                       param="max_tokens")
+    with g.batcher.tok_lock:
+        ids = list(g.tokenizer(prompt)["input_ids"])
+    context = g.context_length
+    room = context - len(ids)
+    if room < 1:
+        raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is "
+                       f"{context}: shorten it", param="prompt", code="context_length_exceeded")
+    if n is None:
+        n = min(DEFAULT_MAX_TOKENS[kind], room, cap or room)
+    elif n > room:
+        raise ApiError(400, f"the prompt has {len(ids)} tokens and 'max_tokens' is {n}; this "
+                       f"model's context is {context}: ask for at most {room}",
+                       param="max_tokens", code="context_length_exceeded")
+    return GenParams(ids, n, sampling_of(body), stop_of(body))
 
 
-async def start_generation(state: ServingState, g: Group, ids: list[int], max_tokens: int,
-                           deadline: float, stream: bool) -> Request:
+async def start_generation(g: Group, p: GenParams, deadline: float, stream: bool) -> Request:
     """Admit a generation (429/503 raised here, before any byte is sent)."""
     loop = asyncio.get_running_loop()
-    req = Request("generate", Job(deadline, items=1, new_tokens=max_tokens), loop,
-                  loop.create_future(), prompt_ids=ids,
-                  sink=asyncio.Queue() if stream else None, length=len(ids))
+    req = Request("generate", Job(deadline, items=1, new_tokens=p.max_tokens), loop,
+                  loop.create_future(), prompt_ids=p.ids,
+                  sink=asyncio.Queue() if stream else None, length=len(p.ids),
+                  sampling=p.sampling, stop=p.stop)
     try:
         g.batcher.admit(req)
     except Rejected as e:
@@ -182,33 +248,16 @@ async def start_generation(state: ServingState, g: Group, ids: list[int], max_to
     return req
 
 
-async def generate(state: ServingState, g: Group, ids: list[int], max_tokens: int,
-                   deadline: float) -> Generated:
+async def generate(state: ServingState, g: Group, p: GenParams, deadline: float) -> Generated:
     variant = g.ladder.current
-    key = (variant.name, "generate", tuple(ids), max_tokens)
-    hit = state.cache.get(key)
+    hit = state.cache.get(p.cache_key(variant.name)) if p.cacheable else None
     if hit is not None:
         state.metrics.cache_hits.inc(model=g.name)
         state.cache_answered(g, variant)
         return hit
     state.metrics.cache_misses.inc(model=g.name)
-    req = await start_generation(state, g, ids, max_tokens, deadline, stream=False)
+    req = await start_generation(g, p, deadline, stream=False)
     out: Generated = await req.future
-    state.cache.put((out.variant, "generate", tuple(ids), max_tokens), out)
+    if p.cacheable:
+        state.cache.put(p.cache_key(out.variant), out)
     return out
-
-
-class Detokenizer:
-    """Turns a growing list of token ids into text deltas (multi-byte safe)."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer, self.text = tokenizer, ""
-        self.tokens: list[int] = []
-
-    def add(self, tok: int) -> str:
-        self.tokens.append(tok)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a character: wait for the rest
-            return ""
-        delta, self.text = text[len(self.text):], text
-        return delta

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..tasks.sampling import Sampling
 from .ladder import Job
 
 
@@ -30,10 +31,14 @@ class Request:
     arrival: float = field(default_factory=time.monotonic)
     length: int = 0  # characters, for length bucketing
     predicted: float = 0.0  # seconds to the answer, predicted at admission
+    sampling: Sampling | None = None  # generation: how to pick tokens (None: greedy)
+    stop: tuple[str, ...] = ()  # generation: the answer ends before any of these
+    cancelled: bool = False  # the client left: the worker frees its sequence
 
 
 @dataclass
 class Generated:
     tokens: list[int]
-    finish_reason: str
+    finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
     variant: str
+    text: str = ""  # the answer's text (stop strings cut off)

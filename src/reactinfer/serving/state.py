@@ -62,6 +62,13 @@ class Group:
     def max_length(self) -> int:
         return min(v.handle.max_length for v in self.ladder.variants)
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens (prompt + answer) a generation may hold on every variant: a
+        runner's serving context where it has one (llama.cpp), else the model's limit."""
+        return min(int(getattr(v.handle.runner(), "serve_context", v.handle.max_length))
+                   for v in self.ladder.variants)
+
 
 def state_of(request: HttpRequest) -> ServingState:
     """The serving state of the app that received `request` (create_app puts it on the

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import ServeConfig
+from .decode import engine_of, measure_engine
 from .execute import generate_stream
 from .ladder import Ladder, Variant
 
@@ -30,7 +31,11 @@ def warm_up(ladder: Ladder, task: str, texts: Sequence[str], config: ServeConfig
             continue
         if task == "causal-lm":
             ids = v.handle.tokenizer(texts[0])["input_ids"][:32]
-            measure_generation(v, ids)
+            eng = engine_of(v)
+            if eng is not None:
+                measure_engine(v, eng, ids)
+            else:
+                measure_generation(v, ids)
         else:
             measure_encoder(v, texts, config.max_batch)
     ladder.order_by_cost()

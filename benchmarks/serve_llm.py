@@ -1,0 +1,232 @@
+"""LLM serving, side by side in one run: ReAct's server (`react serve smollm2`: llama.cpp
+decode engine, continuous batching) against llama-cpp-python's own server
+(`python -m llama_cpp.server --interrupt_requests False`) on the same packaged GGUF.
+
+For 1, 4 and 8 concurrent streaming chats (max_tokens fixed, greedy), per server:
+aggregate tokens/s, p50/p99 time to first token, p50/p99 gap between streamed tokens.
+"1 concurrent" runs the same 8 chats one after another: the ×N columns compare with it.
+Both servers are up together and take turns setting by setting, round by round, so a
+slow spell of a shared machine hits both. Also measured: the batched-decode roofline
+(B sequences per llama_decode step, straight on the engine) and the hardware profile.
+
+    PYTHONPATH=src python benchmarks/serve_llm.py            # writes results/serve_llm.*
+    PYTHONPATH=src python benchmarks/serve_llm.py --quick    # 1 round, fewer tokens
+
+llama_cpp.server needs the extra `llama-cpp-python[server]` (fastapi, uvicorn,
+sse-starlette, starlette-context, pydantic-settings).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from reactinfer.core.hardware import hardware_profile, package_versions
+from reactinfer.models.zoo import BUILTINS
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = os.cpu_count() or 1
+QUESTIONS = ["Write a short story about a lighthouse keeper.",
+             "Explain how a bicycle works, step by step.",
+             "Describe the water cycle in detail.",
+             "Write a poem about the autumn forest.",
+             "Give advice to a new programmer, in several points.",
+             "Describe a busy market in a small town.",
+             "Explain why the sky is blue.",
+             "Tell a story about a cat who learns to fly."]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
+    """Run a server until the block ends; yield its base URL once `ready_path` is 200."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    log = tempfile.TemporaryFile()  # not a pipe: a chatty server would fill it and block
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + ready_path).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(log.read().decode(errors="replace")[-2000:])
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{cmd[:4]} not ready after {timeout_s} s")
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+async def one_chat(client: httpx.AsyncClient, model: str, question: str, max_tokens: int
+                   ) -> dict[str, Any]:
+    """One streaming chat: when it was sent, each content chunk's arrival, its text."""
+    body = {"model": model, "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    t0, arrivals, text, status = time.perf_counter(), [], "", 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        status = r.status_code
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            delta = json.loads(line[6:])["choices"][0].get("delta", {}).get("content")
+            if delta:
+                arrivals.append(time.perf_counter())
+                text += delta
+    return {"t0": t0, "arrivals": arrivals, "text": text, "status": status}
+
+
+async def run_setting(base: str, model: str, concurrency: int, max_tokens: int
+                      ) -> dict[str, Any]:
+    """The 8 questions, `concurrency` at a time (1: one after another)."""
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        async def go(q: str) -> dict[str, Any]:
+            async with sem:
+                return await one_chat(client, model, q, max_tokens)
+
+        start = time.perf_counter()
+        outs = await asyncio.gather(*(go(q) for q in QUESTIONS))
+        wall = time.perf_counter() - start
+    ttft = [o["arrivals"][0] - o["t0"] for o in outs if o["arrivals"]]
+    gaps = [b - a for o in outs for a, b in zip(o["arrivals"], o["arrivals"][1:], strict=False)]
+    chunks = sum(len(o["arrivals"]) for o in outs)
+    return {"concurrency": concurrency, "wall_s": wall, "chunks": chunks,
+            "chunks_per_s": chunks / wall, "statuses": sorted({o["status"] for o in outs}),
+            "ttft_p50_ms": _ms(ttft, 50), "ttft_p99_ms": _ms(ttft, 99),
+            "last_first_token_ms": max(ttft) * 1e3 if ttft else None,
+            "gap_p50_ms": _ms(gaps, 50), "gap_p99_ms": _ms(gaps, 99),
+            "texts": [o["text"] for o in outs]}
+
+
+def _ms(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q) * 1e3) if xs else None
+
+
+def roofline(path: Path, tokens: int) -> list[dict[str, Any]]:
+    """B sequences decoding together, one llama_decode per step, on the engine."""
+    from llama_cpp import Llama
+
+    from reactinfer.backends.llamacpp_engine import DecodeEngine
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=THREADS, verbose=False)
+    eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 512, 8, 64)
+    prompt = llm.tokenize(b"Once upon a time")
+    rows = []
+    for b in (1, 4, 8, 1, 4, 8):  # twice, alternating: the better of the two counts
+        sids = [eng.start(prompt, tokens) for _ in range(b)]
+        out = eng.step().logits  # the prompts
+        t0 = time.perf_counter()
+        for _ in range(tokens - 1):
+            for s in sids:
+                eng.feed(s, int(out[s].argmax()))
+            out = eng.step().logits
+        dt = (time.perf_counter() - t0) / (tokens - 1)
+        for s in sids:
+            eng.release(s)
+        rows.append({"B": b, "step_ms": dt * 1e3, "tokens_per_s": b / dt})
+    best: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["B"] not in best or r["step_ms"] < best[r["B"]]["step_ms"]:
+            best[r["B"]] = r
+    base = best[1]["tokens_per_s"]
+    return [{**r, "x": r["tokens_per_s"] / base} for r in best.values()]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    hw = r["hardware"]
+    lines = ["# LLM serving: ReAct vs llama_cpp.server (same GGUF)", "",
+             f"Model: {r['model']}; {r['max_tokens']} new tokens per chat (greedy), 8 chats "
+             f"per setting, {r['rounds']} round(s), best round per cell. CPU: "
+             f"{hw.get('cpu_model', '?')}, {THREADS} threads. "
+             "The machine was shared with other work: compare ratios within this run.", "",
+             "| server | concurrent | tokens/s | × sequential | p50 TTFT ms | p99 TTFT ms | "
+             "last first token ms | p50 gap ms | p99 gap ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, settings in r["servers"].items():
+        seq = settings["1"]["chunks_per_s"]
+        for c, s in settings.items():
+            lines.append(f"| {name} | {c} | {s['chunks_per_s']:.1f} | "
+                         f"×{s['chunks_per_s'] / seq:.2f} | {s['ttft_p50_ms']:.0f} | "
+                         f"{s['ttft_p99_ms']:.0f} | {s['last_first_token_ms']:.0f} | "
+                         f"{s['gap_p50_ms']:.1f} | {s['gap_p99_ms']:.1f} |")
+    lines += ["", f"ReAct / llama_cpp.server at 8 streams: ×{r['ratio_at_8']:.2f} aggregate "
+              "tokens/s (tokens counted as streamed content chunks).", "",
+              "Batched-decode roofline (one llama_decode per step, B sequences):", "",
+              "| B | step ms | tokens/s | × B=1 |", "|---|---|---|---|"]
+    lines += [f"| {x['B']} | {x['step_ms']:.1f} | {x['tokens_per_s']:.0f} | ×{x['x']:.2f} |"
+              for x in r["roofline"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="1 round, 16 tokens")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    rounds, max_tokens = (1, 16) if a.quick else (a.rounds, a.max_tokens)
+    gguf = BUILTINS["smollm2"].path()
+    react = [sys.executable, "-m", "reactinfer", "serve", "smollm2", "--cache-size", "0",
+             "--slo-ms", "30000"]
+    theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+              "--interrupt_requests", "False", "--n_threads", str(THREADS),
+              "--n_threads_batch", str(THREADS), "--n_ctx", "2048"]
+    results: dict[str, dict[str, Any]] = {"react": {}, "llama_cpp.server": {}}
+    with process(react, "/v2/health/ready") as rb, process(theirs, "/v1/models") as lb:
+        bases = {"react": (rb, "smollm2"), "llama_cpp.server": (lb, "smollm2")}
+        for c in (1, 4, 8):
+            for _ in range(rounds):
+                for name, (base, model) in bases.items():
+                    s = asyncio.run(run_setting(base, model, c, max_tokens))
+                    best = results[name].get(str(c))
+                    if best is None or s["chunks_per_s"] > best["chunks_per_s"]:
+                        results[name][str(c)] = s
+                    print(name, c, f"{s['chunks_per_s']:.1f} tok/s", flush=True)
+    r = {"model": "smollm2 (packaged GGUF Q4_1)", "max_tokens": max_tokens, "rounds": rounds,
+         "servers": results, "hardware": dataclasses.asdict(hardware_profile()),
+         "versions": package_versions(),
+         "ratio_at_8": results["react"]["8"]["chunks_per_s"]
+         / results["llama_cpp.server"]["8"]["chunks_per_s"],
+         "same_text_sequential_vs_8": results["react"]["1"]["texts"]
+         == results["react"]["8"]["texts"],
+         "roofline": roofline(gguf, max_tokens)}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_llm.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    (out / "serve_llm.md").write_text(markdown(r) + "\n")
+    print(markdown(r))
+
+
+if __name__ == "__main__":
+    main()

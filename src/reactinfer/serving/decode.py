@@ -1,0 +1,301 @@
+"""Generation in the serving worker: continuous batching on decode engines, and the text
+side of every answer (incremental detokenisation, stop strings, finish reasons).
+
+A variant whose runner offers `decode_engine(slots)` (llama.cpp) decodes all its running
+sequences in one step; queued requests join between steps, earliest deadline first,
+when the engine has a free slot and KV room for prompt + max_tokens (else they wait in
+the queue: a step never runs out of cache). Each sequence stays on the variant it
+started on; the ladder only picks the variant of the ones that join. A variant without
+an engine (torch) runs one request at a time, to the end, with the KV cache.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..tasks.sampling import Sampling, pick_token
+from .execute import generate_stream
+from .request import Generated, Request
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .batcher import Batcher
+    from .ladder import Variant
+
+SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~8-16)
+PREFILL_CAP = 128  # prompt tokens per step: joining prompts never stall a step for long
+
+
+class TextStream:
+    """Token ids in, text deltas out: incremental detokenisation (only a window of recent
+    tokens is decoded; a multi-byte character split across tokens waits for its end)
+    and stop strings (text that may begin one is held back; the answer never holds
+    one)."""
+
+    def __init__(self, tokenizer: Any, stop: Iterable[str] = ()):
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.tokens: list[int] = []
+        self._prefix = self._read = 0  # decode window: tokens[prefix:] vs tokens[prefix:read]
+        self._held = ""  # decoded, not yet sent: it might start a stop string
+        self.text = ""  # everything sent
+        self.stopped = False
+
+    def _decode(self, toks: list[int]) -> str:
+        return str(self.tokenizer.decode(toks, skip_special_tokens=True))
+
+    def push(self, tok: int) -> str:
+        """The text this token completes (maybe ''); sets `stopped` on a stop string."""
+        self.tokens.append(tok)
+        before = self._decode(self.tokens[self._prefix:self._read])
+        now = self._decode(self.tokens[self._prefix:])
+        if now.endswith("\ufffd") or len(now) <= len(before):
+            return ""
+        self._prefix, self._read = self._read, len(self.tokens)
+        return self._emit(self._held + now[len(before):])
+
+    def _emit(self, text: str) -> str:
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self._held, text = True, "", text[:cut]
+        else:
+            keep = max((k for s in self.stop for k in range(1, len(s))
+                        if text.endswith(s[:k])), default=0)
+            text, self._held = text[:len(text) - keep], text[len(text) - keep:]
+        self.text += text
+        return text
+
+    def flush(self) -> str:
+        """At the end without a stop string: what was held back."""
+        out, self._held = self._held, ""
+        self.text += out
+        return out
+
+
+@dataclass
+class Decoding:
+    """One request being generated: its sampler, text and timing."""
+
+    req: Request
+    variant: Variant
+    text: TextStream
+    rng: np.random.Generator
+    start: float = field(default_factory=time.monotonic)
+    first: float | None = None
+    tokens: list[int] = field(default_factory=list)
+    sid: int = -1  # the engine's sequence id
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.req.sampling or Sampling()
+
+    def add(self, tok: int, stop_ids: set[int], send: Any) -> str | None:
+        """Take one sampled token; the finish reason when the answer is complete."""
+        self.tokens.append(tok)
+        if tok in stop_ids:  # end of sequence: what was held back was no stop string
+            send(self.text.flush())
+            return "stop"
+        delta = self.text.push(tok)
+        if delta:
+            send(delta)
+        if self.text.stopped:
+            return "stop"
+        if len(self.tokens) >= self.req.job.new_tokens:
+            send(self.text.flush())
+            return "length"
+        return None
+
+
+def engine_of(v: Variant, slots: int = SLOTS) -> Any:
+    """The variant's decode engine (made once), or None when its runner has none."""
+    eng = getattr(v, "engine", None)
+    if eng is None:
+        runner = v.handle.runner()
+        make = getattr(runner, "decode_engine", None)
+        if make is None:
+            return None
+        eng = v.engine = make(slots, PREFILL_CAP)
+        v.gen.slots = slots
+    return eng
+
+
+def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8,
+                   warm: bool = True) -> None:
+    """Time one sequence alone on `eng`: its first token (prefill), then per token. The
+    first run of a new context allocates its buffers: with `warm`, one run goes first."""
+    if warm:
+        _run_alone(eng, prompt_ids, 2)
+    t0 = time.perf_counter()
+    first = _run_alone(eng, prompt_ids, tokens)
+    end = time.perf_counter()
+    v.gen.observe(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
+
+
+def _run_alone(eng: Any, prompt_ids: list[int], tokens: int) -> float:
+    """Greedy `tokens` for one sequence; when the first one came (perf_counter)."""
+    sid, first, n = eng.start(prompt_ids, tokens), None, 0
+    try:
+        while n < tokens:
+            logits = eng.step().logits.get(sid)
+            if logits is None:
+                continue
+            n += 1
+            first = first or time.perf_counter()
+            if n < tokens:
+                eng.feed(sid, int(logits.argmax()))
+    finally:
+        eng.release(sid)
+    assert first is not None
+    return first
+
+
+class DecodeLoop:
+    """The generation worker of one batcher (runs in its worker thread)."""
+
+    def __init__(self, batcher: Batcher):
+        self.b = batcher
+        self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
+        tok = batcher.ladder.variants[0].handle.tokenizer
+        self.tokenizer = tok
+
+    def run(self) -> None:
+        b = self.b
+        while True:
+            with b._cond:
+                while True:
+                    self._join(time.monotonic())
+                    if self.running:
+                        break
+                    if b._stopping and not b._queue:
+                        return
+                    if b.admission.stale and not b._queue:
+                        self._retime()
+                        continue
+                    b._cond.wait(0.5)
+            self._drop_cancelled()
+            self._step()
+
+    # -- joining (lock held) ---------------------------------------------------------------
+    def _join(self, now: float) -> None:
+        b = self.b
+        while b._queue:
+            edf = sorted(b._queue, key=lambda r: r.job.deadline)
+            level = b.ladder.update([r.job for r in edf], now, factor=b.calibration.factor)
+            b._report_variant(level)
+            req, v = edf[0], b.ladder.variants[level]
+            eng = engine_of(v)
+            if eng is not None and not eng.can_start(len(req.prompt_ids) + req.job.new_tokens):
+                return  # it waits for sequences to leave (EDF: nobody overtakes it)
+            if eng is None and self.running:
+                return  # an engine-less variant runs alone: let the others finish first
+            b._queue.remove(req)
+            b.metrics.queue_length.set(b._queued_items(), model=b.model)
+            b.metrics.queue_seconds.observe(now - req.arrival, model=b.model)
+            b.admission.changed()
+            d = Decoding(req, v, TextStream(self.tokenizer, req.stop), req.sampling.rng()
+                         if req.sampling else Sampling().rng())
+            if req.sink is not None:
+                _send(req, v.name)  # the header needs it first
+            if eng is None:
+                b._cond.release()  # run it alone, outside the lock
+                try:
+                    self._alone(d)
+                finally:
+                    b._cond.acquire()
+                continue
+            d.sid = eng.start(req.prompt_ids, req.job.new_tokens)
+            self.running[(id(eng), d.sid)] = d
+
+    def _retime(self) -> None:
+        """Idle, and a request was refused on an estimate alone: measure the engines again
+        (a slow spell, or the start-up, may have left the estimate far too high). Called
+        with the lock held and nothing running; measures without it (only this thread
+        uses the engines)."""
+        b = self.b
+        b.admission.stale = False
+        b._cond.release()
+        try:
+            for v in b.ladder.variants:
+                eng = engine_of(v)
+                if eng is not None:
+                    v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
+                    measure_engine(v, eng, [1, 2, 3, 4], warm=False)
+        finally:
+            b._cond.acquire()
+        b.admission.changed()
+
+    # -- stepping (lock free) ---------------------------------------------------------------
+    def _drop_cancelled(self) -> None:
+        for key, d in list(self.running.items()):
+            if d.req.cancelled:
+                self._leave(key, d, "cancelled")
+
+    def _step(self) -> None:
+        engines = {id(d.variant.engine): d.variant for d in self.running.values()}
+        for eid, v in engines.items():
+            t0 = time.monotonic()
+            try:
+                out = v.engine.step()
+            except Exception as e:  # noqa: BLE001  (a failed step answers its sequences with 500)
+                for key, d in list(self.running.items()):
+                    if key[0] == eid:
+                        self._leave(key, d, None, exc=e)
+                continue
+            now = time.monotonic()
+            self.b.metrics.compute_seconds.observe(now - t0, model=self.b.model, variant=v.name)
+            self.b.metrics.batch_size.observe(len(out.logits), model=self.b.model,
+                                              variant=v.name)
+            for sid, logits in out.logits.items():
+                key = (eid, sid)
+                d = self.running[key]
+                if d.first is None:
+                    d.first = now
+                    self.b._first_token(d.req, v, now)
+                reason = d.add(pick_token(logits, d.sampling, d.rng), self.b.stop_ids,
+                               lambda s, r=d.req: _send(r, s))
+                if reason is None:
+                    v.engine.feed(sid, d.tokens[-1])
+                else:
+                    self._leave(key, d, reason)
+
+    def _leave(self, key: tuple[int, int], d: Decoding, reason: str | None,
+               exc: BaseException | None = None) -> None:
+        d.variant.engine.release(key[1])
+        del self.running[key]
+        self._done(d, reason, exc)
+
+    def _done(self, d: Decoding, reason: str | None, exc: BaseException | None = None) -> None:
+        end, n = time.monotonic(), len(d.tokens)
+        if d.first is not None and exc is None:
+            d.variant.gen.observe(d.first - d.start,
+                                  (end - d.first) / (n - 1) if n > 1 else None)
+        if d.req.sink is not None:
+            _send(d.req, None)
+        value = Generated(d.tokens, reason or "cancelled", d.variant.name, d.text.text)
+        self.b._finish(d.req, value=value if exc is None else None, exc=exc)
+
+    def _alone(self, d: Decoding) -> None:
+        """A variant without an engine: the whole answer, one token at a time."""
+        reason = None
+        try:
+            for tok in generate_stream(d.variant.handle, d.req.prompt_ids, d.req.job.new_tokens,
+                                       set(), d.sampling, d.rng):
+                if d.first is None:
+                    d.first = time.monotonic()
+                    self.b._first_token(d.req, d.variant, d.first)
+                reason = d.add(tok, self.b.stop_ids, lambda s: _send(d.req, s))
+                if reason is not None or d.req.cancelled:
+                    break
+        except Exception as e:  # noqa: BLE001  (a model failure answers the request with 500)
+            self._done(d, None, exc=e)
+            return
+        self._done(d, reason or "length")
+
+
+def _send(req: Request, item: Any) -> None:
+    from .batcher import _call
+
+    if req.sink is not None and item != "":
+        _call(req.loop, req.sink.put_nowait, item)
