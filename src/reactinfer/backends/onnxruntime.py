@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, module_available, register_backend
+from ..core.backend import (
+    Backend,
+    Batch,
+    check_options,
+    module_available,
+    register_backend,
+)
 from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
@@ -35,17 +41,9 @@ SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider", "spin
 
 
 def _check_options(opts: dict[str, Any]) -> None:
-    unknown = set(opts) - set(EXPORT_OPTIONS) - set(SESSION_OPTIONS)
-    if unknown:
-        raise UserError(f"onnxruntime backend: unknown option(s) {sorted(unknown)}; known: "
-                        f"{', '.join(EXPORT_OPTIONS + SESSION_OPTIONS)}")
-    for key, allowed in (("precision", PRECISIONS), ("opt_level", OPT_LEVELS),
-                         ("provider", PROVIDERS)):
-        if key in opts and opts[key] not in allowed:
-            raise UserError(f"onnxruntime {key} {opts[key]!r} is not one of {', '.join(allowed)}")
-    for key in ("threads", "inter_op_threads"):
-        if opts.get(key) is not None and int(opts[key]) < 1:
-            raise UserError(f"onnxruntime {key} must be at least 1, got {opts[key]}")
+    check_options("onnxruntime", opts, EXPORT_OPTIONS + SESSION_OPTIONS,
+                  {"precision": PRECISIONS, "opt_level": OPT_LEVELS, "provider": PROVIDERS},
+                  ("threads", "inter_op_threads"))
 
 
 # -- export -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.backend import Backend, Batch, register_backend
+from ..core.backend import check_options as check_known_options
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,17 +58,9 @@ def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
     hardware profile's (bf16 needs it native)."""
     from ..core.hardware import native_bf16
 
-    unknown = set(opts) - set(EXPORT_OPTIONS) - set(SESSION_OPTIONS)
-    if unknown:
-        raise UserError(f"openvino backend: unknown option(s) {sorted(unknown)}; known: "
-                        f"{', '.join(EXPORT_OPTIONS + SESSION_OPTIONS)}")
-    for key, allowed in (("precision", PRECISIONS), ("hint", HINTS),
-                         ("overflow_fix", OVERFLOW_FIX)):
-        if key in opts and opts[key] not in allowed:
-            raise UserError(f"openvino {key} {opts[key]!r} is not one of {', '.join(allowed)}")
-    for key in ("threads", "calibration_texts"):
-        if opts.get(key) is not None and int(opts[key]) < 1:
-            raise UserError(f"openvino {key} must be at least 1, got {opts[key]}")
+    check_known_options("openvino", opts, EXPORT_OPTIONS + SESSION_OPTIONS,
+                        {"precision": PRECISIONS, "hint": HINTS, "overflow_fix": OVERFLOW_FIX},
+                        ("threads", "calibration_texts"))
     if opts.get("precision") == "bf16" and not native_bf16(isa):
         raise UserError("openvino precision 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
                         "or AMX), which this one lacks; use precision fp32 or int8")

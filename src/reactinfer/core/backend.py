@@ -12,7 +12,7 @@ Backends register by name; their heavy imports (onnxruntime, llama_cpp) happen i
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -100,6 +100,22 @@ def register_backend(backend: Backend) -> Backend:
 def backend_options(backend: Backend) -> dict[str, Any]:
     """The options `backend` takes (name -> kind or choices), from its capabilities()."""
     return dict(backend.capabilities().get("options", {}))
+
+
+def check_options(backend: str, opts: dict[str, Any], known: Sequence[str],
+                  choices: dict[str, Sequence[str]], at_least_one: Sequence[str]) -> None:
+    """Refuse, in one line each, an option `backend` does not know, a value outside its
+    choices, and a count below 1."""
+    unknown = set(opts) - set(known)
+    if unknown:
+        raise UserError(f"{backend} backend: unknown option(s) {sorted(unknown)}; known: "
+                        f"{', '.join(known)}")
+    for key, allowed in choices.items():
+        if key in opts and opts[key] not in allowed:
+            raise UserError(f"{backend} {key} {opts[key]!r} is not one of {', '.join(allowed)}")
+    for key in at_least_one:
+        if opts.get(key) is not None and int(opts[key]) < 1:
+            raise UserError(f"{backend} {key} must be at least 1, got {opts[key]}")
 
 
 def list_backends() -> dict[str, Backend]:
