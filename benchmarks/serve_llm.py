@@ -168,7 +168,7 @@ def markdown(r: dict[str, Any]) -> str:
              f"Model: {r['model']}; {r['max_tokens']} new tokens per chat (greedy), 8 chats "
              f"per setting, {r['rounds']} round(s), best round per cell. CPU: "
              f"{hw.get('cpu_model', '?')}, {THREADS} threads. "
-             "The machine was shared with other work: compare ratios within this run.", "",
+             f"{r.get('note', '')} Compare ratios within this run.".strip(), "",
              "| server | concurrent | tokens/s | × sequential | p50 TTFT ms | p99 TTFT ms | "
              "last first token ms | p50 gap ms | p99 gap ms |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="1 round, 16 tokens")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="how the machine was while this ran")
     a = ap.parse_args()
     rounds, max_tokens = (1, 16) if a.quick else (a.rounds, a.max_tokens)
     gguf = BUILTINS["smollm2"].path()
@@ -214,6 +215,7 @@ def main() -> None:
                         results[name][str(c)] = s
                     print(name, c, f"{s['chunks_per_s']:.1f} tok/s", flush=True)
     r = {"model": "smollm2 (packaged GGUF Q4_1)", "max_tokens": max_tokens, "rounds": rounds,
+         "note": a.note, "command": "python benchmarks/serve_llm.py " + " ".join(sys.argv[1:]),
          "servers": results, "hardware": dataclasses.asdict(hardware_profile()),
          "versions": package_versions(),
          "ratio_at_8": results["react"]["8"]["chunks_per_s"]
