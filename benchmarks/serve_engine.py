@@ -157,7 +157,7 @@ def markdown(result: dict[str, Any]) -> str:
         return f"{s[key]:.{nd}f}" if key in s else "n/a"
 
     return "\n".join([
-        "# Served at engine speed (minilm, ONNX Runtime fp32)", "",
+        f"# Served at engine speed ({result.get('engine', 'minilm, ONNX Runtime fp32')})", "",
         f"CPU: {hw.get('cpu_model', '?')}, {hw.get('cores_physical', '?')} cores, "
         f"{','.join(k for k, v in hw.get('isa', {}).items() if v) or '?'}. "
         f"{a['rounds']} alternating rounds, "
@@ -222,7 +222,11 @@ def main() -> None:
                 r[name] = fn()
                 print(f"round {k + 1} {name}: {json.dumps(r[name])}", flush=True)
             rounds.append(r)
-    result = {"args": vars(a), "artifact": str(artifact), "rounds": rounds,
+    manifest = json.loads((Path(artifact) / "manifest.json").read_text()) \
+        if (Path(artifact) / "manifest.json").exists() else {}
+    engine = f"{manifest.get('name', 'minilm')}, {manifest.get('backend', '?')} " \
+             f"{json.dumps(manifest.get('backend_options', {}))}"
+    result = {"args": vars(a), "artifact": str(artifact), "rounds": rounds, "engine": engine,
               "summary": summarise(rounds), "note": a.note,
               "hardware": hardware_profile().to_dict(), "versions": package_versions()}
     out = ROOT / "benchmarks" / "results"
