@@ -46,6 +46,22 @@ def _check_options(opts: dict[str, Any]) -> None:
                   ("threads", "inter_op_threads"))
 
 
+def graph_feed(inputs: list[str], batch: Batch, engine: str) -> dict[str, np.ndarray]:
+    """The inputs an exported graph takes, from a task batch: token_type_ids are zeros
+    where the tokenizer gives none; any other missing input is a one-line error. Shared by
+    every engine that runs the exported graph (ONNX Runtime, OpenVINO)."""
+    feed = {}
+    for name in inputs:
+        if name in batch:
+            feed[name] = batch[name]
+        elif name == "token_type_ids":
+            feed[name] = np.zeros_like(batch["input_ids"])
+        else:
+            raise UserError(f"the {engine} model needs input {name!r}, which the tokenizer "
+                            "did not produce")
+    return feed
+
+
 # -- export -----------------------------------------------------------------------------
 def input_names(handle: ModelHandle) -> list[str]:
     from ..tasks import sample_batch
@@ -216,15 +232,7 @@ class OrtRunner:
         self.provider = session.get_providers()[0]
 
     def __call__(self, batch: Batch) -> np.ndarray:
-        feed = {}
-        for name in self.inputs:
-            if name in batch:
-                feed[name] = batch[name]
-            elif name == "token_type_ids":
-                feed[name] = np.zeros_like(batch["input_ids"])
-            else:
-                raise UserError(f"the ONNX model needs input {name!r}, which the tokenizer "
-                                "did not produce")
+        feed = graph_feed(self.inputs, batch, "ONNX")
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

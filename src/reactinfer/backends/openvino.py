@@ -26,6 +26,7 @@ import numpy as np
 from ..core.backend import Backend, Batch, register_backend
 from ..core.backend import check_options as check_known_options
 from ..core.errors import UserError
+from .onnxruntime import graph_feed
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -193,20 +194,8 @@ class OvRunner:
         self.requests = [compiled.create_infer_request() for _ in range(max(1, n))]
         self._lock = threading.Lock()
 
-    def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
-        feed = {}
-        for name in self.inputs:
-            if name in batch:
-                feed[name] = batch[name]
-            elif name == "token_type_ids":
-                feed[name] = np.zeros_like(batch["input_ids"])
-            else:
-                raise UserError(f"the OpenVINO model needs input {name!r}, which the "
-                                "tokenizer did not produce")
-        return feed
-
     def __call__(self, batch: Batch) -> np.ndarray:
-        feed = self._feed(batch)
+        feed = graph_feed(self.inputs, batch, "OpenVINO")
         rows = len(batch["input_ids"])
         parts = np.array_split(np.arange(rows), min(len(self.requests), rows))  # (B,) → n
         used = self.requests[:len(parts)]
