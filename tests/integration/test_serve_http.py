@@ -479,6 +479,18 @@ def test_ladder_quality_comes_from_react_compress_and_the_metric_follows_answers
         assert s.metric("react_unknown_quality_answers_total") == 0
 
 
+def wait_ready(proc: subprocess.Popen, port: int) -> str:
+    """Poll a `react serve` subprocess until it is ready (at most 60 s); its base URL."""
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(base + "/v2/health/ready").status_code == 200:
+                break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.1)
+    return base
+
+
 def test_cli_serve_drains_on_sigterm(artifacts):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -486,13 +498,7 @@ def test_cli_serve_drains_on_sigterm(artifacts):
                              "--port", str(port), "--slo-ms", "5000", "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/v2/health/ready").status_code == 200:
-                    break
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.1)
+        base = wait_ready(proc, port)
         r = httpx.post(base + "/v1/embeddings", json={"input": "open the file"})
         assert r.status_code == 200 and r.headers["x-react-variant"] == "emb"
         proc.send_signal(signal.SIGTERM)
@@ -524,13 +530,7 @@ def test_cli_serves_the_output_of_react_optimize_with_a_key_from_the_environment
                              str(port), "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/v2/health/ready").status_code == 200:
-                    break
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.1)
+        base = wait_ready(proc, port)
         assert httpx.post(base + "/v1/embeddings", json={"input": "a"}).status_code == 401
         r = httpx.post(base + "/v1/embeddings", json={"input": "open the file"},
                        headers={"Authorization": f"Bearer {key}"})
