@@ -77,10 +77,19 @@ def int8_saturates(isa: dict[str, bool]) -> bool:
     return not (isa.get("vnni") or isa.get("amx_int8") or isa.get("neon"))
 
 
+# The ISA flags that compute each half-precision format natively; elsewhere engines
+# emulate it, slower than fp32.
+NATIVE_HALF = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("avx512_fp16",)}
+
+
+def native_flags(isa: dict[str, bool], fmt: str) -> list[str]:
+    """The flags of this CPU that run `fmt` (bf16, fp16) natively; [] where none do."""
+    return [name for name in NATIVE_HALF.get(fmt, ()) if isa.get(name)]
+
+
 def native_bf16(isa: dict[str, bool]) -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere engines
-    emulate it, slower than fp32."""
-    return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    return bool(native_flags(isa, "bf16"))
 
 
 def isa_text(isa: dict[str, bool]) -> str:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..core.hardware import HardwareProfile
+from ..core.hardware import NATIVE_HALF, HardwareProfile, native_flags
 
 ObservationLog = list[dict[str, Any]]
 
@@ -220,7 +220,6 @@ _INT8_TORCH = (1.8, 1.5, 1.1)
 # native half-precision GEMM gain over fp32: (AMX, AVX-512)
 _HALF_SPEED = {"openvino": (2.5, 1.7)}
 _HALF_TORCH = (1.6, 1.3)
-_NATIVE = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("avx512_fp16",)}
 # int8's expected gain is weighed by this against near-lossless steps when ordering them: on
 # MiniLM at a 0.01 bound ONNX Runtime int8 reached top-10 recall 0.89-0.91 and OpenVINO int8
 # 0.944-0.945 (both under the 0.95 floor), while OpenVINO bf16 kept 0.994 (issue #13, and
@@ -250,12 +249,12 @@ def number_format(cand: Candidate) -> str:
 def format_speed(hw: HardwareProfile, engine: str, fmt: str) -> tuple[float, str]:
     """Expected speed of `fmt` over fp32 on `engine` on this CPU, and why."""
     isa = hw.isa
-    if fmt in _NATIVE:
+    if fmt in NATIVE_HALF:
         if hw.gpu and engine in TORCH_BACKENDS:
             return 1.8, f"A GPU is present: {fmt} halves memory traffic and uses tensor cores."
-        have = [name for name in _NATIVE[fmt] if isa.get(name)]
+        have = native_flags(isa, fmt)
         if not have:
-            return 0.8, (f"No native {fmt} GEMM on this CPU (no {' or '.join(_NATIVE[fmt])}): "
+            return 0.8, (f"No native {fmt} GEMM on this CPU (no {' or '.join(NATIVE_HALF[fmt])}): "
                          f"{fmt} is likely slower than fp32 here.")
         amx, avx512 = _HALF_SPEED.get(engine, _HALF_TORCH)
         g = amx if any(n.startswith("amx") for n in have) else avx512

@@ -8,10 +8,9 @@ from typing import Any
 
 from ..core.backend import list_backends
 from ..core.errors import UserError
-from ..core.hardware import HardwareProfile, hardware_profile
+from ..core.hardware import NATIVE_HALF, HardwareProfile, hardware_profile, native_flags
 from ..core.transform import config_from_dict
 from .actions import (
-    _NATIVE,
     Action,
     _expect_engine_format,
     _expect_int8,
@@ -104,7 +103,7 @@ def _why_unavailable(a: Action, hw: HardwareProfile) -> str | None:
             return f"backend {a.backend[0]}: {b.why_unavailable()}"
     if a.backend is not None and not _runs_here(a.backend[1], hw):
         precision = a.backend[1]["precision"]
-        return f"no native {precision} on this CPU (no {' or '.join(_NATIVE[precision])})"
+        return f"no native {precision} on this CPU (no {' or '.join(NATIVE_HALF[precision])})"
     return None
 
 
@@ -112,7 +111,7 @@ def _runs_here(options: dict[str, Any], hw: HardwareProfile) -> bool:
     """A half-precision engine option needs native instructions: OpenVINO refuses bf16 on a
     CPU without avx512_bf16 / amx_bf16 rather than emulate it slowly."""
     precision = options.get("precision")
-    return precision not in _NATIVE or any(hw.isa.get(n) for n in _NATIVE[precision])
+    return precision not in NATIVE_HALF or bool(native_flags(hw.isa, precision))
 
 
 def _for_hardware(a: Action, hw: HardwareProfile) -> Action:
