@@ -20,7 +20,8 @@ from ..tasks import get_task, within_bound
 from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
-from .loop import STORE_NAME, Planner, gain
+from .loop import STORE_NAME, Planner
+from .objective import gain
 from .report import pareto_table, write_report
 
 MAX_VARIANTS = 4

@@ -49,31 +49,13 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .objective import OBJECTIVES, gain
 from .repair import repair
 from .store import TrialStore
 
-OBJECTIVES = {  # name → (observation path, higher is better)
-    "throughput": (("throughput", "items_per_s"), True),
-    "latency": (("latency_ms", "p50"), False),
-    "size": (("size_mb",), False),
-}
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
 Pick = tuple[Action, Candidate, str, list[tuple[Action, Candidate, str, str]]]
-
-
-def objective_value(obs: dict[str, Any], objective: str) -> float:
-    path, _ = OBJECTIVES[objective]
-    v: Any = obs
-    for p in path:
-        v = v[p]
-    return float(v)
-
-
-def gain(obs: dict[str, Any], ref: dict[str, Any], objective: str) -> float:
-    """How many times better `obs` is than `ref` on the objective (>1 is better)."""
-    a, b = objective_value(obs, objective), objective_value(ref, objective)
-    return a / b if OBJECTIVES[objective][1] else b / a
 
 
 def bound_text(task: str, quality_name: str, max_drop: float) -> str:

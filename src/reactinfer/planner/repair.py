@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..data import texts_for
 from ..tasks import within_bound
 from .actions import Action, Candidate
+from .objective import gain
 
 if TYPE_CHECKING:
     from .loop import Planner
@@ -84,8 +85,6 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
     ok, why = within_bound(task, obs["quality"], s.max_drop)
     if ok:
         return trial, cand, step  # rolled back for speed: keeping layers in float is slower
-    from .loop import gain
-
     best_obs = best_trial["observation"]
     if gain(obs, best_obs, s.objective) < 1 + s.min_gain:
         return trial, cand, step  # the fully quantized model did not pay: no fallback will

@@ -14,7 +14,8 @@ from typing import Any
 from ..measure.refcache import describe as describe_reference
 from ..tasks import within_bound
 from .actions import FALLBACK_OPTIONS
-from .loop import OBJECTIVES, bound_text, gain, objective_value
+from .loop import bound_text
+from .objective import OBJECTIVES, gain, objective_value
 
 UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
 
