@@ -1,7 +1,8 @@
 """Compression techniques, one module each; each registers its configs on import.
 The verb is `reactinfer.compress(handle, configs)` (core/transform.py)."""
 from ..core.transform import compress
-from .distill import Distill, recalibrate_batchnorm
+from .channels import PruneChannels
+from .distill import Distill, RecalibrateBatchNorm, recalibrate_batchnorm
 from .merge import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
 from .prune import DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude, sparsity
 from .quantize import (
@@ -13,6 +14,7 @@ from .quantize import (
 )
 
 __all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights", "Prune2of4",
-           "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8", "compress",
+           "PruneChannels", "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8",
+           "RecalibrateBatchNorm", "compress",
            "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble", "layer_sensitivity",
            "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]

@@ -1,7 +1,8 @@
 """Distillation and recovery training.
 
 The student learns to reproduce the teacher on the train part of the corpus (or the
-user's data): logits KD for classifiers and LMs, loss = α·T²·KL(teacher/T ‖ student/T)
+user's data; for an image model: its train images, randomly shifted): logits KD for
+classifiers (text and image) and LMs, loss = α·T²·KL(teacher/T ‖ student/T)
 + (1−α)·CE (CE where labels exist: next tokens for LMs), and for encoders MSE of the
 last hidden states (when widths match) + MSE and (1 − cosine) of the pooled embedding.
 
@@ -12,6 +13,9 @@ Learning rate: linear warm-up then cosine decay, or the error-driven lr = lr0/(1
 Early stopping on the validation error (a slice of the train part; the eval part stays
 unseen for the final report), a time budget, a tqdm bar with loss and quality, and
 checkpoints (safetensors + JSON) that let an interrupted run resume where it stopped.
+
+`RecalibrateBatchNorm` re-estimates BatchNorm statistics on calibration images: the last
+step of recovering a pruned, distilled or merged CNN.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 SCHEDULES = ("cosine", "error")
+IMAGE_TASK = "image-classification"
 _RUN_ONLY = ("progress", "time_budget_s", "checkpoint_dir")  # do not change the result
 
 
@@ -110,6 +115,8 @@ def lr_at(cfg: Distill, step: int, error: float | None) -> float:
 def _forward(model: torch.nn.Module, task: str, batch: dict[str, torch.Tensor]) -> Any:
     if task == "causal-lm":
         return model(**batch, use_cache=False)
+    if task == IMAGE_TASK:  # a plain CNN takes the pixels; labels are the loss's
+        return model(batch["pixel_values"])
     return model(**batch)
 
 
@@ -131,6 +138,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def distill_loss(task: str, cfg: Distill, s_out: Any, t_out: Any,
                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if task == IMAGE_TASK:  # logits (B, C) of a plain CNN, or an output with .logits
+        s, t = (getattr(o, "logits", o) for o in (s_out, t_out))
+        return kd_loss(s, t, cfg.temperature, cfg.alpha, batch.get("labels"))
     mask = batch["attention_mask"]
     if task == "embedding":
         hs, ht = s_out[0], t_out[0]  # (B, T, D)
@@ -171,6 +181,42 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[Any]) -> int
         m.momentum = mom
     model.train(was_training)
     return len(bns)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecalibrateBatchNorm(TransformConfig):
+    """Re-estimate every BatchNorm's running mean and variance on `n_samples` calibration
+    items (of `data`, else the model's built-in set), in batches of `batch_size`: after
+    channel pruning, distillation or a weight merge the stored statistics no longer match
+    what flows into the layer. A model without BatchNorm is returned unchanged."""
+    n_samples: int = 256
+    batch_size: int = 32
+    data: str | None = None
+
+    def validate(self) -> None:
+        for name in ("n_samples", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UserError(f"RecalibrateBatchNorm: {name} must be a positive integer, "
+                                f"got {getattr(self, name)!r}")
+
+
+@register_transform(RecalibrateBatchNorm)
+def _recalibrate(handle: ModelHandle, cfg: RecalibrateBatchNorm) -> ModelHandle:
+    from ..data import texts_for
+
+    model = need_model(handle, "RecalibrateBatchNorm")
+    if handle.task != IMAGE_TASK:
+        raise UserError(f"RecalibrateBatchNorm: calibration batches are built for image "
+                        f"models; {handle.name} is a {handle.task} model")
+    new = clone(model)
+    items = texts_for("calibration", cfg.data, cfg.n_samples, preprocess=handle.tokenizer)
+    if not items:
+        raise UserError("RecalibrateBatchNorm: the calibration data is empty")
+    batches = (torch.from_numpy(handle.tokenizer(items[i:i + cfg.batch_size])["pixel_values"])
+               for i in range(0, len(items), cfg.batch_size))
+    n = recalibrate_batchnorm(new, batches)
+    return handle.derive(model=new.eval(), metrics={**handle.metrics,
+                                                    "batchnorm_recalibrated": n})
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -215,11 +261,33 @@ def _load_checkpoint(d: Path, cfg: Distill, student: torch.nn.Module,
 
 # -- the loop ------------------------------------------------------------------------------------
 
-def _batches(handle: ModelHandle, texts: list[str], idx: list[int]) -> dict[str, torch.Tensor]:
+def _batches(handle: ModelHandle, texts: list[Any], idx: list[int],
+             gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     from ..tasks import tokenize
 
+    if handle.task == IMAGE_TASK:
+        return _image_batch(handle, [texts[i] for i in idx], gen or torch.Generator())
     b = tokenize(handle.tokenizer, [texts[i] for i in idx], handle.max_length)
     return {k: torch.from_numpy(v) for k, v in b.items()}
+
+
+def _image_batch(handle: ModelHandle, items: list[Any], gen: torch.Generator
+                 ) -> dict[str, torch.Tensor]:
+    """Preprocessed pixels, randomly shifted by up to 1/8 of the side (edges padded with
+    zeros: so a few photos or 8×8 digits give many different views), with labels when
+    every item has one (then the loss adds cross-entropy, weighted 1 − alpha)."""
+    from ..tasks.image_classification import item_labels
+
+    x = torch.from_numpy(handle.tokenizer(items)["pixel_values"])  # (B, C, H, W)
+    h, w = x.shape[-2:]
+    p = max(1, min(h, w) // 8)
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    dy, dx = (int(v) for v in torch.randint(0, 2 * p + 1, (2,), generator=gen))
+    out = {"pixel_values": padded[..., dy:dy + h, dx:dx + w].contiguous()}
+    labels = item_labels(items)
+    if labels is not None:
+        out["labels"] = torch.from_numpy(labels)
+    return out
 
 
 def validation_error(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Module,
@@ -250,9 +318,9 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
 
     from ..data import texts_for
 
-    texts = texts_for("train", cfg.data)
+    texts = texts_for("train", cfg.data, preprocess=handle.tokenizer)
     if len(texts) < 2:
-        raise UserError("Distill: the training data has fewer than 2 texts")
+        raise UserError("Distill: the training data has fewer than 2 items")
     n_val = min(cfg.n_val, max(1, len(texts) // 5))
     val, train_texts = texts[-n_val:], texts[:-n_val]
     if cfg.n_train is not None:
@@ -284,7 +352,8 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
         pos = step * cfg.batch_size
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + pos // n))
         idx = perm[pos % n:pos % n + cfg.batch_size].tolist()
-        batch = _batches(handle, train_texts, idx)
+        batch = _batches(handle, train_texts, idx,
+                         torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, last_error)
         student.train()

@@ -40,9 +40,14 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
                 raise UserError(f"{path} holds the weights of a plain torch module "
                                 f"({manifest['module_class']}); pass module=<an instance> to "
                                 "load() to give the architecture")
-            from safetensors.torch import load_model
+            from safetensors.torch import load_file, load_model
 
-            load_model(module, str(path / "model.safetensors"))
+            from .cnn import fit_to_state
+
+            weights = str(path / "model.safetensors")
+            # a channel-pruned CNN stores smaller tensors: its layers take their shapes
+            fit_to_state(module, load_file(weights))
+            load_model(module, weights)
             model = module.eval()
         else:
             model = hf_from_pretrained(task, path, local_files_only=True, use_safetensors=True,

@@ -158,3 +158,33 @@ def load_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         assert own[k].shape == v.shape, f"{k}: {tuple(own[k].shape)} vs {tuple(v.shape)}"
     model.load_state_dict(state)
     return model.eval()
+
+
+def fit_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize the Conv2d, BatchNorm and Linear layers of `model` to the shapes in `state`
+    (a channel-pruned checkpoint of the same architecture), in place: the channel counts
+    (and a depthwise convolution's groups) follow the stored weights. Layers whose shapes
+    already match are left alone; `load_checked` then checks every shape."""
+    for name, m in model.named_modules():
+        w = state.get(f"{name}.weight" if name else "weight")
+        if w is None or not isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            continue
+        if tuple(w.shape) == tuple(m.weight.shape):
+            continue
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            m.out_channels = w.shape[0]
+            m.groups = w.shape[0] if depthwise else m.groups
+            m.in_channels = w.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = w.shape
+        else:
+            m.num_features = w.shape[0]
+        for pname, p in list(m.named_parameters(recurse=False)):
+            setattr(m, pname, nn.Parameter(torch.empty_like(state[f"{name}.{pname}"]),
+                                           requires_grad=p.requires_grad))
+        for bname, b in list(m.named_buffers(recurse=False)):
+            key = f"{name}.{bname}"
+            if b is not None and key in state and b.dim() > 0:
+                m.register_buffer(bname, torch.empty_like(state[key]))
+    return model
