@@ -28,7 +28,7 @@ def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str,
     from ..data import texts_for
     from ..measure import bench, reference_for
 
-    texts = texts_for("eval", data, n_eval)
+    texts = texts_for("eval", data, n_eval, preprocess=before.tokenizer)  # images too
     kw: dict[str, Any] = {"eval_texts": texts, "latency_runs": 10, "progress": False,
                           "gen_tokens": 0}
     b = bench(before, **kw)
