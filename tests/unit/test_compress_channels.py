@@ -180,3 +180,21 @@ def test_recovery_recipe_runs_and_recalibration_matches_batch_statistics(image_d
         from reactinfer.testing import tiny_handle
 
         compress(tiny_handle("classification"), RecalibrateBatchNorm())
+
+
+def test_cli_compress_prunes_the_builtin_digits_cnn_and_the_artifact_reloads(tmp_path, capsys):
+    import json
+
+    from reactinfer.cli.main import main
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps([{"type": "PruneChannels", "ratio": 0.5},
+                                  {"type": "RecalibrateBatchNorm", "n_samples": 64}]))
+    rc = main(["compress", "resnet18-digits", "--recipe", str(recipe), "-o",
+               str(tmp_path / "a"), "--n-eval", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "top1_agreement" in out and "accuracy" in out
+    back = load(str(tmp_path / "a"))  # a built-in's architecture is known: no module=
+    assert back.model.conv1.out_channels == 8
+    assert back.metrics["prune_channels"]["params_after"] == n_params(back.model)
+    assert [t["type"] for t in back.transforms] == ["PruneChannels", "RecalibrateBatchNorm"]

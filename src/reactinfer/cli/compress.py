@@ -109,7 +109,8 @@ def _compress(p: argparse.ArgumentParser):
             new = compress(handle, cfgs)
             if not a.no_eval:
                 out["summary"] = summary(handle, new, a.n_eval, a.data)
-            Artifact.save(new, a.output, metrics={"compress": out.get("summary")},
+            # the steps' own records (pruned params / MACs, the distillation run) stay
+            Artifact.save(new, a.output, metrics={**new.metrics, "compress": out.get("summary")},
                           overwrite=a.overwrite)
             out["artifact"] = a.output
             out["recipe"] = list(new.transforms)
