@@ -198,3 +198,17 @@ def test_cli_compress_prunes_the_builtin_digits_cnn_and_the_artifact_reloads(tmp
     assert back.model.conv1.out_channels == 8
     assert back.metrics["prune_channels"]["params_after"] == n_params(back.model)
     assert [t["type"] for t in back.transforms] == ["PruneChannels", "RecalibrateBatchNorm"]
+
+
+def test_the_planner_action_for_cnns_is_a_recipe_that_runs(image_dir):
+    from reactinfer.planner.catalogue import default_actions
+
+    [action] = [a for a in default_actions() if a.family == "prune-channels"]
+    assert action.tasks == ("image-classification",)
+    steps = [dict(s, steps=2, data=image_dir) if s["type"] == "Distill" else s
+             for s in action.steps]
+    h = tiny_image_handle()
+    out = compress(h, [config_from_dict(s) for s in steps])
+    assert [t["type"] for t in out.transforms] == ["Distill", "RecalibrateBatchNorm"]
+    assert out.transforms[0]["student"][0]["type"] == "PruneChannels"
+    assert n_params(out.model) < n_params(h.model)

@@ -16,11 +16,13 @@ from .actions import (
     _expect_int8,
     _expect_llamacpp,
     _expect_prune,
+    _expect_prune_channels,
     _expect_sparse,
 )
 
 ENCODERS = ("embedding", "classification")
 LM = ("causal-lm",)
+IMAGES = ("image-classification",)
 
 
 def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
@@ -60,6 +62,13 @@ def catalogue() -> list[Action]:
                steps=({"type": "DropLayers", "keep": 5 / 6}, _recovery())),
         Action("drop 1/3 layers + distil", "prune-layers", _expect_prune("layers", 1 / 3),
                steps=({"type": "DropLayers", "keep": 4 / 6}, _recovery()), level=1),
+        # CNNs: channels out, KD from the model they came out of (the student recipe form:
+        # a user's CNN cannot be reloaded by name as a teacher), BatchNorm re-estimated
+        Action("prune channels 30% + distil + BN recalibration", "prune-channels",
+               _expect_prune_channels(0.3),
+               steps=({**_recovery(), "lr": 2e-3, "batch_size": 64,
+                       "student": ({"type": "PruneChannels", "ratio": 0.3},)},
+                      {"type": "RecalibrateBatchNorm"}), tasks=IMAGES),
         # number formats: an engine with its format, and the format for the engine at hand
         # (the trace names the form each trial took)
         Action("onnxruntime int8 dynamic", "ort-int8", _expect_engine_format,
