@@ -103,6 +103,15 @@ def test_round_to_keeps_channel_counts_multiples():
     assert all(m.out_channels % 4 == 0 for m in convs(out.model).values())
 
 
+def test_global_ranking_prunes_the_same_total_but_not_uniformly():
+    h = tiny_image_handle()
+    out = compress(h, PruneChannels(ratio=0.5, global_ranking=True))
+    kept = [m.out_channels / b.out_channels
+            for m, b in zip(convs(out.model).values(), convs(h.model).values(), strict=True)]
+    assert min(kept) < max(kept) and all(k > 0 for k in kept)
+    assert out.model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
 def test_configs_are_registered_round_trip_and_validate():
     names = registered_transforms()
     assert names["PruneChannels"] is PruneChannels
