@@ -181,8 +181,9 @@ def fit_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         else:
             m.num_features = w.shape[0]
         for pname, p in list(m.named_parameters(recurse=False)):
-            setattr(m, pname, nn.Parameter(torch.empty_like(state[f"{name}.{pname}"]),
-                                           requires_grad=p.requires_grad))
+            if f"{name}.{pname}" in state:  # else a tied tensor: load_model reports it
+                setattr(m, pname, nn.Parameter(torch.empty_like(state[f"{name}.{pname}"]),
+                                               requires_grad=p.requires_grad))
         for bname, b in list(m.named_buffers(recurse=False)):
             key = f"{name}.{bname}"
             if b is not None and key in state and b.dim() > 0:
