@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.images import IMAGE_TASK
 from .admission import Admission
 from .config import ServeConfig
 from .decode import DecodeLoop
@@ -22,7 +23,7 @@ from .execute import run_encoder, run_pixels
 from .ladder import Calibration, Job, Ladder, Variant
 from .metrics import Metrics
 from .request import Generated, Rejected, Request
-from .warmup import IMAGE_TASK, measure_generation, probe_pixels
+from .warmup import measure_generation, probe_pixels
 
 __all__ = ["Batcher", "Generated", "Rejected", "Request"]
 

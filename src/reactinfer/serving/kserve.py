@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from ..core.images import IMAGE_TASK
 from . import images
 from .protocol import (
     VARIANT_HEADER,
@@ -21,7 +22,6 @@ from .protocol import (
     read_json,
 )
 from .state import ApiError, Group, ServingState, state_of
-from .warmup import IMAGE_TASK
 
 # Included by create_app; the handlers find the served models with state_of(request).
 router = APIRouter()

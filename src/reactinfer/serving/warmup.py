@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.images import IMAGE_TASK
 from .config import ServeConfig
 from .decode import engine_of, measure_engine
 from .execute import generate_stream
 from .ladder import Ladder, Variant
-
-IMAGE_TASK = "image-classification"
 
 
 def warmup_images(preprocess: Any, n: int = 4) -> list[np.ndarray]:
