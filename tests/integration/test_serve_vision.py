@@ -181,6 +181,32 @@ def test_images_are_batched_cached_and_shed_like_texts(handle):
                              json=files_body(files[:1])).status_code == 200
 
 
+def test_the_ladder_steps_down_for_images():
+    """Two variants of one image model: the better one turns slow, and requests are
+    answered by the cheaper one (X-ReAct-Variant) rather than late."""
+    from reactinfer.testing import tiny_cnn
+
+    big = tiny_image_handle()
+    small = big.derive(model=tiny_cnn(seed=1, width=4), name="small")
+    big = slow(big.derive(name="big"), 0.02)
+    files = [png(a) for a in tiny_images(4, seed=7)]
+    with running([big, small], slo_ms=500, max_batch=4, max_delay_ms=1, ewma_alpha=0.7,
+                 probe_s=30) as s:
+        (g,) = s.state.groups.values()
+        assert [v.name for v in g.ladder.variants] == ["big", "small"]
+
+        def served(i):
+            r = s.client.post(f"/v2/models/{g.name}/infer", json=files_body([files[i]]))
+            assert outputs(r)["top5_ids"].shape == (1, 5)
+            return r.headers["x-react-variant"]
+
+        assert served(0) == "big"
+        big._runner.delay = 1.0  # the big variant turns slow
+        assert served(1) == "big"  # measured: ~1 s per call, over the 500 ms SLO
+        assert served(2) == "small"
+        assert s.metric("react_variant_switches_total", direction="down") >= 1
+
+
 # bundled photo → ImageNet class names, one of which must be in the top 5 (issue #16)
 PHOTOS = {
     "chelsea": {"tabby, tabby cat", "tiger cat", "Egyptian cat"},
