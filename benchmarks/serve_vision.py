@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -156,7 +157,7 @@ def main() -> None:
                     per["p95_one_ms"].append(one["p95_ms"])
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in per.items()),
                   flush=True)
-    result = {"command": "PYTHONPATH=src python benchmarks/serve_vision.py " + " ".join(
+    result = {"command": "PYTHONPATH=src python benchmarks/serve_vision.py " + shlex.join(
                   sys.argv[1:]),
               "rounds": a.rounds, "seconds": a.seconds, "batch": a.batch,
               "concurrency": a.concurrency, "note": a.note,
