@@ -207,6 +207,21 @@ def test_the_ladder_steps_down_for_images():
         assert s.metric("react_variant_switches_total", direction="down") >= 1
 
 
+def test_resnet18_digits_reads_grey_digits_over_http():
+    from reactinfer.data.images import digits_split, load_digits
+
+    images, labels = load_digits()
+    idx = digits_split()["eval"][:8]
+    with running(["resnet18-digits"], max_batch=8) as s:
+        meta = s.client.get("/v2/models/resnet18-digits").json()
+        assert meta["inputs"][1]["shape"] == [-1, 1, 8, 8]
+        out = outputs(s.client.post("/v2/models/resnet18-digits/infer",
+                                    json=files_body([png(images[i]) for i in idx])))
+    assert out["logits"].shape == (8, 10)
+    right = [a == str(labels[i]) for a, i in zip(out["top5_labels"][:, 0], idx, strict=True)]
+    assert sum(right) >= 7  # held-out accuracy 0.997: a near tie may differ by CPU
+
+
 # bundled photo → ImageNet class names, one of which must be in the top 5 (issue #16)
 PHOTOS = {
     "chelsea": {"tabby, tabby cat", "tiger cat", "Egyptian cat"},
