@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ..core.backend import GenerativeRunner
+from ..core.errors import UserError
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -144,7 +145,9 @@ def run_rows(handle: ModelHandle, texts: Sequence[str], batch_size: int
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 - a row's failure is data, not a crash
                 values.append(None)
-                errors.append(f"model failed on this row: {type(e).__name__}: {e}"[:500])
+                why = str(e) if isinstance(e, UserError) else \
+                    f"model failed on this row: {type(e).__name__}: {e}"  # UserError: the row's
+                errors.append(why[:500])  # own fault, said plainly (an unreadable image)
         return values, errors
 
 
