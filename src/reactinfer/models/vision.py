@@ -106,7 +106,7 @@ class CnnBuiltin:
     arch: Callable[[], Any]
     weights: Callable[[Path], dict[str, Any]]
     preprocess: ImagePreprocess
-    labels: Callable[[], list[str]]  # class names, index = class id
+    labels: Callable[[], list[str]] | None = None  # class names, index = class id
 
     def build(self, path: Path) -> torch.nn.Module:
         from .cnn import load_checked
@@ -130,7 +130,7 @@ def class_labels(source: dict[str, Any]) -> list[str] | None:
 
     root = root_source(source)
     builtin = CNN_BUILTINS.get(str(root.get("ref"))) if root.get("kind") == "builtin" else None
-    return None if builtin is None else builtin.labels()
+    return None if builtin is None or builtin.labels is None else builtin.labels()
 
 
 def train_resnet_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0,
