@@ -151,3 +151,60 @@ def test_cli_jsonl_and_parquet_inputs(tmp_path, capsys):
     assert main(["batch", str(model), "--input", str(tmp_path / "in.parquet"),
                  "--output", str(tmp_path / "q.parquet"), "--no-progress"]) == 2
     assert "--column" in capsys.readouterr().err
+
+
+def _image_folder(root):
+    """3 classes of tiny PNGs, one JPEG, a text file and a hidden file."""
+    from PIL import Image
+
+    from reactinfer.testing import tiny_images
+
+    for i, img in enumerate(tiny_images(9, seed=2)):
+        d = root / ("cat", "dog", "owl")[i % 3]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.{'jpg' if i == 4 else 'png'}")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    jpg = (root / "dog" / "4.jpg").read_bytes()
+    (root / "owl" / "cut.jpg").write_bytes(jpg[:len(jpg) // 2])  # truncated: skipped too
+    return root
+
+
+def test_image_folder_gives_paths_logits_and_top5(tmp_path):
+    from reactinfer.core.images import open_image
+    from reactinfer.testing import tiny_image_handle
+
+    h = tiny_image_handle()
+    folder = _image_folder(tmp_path / "images")
+    res = run_batch(h, folder, tmp_path / "img.parquet", workers=2, batch_size=4, block_rows=4,
+                    progress=False)
+    assert res.rows == 9 and res.skipped == 2 and res.errors == 0 and res.column == "logits"
+    t = pq.read_table(tmp_path / "img.parquet")
+    assert t.column_names == ["id", "path", "logits", "top5_ids", "top5_labels", "variant",
+                              "error"]
+    paths = t.column("path").to_pylist()
+    assert t.column("id").to_pylist() == list(range(9)) and paths == sorted(paths)
+    assert paths[0] == "cat/0.png" and "dog/4.jpg" in paths and "owl/cut.jpg" not in paths
+    logits = np.array(t.column("logits").to_pylist(), dtype=np.float32)  # (9, 10)
+    ref = h.runner()(h.tokenizer([open_image(folder / p) for p in paths]))
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+    ids = t.column("top5_ids").to_pylist()
+    assert ids == np.argsort(-ref, axis=1, kind="stable")[:, :5].tolist()
+    assert t.column("top5_labels").to_pylist() == [[str(i) for i in row] for row in ids]
+
+
+def test_cli_image_folder_and_empty_folder(tmp_path, capsys):
+    from reactinfer.cli.main import main
+
+    folder = _image_folder(tmp_path / "images")
+    rc = main(["batch", "resnet18-digits", "--input", str(folder), "--json", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 9 and summary["skipped"] == 2 and summary["errors"] == 0
+    labels = pq.read_table(tmp_path / "images.out.parquet").column("top5_labels").to_pylist()
+    assert all(len(row) == 5 and set(row) <= set("0123456789") for row in labels)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    assert main(["batch", "resnet18-digits", "--input", str(tmp_path / "empty"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no images" in err[0]

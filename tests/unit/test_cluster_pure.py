@@ -188,3 +188,21 @@ def test_blocking_ray_serve_waits_for_the_signal_and_names_it(sig):
     finally:
         sender.join(timeout=30)
         signal.signal(signal.SIGTERM, term_before)
+
+
+def test_image_rows_that_cannot_be_read_say_so_and_spare_their_neighbours(tmp_path):
+    from PIL import Image
+
+    from reactinfer.cluster.worker import run_rows
+    from reactinfer.testing import tiny_image_handle, tiny_images
+
+    h = tiny_image_handle()
+    paths = []
+    for i, img in enumerate(tiny_images(3)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    paths.insert(1, str(tmp_path / "gone.png"))  # deleted between listing and running
+    values, errors = run_rows(h, paths, 4)
+    assert errors[1] is not None and errors[1].startswith("cannot read image")
+    assert values[1] is None and all(values[i].shape == (10,) for i in (0, 2, 3))
+    assert errors.count(None) == 3

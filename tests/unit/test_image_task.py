@@ -134,3 +134,30 @@ def test_backend_auto_measures_image_models_too():
     tried = {c["backend"] for c in r["backend_selection"]["candidates"]}
     assert {"torch", "onnxruntime"} <= tried
     assert r["quality_drop"] <= 0.01
+
+
+def test_top_classes_best_first_with_names_or_ids():
+    from reactinfer.tasks.image_classification import top_classes
+
+    logits = np.array([[0.1, 3.0, -1.0, 2.0, 2.0, 0.5, 9.0],
+                       [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]], np.float32)
+    ids, names = top_classes(logits, None)
+    assert ids.dtype == np.int64 and ids.tolist() == [[6, 1, 3, 4, 5], [0, 1, 2, 3, 4]]
+    assert names == [["6", "1", "3", "4", "5"], ["0", "1", "2", "3", "4"]]  # ties: lower id
+    _, named = top_classes(logits, list("abcdefg"), k=2)
+    assert named == [["g", "b"], ["a", "b"]]
+    small, _ = top_classes(logits[:, :3], None)  # fewer classes than 5
+    assert small.shape == (2, 3)
+
+
+def test_class_labels_follow_a_builtin_through_its_artifacts():
+    from reactinfer.models.vision import class_labels
+
+    digits = {"kind": "builtin", "ref": "resnet18-digits"}
+    assert class_labels(digits) == [str(i) for i in range(10)]
+    nested = {"kind": "artifact", "origin": {"kind": "artifact", "origin": {
+        "kind": "builtin", "ref": "efficientnet-lite0"}}}
+    names = class_labels(nested)
+    assert names is not None and len(names) == 1000 and names[967] == "espresso"
+    assert class_labels({"kind": "module", "ref": "ResNet"}) is None
+    assert class_labels({"kind": "builtin", "ref": "minilm"}) is None

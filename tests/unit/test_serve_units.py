@@ -277,12 +277,19 @@ def test_answers_of_unknown_quality_are_counted_not_skipped():
 
 @pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
                                  dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1),
-                                 dict(admit_quantile=1.5), dict(admit_quantile=0)])
+                                 dict(admit_quantile=1.5), dict(admit_quantile=0),
+                                 dict(max_image_bytes=0)])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(UserError):
         ServeConfig(**bad)
     with pytest.raises(UserError, match="unknown option"):
         ServeConfig.from_kwargs(slo=5)
+
+
+def test_an_image_models_body_limit_holds_one_image_in_base64():
+    assert ServeConfig().image_body_limit == (20 << 20) // 3 * 4 + 4 + (1 << 20)
+    assert ServeConfig(max_image_bytes=3).image_body_limit == 4 + (1 << 20)
+    assert ServeConfig(max_body_bytes=1 << 30).image_body_limit == 1 << 30
 
 
 def test_missing_serving_packages_are_named():

@@ -6,12 +6,15 @@ import argparse
 from .main import command, print_json
 
 
-@command("batch", "Run a model or artifact over a file (text lines, JSONL or Parquet) on a "
-                  "Ray actor pool; writes Parquet with id, output, variant and error columns.")
+@command("batch", "Run a model or artifact over a file (text lines, JSONL or Parquet) or a "
+                  "folder of images on a Ray actor pool; writes Parquet with id, output, "
+                  "variant and error columns.")
 def _batch(p: argparse.ArgumentParser):
     p.add_argument("model", help="artifact directory, built-in name or model path")
     p.add_argument("--input", required=True,
-                   help="text file (one row per line), JSONL with a text field, or Parquet")
+                   help="text file (one row per line), JSONL with a text field, or "
+                        "Parquet; for an image model, a folder of images (class subfolders "
+                        "optional; other files are skipped and counted)")
     p.add_argument("--output", help="output Parquet file (default INPUT.out.parquet); parts "
                                     "go to OUTPUT.parts/ and make re-runs resume")
     p.add_argument("--workers", type=int, default=1, help="actors, one model copy each")
@@ -40,6 +43,8 @@ def _batch(p: argparse.ArgumentParser):
             return 0
         print(f"wrote {res.output} ({res.rows:,} rows, column {res.column!r}, variant "
               f"{res.variant}); parts in {res.parts_dir}")
+        if res.skipped:
+            print(f"skipped {res.skipped} file(s) that are not images")
         print(f"{res.blocks - res.blocks_skipped} block(s) run, {res.blocks_skipped} reused; "
               f"{res.seconds:.1f} s, {res.rows_per_s:,.1f} rows/s with {res.workers} worker(s)")
         if res.errors:

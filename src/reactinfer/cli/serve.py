@@ -30,6 +30,10 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--cache-size", type=int, default=10000)
     p.add_argument("--max-inputs", type=int, default=256)
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-image-bytes", type=int, default=20 << 20,
+                   help="largest image file (decoded from base64) an image model takes; "
+                        "larger ones get 413 (default 20 MiB; an image model's body limit "
+                        "grows to hold one such image)")
     p.add_argument("--long-text", choices=("truncate", "error"), default="truncate",
                    help="texts over the model's token limit: truncate, or answer 400")
     p.add_argument("--no-warmup", action="store_true",
@@ -67,7 +71,8 @@ def _serve(p: argparse.ArgumentParser):
         config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
-                             max_body_bytes=a.max_body_bytes, long_text=a.long_text,
+                             max_body_bytes=a.max_body_bytes,
+                             max_image_bytes=a.max_image_bytes, long_text=a.long_text,
                              warmup=not a.no_warmup,
                              deadline_admission=not a.no_deadline_admission,
                              admit_quantile=a.admit_quantile, max_tokens=a.max_tokens,

@@ -1,6 +1,6 @@
 """Data-parallel batch inference over a file with Ray Data (`react batch`).
 
-    input (text lines | JSONL `text` | Parquet column)
+    input (text lines | JSONL `text` | Parquet column | a folder of images)
       → driver: one row per input record, `id` = its position, bad rows flagged
       → blocks of `block_rows` rows (block k = ids [k·R, (k+1)·R))
       → Ray Data map_batches on an actor pool (`workers` actors, one model each)
@@ -17,7 +17,13 @@ Output layout for `--output out.parquet`:
 Columns: `id` (int64, input position), the task's output (`embedding` list<float32>,
 `logits` list<float32>, or `generated` string), `variant` (model name @ digest of
 weights+transforms+backend) and `error` (null, or why this row has no output: empty,
-not UTF-8, too long, not valid JSON, model failure). A bad row never drops or shifts
+not UTF-8, too long, not valid JSON, model failure).
+
+An image model reads a folder instead (data/images.py: every image under it, in sorted
+path order, class subfolders optional; other files are skipped and counted): `id` is the
+position in that order, `path` the file relative to the folder, and beside `logits` come
+`top5_ids` list<int64> and `top5_labels` list<string> (best first; class ids as text for
+a model without class names). A bad row never drops or shifts
 other rows. Resuming: parts already on disk are skipped; a crash loses at most the
 blocks in flight. The parts directory is itself a Parquet dataset
 (`pyarrow.dataset` / `ray.data.read_parquet` read it).
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.images import IMAGE_TASK
 from . import ray_api
 from .worker import OUTPUTS, ModelSource, resolve, run_rows, variant_of
 
@@ -129,11 +136,30 @@ def _read_parquet(p: Path, column: str) -> tuple[list[str | None], list[str | No
     return texts, ["missing text (null)" if t is None else None for t in texts]
 
 
-def file_digest(path: str | Path) -> str:
+def read_images(path: str | Path) -> tuple[list[str | None], list[str], int]:
+    """An image model's input: (absolute paths, paths relative to the folder, non-image
+    files skipped), in sorted path order."""
+    from ..data.images import read_image_dir
+
     p = Path(path)
-    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+    if p.is_file():
+        raise UserError(f"{p} is a file; an image model reads a folder of images: give "
+                        "--input DIR (optionally one subfolder per class)")
+    items, skipped = read_image_dir(p)
+    return [str(Path(it.image).resolve()) for it in items], [it.source for it in items], skipped
+
+
+def file_digest(path: str | Path, files: list[Path] | None = None) -> str:
+    """sha256 of the input: the file, a Parquet folder's files, or the given `files`
+    (an image folder's images, each named by its path relative to `path`)."""
+    p = Path(path)
+    named = files is not None
+    if files is None:
+        files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
     h = hashlib.sha256()
     for f in files:
+        if named:  # a renamed image is another row
+            h.update(str(f.relative_to(p.resolve())).encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -161,9 +187,10 @@ class BlockPredictor:
         got, errs = run_rows(self.handle, [texts[i] for i in ok], self.batch_size)
         for j, i in enumerate(ok):
             values[i], errors[i] = got[j], errs[j]
+        carried = {"path": table.column("path")} if "path" in table.column_names else {}
         return pa.table({
-            "id": table.column("id"), "block": table.column("block"),
-            self.spec.column: pa.array(values, type=self.spec.arrow_type()),
+            "id": table.column("id"), "block": table.column("block"), **carried,
+            **self.spec.columns(self.handle, values),
             "variant": pa.array([self.variant] * len(texts), type=pa.string()),
             "error": pa.array(errors, type=pa.string()),
         })
@@ -184,6 +211,7 @@ class BatchResult:
     column: str
     rows_per_s: float = 0.0
     error_examples: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0  # an image folder's files that are not images
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -232,15 +260,18 @@ def _write_atomic(table: Any, path: Path) -> None:
 
 
 def _block_tables(texts: list[str | None], errors: list[str | None], blocks: list[int],
-                  block_rows: int) -> list[Any]:
+                  block_rows: int, paths: list[str] | None = None) -> list[Any]:
+    """One Arrow table per block: id, block, text (an image's absolute path), error, and
+    an image's relative `path` (carried to the output)."""
     import pyarrow as pa
 
     out = []
     for b in blocks:
         lo, hi = b * block_rows, min((b + 1) * block_rows, len(texts))
+        carried = {} if paths is None else {"path": pa.array(paths[lo:hi], type=pa.string())}
         out.append(pa.table({
             "id": pa.array(range(lo, hi), type=pa.int64()),
-            "block": pa.array([b] * (hi - lo), type=pa.int64()),
+            "block": pa.array([b] * (hi - lo), type=pa.int64()), **carried,
             "text": pa.array(texts[lo:hi], type=pa.string()),
             "error": pa.array(errors[lo:hi], type=pa.string()),
         }))
@@ -300,14 +331,22 @@ def run_batch(model: ModelSource, input_path: str | Path, output: str | Path | N
         raise UserError("--workers, --batch-size and --block-rows must be at least 1")
     input_path = Path(input_path)
     output = Path(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
-    texts, errors = read_input(input_path, column, max_chars)
-    handle = resolve(model)  # in the driver too: the variant and task decide what "resume" means
-    variant = variant_of(handle)
+    handle = resolve(model)  # in the driver too: the task decides how the input is read,
+    variant = variant_of(handle)  # and the variant what "resume" means
+    paths: list[str] | None = None
+    skipped = 0
+    if handle.task == IMAGE_TASK:
+        texts, paths, skipped = read_images(input_path)
+        errors: list[str | None] = [None] * len(texts)
+        digest = file_digest(input_path, [Path(t) for t in texts if t is not None])
+    else:
+        texts, errors = read_input(input_path, column, max_chars)
+        digest = file_digest(input_path)
     parts = parts_dir_for(output)
     block_rows = block_rows or _auto_block_rows(parts, len(texts), workers)
     n_blocks = -(-len(texts) // block_rows)
     _prepare_parts(parts, {"input": str(input_path.resolve()), "input_sha256":
-                           file_digest(input_path), "column": column, "variant": variant,
+                           digest, "column": column, "variant": variant,
                            "task": handle.task, "rows": len(texts), "block_rows": block_rows,
                            "max_chars": max_chars})
     pending = [b for b in range(n_blocks) if not _part_path(parts, b).exists()]
@@ -318,27 +357,29 @@ def run_batch(model: ModelSource, input_path: str | Path, output: str | Path | N
         source = model if isinstance(model, (str, os.PathLike)) else handle.derive()
         if isinstance(source, os.PathLike):
             source = str(Path(source).resolve())
-        _run_pending(source, texts, errors, pending, n_blocks, block_rows, parts, workers,
-                     batch_size, cpus_per_worker, ray_address, progress)
+        _run_pending(source, _block_tables(texts, errors, pending, block_rows, paths),
+                     len(texts), pending, n_blocks, block_rows, parts, workers, batch_size,
+                     cpus_per_worker, ray_address, progress)
     seconds = time.perf_counter() - start
     merge_parts(parts, n_blocks, output)
-    return _summarise(output, parts, n_blocks, n_blocks - len(pending), seconds, workers,
-                      variant, OUTPUTS[handle.task].column,
-                      sum(min(block_rows, len(texts) - b * block_rows) for b in pending))
+    result = _summarise(output, parts, n_blocks, n_blocks - len(pending), seconds, workers,
+                        variant, OUTPUTS[handle.task].column,
+                        sum(min(block_rows, len(texts) - b * block_rows) for b in pending))
+    result.skipped = skipped
+    return result
 
 
-def _run_pending(source: ModelSource, texts: list[str | None], errors: list[str | None],
-                 pending: list[int], n_blocks: int, block_rows: int, parts: Path, workers: int,
-                 batch_size: int, cpus_per_worker: float, ray_address: str | None,
-                 progress: bool) -> None:
+def _run_pending(source: ModelSource, tables: list[Any], rows: int, pending: list[int],
+                 n_blocks: int, block_rows: int, parts: Path, workers: int, batch_size: int,
+                 cpus_per_worker: float, ray_address: str | None, progress: bool) -> None:
     import pyarrow as pa
 
-    expected = {b: min(block_rows, len(texts) - b * block_rows) for b in pending}
-    bar = _Progress(len(texts), len(texts) - sum(expected.values()), progress)
+    expected = {b: min(block_rows, rows - b * block_rows) for b in pending}
+    bar = _Progress(rows, rows - sum(expected.values()), progress)
     buffers: dict[int, list[Any]] = {}
     threads = max(1, int(cpus_per_worker))
     with ray_api.session(ray_address):
-        ds = ray_api.data_from_arrow(_block_tables(texts, errors, pending, block_rows))
+        ds = ray_api.data_from_arrow(tables)
         ds = ray_api.data_map_batches(ds, BlockPredictor, {
             "source": source, "batch_size": batch_size, "threads": threads},
             workers=workers, num_cpus=cpus_per_worker)

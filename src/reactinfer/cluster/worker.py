@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ..core.backend import GenerativeRunner
+from ..core.errors import UserError
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -44,12 +45,24 @@ def variant_of(handle: ModelHandle) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """How one task's result is computed per row and stored (an Arrow column)."""
+    """How one task's result is computed per row and stored (an Arrow column, plus any
+    columns derived from it)."""
 
     column: str
     arrow_type: Callable[[], Any]
     # (handle, texts, batch_size) -> list with one value per text
     run: Callable[[ModelHandle, Sequence[str], int], list[Any]]
+    # (handle, values with None for failed rows) -> {column: Arrow array}
+    derived: Callable[[ModelHandle, list[Any]], dict[str, Any]] | None = None
+
+    def columns(self, handle: ModelHandle, values: list[Any]) -> dict[str, Any]:
+        """The output's Arrow columns for one block's values (None: the row failed)."""
+        import pyarrow as pa
+
+        out = {self.column: pa.array(values, type=self.arrow_type())}
+        if self.derived is not None:
+            out.update(self.derived(handle, values))
+        return out
 
 
 def _embed(handle: ModelHandle, texts: Sequence[str], batch_size: int) -> list[Any]:
@@ -73,6 +86,26 @@ def _generate(handle: ModelHandle, texts: Sequence[str], batch_size: int,
     return out
 
 
+def _top5(handle: ModelHandle, values: list[Any]) -> dict[str, Any]:
+    """top5_ids and top5_labels (best first) of each row's logits; None where it failed.
+    Labels are the built-in's class names, or the class ids for a model without them."""
+    import pyarrow as pa
+
+    from ..models.vision import class_labels
+    from ..tasks.image_classification import top_classes
+
+    ok = [i for i, v in enumerate(values) if v is not None]
+    ids: list[Any] = [None] * len(values)
+    names: list[Any] = [None] * len(values)
+    if ok:
+        top, top_names = top_classes(np.stack([values[i] for i in ok]),
+                                     class_labels(handle.source))
+        for j, i in enumerate(ok):
+            ids[i], names[i] = top[j].tolist(), top_names[j]
+    return {"top5_ids": pa.array(ids, type=pa.list_(pa.int64())),
+            "top5_labels": pa.array(names, type=pa.list_(pa.string()))}
+
+
 def _list_f32() -> Any:
     import pyarrow as pa
 
@@ -88,6 +121,8 @@ def _string() -> Any:
 OUTPUTS: dict[str, Output] = {
     "embedding": Output("embedding", _list_f32, _embed),
     "classification": Output("logits", _list_f32, _logits),
+    # rows are image paths: the model's ImagePreprocess opens them
+    "image-classification": Output("logits", _list_f32, _logits, _top5),
     "causal-lm": Output("generated", _string, _generate),
 }
 
@@ -110,7 +145,9 @@ def run_rows(handle: ModelHandle, texts: Sequence[str], batch_size: int
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 - a row's failure is data, not a crash
                 values.append(None)
-                errors.append(f"model failed on this row: {type(e).__name__}: {e}"[:500])
+                why = str(e) if isinstance(e, UserError) else \
+                    f"model failed on this row: {type(e).__name__}: {e}"  # UserError: the row's
+                errors.append(why[:500])  # own fault, said plainly (an unreadable image)
         return values, errors
 
 

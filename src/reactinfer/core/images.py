@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import UserError
 
+IMAGE_TASK = "image-classification"  # the task whose models take these images
 PREPROCESS_FILE = "preprocess.json"
 CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

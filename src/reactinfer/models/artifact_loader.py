@@ -14,6 +14,13 @@ from ..core.transform import compress, config_from_dict
 from .loaders import hf_from_pretrained
 
 
+def root_source(source: dict[str, Any]) -> dict[str, Any]:
+    """The source of the original model behind any chain of artifacts made from it."""
+    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
+        source = source["origin"]
+    return source
+
+
 def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
     """Load a verified artifact; `module=` gives the architecture of a plain torch module."""
 

@@ -106,6 +106,7 @@ class CnnBuiltin:
     arch: Callable[[], Any]
     weights: Callable[[Path], dict[str, Any]]
     preprocess: ImagePreprocess
+    labels: Callable[[], list[str]] | None = None  # class names, index = class id
 
     def build(self, path: Path) -> torch.nn.Module:
         from .cnn import load_checked
@@ -115,11 +116,21 @@ class CnnBuiltin:
 
 CNN_BUILTINS: dict[str, CnnBuiltin] = {
     "efficientnet-lite0": CnnBuiltin(_efficientnet, efficientnet_weights,
-                                     EFFICIENTNET_PREPROCESS),
+                                     EFFICIENTNET_PREPROCESS, imagenet_labels),
     "resnet18-digits": CnnBuiltin(_resnet_digits,
                                   lambda p: _read_verified(p, RESNET_DIGITS_SHA256),
-                                  DIGITS_PREPROCESS),
+                                  DIGITS_PREPROCESS, lambda: [str(i) for i in range(10)]),
 }
+
+
+def class_labels(source: dict[str, Any]) -> list[str] | None:
+    """The class names of the image built-in a model comes from (through any artifacts
+    made of it), or None: a user's model has no names, and callers use the class ids."""
+    from .artifact_loader import root_source
+
+    root = root_source(source)
+    builtin = CNN_BUILTINS.get(str(root.get("ref"))) if root.get("kind") == "builtin" else None
+    return None if builtin is None or builtin.labels is None else builtin.labels()
 
 
 def train_resnet_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0,

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from ..core.images import IMAGE_TASK
 from .admission import Admission
 from .config import ServeConfig
 from .decode import DecodeLoop
-from .execute import run_encoder
+from .execute import run_encoder, run_pixels
 from .ladder import Calibration, Job, Ladder, Variant
 from .metrics import Metrics
 from .request import Generated, Rejected, Request
-from .warmup import measure_generation
+from .warmup import measure_generation, probe_pixels
 
 __all__ = ["Batcher", "Generated", "Rejected", "Request"]
 
@@ -253,6 +254,8 @@ class Batcher:
         try:
             if self.task == "causal-lm":
                 measure_generation(v, [1, 2, 3])
+            elif self.task == IMAGE_TASK:
+                self._run_pixels(v, probe_pixels(v.handle.tokenizer))
             else:
                 self._run_encoder(v, ["probe"])
         except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
@@ -263,28 +266,40 @@ class Batcher:
                                factor=self.calibration.factor)
             self._report_variant(self.ladder.active)
 
-    def _run_encoder(self, v: Variant, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Outputs (N, ...) in input order and each text's token count (N,); every call
-        teaches the variant's service-time curve and is recorded in the metrics."""
+    def _observer(self, v: Variant) -> Callable[[int, float], None]:
+        """Every model call teaches the variant's service-time curve and is recorded in
+        the metrics."""
         def observe(n: int, seconds: float) -> None:
             v.service.observe(n, seconds)
             self.metrics.batch_size.observe(n, model=self.model, variant=v.name)
             self.metrics.compute_seconds.observe(seconds, model=self.model, variant=v.name)
 
-        return run_encoder(v.handle, texts, self.config.max_batch, self.tok_lock, observe)
+        return observe
+
+    def _run_encoder(self, v: Variant, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs (N, ...) in input order and each text's token count (N,)."""
+        return run_encoder(v.handle, texts, self.config.max_batch, self.tok_lock,
+                           self._observer(v))
+
+    def _run_pixels(self, v: Variant, pixels: np.ndarray) -> np.ndarray:
+        """Outputs (N, ...) of preprocessed images (N, C, H, W)."""
+        return run_pixels(v.handle, pixels, self.config.max_batch, self._observer(v))
 
     def _embed(self, batch: list[Request], level: int) -> None:
         v = self.ladder.variants[level]
         start = time.monotonic()
         for r in batch:
             self.metrics.queue_seconds.observe(start - r.arrival, model=self.model)
-        texts = [t for r in batch for t in r.texts]
-        y, counts = self._run_encoder(v, texts)  # (N, D), (N,)
+        if self.task == IMAGE_TASK:  # one input per image, no tokens
+            y = self._run_pixels(v, np.concatenate([r.pixels for r in batch]))  # (N, C)
+            counts = np.zeros(len(y), dtype=np.int64)
+        else:
+            y, counts = self._run_encoder(v, [t for r in batch for t in r.texts])  # (N, D), (N,)
         i = 0
         for r in batch:
-            n = len(r.texts)
+            n = r.job.items
             self._finish(r, value=(y[i:i + n], counts[i:i + n], v.name), variant=v)
-            i += len(r.texts)
+            i += n
 
     def _first_token(self, req: Request, v: Variant, t: float) -> None:
         """Completions are judged on time to first token."""

@@ -35,7 +35,9 @@ class ServeConfig:
     max_delay_ms    longest a batch waits to fill up
     max_queue       most requests waiting; beyond it new ones get 429 at once
     cache_size      response-cache entries (0 turns the cache off)
-    max_body_bytes  request bodies above this get 413
+    max_body_bytes  request bodies above this get 413 (for an image model, at least one
+                    image of max_image_bytes in base64, plus 1 MiB: see image_body_limit)
+    max_image_bytes an image file (decoded from base64) above this gets 413
     max_inputs      most texts in one request
     long_text       "truncate" texts over the model's token limit, or answer 400 ("error")
     max_tokens      most new tokens a completion may ask for (None: up to the model's
@@ -68,6 +70,7 @@ class ServeConfig:
     max_queue: int = 256
     cache_size: int = 10000
     max_body_bytes: int = 1 << 20
+    max_image_bytes: int = 20 << 20
     max_inputs: int = 256
     long_text: str = "truncate"
     max_tokens: int | None = None
@@ -93,6 +96,7 @@ class ServeConfig:
             raise UserError("serve: the API key must be a non-empty string")
         positive = {"max_batch": self.max_batch,
                     "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
+                    "max_image_bytes": self.max_image_bytes,
                     "max_inputs": self.max_inputs,
                     **({} if self.max_tokens is None else {"max_tokens": self.max_tokens}),
                     "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
@@ -117,6 +121,12 @@ class ServeConfig:
     def slo_s(self) -> float:
         """The objective in seconds; infinite when there is none."""
         return math.inf if self.slo_ms is None else self.slo_ms / 1e3
+
+    @property
+    def image_body_limit(self) -> int:
+        """The body limit of an image model's requests: room for one image of
+        max_image_bytes in base64 (4 characters per 3 bytes) and the JSON around it."""
+        return max(self.max_body_bytes, -(-self.max_image_bytes // 3) * 4 + (1 << 20))
 
     @property
     def max_delay_s(self) -> float:

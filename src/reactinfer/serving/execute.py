@@ -1,6 +1,6 @@
-"""Running a variant: decoding token by token (torch), and encoding texts in calls of at
-most `max_batch`. The batcher's worker and the start-up measurement (warmup.py) both
-call a model through these."""
+"""Running a variant: decoding token by token (torch), and encoding texts (or classifying
+preprocessed images) in calls of at most `max_batch`. The batcher's worker and the
+start-up measurement (warmup.py) both call a model through these."""
 from __future__ import annotations
 
 import threading
@@ -68,3 +68,17 @@ def run_encoder(handle: Any, texts: Sequence[str], max_batch: int, tok_lock: thr
         out[idx] = y
     assert out is not None
     return out, counts
+
+
+def run_pixels(handle: Any, pixels: np.ndarray, max_batch: int,
+               observe: Callable[[int, float], None]) -> np.ndarray:
+    """Outputs (N, ...) of preprocessed images (N, C, H, W), in calls of at most
+    `max_batch`; `observe(n, seconds)` gets each call's size and time."""
+    runner = handle.runner()
+    parts = []
+    for s in range(0, len(pixels), max_batch):
+        t0 = time.perf_counter()
+        parts.append(np.asarray(runner({"pixel_values": pixels[s:s + max_batch]}),
+                                dtype=np.float32))
+        observe(len(parts[-1]), time.perf_counter() - t0)
+    return np.concatenate(parts)

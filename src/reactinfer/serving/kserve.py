@@ -9,6 +9,8 @@ from fastapi import APIRouter
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from ..core.images import IMAGE_TASK
+from . import images
 from .protocol import (
     VARIANT_HEADER,
     ArrayJSON,
@@ -66,14 +68,19 @@ async def server_metadata() -> dict[str, Any]:
 @router.get("/v2/models/{name}", tags=["kserve"])
 async def model_metadata(name: str, request: HttpRequest) -> dict[str, Any]:
     g = state_of(request).group(name)
-    out = _OUTPUT[g.task]
+    params: dict[str, Any] = {"task": g.task, "active_variant": g.ladder.current.name,
+                              "variants": g.ladder.describe()}
+    if g.task == IMAGE_TASK:
+        io = images.metadata(g)
+        params["preprocess"] = io.pop("preprocess")
+    else:
+        out = _OUTPUT[g.task]
+        io = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+              "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
+                           else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}]}
     return {"name": g.name, "versions": [v.name for v in g.ladder.variants],
-            "platform": f"reactinfer-{g.ladder.current.handle.backend}",
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
-                         else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}],
-            "parameters": {"task": g.task, "active_variant": g.ladder.current.name,
-                           "variants": g.ladder.describe()}}
+            "platform": f"reactinfer-{g.ladder.current.handle.backend}", **io,
+            "parameters": params}
 
 
 @router.get("/v2/models/{name}/ready", tags=["kserve"])
@@ -87,11 +94,16 @@ async def model_ready(name: str, request: HttpRequest) -> JSONResponse:
 @router.post("/v2/models/{name}/infer", tags=["kserve"])
 async def infer(name: str, request: HttpRequest) -> JSONResponse:
     state = state_of(request)
-    body = await read_json(request, state)
     g = state.group(name)
-    texts = check_texts(_texts(body), g, state, "inputs[0].data")
+    image = g.task == IMAGE_TASK
+    body = await read_json(request, state, state.config.image_body_limit if image else None)
     deadline = deadline_of(request, state)
     rid = body.get("id") if isinstance(body.get("id"), str) else uuid.uuid4().hex
+    if image:
+        outputs, variant = await images.classify(state, g, body, deadline)
+        return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
+                          "outputs": outputs}, headers={VARIANT_HEADER: variant})
+    texts = check_texts(_texts(body), g, state, "inputs[0].data")
     if g.task == "causal-lm":
         if len(texts) != 1:
             raise ApiError(400, "a causal-lm model takes one prompt per request")

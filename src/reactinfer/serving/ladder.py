@@ -146,7 +146,7 @@ class Variant:
 # (1.0: the same), on held-out texts: what the ladder shows and react_effective_quality
 # averages. The same key whichever command measured it, so variants compare.
 HEADLINE_QUALITY = {"embedding": "mean_cosine", "classification": "top1_agreement",
-                    "causal-lm": "token_agreement"}
+                    "image-classification": "top1_agreement", "causal-lm": "token_agreement"}
 UNMEASURED = ("changed from the original and never measured against it (its artifact "
               "records no quality); its answers count in react_unknown_quality_answers_total")
 

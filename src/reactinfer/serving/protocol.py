@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +45,10 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-async def read_json(request: HttpRequest, state: ServingState) -> dict[str, Any]:
-    limit = state.config.max_body_bytes
+async def read_json(request: HttpRequest, state: ServingState, limit: int | None = None
+                    ) -> dict[str, Any]:
+    """The JSON object of the body; 413 past `limit` bytes (default: max_body_bytes)."""
+    limit = state.config.max_body_bytes if limit is None else limit
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is {declared} bytes; the limit is {limit}: send fewer "
@@ -119,11 +121,22 @@ async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: 
                  ) -> tuple[np.ndarray, int, str]:
     """Per-text outputs (N, ...) in input order, their total tokens, and the variant(s)
     that made them; texts answered before by the active variant come from the cache."""
+    return await run_cached(
+        state, g, [normalise(t) for t in texts], deadline,
+        lambda idx: {"texts": [texts[i] for i in idx], "length": max(len(texts[i]) for i in idx)})
+
+
+async def run_cached(state: ServingState, g: Group, keys: Sequence[Any], deadline: float,
+                     inputs: Callable[[list[int]], dict[str, Any]]
+                     ) -> tuple[np.ndarray, int, str]:
+    """Outputs (N, ...) of N inputs named by their cache `keys`, their total tokens, and
+    the variant(s) that made them. Inputs answered before by the active variant come from
+    the cache; the others go to the batcher as one request, `inputs(indices)` giving its
+    fields (texts, or an image model's pixels)."""
     variant = g.ladder.current
-    keys = [(variant.name, "encode", normalise(t)) for t in texts]
-    found: list[Any] = [state.cache.get(k) for k in keys]  # (output, tokens) or None
-    missing = [i for i, f in enumerate(found) if f is None]
-    hits = len(texts) - len(missing)
+    found: list[Any] = [state.cache.get((variant.name, "encode", k)) for k in keys]
+    missing = [i for i, f in enumerate(found) if f is None]  # found: (output, tokens)
+    hits = len(keys) - len(missing)
     if hits:
         state.metrics.cache_hits.inc(hits, model=g.name)
     if missing:
@@ -133,14 +146,14 @@ async def encode(state: ServingState, g: Group, texts: Sequence[str], deadline: 
         return np.stack([f[0] for f in found]), sum(f[1] for f in found), variant.name
     loop = asyncio.get_running_loop()
     req = Request("encode", Job(deadline, items=len(missing)), loop, loop.create_future(),
-                  texts=[texts[i] for i in missing], length=max(len(texts[i]) for i in missing))
+                  **inputs(missing))
     try:
         y, counts, served = await g.batcher.submit(req)
     except Rejected as e:
         raise _rejected(e) from None
     for j, i in enumerate(missing):
         found[i] = (y[j], int(counts[j]))
-        state.cache.put((served, "encode", normalise(texts[i])), found[i])
+        state.cache.put((served, "encode", keys[i]), found[i])
     names = served if not hits or served == variant.name else f"{served},{variant.name}"
     return np.stack([f[0] for f in found]), sum(f[1] for f in found), names
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..tasks.sampling import Sampling
 from .ladder import Job
@@ -26,6 +27,7 @@ class Request:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     texts: Sequence[str] = ()
+    pixels: Any = None  # images: preprocessed (N, C, H, W) float32, in place of texts
     prompt_ids: Sequence[int] = ()
     sink: asyncio.Queue | None = None  # streamed token ids, then None
     arrival: float = field(default_factory=time.monotonic)

@@ -16,16 +16,19 @@ import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..models.artifact_loader import root_source
+from ..models.vision import class_labels
 from .batcher import Batcher
 from .cache import ResponseCache
 from .config import ServeConfig
 from .ladder import Ladder, ServiceTime, Variant, variant_quality
 from .metrics import Metrics
 from .request import Request
-from .warmup import warm_up, warmup_texts
+from .warmup import warm_up, warmup_items, warmup_texts
 
 if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest
@@ -63,6 +66,16 @@ class Group:
         return min(v.handle.max_length for v in self.ladder.variants)
 
     @property
+    def preprocess(self) -> Any:
+        """An image model's ImagePreprocess (the same on every variant)."""
+        return self.ladder.variants[0].handle.tokenizer
+
+    @cached_property
+    def labels(self) -> list[str] | None:
+        """An image model's class names, or None (its class ids serve as names)."""
+        return class_labels(self.ladder.variants[0].handle.source)
+
+    @property
     def context_length(self) -> int:
         """The most tokens (prompt + answer) a generation may hold on every variant: a
         runner's serving context where it has one (llama.cpp), else the model's limit."""
@@ -78,14 +91,8 @@ def state_of(request: HttpRequest) -> ServingState:
     return state
 
 
-def _root_source(source: dict[str, Any]) -> dict[str, Any]:
-    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
-        source = source["origin"]
-    return source
-
-
 def _group_name(handle: ModelHandle) -> str:
-    root = _root_source(handle.source)
+    root = root_source(handle.source)
     if root.get("kind") == "builtin":
         return str(root["ref"])
     if root.get("kind") in ("hf", "gguf") and root.get("ref"):
@@ -134,7 +141,7 @@ class ServingState:
         by_key: dict[str, list[ModelHandle]] = {}
         names: dict[str, str] = {}
         for h in map(for_serving, handles):
-            root = _root_source(h.source)
+            root = root_source(h.source)
             key = f"{h.task}:{root.get('sha256') or h.name}"
             by_key.setdefault(key, []).append(h)
             names.setdefault(key, _group_name(h))
@@ -162,7 +169,8 @@ class ServingState:
         cost, start the workers, then report ready."""
         texts = warmup_texts(self.config.max_batch)
         for g in self.groups.values():
-            warm_up(g.ladder, g.task, texts, self.config)
+            warm_up(g.ladder, g.task, warmup_items(g.task, g.ladder.variants[0].handle, texts),
+                    self.config)
             g.batcher.start()
         # Everything loaded so far (models, libraries) lives as long as the server: keep it
         # out of the collector's full passes, which would otherwise stall the event loop

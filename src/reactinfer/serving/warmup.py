@@ -6,13 +6,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from ..core.images import IMAGE_TASK
 from .config import ServeConfig
 from .decode import engine_of, measure_engine
 from .execute import generate_stream
 from .ladder import Ladder, Variant
+
+
+def warmup_images(preprocess: Any, n: int = 4) -> list[np.ndarray]:
+    """Seeded uint8 images at the model's input size (so preprocessing adds little to
+    the measured service time; live batches, which run preprocessed pixels, refine it)."""
+    from ..core.images import CHANNELS
+
+    rng = np.random.default_rng(0)
+    c, side = CHANNELS[preprocess.channels], preprocess.size
+    shape = (side, side) if c == 1 else (side, side, c)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def probe_pixels(preprocess: Any) -> np.ndarray:
+    """One preprocessed image (1, C, H, W) for a probe call."""
+    return preprocess(warmup_images(preprocess, 1))["pixel_values"]
+
+
+def warmup_items(task: str, handle: Any, texts: Sequence[str]) -> Sequence[Any]:
+    """What a variant is measured on: images for an image model, else the texts."""
+    return warmup_images(handle.tokenizer) if task == IMAGE_TASK else texts
 
 
 def warmup_texts(max_batch: int) -> list[str]:

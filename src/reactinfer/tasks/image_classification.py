@@ -45,6 +45,17 @@ def topk(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-logits, k - 1, axis=-1)[:, :k]
 
 
+def top_classes(logits: np.ndarray, labels: Sequence[str] | None, k: int = 5
+                ) -> tuple[np.ndarray, list[list[str]]]:
+    """(N, k) int64 class ids of the k largest logits per row, best first (ties: the lower
+    id), and their names; a model without names (`labels` None) gets its ids as text."""
+    k = min(k, logits.shape[-1])
+    ids = np.argsort(-logits, axis=-1, kind="stable")[:, :k].astype(np.int64)  # (N, k)
+    names = [[labels[i] if labels is not None and i < len(labels) else str(i) for i in row]
+             for row in ids.tolist()]
+    return ids, names
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
