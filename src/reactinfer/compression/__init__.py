@@ -2,6 +2,7 @@
 The verb is `reactinfer.compress(handle, configs)` (core/transform.py)."""
 from ..core.transform import compress
 from .distill import Distill, recalibrate_batchnorm
+from .fold import FoldBatchNorm, conv_bn_pairs
 from .merge import EnsembleRunner, MergeWeights, ensemble, merge_models, tree_merge
 from .prune import DropLayers, Prune2of4, PruneFFN, PruneHeads, PruneMagnitude, sparsity
 from .quantize import (
@@ -12,7 +13,7 @@ from .quantize import (
                        layer_sensitivity,
 )
 
-__all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "MergeWeights", "Prune2of4",
-           "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8", "compress",
-           "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble", "layer_sensitivity",
-           "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]
+__all__ = ["CastHalf", "Distill", "DropLayers", "EnsembleRunner", "FoldBatchNorm", "MergeWeights",
+           "Prune2of4", "PruneFFN", "PruneHeads", "PruneMagnitude", "QuantizeDynamicInt8",
+           "compress", "conv_bn_pairs", "QuantizeStaticInt8", "QuantizeWeightOnly", "ensemble",
+           "layer_sensitivity", "merge_models", "recalibrate_batchnorm", "sparsity", "tree_merge"]

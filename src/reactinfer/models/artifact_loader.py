@@ -14,6 +14,17 @@ from ..core.transform import compress, config_from_dict
 from .loaders import hf_from_pretrained
 
 
+def _rebuild(module: Any, task: str, transforms: list[dict[str, Any]]) -> Any:
+    """The fresh architecture with the recipe's structure-only transforms applied (e.g.
+    BatchNorm folding), so the stored weights fit it."""
+    configs = [c for c in map(config_from_dict, transforms) if type(c).rebuild_on_load]
+    if not configs:
+        return module
+    return compress(ModelHandle(task=task, model=module.eval(), tokenizer=None,
+                                name="architecture", source={}),
+                    configs).model
+
+
 def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
     """Load a verified artifact; `module=` gives the architecture of a plain torch module."""
 
@@ -42,6 +53,7 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
                                 "load() to give the architecture")
             from safetensors.torch import load_model
 
+            module = _rebuild(module, task, manifest.get("transforms", []))
             load_model(module, str(path / "model.safetensors"))
             model = module.eval()
         else:

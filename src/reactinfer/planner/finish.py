@@ -13,7 +13,7 @@ from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
-from ..data import texts_for
+from ..data import items_for
 from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task, within_bound
@@ -183,7 +183,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
             f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
             "are left; the figures are the search's")
         return None
-    texts = texts_for("eval", s.data, n)
+    texts = items_for(planner.base, "eval", s.data, n)
     task = get_task(planner.base.task)
     try:
         b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,

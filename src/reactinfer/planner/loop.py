@@ -25,7 +25,7 @@ from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
 from ..core.transform import config_from_dict
-from ..data import texts_for
+from ..data import items_for
 from ..measure.harness import measure
 from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
@@ -119,7 +119,7 @@ class Planner:
         self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed
         self.saved = saved_artifacts(self.out / "best", *sorted((self.out / "variants").glob("*")))
-        self.texts = texts_for("eval", settings.data, settings.n_eval)
+        self.texts = items_for(self.base, "eval", settings.data, settings.n_eval)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
