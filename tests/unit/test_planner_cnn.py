@@ -73,3 +73,20 @@ def test_optimize_a_cnn_folds_first_and_tries_only_image_actions(tiny_cnn_model,
     assert len(json.loads((out / "report.json").read_text())["trials"]) == len(trials)
     best = ri.load(out / "best")  # the artifact reloads (folded or not), as `serve` does
     assert best.task == IMAGE
+
+
+def test_a_repair_that_could_not_rank_its_layers_does_not_stop_the_run():
+    """repair.py records a ranking that failed as a failed entry with no measurement (and no
+    `over_bound`); the next Thought about the same action reads it without crashing."""
+    from types import SimpleNamespace
+
+    from reactinfer.planner.actions import Candidate
+    from reactinfer.planner.loop import Planner
+
+    action = next(a for a in catalogue() if a.name == "onnxruntime int8 static (per-channel)")
+    cand = Candidate(backend="onnxruntime", options=json.dumps({"precision": "int8-static"}))
+    entry = {"step": 5, "action": action.name, "decision": "failed", "parent": "k",
+             "reason": "ranking the layers failed: ValueError", "candidate": cand.to_json()}
+    planner = SimpleNamespace(log=[entry], _base_of=lambda t: "torch")
+    g, note = Planner._earlier(planner, action, cand, 2.0)
+    assert g == pytest.approx(1.25) and "comes last" in note

@@ -359,7 +359,7 @@ class Planner:
                 f"({last['reason']})")
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
-        if (last["over_bound"] or last["decision"] == "failed") and same_form:
+        if (last.get("over_bound") or last["decision"] == "failed") and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
         return expected, note + "; retried on this base."
