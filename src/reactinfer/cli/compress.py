@@ -25,10 +25,10 @@ def summary(before: Any, after: Any, n_eval: int, data: str | None) -> dict[str,
     The quality is saved in the artifact (metrics.compress) and read by the server's
     ladder, so it is judged against the original model, also when `before` is itself an
     artifact (compressing a compressed model), whenever that original can be reloaded."""
-    from ..data import texts_for
+    from ..data import items_for
     from ..measure import bench, reference_for
 
-    texts = texts_for("eval", data, n_eval, preprocess=before.tokenizer)  # images too
+    texts = items_for(before, "eval", data, n_eval)
     kw: dict[str, Any] = {"eval_texts": texts, "latency_runs": 10, "progress": False,
                           "gen_tokens": 0}
     b = bench(before, **kw)

@@ -82,12 +82,14 @@ def set_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def calibration_texts(data: str | None, n: int, part: str = "calibration") -> list[str]:
-    from ..data import texts_for
+def calibration_texts(handle: ModelHandle, data: str | None, n: int,
+                      part: str = "calibration") -> list[Any]:
+    """The items of `part` for `handle`'s model (texts, or images for an image model)."""
+    from ..data import items_for
 
-    texts = texts_for(part, data, n)
+    texts = items_for(handle, part, data, n)
     if not texts:
-        raise UserError(f"no {part} texts: the data is empty")
+        raise UserError(f"no {part} items: the data is empty")
     return texts
 
 

@@ -316,9 +316,9 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
     """Distil `teacher` into `student` in place; returns the run's report."""
     from tqdm.auto import tqdm
 
-    from ..data import texts_for
+    from ..data import items_for
 
-    texts = texts_for("train", cfg.data, preprocess=handle.tokenizer)
+    texts = items_for(handle, "train", cfg.data)
     if len(texts) < 2:
         raise UserError("Distill: the training data has fewer than 2 items")
     n_val = min(cfg.n_val, max(1, len(texts) // 5))

@@ -203,7 +203,7 @@ def _activation_norms(handle: ModelHandle, model: torch.nn.Module, cfg: _Structu
     hooks = [pick(layer).register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.inference_mode():
-            for batch in model_batches(handle, calibration_texts(cfg.data, cfg.n_samples)):
+            for batch in model_batches(handle, calibration_texts(handle, cfg.data, cfg.n_samples)):
                 mask_now[:] = [batch["attention_mask"]]
                 count[0] += int(batch["attention_mask"].sum())
                 run_model(model, batch)

@@ -298,7 +298,7 @@ def collect_input_ranges(handle: ModelHandle, model: torch.nn.Module, names: lis
 def _static_int8(handle: ModelHandle, cfg: QuantizeStaticInt8) -> ModelHandle:
     model = need_model(handle, "QuantizeStaticInt8")
     targets = _targets(model, cfg.exclude, "QuantizeStaticInt8 exclude")
-    texts = calibration_texts(cfg.data, cfg.n_samples)
+    texts = calibration_texts(handle, cfg.data, cfg.n_samples)
     ranges = collect_input_ranges(handle, model, targets, texts, cfg.observer, cfg.percentile)
     new = clone(model)
     for name in targets:
@@ -391,7 +391,7 @@ def layer_sensitivity(handle: ModelHandle, method: TransformConfig | None = None
     hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     try:
         with torch.inference_mode():
-            for batch in model_batches(handle, calibration_texts(data, n_samples)):
+            for batch in model_batches(handle, calibration_texts(handle, data, n_samples)):
                 run_model(model, batch)
     finally:
         for h in hooks:

@@ -37,7 +37,8 @@ class TransformConfig:
     `kind` is the name used in recipes (defaults to the class name). `replay_on_load`
     marks transforms whose result is not stored as plain float weights (e.g. int8
     dynamic quantization): the artifact stores the weights before them and replays
-    them when it is loaded.
+    them when it is loaded. `rebuild_on_load` marks transforms that change a plain torch
+    module's structure in a way its structure alone decides (BatchNorm folding).
 
     Versions are per instance, as in torchao: `VERSION` is what this ReAct writes, and
     `version` is the meaning a config was written for. When a handler's meaning changes,
@@ -49,6 +50,10 @@ class TransformConfig:
     kind: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
     replay_on_load: ClassVar[bool] = False
+    # the module's structure after it follows from the structure before it alone (BatchNorm
+    # folding): loading an artifact of a plain torch module applies it to the fresh
+    # architecture first, so the stored weights fit
+    rebuild_on_load: ClassVar[bool] = False
     version: int = dataclasses.field(default=0, kw_only=True)  # 0: this ReAct's VERSION
 
     def __post_init__(self) -> None:

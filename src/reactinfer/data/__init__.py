@@ -1,9 +1,12 @@
 """Data: the built-in corpus and images, and readers for user files and folders."""
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..core.images import ImagePreprocess
 from .corpus import PARTS, corpus_part, load_corpus
-from .images import ImageItem, builtin_images, images_for, read_image_dir
+from .images import ImageItem, builtin_images, image_key, images_for, read_image_dir
 from .readers import read_texts, split_user_texts
 
 
@@ -21,5 +24,22 @@ def texts_for(part: str, data: str | None = None, limit: int | None = None,
     return texts[:limit] if limit is not None else texts
 
 
-__all__ = ["PARTS", "ImageItem", "builtin_images", "corpus_part", "images_for", "load_corpus",
-           "read_image_dir", "read_texts", "split_user_texts", "texts_for"]
+def items_for(handle: Any, part: str, data: str | None = None,
+              limit: int | None = None) -> list[Any]:
+    """The items of `part` (calibration, train, eval) for the model `handle` is: texts for
+    a text model, images for an image model (its `tokenizer` slot holds its
+    ImagePreprocess, which names the built-in image set that fits it). The one way the
+    planner and the compression techniques read their data."""
+    return texts_for(part, data, limit, preprocess=getattr(handle, "tokenizer", None))
+
+
+def items_sha256(items: Sequence[Any]) -> str:
+    """A digest of the items a measurement ran on (texts or images): what a cached reference
+    output depends on. For texts it is the digest of their JSON list."""
+    keys = [it if isinstance(it, str) else image_key(it) for it in items]
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()
+
+
+__all__ = ["PARTS", "ImageItem", "builtin_images", "corpus_part", "images_for", "items_for",
+           "items_sha256", "load_corpus", "read_image_dir", "read_texts", "split_user_texts",
+           "texts_for"]

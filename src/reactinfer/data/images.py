@@ -184,6 +184,15 @@ def read_image_dir(directory: str | Path) -> tuple[list[ImageItem], int]:
     return items, skipped
 
 
+def image_key(item: Any) -> list[Any]:
+    """What identifies an image item: its file (a path) or its pixels' digest, its label and
+    source photo."""
+    image = getattr(item, "image", item)
+    pixels = str(image) if isinstance(image, (str, Path)) else \
+        hashlib.sha256(np.ascontiguousarray(np.asarray(image)).tobytes()).hexdigest()
+    return [pixels, getattr(item, "label", None), getattr(item, "source", "")]
+
+
 def images_for(part: str, data: str | None, dataset: str) -> list[ImageItem]:
     """The `part` of the user's image folder if given, else of the built-in set."""
     if data is None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..core.handle import ModelHandle
+from ..data import items_sha256
 from ..tasks.base import Results
 
 RESULTS_FILE = "reference_outputs.npz"
@@ -27,7 +28,7 @@ META_FILE = "reference_outputs.json"
 
 def reference_key(handle: ModelHandle, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
     """What the reference outputs depend on."""
-    texts_sha = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
+    texts_sha = items_sha256(texts)
     return json.loads(json.dumps({
         "model": handle.name, "task": handle.task, "source": handle.source,
         "transforms": list(handle.transforms), "backend": handle.backend,

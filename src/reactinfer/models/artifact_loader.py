@@ -21,6 +21,17 @@ def root_source(source: dict[str, Any]) -> dict[str, Any]:
     return source
 
 
+def _rebuild(module: Any, task: str, transforms: list[dict[str, Any]]) -> Any:
+    """The fresh architecture with the recipe's structure-only transforms applied (e.g.
+    BatchNorm folding), so the stored weights fit it."""
+    configs = [c for c in map(config_from_dict, transforms) if type(c).rebuild_on_load]
+    if not configs:
+        return module
+    return compress(ModelHandle(task=task, model=module.eval(), tokenizer=None,
+                                name="architecture", source={}),
+                    configs).model
+
+
 def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle:
     """Load a verified artifact; `module=` gives the architecture of a plain torch module."""
 
@@ -51,6 +62,7 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
 
             from .cnn import fit_to_state
 
+            module = _rebuild(module, task, manifest.get("transforms", []))
             weights = str(path / "model.safetensors")
             # a channel-pruned CNN stores smaller tensors: its layers take their shapes
             fit_to_state(module, load_file(weights))

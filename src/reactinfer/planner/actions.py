@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.hardware import NATIVE_HALF, HardwareProfile, native_flags
+from . import cnn
 
 ObservationLog = list[dict[str, Any]]
 
@@ -121,6 +122,9 @@ class Action:
     # when a trial of this action overshoots the quality bound, planner/repair.py searches
     # the smallest set of its most sensitive layers to keep there
     fallback: str | None = None
+    # needs no data and no training and changes no output (BatchNorm folding): tried before
+    # anything else, the first time it applies
+    free: bool = False
 
     def apply(self, cand: Candidate, runtime_kinds: set[str]) -> Candidate | None:
         """The candidate this action leads to, or None where it does not apply."""
@@ -286,7 +290,9 @@ def _expect_engine_format(ctx: Context) -> tuple[float, str]:
     assert ctx.cand is not None, "engine/format expectations need the candidate"
     new_fmt, old_fmt = number_format(ctx.cand), number_format(ctx.base)
     engine = ctx.cand.backend
-    note = ENGINE_NOTE.get(engine, "") if engine != ctx.base.backend else ""
+    convs = "convs" in ctx.model_facts  # an image model: convolutions, not attention
+    note = (cnn.ENGINE_NOTE if convs else ENGINE_NOTE).get(engine, "") \
+        if engine != ctx.base.backend else ""
     if ctx.objective == "size":
         g = _size(ctx.cand) / _size(ctx.base)
         return g, (f"{new_fmt} on {engine} stores ×{g:.2f} fewer bytes than the base's "
@@ -300,9 +306,14 @@ def _expect_engine_format(ctx: Context) -> tuple[float, str]:
         why += (f" But {new_fmt} went over the bound as {over['action']} "
                 f"({over['reason']}): it may here too, so lossless steps come first.")
     elif new_fmt == "int8" and old_fmt != "int8" and g > 1:
+        if convs:  # depthwise convolutions gain little from int8: Amdahl over their shares
+            fmt = format_speed(ctx.hardware, engine, "int8")[0]
+            weighed, extra = cnn.int8_weigh(ctx.model_facts, fmt)
+            g, why = g * weighed / fmt, why + extra
         g = 1 + (g - 1) * INT8_RISK
-        why += (f" int8 often costs a transformer more than a tight bound allows, so its "
-                f"gain is weighed at ×{INT8_RISK} against near-lossless steps.")
+        why += (f" int8 often costs a {'CNN' if convs else 'transformer'} more than a tight "
+                f"bound allows, so its gain is weighed at ×{INT8_RISK} against near-lossless "
+                "steps.")
     return g, (f"{note} {why} Prior over eager PyTorch fp32: ×{new:.2f} for "
                f"{engine} {new_fmt}, ×{old:.2f} for the base's "
                f"{ctx.base.backend} {old_fmt}.").replace("  ", " ").strip()
@@ -313,6 +324,13 @@ def _size(cand: Candidate) -> float:
     if fmt == "bf16" and cand.backend == "openvino":
         return 1.0
     return _SIZE.get(fmt, 1.0)
+
+
+def _expect_fold_bn(ctx: Context) -> tuple[float, str]:
+    """BatchNorm folding: exact and free; pays where the engine does not fold it itself."""
+    if ctx.objective == "size":
+        return 1.0, "Folding BatchNorm removes 4 numbers per channel: the size barely changes."
+    return cnn.fold_expect(ctx.model_facts, ctx.base.backend)
 
 
 def _expect_int8(engine: str) -> Expect:

@@ -13,6 +13,7 @@ from ..core.transform import config_from_dict
 from .actions import (
     Action,
     _expect_engine_format,
+    _expect_fold_bn,
     _expect_int8,
     _expect_llamacpp,
     _expect_prune,
@@ -22,7 +23,9 @@ from .actions import (
 
 ENCODERS = ("embedding", "classification")
 LM = ("causal-lm",)
-IMAGES = ("image-classification",)
+# image models: only the actions that know convolutions (no head or FFN pruning, no text
+# distillation, no dynamic int8 of Linear layers)
+IMAGE = ("image-classification",)
 
 
 def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
@@ -33,11 +36,16 @@ def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
 
 def catalogue() -> list[Action]:
     return [
+        # CNNs: BatchNorm folds into the convolutions, exactly and for free: before anything
+        Action("fold BatchNorm", "fold-bn", _expect_fold_bn, steps=({"type": "fold_bn"},),
+               tasks=IMAGE, lossless=True, free=True),
         # lossless engine choices first
         Action("onnxruntime fp32", "ort", _expect_engine_format,
-               backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
+               backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS + IMAGE,
+               lossless=True),
         Action("openvino fp32", "openvino", _expect_engine_format,
-               backend=("openvino", {"precision": "fp32"}), tasks=ENCODERS, lossless=True),
+               backend=("openvino", {"precision": "fp32"}), tasks=ENCODERS + IMAGE,
+               lossless=True),
         # compiling for each new input shape happens while it is measured: ~3 measurements
         Action("torch.compile", "compile", _expect_engine_format, backend=("torch-compile", {}),
                tasks=ENCODERS, lossless=True, cost=3.0),
@@ -68,18 +76,23 @@ def catalogue() -> list[Action]:
                _expect_prune_channels(0.3),
                steps=({**_recovery(), "lr": 2e-3, "batch_size": 64,
                        "student": ({"type": "PruneChannels", "ratio": 0.3},)},
-                      {"type": "RecalibrateBatchNorm"}), tasks=IMAGES),
+                      {"type": "RecalibrateBatchNorm"}), tasks=IMAGE),
         # number formats: an engine with its format, and the format for the engine at hand
         # (the trace names the form each trial took)
         Action("onnxruntime int8 dynamic", "ort-int8", _expect_engine_format,
                backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS,
                fallback="fp32_layers"),
+        # static int8 of the convolutions, calibrated on the calibration split (QDQ; weights
+        # per channel, the backend's default: an option here would outlive the precision)
+        Action("onnxruntime int8 static (per-channel)", "ort-int8", _expect_engine_format,
+               backend=("onnxruntime", {"precision": "int8-static"}),
+               tasks=IMAGE, fallback="fp32_layers"),
         # NNCF post-training quantization, calibrated on the calibration split
         Action("openvino int8", "openvino-int8", _expect_engine_format,
-               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS,
+               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS + IMAGE,
                fallback="fp32_layers"),
         Action("openvino bf16", "openvino-bf16", _expect_engine_format,
-               backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS),
+               backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS + IMAGE),
         Action("int8 dynamic (per-channel)", "int8", _expect_engine_format,
                steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True,
                formats={"onnxruntime": {"precision": "int8-dynamic"},

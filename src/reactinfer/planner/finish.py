@@ -13,7 +13,7 @@ from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
-from ..data import texts_for
+from ..data import items_for
 from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task, within_bound
@@ -22,7 +22,7 @@ from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
 from .loop import STORE_NAME, Planner
 from .objective import gain
-from .report import pareto_table, write_report
+from .report import ITEM_NOUN, pareto_table, write_report
 
 MAX_VARIANTS = 4
 # what saving or re-measuring a model may raise; the run's report is written regardless
@@ -179,11 +179,12 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     floor = min(len(planner.texts), s.confirm_n_eval)  # fewer than the search's: no better
     if n < floor:
         state["notes"].append(
-            f"no side-by-side re-measure: on {floor} texts it would take "
+            f"no side-by-side re-measure: on {floor} "
+            f"{ITEM_NOUN.get(planner.base.task, 'texts')} it would take "
             f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
             "are left; the figures are the search's")
         return None
-    texts = texts_for("eval", s.data, n)
+    texts = items_for(planner.base, "eval", s.data, n)
     task = get_task(planner.base.task)
     try:
         b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,
@@ -226,6 +227,7 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
     best, base = result["best"], result["baseline"]
     confirm = state["confirm"]
     hw = hardware_profile()
+    items = ITEM_NOUN.get(planner.base.task, "texts")
     data = {
         "model": s.model, "task": planner.base.task, "objective": s.objective,
         "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,
@@ -238,8 +240,8 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
                    "latency_runs": planner.latency_runs},
         "gain": confirm["gain"] if confirm else gain(best["observation"], base["observation"],
                                                      s.objective),
-        "gain_from": f"side-by-side re-measure on {confirm['n_eval']} texts" if confirm
-        else f"the search's measurements on {len(planner.texts)} texts",
+        "gain_from": f"side-by-side re-measure on {confirm['n_eval']} {items}" if confirm
+        else f"the search's measurements on {len(planner.texts)} {items}",
         "best_recipe": Candidate.from_json(best["candidate"]).describe(),
         "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,
         "variants": state["variants"], "best_artifact": state["best_artifact"],

@@ -25,7 +25,7 @@ from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
 from ..core.transform import config_from_dict
-from ..data import texts_for
+from ..data import items_for
 from ..measure.harness import measure
 from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
@@ -49,6 +49,7 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .cnn import conv_facts
 from .objective import OBJECTIVES, gain
 from .repair import repair
 from .store import TrialStore
@@ -119,7 +120,9 @@ class Planner:
         self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed
         self.saved = saved_artifacts(self.out / "best", *sorted((self.out / "variants").glob("*")))
-        self.texts = texts_for("eval", settings.data, settings.n_eval)
+        self.texts = items_for(self.base, "eval", settings.data, settings.n_eval)
+        # what the Thoughts reason with: a transformer's shape, or a CNN's convolutions
+        self.facts = model_facts(self.base.model) or conv_facts(self.base)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
@@ -311,7 +314,7 @@ class Planner:
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
         return Context(hardware_profile(), self.base.task, self.s.objective,
-                       model_facts(self.base.model), self.log)
+                       self.facts, self.log)
 
     def _options(self, best: Candidate, tried: set[str]) -> list[tuple[Action, Candidate, str]]:
         """The actions that lead from `best` to a candidate not tried yet, most promising
@@ -321,7 +324,8 @@ class Planner:
         engine at hand."""
         ctx = self._context()
         kept = {t["action"] for t in self.log if t["decision"] == "kept"}
-        options: list[tuple[float, int, Action, Candidate, str]] = []
+        options: list[tuple[bool, float, int, Action, Candidate, str]] = []
+        done = {t["action"] for t in self.log}
         for a in self.actions:
             if a.level > 0 and not any(b.family == a.family and b.level == a.level - 1
                                        and b.name in kept for b in self.actions):
@@ -331,15 +335,16 @@ class Planner:
                 continue
             expected, why = a.expect(dataclasses.replace(ctx, base=best, cand=cand))
             expected, before = self._earlier(a, cand, expected)
-            options.append((expected, -len(options), a, cand, why + before))
-        options.sort(key=lambda o: (o[0], o[1]), reverse=True)
+            first = a.free and a.name not in done  # free steps go first, once
+            options.append((first, expected, -len(options), a, cand, why + before))
+        options.sort(key=lambda o: (o[0], o[1], o[2]), reverse=True)
         unique, seen = [], set()  # the same candidate by another action is one trial
         for o in options:  # (the most promising action's)
-            if o[3].key not in seen:
-                seen.add(o[3].key)
+            if o[4].key not in seen:
+                seen.add(o[4].key)
                 unique.append(o)
         return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
-                          f"{_how(a, best, cand)}.") for expected, _, a, cand, why in unique]
+                          f"{_how(a, best, cand)}.") for _, expected, _, a, cand, why in unique]
 
     def _earlier(self, action: Action, cand: Candidate, expected: float) -> tuple[float, str]:
         """What trials of `action` on other bases say about trying it on this one. A step
@@ -354,7 +359,7 @@ class Planner:
                 f"({last['reason']})")
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
-        if (last["over_bound"] or last["decision"] == "failed") and same_form:
+        if (last.get("over_bound") or last["decision"] == "failed") and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
         return expected, note + "; retried on this base."

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..data import texts_for
+from ..data import items_for
 from ..tasks import within_bound
 from .actions import Action, Candidate
 from .objective import gain
@@ -59,7 +59,7 @@ def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, floa
     t0 = time.perf_counter()
     fp32 = to_backend(planner.builder.torch_handle(cand.transforms), "onnxruntime",
                       precision="fp32")
-    texts = texts_for("calibration", planner.s.data, CALIBRATION_TEXTS)
+    texts = items_for(planner.base, "calibration", planner.s.data, CALIBRATION_TEXTS)
     errors = layer_sensitivity(fp32.files[ONNX_FILE], calibration_feeds(fp32, texts))
     ranked = sorted(errors.items(), key=lambda kv: kv[1], reverse=True)
     return ranked, time.perf_counter() - t0, len(texts)

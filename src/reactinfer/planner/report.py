@@ -176,12 +176,21 @@ def _search_line(data: dict[str, Any]) -> list[str]:
     return ref + _sizing_line(data)
 
 
+# what a task's held-out items are called in a report (default: texts)
+ITEM_NOUN = {"image-classification": "images"}
+
+
+def _items(data: dict[str, Any]) -> str:
+    return ITEM_NOUN.get(data.get("task", ""), "texts")
+
+
 def _sizing_line(data: dict[str, Any]) -> list[str]:
     search, asked = data.get("search"), data["settings"]
     if not search or (search["n_texts"], search["latency_runs"]) == (asked["n_eval"],
                                                                      asked["latency_runs"]):
         return []
-    return [f"- each trial measured on {search['n_texts']} held-out texts (of {asked['n_eval']}"
+    return [f"- each trial measured on {search['n_texts']} held-out {_items(data)} (of "
+            f"{asked['n_eval']}"
             f" asked) and {search['latency_runs']} latency runs (of "
             f"{asked['latency_runs']}): sized so that measuring one model takes about a fifth "
             "of the time budget"]
@@ -191,10 +200,11 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
     """The re-measure's table; the ratios come from `gain()`, as the headline's does."""
     b, o = conf["baseline"], conf["best"]
     lines = ["## Baseline vs best (re-measured side by side on "
-             f"{conf['n_eval']} held-out texts)", "",
+             f"{conf['n_eval']} held-out {_items(data)})", "",
              "The headline's figure is this table's row for the objective; the trace below "
              "holds the search's own measurements (on "
-             f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} texts).", "",
+             f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} "
+             f"{_items(data)}).", "",
              "| | baseline | best | ratio |", "|---|---|---|---|"]
     p95 = b["latency_ms"]["p95"] / o["latency_ms"]["p95"]
     rows = [(f"throughput @ batch {b['throughput']['batch_size']} (items/s)",

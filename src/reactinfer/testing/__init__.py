@@ -1,8 +1,10 @@
 """Helpers for tests: tiny in-process models and numeric checks."""
 from .numeric import sqnr_db
 from .tiny import (
+    TINY_CNN,
     save_tiny_hf,
     tiny_cnn,
+    tiny_cnn_builtin,
     tiny_handle,
     tiny_image_handle,
     tiny_images,
@@ -11,5 +13,6 @@ from .tiny import (
     tiny_tokenizer,
 )
 
-__all__ = ["save_tiny_hf", "sqnr_db", "tiny_cnn", "tiny_handle", "tiny_image_handle",
+__all__ = ["TINY_CNN", "save_tiny_hf", "sqnr_db", "tiny_cnn", "tiny_cnn_builtin", "tiny_handle",
+           "tiny_image_handle",
            "tiny_images", "tiny_model", "tiny_texts", "tiny_tokenizer"]

@@ -132,3 +132,25 @@ def tiny_image_handle(seed: int = 0, size: int = 16) -> Any:
 
     pre = ImagePreprocess(size=size, resize=size + 2, mean=(120.0,) * 3, std=(60.0,) * 3)
     return load(tiny_cnn(seed), task="image-classification", preprocess=pre, name="tiny-cnn")
+
+
+TINY_CNN = "tiny-cnn-digits"
+
+
+def tiny_cnn_builtin() -> tuple[Any, Any]:
+    """A tiny ResNet on the built-in 8×8 digits as a built-in model, for what loads models
+    by name (the planner, `react optimize`): the zoo entry and the CNN entry, to register
+    under TINY_CNN in `models.zoo.BUILTINS` and `models.vision.CNN_BUILTINS` (tests use
+    monkeypatch.setitem). Its weights are `tiny_cnn(seed=0, channels=1)`'s."""
+    from ..models.vision import DIGITS_PREPROCESS, CnnBuiltin
+    from ..models.zoo import BuiltinModel
+
+    def arch() -> Any:
+        return tiny_cnn(seed=1, channels=1)  # other weights: only its layout counts
+
+    entry = BuiltinModel(TINY_CNN, "image-classification", "reactinfer", "reactinfer",
+                         "testing/tiny.py", "a 2-block ResNet of width 8 on 8x8 digits (tests)",
+                         "0.01M")
+    cnn = CnnBuiltin(arch, lambda _: tiny_cnn(seed=0, channels=1).state_dict(),
+                     DIGITS_PREPROCESS)
+    return entry, cnn

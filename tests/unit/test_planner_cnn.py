@@ -1,0 +1,92 @@
+"""The planner on an image model: a tiny CNN built in-process, the default catalogue, the
+same loop, report and artifacts as for text."""
+import json
+
+import pytest
+
+import reactinfer as ri
+from reactinfer.models import vision, zoo
+from reactinfer.planner import optimize
+from reactinfer.planner.catalogue import catalogue, default_actions
+from reactinfer.planner.cnn import conv_facts, fold_expect, int8_weigh
+from reactinfer.testing import TINY_CNN, tiny_cnn_builtin
+
+IMAGE = "image-classification"
+
+
+@pytest.fixture
+def tiny_cnn_model(monkeypatch):
+    entry, cnn = tiny_cnn_builtin()
+    monkeypatch.setitem(zoo.BUILTINS, TINY_CNN, entry)
+    monkeypatch.setitem(vision.CNN_BUILTINS, TINY_CNN, cnn)
+    return TINY_CNN
+
+
+def test_the_catalogue_offers_image_models_only_what_knows_convolutions():
+    image = {a.name for a in catalogue() if IMAGE in a.tasks}
+    assert "fold BatchNorm" in image
+    assert {"onnxruntime fp32", "openvino fp32", "onnxruntime int8 static (per-channel)",
+            "openvino int8"} <= image
+    for text_only in ("prune FFN 25% + distil", "prune heads 25% + distil",
+                      "drop 1/6 layers + distil", "int8 dynamic (per-channel)",
+                      "onnxruntime int8 dynamic", "2:4 sparsity", "torch.compile"):
+        assert text_only not in image
+    fold = next(a for a in catalogue() if a.name == "fold BatchNorm")
+    assert fold.free and fold.tasks == (IMAGE,)  # and never offered to a text model
+
+
+def test_thoughts_know_depthwise_convolutions_and_free_folding(tiny_cnn_model):
+    facts = conv_facts(ri.load(tiny_cnn_model))
+    assert facts["convs"] >= 3 and facts["foldable"] == facts["batchnorms"] > 0
+    assert facts["depthwise"] == 0 and facts["depthwise_share"] == 0
+    g, why = fold_expect(facts, "torch")
+    assert g > 1 and "exact" in why and "free" in why and "recovery" in why
+    assert fold_expect(facts, "onnxruntime")[0] == 1.0  # the engine folds it itself
+    # depthwise convolutions gain little from int8: the more of them, the less expected
+    dense, _ = int8_weigh({**facts, "depthwise_share": 0.0}, 2.4)
+    half, note = int8_weigh({**facts, "depthwise_share": 0.5}, 2.4)
+    assert dense == pytest.approx(2.4) and 1 < half < dense and "depthwise" in note
+
+
+def test_optimize_a_cnn_folds_first_and_tries_only_image_actions(tiny_cnn_model, tmp_path):
+    out = tmp_path / "run"
+    actions = default_actions()
+    r = optimize(tiny_cnn_model, out=out, budget_s=120, n_eval=40, batch_size=16,
+                 latency_runs=3, confirm_n_eval=40, max_trials=4, progress=False,
+                 actions=actions)
+    trials = r["trials"]
+    assert trials[0]["action"] == "baseline" and trials[0]["decision"] == "baseline"
+    assert trials[1]["action"] == "fold BatchNorm"  # free, so first
+    assert [c["type"] for c in trials[1]["candidate"]["transforms"]] == ["fold_bn"]
+    assert trials[1]["decision"] in ("kept", "rolled back")
+    assert trials[1]["observation"]["quality_drop"] <= 0.01  # exact: no top-1 changes
+    assert "depthwise" in trials[1]["thought"] and "BatchNorm" in trials[1]["thought"]
+    image = {a.name for a in actions if IMAGE in a.tasks}
+    tried = [t for t in trials[1:] if t["decision"] != "skipped"]
+    assert 2 <= len(tried) <= 4 and {t["action"] for t in tried} <= image
+    for t in tried:  # an engine that cannot take it yet is a failed trial, not a crash
+        assert t["observation"] is not None or (t["decision"] == "failed" and t["reason"])
+    for f in ("report.md", "report.json", "pareto.png", "trace.png"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "fold BatchNorm" in md and "Thought:" in md
+    assert len(json.loads((out / "report.json").read_text())["trials"]) == len(trials)
+    best = ri.load(out / "best")  # the artifact reloads (folded or not), as `serve` does
+    assert best.task == IMAGE
+
+
+def test_a_repair_that_could_not_rank_its_layers_does_not_stop_the_run():
+    """repair.py records a ranking that failed as a failed entry with no measurement (and no
+    `over_bound`); the next Thought about the same action reads it without crashing."""
+    from types import SimpleNamespace
+
+    from reactinfer.planner.actions import Candidate
+    from reactinfer.planner.loop import Planner
+
+    action = next(a for a in catalogue() if a.name == "onnxruntime int8 static (per-channel)")
+    cand = Candidate(backend="onnxruntime", options=json.dumps({"precision": "int8-static"}))
+    entry = {"step": 5, "action": action.name, "decision": "failed", "parent": "k",
+             "reason": "ranking the layers failed: ValueError", "candidate": cand.to_json()}
+    planner = SimpleNamespace(log=[entry], _base_of=lambda t: "torch")
+    g, note = Planner._earlier(planner, action, cand, 2.0)
+    assert g == pytest.approx(1.25) and "comes last" in note
