@@ -183,3 +183,23 @@ def test_openvino_int8_runs_saves_and_reloads_hash_checked(cnn, ov_int8, imgs, t
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="model.bin.*sha256"):
         ri.load(tmp_path / "art")
+
+
+def test_ort_fp32_layers_stay_float_in_the_graph_that_runs(cnn, tmp_path):
+    """ONNX Runtime's optimizer would quantize a float layer fed by int8 activations
+    (per tensor); the session keeps `fp32_layers` float in the graph it runs."""
+    import onnx
+
+    from reactinfer.backends.onnxruntime import make_session
+
+    fp32 = to_backend(cnn, "onnxruntime", precision="fp32")
+    middle = quantizable_layers(fp32.files["model.onnx"])[1]  # fed by a quantized layer
+    kept = to_backend(cnn, "onnxruntime", precision="int8-static", calibration_items=4,
+                      fp32_layers=[middle])
+    make_session(kept.files["model.onnx"], opt_level="basic",
+                 optimized_path=tmp_path / "run.onnx")
+    graph = onnx.load(str(tmp_path / "run.onnx")).graph
+    node = next(n for n in graph.node if n.name == middle)
+    weights = {i.name: i for i in graph.initializer}
+    assert node.op_type == "Conv" and node.input[1] in weights
+    assert weights[node.input[1]].data_type == onnx.TensorProto.FLOAT
