@@ -8,7 +8,7 @@ All runners are prepared in one process; rounds alternate (torch, onnxruntime, .
 ...) so machine load hits all alike; each speed-up is the median of per-round ratios to
 torch eager in the same round. Quality is measured on the whole held-out split against
 torch eager fp32: top-1 agreement, top-5 overlap, KL, and accuracy on the labelled digits.
-`int8-static fp32 depthwise` keeps the depthwise convolutions in float (`fp32_layers`).
+`... fp32 depthwise` keeps the depthwise convolutions in float (`fp32_layers`).
 
 Writes benchmarks/results/vision_backends.json and .md (with the hardware profile).
 """
@@ -51,6 +51,9 @@ def engines(h: Any, threads: int) -> dict[str, Any]:
         if native_bf16(hardware_profile().isa):
             out["openvino bf16"] = to_backend(h, "openvino", precision="bf16", threads=threads)
         out["openvino int8"] = to_backend(h, "openvino", precision="int8", threads=threads)
+        if dw:
+            out["openvino int8 fp32 depthwise"] = to_backend(
+                h, "openvino", precision="int8", fp32_layers=dw, threads=threads)
     return out
 
 

@@ -203,3 +203,23 @@ def test_ort_fp32_layers_stay_float_in_the_graph_that_runs(cnn, tmp_path):
     weights = {i.name: i for i in graph.initializer}
     assert node.op_type == "Conv" and node.input[1] in weights
     assert weights[node.input[1]].data_type == onnx.TensorProto.FLOAT
+
+
+def test_openvino_fp32_layers_name_convolutions_by_their_onnx_names(cnn):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install nncf)")
+    import openvino as ov
+
+    from reactinfer.backends import openvino as ovb
+
+    fp32 = to_backend(cnn, "onnxruntime", precision="fp32")
+    names = quantizable_layers(fp32.files["model.onnx"])
+    middle = names[1]
+    kept = to_backend(cnn, "openvino", precision="int8", calibration_items=4,
+                      fp32_layers=[middle])
+    model = ov.Core().read_model(str(kept.files["model.xml"]))
+    assert set(ovb.quantizable_layers(model)) == set(names)  # the same names in both engines
+    assert ovb.is_float_layer(model, middle)
+    assert not all(ovb.is_float_layer(model, n) for n in names)
+    with pytest.raises(UserError, match="no MatMul/Conv named"):
+        to_backend(cnn, "openvino", precision="int8", fp32_layers=["/no/Conv"])

@@ -90,19 +90,29 @@ def overflow_fix_for(isa: dict[str, bool]) -> str:
 
 # -- conversion ---------------------------------------------------------------------------
 LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
+BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
+
+
+def _onnx_name(op: Any) -> str:
+    return str(op.get_friendly_name()).removesuffix(BIAS_SPLIT)
+
+
+def _layer_ops(model: Any) -> dict[str, Any]:
+    """ONNX node name → the OpenVINO op of that layer."""
+    return {_onnx_name(op): op for op in model.get_ops() if op.get_type_name() in LAYER_OPS}
 
 
 def quantizable_layers(model: Any) -> list[str]:
     """Names of the MatMul and convolution ops (ONNX MatMul and Gemm become MatMul, Conv a
     (Group)Convolution) `fp32_layers` may name: the ONNX node names, which OpenVINO keeps
-    as friendly names."""
-    return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in LAYER_OPS]
+    as friendly names (with BIAS_SPLIT appended where it split off a bias)."""
+    return list(_layer_ops(model))
 
 
 def is_float_layer(model: Any, name: str) -> bool:
     """Whether the MatMul `name` of an OpenVINO model computes in float: no quantized
     activation (FakeQuantize) and no int8 weight feeds it."""
-    op = next(o for o in model.get_ops() if o.get_friendly_name() == name)
+    op = _layer_ops(model)[name]
     for value in op.input_values():
         node = value.get_node()
         if node.get_type_name() == "FakeQuantize":
@@ -132,7 +142,8 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int,
 
     import nncf
 
-    known = set(quantizable_layers(model))
+    ops = _layer_ops(model)
+    known = set(ops)
     missing = [n for n in fp32_layers if n not in known]
     if missing:
         raise UserError(f"openvino fp32_layers: no MatMul/Conv named {missing[0]!r} in this "
@@ -144,7 +155,8 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int,
     preset = nncf.QuantizationPreset.PERFORMANCE if image else None
     params = nncf.AdvancedQuantizationParameters(
         overflow_fix=nncf.OverflowFix(overflow_fix))
-    scope = nncf.IgnoredScope(names=list(fp32_layers), validate=True) if fp32_layers else None
+    scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
+                               validate=True) if fp32_layers else None)
     logger = logging.getLogger("nncf")
     level = logger.level
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
