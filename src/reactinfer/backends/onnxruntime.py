@@ -1,7 +1,8 @@
 """ONNX Runtime: export the task-wrapped module once (dynamic batch and sequence axes;
 embeddings carry pooling + normalisation in the graph), optionally convert it to int8
 (dynamic, or static QDQ calibrated on the calibration split: texts, or images for an
-image model) or fp16, then run it with no PyTorch in the inference loop. CPU provider here, CUDA provider when one is present.
+image model) or fp16, then run it with no PyTorch in the inference loop. CPU provider
+here, CUDA provider when one is present.
 
 The exported file travels in `handle.files["model.onnx"]`; the task and max length are
 written into the ONNX model's metadata_props so a bare `.onnx` file loads on its own.
