@@ -223,3 +223,27 @@ def test_openvino_fp32_layers_name_convolutions_by_their_onnx_names(cnn):
     assert not all(ovb.is_float_layer(model, n) for n in names)
     with pytest.raises(UserError, match="no MatMul/Conv named"):
         to_backend(cnn, "openvino", precision="int8", fp32_layers=["/no/Conv"])
+
+
+def test_ort_calibration_methods_all_build_a_model(cnn, imgs):
+    batch = tokenize(cnn.tokenizer, imgs[:2], 0)
+    for method in ("percentile", "entropy"):
+        q8 = to_backend(cnn, "onnxruntime", precision="int8-static", calibration_items=4,
+                        calibration_method=method)
+        assert q8.backend_options["calibration_method"] == method
+        assert "QuantizeLinear" in _ops(q8.files["model.onnx"])
+        assert np.isfinite(q8.runner()(batch)).all()
+
+
+def test_openvino_bf16_of_an_image_model_only_where_native(cnn, imgs):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
+    from reactinfer.core.hardware import hardware_profile, native_bf16
+
+    if not native_bf16(hardware_profile().isa):
+        with pytest.raises(UserError, match="native bf16"):
+            to_backend(cnn, "openvino", precision="bf16")
+        return
+    bf16 = to_backend(cnn, "openvino", precision="bf16")
+    r = ri.bench(bf16, batch_size=4, latency_runs=2, eval_texts=imgs, progress=False,
+                 reference=cnn)
+    assert r["backend"] == "openvino" and 0.0 <= r["quality"]["top1_agreement"] <= 1.0
