@@ -10,7 +10,8 @@ torch eager in the same round. Quality is measured on the whole held-out split a
 torch eager fp32: top-1 agreement, top-5 overlap, KL, and accuracy on the labelled digits.
 `... fp32 depthwise` keeps the depthwise convolutions in float (`fp32_layers`).
 
-Writes benchmarks/results/vision_backends.json and .md (with the hardware profile).
+Writes benchmarks/results/vision_backends.json and .md (with the hardware profile; `--out`
+names other files).
 """
 from __future__ import annotations
 
@@ -93,9 +94,9 @@ def run_model(name: str, batch_size: int, rounds: int, threads: int) -> dict[str
             "threads": threads, "convert_s": convert_s, "rows": rows}
 
 
-def write(res: dict[str, Any]) -> None:
+def write(res: dict[str, Any], name: str) -> None:
     OUT.mkdir(exist_ok=True)
-    (OUT / "vision_backends.json").write_text(json.dumps(res, indent=2) + "\n")
+    (OUT / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = ["# Image models on every CPU engine", "",
              f"{res['hardware_summary']}  ",
              "one process, rounds alternate between engines; the CPU is shared with other "
@@ -113,7 +114,7 @@ def write(res: dict[str, Any]) -> None:
                          f"{r['top1_agreement']:.4f} | {r['top5_overlap']:.4f} | "
                          f"{r['kl_divergence']:.2e} | {acc} |")
         lines.append("")
-    (OUT / "vision_backends.md").write_text("\n".join(lines))
+    (OUT / f"{name}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--models", nargs="+", default=["resnet18-digits", "efficientnet-lite0"])
+    ap.add_argument("--out", default="vision_backends", help="results file name (no suffix)")
     a = ap.parse_args()
     hw = hardware_profile()
     res: dict[str, Any] = {"hardware": hw.to_dict(), "hardware_summary": hw.summary(),
@@ -134,7 +136,7 @@ def main() -> None:
                   f"x{r['x_torch']:.2f} torch eager, top-1 agreement "
                   f"{r['top1_agreement']:.4f}"
                   + (f", accuracy {r['accuracy']:.4f}" if "accuracy" in r else ""), flush=True)
-    write(res)
+    write(res, a.out)
 
 
 if __name__ == "__main__":
