@@ -80,7 +80,7 @@ def test_fp32_layers_stay_float_and_the_rest_is_int8(int8):
 
 
 def test_fp32_layers_must_name_a_layer(embed):
-    with pytest.raises(UserError, match="no MatMul named"):
+    with pytest.raises(UserError, match="no MatMul/Conv named"):
         to_backend(embed, "openvino", precision="int8", calibration_texts=8,
                    fp32_layers=["/no/such/MatMul"])
     with pytest.raises(UserError, match="precision int8"):

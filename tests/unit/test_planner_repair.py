@@ -151,7 +151,7 @@ def test_fp32_layers_stay_float_and_survive_save_and_reload(outlier_dir, tmp_pat
 
 def test_unknown_fp32_layer_is_a_user_error(outlier_dir):
     handle = ri.load(str(outlier_dir))
-    with pytest.raises(UserError, match="'/nope/MatMul' is not a MatMul/Gemm layer"):
+    with pytest.raises(UserError, match="'/nope/MatMul' is not a MatMul/Gemm/Conv layer"):
         to_backend(handle, "onnxruntime", precision="int8-dynamic", fp32_layers=["/nope/MatMul"])
     with pytest.raises(UserError, match="list of ONNX node names"):
         to_backend(handle, "onnxruntime", precision="int8-dynamic", fp32_layers=SENSITIVE)

@@ -45,9 +45,10 @@ def to_backend(handle: ModelHandle, name: str, workdir: str | Path | None = None
 
     Options per backend (see `react backends`): torch: threads, device (auto, cpu, cuda);
     torch-compile: threads, mode, device; onnxruntime: precision (fp32, int8-dynamic,
-    int8-static, fp16), opt_level, threads, inter_op_threads, provider, reduce_range;
-    openvino: precision (fp32, bf16, int8), hint (latency, throughput), threads,
-    calibration_texts, fp32_layers, overflow_fix; llama.cpp: outtype
+    int8-static, fp16), opt_level, threads, inter_op_threads, provider, reduce_range,
+    calibration_items, calibration_method, fp32_layers; openvino: precision (fp32, bf16,
+    int8), hint (latency, throughput), threads, calibration_items, fp32_layers,
+    overflow_fix; llama.cpp: outtype
     (source, f16, q8_0, q4_0, ...), threads, n_ctx. Files go to `workdir` (by default a
     temporary directory removed when the process exits: save the handle as an artifact to
     keep them).

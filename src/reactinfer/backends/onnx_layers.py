@@ -1,9 +1,14 @@
-"""The layers of an exported ONNX graph that int8 quantizes, and how much int8 hurts each.
+"""The layers of an exported ONNX graph that int8 quantizes, how much int8 hurts each, and
+the calibration feeds every int8 conversion of an exported graph is calibrated on.
 
 One place for every backend that quantizes an exported graph (ONNX Runtime's
 `nodes_to_exclude`, NNCF's IgnoredScope on OpenVINO): a layer is named by its ONNX node
-name, e.g. `/model/encoder/layer.0/output/dense/MatMul`, and `fp32_layers=[...]` keeps
-those nodes in float.
+name, e.g. `/model/encoder/layer.0/output/dense/MatMul` or, in a CNN, `/model/.../Conv`,
+and `fp32_layers=[...]` keeps those nodes in float.
+
+Calibration (`calibration_items` → `calibration_feeds`): the calibration split of the data
+the handle's task reads (texts, or images for an image model), turned into graph inputs by
+the handle's own preprocessing: tokenized texts, or preprocessed pixels.
 
 Sensitivity (`layer_sensitivity`) is measured per layer on its real inputs: one fp32 run
 of the graph on calibration texts exposes each quantizable layer's input activations, and
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
+CONV_OPS = ("Conv",)
 ROWS_PER_BATCH = 256  # token rows per batch on which each layer's products are compared
 
 
@@ -52,10 +58,33 @@ def _weighted(graph: Any) -> list[Any]:
             and not any(a.name == "transA" and a.i for a in n.attribute)]
 
 
+def _convs(graph: Any) -> list[Any]:
+    """Conv nodes whose weight (second input) is a constant."""
+    consts = _constants(graph)
+    return [n for n in graph.node if n.op_type in CONV_OPS and len(n.input) > 1
+            and n.input[1] in consts]
+
+
 def quantizable_layers(model: Any) -> list[str]:
-    """Names of the MatMul/Gemm nodes with a constant weight, in graph order: the layers
-    int8 quantizes, and the names `fp32_layers` accepts."""
-    return [n.name for n in _weighted(_graph(model))]
+    """Names of the MatMul/Gemm and Conv nodes with a constant weight, in graph order: the
+    layers int8 quantizes, and the names `fp32_layers` accepts."""
+    graph = _graph(model)
+    keep = {n.name for n in _weighted(graph)} | {n.name for n in _convs(graph)}
+    return [n.name for n in graph.node if n.name in keep]
+
+
+def depthwise_convs(model: Any) -> list[str]:
+    """Names of the depthwise Conv nodes (one input channel per group, more than one
+    group): int8 gains least and loses most on them (few multiply-adds per weight)."""
+    graph = _graph(model)
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    out = []
+    for n in _convs(graph):
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        shape = dims.get(n.input[1])
+        if group > 1 and shape is not None and len(shape) > 1 and shape[1] == 1:
+            out.append(n.name)
+    return out
 
 
 def activation_matmuls(model: Any) -> list[str]:
@@ -75,8 +104,9 @@ def check_layers(names: Any, model: Any, option: str = "fp32_layers") -> list[st
     known = quantizable_layers(model)
     unknown = [n for n in names if n not in set(known)]
     if unknown:
-        raise UserError(f"{option}: {unknown[0]!r} is not a MatMul/Gemm layer with a weight in "
-                        f"this model ({len(known)} are, e.g. {known[0] if known else 'none'!r})")
+        raise UserError(f"{option}: {unknown[0]!r} is not a MatMul/Gemm/Conv layer with a "
+                        f"weight in this model ({len(known)} are, e.g. "
+                        f"{known[0] if known else 'none'!r})")
     return list(dict.fromkeys(names))
 
 
@@ -93,17 +123,29 @@ def _int8_product(x: np.ndarray, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.asarray(xq.astype(np.float32) @ wq.astype(np.float32))
 
 
-def calibration_feeds(handle: ModelHandle, texts: Sequence[str],
-                      batch: int = 8) -> list[dict[str, np.ndarray]]:
-    """Tokenized batches of `texts` with the inputs an exported graph of `handle` takes."""
+def calibration_items(handle: ModelHandle, n: int, data: str | None = None) -> list[Any]:
+    """Up to `n` items of the calibration split the handle's task reads: texts (of `data`,
+    else the built-in corpus), or images for an image model (of the folder `data`, else the
+    built-in image set its preprocessing declares)."""
+    from ..data import texts_for
+
+    return texts_for("calibration", data, limit=n, preprocess=handle.tokenizer)
+
+
+def calibration_feeds(handle: ModelHandle, items: Sequence[Any], batch: int = 8,
+                      names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """`items` a few at a time, as the inputs an exported graph of `handle` takes, made by
+    the handle's own preprocessing: tokenized texts (token_type_ids zeros where the
+    tokenizer gives none, except for causal LMs), or images as pixel_values. `names`: keep
+    only those inputs (the graph's)."""
     from ..tasks import iter_batches
 
     feeds = []
-    for _, b in iter_batches(handle.tokenizer, list(texts), batch, min(handle.max_length, 128)):
+    for _, b in iter_batches(handle.tokenizer, list(items), batch, min(handle.max_length, 128)):
         feed = dict(b)
-        if handle.task != "causal-lm":
+        if "input_ids" in feed and handle.task != "causal-lm":
             feed.setdefault("token_type_ids", np.zeros_like(b["input_ids"]))
-        feeds.append(feed)
+        feeds.append(feed if names is None else {k: feed[k] for k in names})
     return feeds
 
 

@@ -1,7 +1,8 @@
 """ONNX Runtime: export the task-wrapped module once (dynamic batch and sequence axes;
 embeddings carry pooling + normalisation in the graph), optionally convert it to int8
-(dynamic, or static QDQ calibrated on the calibration corpus) or fp16, then run it with
-no PyTorch in the inference loop. CPU provider here, CUDA provider when one is present.
+(dynamic, or static QDQ calibrated on the calibration split: texts, or images for an
+image model) or fp16, then run it with no PyTorch in the inference loop. CPU provider
+here, CUDA provider when one is present.
 
 The exported file travels in `handle.files["model.onnx"]`; the task and max length are
 written into the ONNX model's metadata_props so a bare `.onnx` file loads on its own.
@@ -24,7 +25,7 @@ from ..core.backend import (
 from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
-from .onnx_layers import activation_matmuls, check_layers
+from .onnx_layers import activation_matmuls, calibration_feeds, calibration_items, check_layers
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -35,15 +36,31 @@ PROVIDERS = ("auto", "cpu", "cuda")
 OUTPUT_NAME = {"embedding": "embeddings", "classification": "logits", "causal-lm": "logits",
                "image-classification": "logits"}
 # Options used once, at conversion; the rest configure the session every time it opens.
-EXPORT_OPTIONS = ("precision", "opset", "calibration_texts", "per_channel", "reduce_range",
-                  "fp32_layers")
+EXPORT_OPTIONS = ("precision", "opset", "calibration_items", "calibration_texts",
+                  "calibration_method", "per_channel", "reduce_range", "fp32_layers")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# What int8 quantizes, by task. Text: only MatMul/Gemm with a weight (LayerNorm, Softmax,
+# attention and pooling cost accuracy for little speed). Images: the convolutions and the
+# ops between them, so activations stay int8 from one convolution to the next (ONNX
+# Runtime fuses DQ → Conv → Q into QLinearConv, and drops ReLU/ReLU6 into the Q's range).
+INT8_OPS = {"image-classification": ["Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip",
+                                     "Pad", "GlobalAveragePool", "MaxPool", "Flatten",
+                                     "Reshape"]}
+TEXT_INT8_OPS = ["MatMul", "Gemm"]
 SESSION_OPTIONS = ("threads", "inter_op_threads", "opt_level", "provider", "spinning")
 
 
 def _check_options(opts: dict[str, Any]) -> None:
     check_options("onnxruntime", opts, EXPORT_OPTIONS + SESSION_OPTIONS,
-                  {"precision": PRECISIONS, "opt_level": OPT_LEVELS, "provider": PROVIDERS},
-                  ("threads", "inter_op_threads"))
+                  {"precision": PRECISIONS, "opt_level": OPT_LEVELS, "provider": PROVIDERS,
+                   "calibration_method": CALIBRATION_METHODS},
+                  ("threads", "inter_op_threads", "calibration_items", "calibration_texts"))
+
+
+def calibration_count(opts: dict[str, Any], default: int) -> int:
+    """How many calibration items int8 takes: `calibration_items`, or its old name
+    `calibration_texts` (still accepted), else `default`."""
+    return int(opts.get("calibration_items", opts.get("calibration_texts", default)))
 
 
 def graph_feed(inputs: list[str], batch: Batch, engine: str) -> dict[str, np.ndarray]:
@@ -103,15 +120,6 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def calibration_batches(handle: ModelHandle, texts: list[str], names: list[str],
-                        batch: int = 8) -> Iterator[dict[str, np.ndarray]]:
-    """Tokenized calibration texts, a few at a time, with the graph's inputs only."""
-    from ..tasks import iter_batches
-
-    return ({n: b[n] for n in names}
-            for _, b in iter_batches(handle.tokenizer, texts, batch, min(handle.max_length, 128)))
-
-
 def int8_settings(isa: dict[str, bool]) -> dict[str, Any]:
     """ONNX Runtime's int8 settings for a CPU: its U8S8 kernels saturate on x86 without
     VNNI (ORT's quantization docs), so weights keep to 7 bits there (`reduce_range`)."""
@@ -121,22 +129,27 @@ def int8_settings(isa: dict[str, bool]) -> dict[str, Any]:
 
 
 class _CalibrationReader:
-    """Feeds tokenized calibration texts to the static quantizer, a few at a time."""
+    """Feeds the calibration split (texts or images, as the handle's task reads) to the
+    static quantizer, a few items at a time."""
 
-    def __init__(self, handle: ModelHandle, texts: list[str], names: list[str], batch: int = 8):
-        self._it = calibration_batches(handle, texts, names, batch)
+    def __init__(self, handle: ModelHandle, n: int, names: list[str], batch: int = 8):
+        self._it: Iterator[dict[str, np.ndarray]] = iter(
+            calibration_feeds(handle, calibration_items(handle, n), batch, names))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
 
 def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
-                      calibration_texts: int = 64, per_channel: bool = True,
-                      reduce_range: bool = False, fp32_layers: Sequence[str] = ()) -> Path:
-    """fp32 → int8 dynamic / int8 static QDQ / fp16. Only MatMul/Gemm with a weight are
-    quantized: quantizing LayerNorm, Softmax, attention or pooling costs accuracy for
-    little speed. `reduce_range`: 7-bit weights, for CPUs whose int8 kernels saturate.
-    `fp32_layers` (ONNX node names, see onnx_layers.quantizable_layers) stay in float."""
+                      calibration_items: int = 64, per_channel: bool = True,
+                      reduce_range: bool = False, fp32_layers: Sequence[str] = (),
+                      calibration_method: str = "minmax") -> Path:
+    """fp32 → int8 dynamic / int8 static QDQ / fp16. Text: only MatMul/Gemm with a weight
+    are quantized; images (int8 static): the convolutions and the ops between them
+    (INT8_OPS). Static int8 calibrates activations on `calibration_items` items of the
+    calibration split with `calibration_method`. `reduce_range`: 7-bit weights, for CPUs
+    whose int8 kernels saturate. `fp32_layers` (ONNX node names, see
+    onnx_layers.quantizable_layers) stay in float."""
     import logging
 
     root = logging.getLogger()
@@ -144,15 +157,15 @@ def convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
     # the quantizer logs a pre-processing hint at WARNING on the root logger every call
     root.setLevel(max(level, logging.ERROR))
     try:
-        return _convert_precision(handle, src, dst, precision, calibration_texts, per_channel,
-                                  reduce_range, list(fp32_layers))
+        return _convert_precision(handle, src, dst, precision, calibration_items, per_channel,
+                                  reduce_range, list(fp32_layers), calibration_method)
     finally:
         root.setLevel(level)
 
 
 def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str,
-                       calibration_texts: int, per_channel: bool, reduce_range: bool,
-                       keep: list[str]) -> Path:
+                       n_items: int, per_channel: bool, reduce_range: bool,
+                       keep: list[str], method: str) -> Path:
     if precision == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -168,16 +181,15 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
             quantize_static,
         )
 
-        from ..data import texts_for
-
-        texts = texts_for("calibration", limit=calibration_texts, preprocess=handle.tokenizer)
-        reader = _CalibrationReader(handle, texts, input_names(handle))
+        reader = _CalibrationReader(handle, n_items, input_names(handle))
+        calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                     "percentile": CalibrationMethod.Percentile}[method]
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=per_channel, reduce_range=reduce_range,
-                        op_types_to_quantize=["MatMul", "Gemm"],
+                        op_types_to_quantize=INT8_OPS.get(handle.task, TEXT_INT8_OPS),
                         nodes_to_exclude=activation_matmuls(src) + keep,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=calibrate)
     elif precision == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -194,10 +206,14 @@ def _convert_precision(handle: ModelHandle, src: Path, dst: Path, precision: str
 # -- runtime ----------------------------------------------------------------------------
 def make_session(path: Path, threads: int | None = None, inter_op_threads: int | None = None,
                  opt_level: str = "all", provider: str = "auto",
-                 spinning: bool | None = None) -> Any:
+                 spinning: bool | None = None, optimized_path: Path | None = None) -> Any:
+    """An ONNX Runtime session; `optimized_path`: also write the graph as ONNX Runtime
+    optimized it (to inspect what runs)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -216,7 +232,12 @@ def make_session(path: Path, threads: int | None = None, inter_op_threads: int |
                         "the onnxruntime-gpu package); use provider='cpu' or 'auto'")
     use_cuda = provider in ("auto", "cuda") and "CUDAExecutionProvider" in available
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), so, providers=providers)
+    # ONNX Runtime's WeightBiasQuantization pass quantizes the float weight of any layer
+    # fed by a DequantizeLinear, per tensor: it undid `fp32_layers` (efficientnet-lite0
+    # with its depthwise convolutions kept float fell from 0.90 to 0.42 top-1 agreement).
+    # A graph with no QDQ nodes is unaffected.
+    return ort.InferenceSession(str(path), so, providers=providers,
+                                disabled_optimizers=["WeightBiasQuantization"])
 
 
 class OrtRunner:
@@ -266,12 +287,15 @@ class OnnxRuntimeBackend(Backend):
                             "provider": list(PROVIDERS), "threads": "int",
                             "inter_op_threads": "int", "opset": "int (17)",
                             "spinning": "bool (ONNX Runtime's default: on)",
-                            "calibration_texts": "int (64, int8-static)",
+                            "calibration_items": "int (64, int8-static; texts or images "
+                                                 "of the calibration split; old name "
+                                                 "calibration_texts)",
+                            "calibration_method": list(CALIBRATION_METHODS),
                             "per_channel": "bool (True)",
                             "reduce_range": "bool (int8: chosen from the CPU; True where "
                                             "its int8 kernels saturate, without VNNI)",
-                            "fp32_layers": "list of ONNX MatMul/Gemm node names kept in "
-                                           "float under int8 / fp16 ([])"},
+                            "fp32_layers": "list of ONNX MatMul/Gemm/Conv node names "
+                                           "kept in float under int8 / fp16 ([])"},
                 "files": [MODEL_FILE], "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
@@ -304,7 +328,8 @@ class OnnxRuntimeBackend(Backend):
             opts = {**opts, "fp32_layers": check_layers(opts["fp32_layers"], fp32)}
         path = fp32 if precision == "fp32" else convert_precision(
             handle, fp32, workdir / MODEL_FILE, precision,
-            calibration_texts=opts.get("calibration_texts", 64),
+            calibration_items=calibration_count(opts, 64),
+            calibration_method=opts.get("calibration_method", "minmax"),
             per_channel=opts.get("per_channel", True),
             reduce_range=bool(opts.get("reduce_range", False)),
             fp32_layers=opts.get("fp32_layers", ()))

@@ -4,10 +4,13 @@ OpenVINO and saved as IR (`model.xml` + `model.bin`), then run with no PyTorch.
 
 - fp32; bf16 through the INFERENCE_PRECISION_HINT, only where the CPU has native bf16
   (AVX-512 BF16 or AMX: elsewhere OpenVINO emulates it, slower than fp32);
-- int8: NNCF post-training quantization with the transformer model type (SmoothQuant),
-  calibrated on the calibration split; weights keep to 7 bits (NNCF's overflow fix) on
-  CPUs whose int8 kernels saturate (no VNNI). `fp32_layers` names MatMul/Gemm nodes of the
-  exported ONNX graph (OpenVINO keeps them as op names) that stay float.
+- int8: NNCF post-training quantization calibrated on the calibration split of the data
+  the task reads (texts, or images for an image model): text models with the transformer
+  model type (SmoothQuant, attention-aware scopes), image models (CNNs) with NNCF's default
+  CNN scheme (performance preset: symmetric activations, per-channel weights, fast bias
+  correction); weights keep to 7 bits (NNCF's overflow fix) on CPUs whose int8 kernels
+  saturate (no VNNI). `fp32_layers` names MatMul/Gemm/Conv nodes of the exported ONNX
+  graph (OpenVINO keeps them as op names) that stay float.
 
 Causal LMs are not supported: the exported graph has no KV cache, so generation would
 recompute the prompt every token (use llama.cpp).
@@ -26,7 +29,8 @@ import numpy as np
 from ..core.backend import Backend, Batch, register_backend
 from ..core.backend import check_options as check_known_options
 from ..core.errors import UserError
-from .onnxruntime import graph_feed
+from .onnx_layers import calibration_feeds, calibration_items
+from .onnxruntime import calibration_count, graph_feed
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -40,7 +44,8 @@ HINTS = ("latency", "throughput")
 DEFAULT_HINT = "throughput"
 OVERFLOW_FIX = ("auto", "enable", "disable", "first_layer")
 # Used once, at conversion; the rest configure the compiled model every time it loads.
-EXPORT_OPTIONS = ("precision", "calibration_texts", "fp32_layers", "overflow_fix", "opset")
+EXPORT_OPTIONS = ("precision", "calibration_items", "calibration_texts", "fp32_layers",
+                  "overflow_fix", "opset")
 SESSION_OPTIONS = ("threads", "hint")
 # The float parts run in this precision (OpenVINO's default is bf16 wherever the CPU has it;
 # int8 keeps its float layers in fp32, so `fp32_layers` means what it says).
@@ -61,7 +66,7 @@ def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
 
     check_known_options("openvino", opts, EXPORT_OPTIONS + SESSION_OPTIONS,
                         {"precision": PRECISIONS, "hint": HINTS, "overflow_fix": OVERFLOW_FIX},
-                        ("threads", "calibration_texts"))
+                        ("threads", "calibration_items", "calibration_texts"))
     if opts.get("precision") == "bf16" and not native_bf16(isa):
         raise UserError("openvino precision 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
                         "or AMX), which this one lacks; use precision fp32 or int8")
@@ -71,7 +76,7 @@ def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
                         "precision int8")
     if layers is not None and (isinstance(layers, str) or
                                not all(isinstance(n, str) for n in layers)):
-        raise UserError("openvino fp32_layers is a list of MatMul/Gemm node names, e.g. "
+        raise UserError("openvino fp32_layers is a list of MatMul/Gemm/Conv node names, e.g. "
                         "['/model/encoder/layer.0/output/dense/MatMul']")
 
 
@@ -84,16 +89,30 @@ def overflow_fix_for(isa: dict[str, bool]) -> str:
 
 
 # -- conversion ---------------------------------------------------------------------------
+LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
+BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
+
+
+def _onnx_name(op: Any) -> str:
+    return str(op.get_friendly_name()).removesuffix(BIAS_SPLIT)
+
+
+def _layer_ops(model: Any) -> dict[str, Any]:
+    """ONNX node name → the OpenVINO op of that layer."""
+    return {_onnx_name(op): op for op in model.get_ops() if op.get_type_name() in LAYER_OPS}
+
+
 def quantizable_layers(model: Any) -> list[str]:
-    """Names of the MatMul ops (ONNX MatMul and Gemm both become MatMul) `fp32_layers` may
-    name: the ONNX node names, which OpenVINO keeps as friendly names."""
-    return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    """Names of the MatMul and convolution ops (ONNX MatMul and Gemm become MatMul, Conv a
+    (Group)Convolution) `fp32_layers` may name: the ONNX node names, which OpenVINO keeps
+    as friendly names (with BIAS_SPLIT appended where it split off a bias)."""
+    return list(_layer_ops(model))
 
 
 def is_float_layer(model: Any, name: str) -> bool:
     """Whether the MatMul `name` of an OpenVINO model computes in float: no quantized
     activation (FakeQuantize) and no int8 weight feeds it."""
-    op = next(o for o in model.get_ops() if o.get_friendly_name() == name)
+    op = _layer_ops(model)[name]
     for value in op.input_values():
         node = value.get_node()
         if node.get_type_name() == "FakeQuantize":
@@ -114,27 +133,30 @@ def _through_converts(value: Any) -> Iterator[Any]:
             yield from _through_converts(v)
 
 
-def quantize_int8(handle: ModelHandle, model: Any, calibration_texts: int,
+def quantize_int8(handle: ModelHandle, model: Any, n_items: int,
                   fp32_layers: list[str], overflow_fix: str, progress: bool = False) -> Any:
-    """NNCF post-training int8 (transformer preset: SmoothQuant, attention-aware scopes)."""
+    """NNCF post-training int8 on `n_items` of the calibration split: the transformer
+    model type (SmoothQuant, attention-aware scopes) for text, NNCF's default CNN scheme
+    (performance preset, per-channel weights, fast bias correction) for images."""
     import logging
 
     import nncf
 
-    from ..data import texts_for
-    from .onnxruntime import calibration_batches
-
-    known = set(quantizable_layers(model))
+    ops = _layer_ops(model)
+    known = set(ops)
     missing = [n for n in fp32_layers if n not in known]
     if missing:
-        raise UserError(f"openvino fp32_layers: no MatMul named {missing[0]!r} in this model; "
-                        f"names look like {sorted(known)[0]!r} ({len(known)} in all)")
+        raise UserError(f"openvino fp32_layers: no MatMul/Conv named {missing[0]!r} in this "
+                        f"model; names look like {sorted(known)[0]!r} ({len(known)} in all)")
     names = [i.get_any_name() for i in model.inputs]
-    data = list(calibration_batches(handle, texts_for("calibration", limit=calibration_texts),
-                                    names))
+    data = calibration_feeds(handle, calibration_items(handle, n_items), names=names)
+    image = handle.task == "image-classification"  # text keeps NNCF's transformer defaults
+    model_type = None if image else nncf.ModelType.TRANSFORMER
+    preset = nncf.QuantizationPreset.PERFORMANCE if image else None
     params = nncf.AdvancedQuantizationParameters(
         overflow_fix=nncf.OverflowFix(overflow_fix))
-    scope = nncf.IgnoredScope(names=list(fp32_layers), validate=True) if fp32_layers else None
+    scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
+                               validate=True) if fp32_layers else None)
     logger = logging.getLogger("nncf")
     level = logger.level
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
@@ -142,7 +164,7 @@ def quantize_int8(handle: ModelHandle, model: Any, calibration_texts: int,
         logger.setLevel(logging.INFO if progress else logging.ERROR)
         with quiet:
             return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                                 model_type=nncf.ModelType.TRANSFORMER,
+                                 model_type=model_type, preset=preset,
                                  ignored_scope=scope, advanced_parameters=params)
     finally:
         logger.setLevel(level)
@@ -158,7 +180,7 @@ def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
     onnx_path = export_onnx(handle, workdir / "model.fp32.onnx", opset=opts.get("opset", 17))
     model = ov.convert_model(str(onnx_path))
     if opts.get("precision") == "int8":
-        model = quantize_int8(handle, model, int(opts.get("calibration_texts", 128)),
+        model = quantize_int8(handle, model, calibration_count(opts, 128),
                               list(opts.get("fp32_layers") or ()), opts["overflow_fix"],
                               progress)
     model.set_rt_info(handle.task, ["reactinfer", "task"])
@@ -196,7 +218,7 @@ class OvRunner:
 
     def __call__(self, batch: Batch) -> np.ndarray:
         feed = graph_feed(self.inputs, batch, "OpenVINO")
-        rows = len(batch["input_ids"])
+        rows = len(next(iter(feed.values())))
         parts = np.array_split(np.arange(rows), min(len(self.requests), rows))  # (B,) → n
         used = self.requests[:len(parts)]
         with self._lock:
@@ -213,8 +235,9 @@ class OpenVinoBackend(Backend):
     writes_files = True
     precision_option = "precision"
     description = ("OpenVINO (IR from the exported ONNX graph; fp32, bf16 where the CPU has "
-                   "it native, int8 by NNCF with SmoothQuant; throughput (default) or latency "
-                   "hint; encoders only: no KV cache for causal LMs, use llama.cpp)")
+                   "it native, int8 by NNCF (SmoothQuant for text); throughput (default) or "
+                   "latency hint; encoders and CNNs: no KV cache for causal LMs, use "
+                   "llama.cpp)")
 
     def available(self) -> bool:
         return _installed()
@@ -223,10 +246,14 @@ class OpenVinoBackend(Backend):
         return "" if self.available() else "pip install openvino nncf"
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tasks": ["embedding", "classification"],
+        return {"tasks": ["embedding", "classification", "image-classification"],
                 "options": {"precision": list(PRECISIONS), "hint": list(HINTS),
-                            "threads": "int", "calibration_texts": "int (128, int8)",
-                            "fp32_layers": "list of MatMul/Gemm node names kept float (int8)",
+                            "threads": "int",
+                            "calibration_items": "int (128, int8; texts or images of the "
+                                                 "calibration split; old name "
+                                                 "calibration_texts)",
+                            "fp32_layers": "list of MatMul/Gemm/Conv node names kept float "
+                                           "(int8)",
                             "overflow_fix": list(OVERFLOW_FIX), "opset": "int (17)"},
                 "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
 
