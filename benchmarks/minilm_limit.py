@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 OUT = Path(__file__).parent / "results" / "minilm_limit"
-GROUPS = ("gemm", "attention", "mask", "norm+elementwise", "layout+convert", "quantize",
-          "other")
+GROUPS = ("gemm", "attention", "mask", "fused subgraph", "norm+elementwise", "layout+convert",
+          "quantize", "other")
 # The attention mask as the ONNX export writes it (masked_fill: Where/Select on IsNaN and
 # comparisons), elementwise work on [B, 12, T, T] that fused attention would not do.
 MASK_OPS = ("Where", "Select", "IsNaN", "GreaterEqual", "GreaterOrEqual", "Equal", "And",
@@ -43,7 +43,7 @@ MASK_OPS = ("Where", "Select", "IsNaN", "GreaterEqual", "GreaterOrEqual", "Equal
 ELEMENTWISE = ("LayerNormalization", "SkipLayerNormalization", "MVN", "Gelu", "BiasGelu",
                "FastGelu", "Add", "Mul", "Multiply", "MulAdd", "Div", "Divide", "Sub",
                "Subtract", "Erf", "Sqrt", "Pow", "PowerStatic", "ReduceMean", "ReduceSum",
-               "ReduceL2", "Cast", "Max", "Clip", "Eltwise", "Subgraph", "Math", "Abs",
+               "ReduceL2", "Cast", "Max", "Clip", "Eltwise", "Math", "Abs",
                "NormalizeL2")
 LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Concat", "Slice", "Shape",
           "ShapeOf", "Reorder", "Convert", "Broadcast", "Expand", "Flatten", "Split")
@@ -139,6 +139,8 @@ def op_group(op: str, attention_matmul: bool) -> str:
     if op in ("MatMul", "FusedMatMul", "Softmax", "ScaledDotProductAttention", "Attention",
               "MultiHeadAttention"):
         return "attention"
+    if op == "Subgraph":  # OpenVINO snippets: with an additive mask, the whole attention
+        return "fused subgraph"  # (matmuls, mask, softmax); else fused elementwise chains
     for group, ops in (("mask", MASK_OPS), ("norm+elementwise", ELEMENTWISE),
                        ("layout+convert", LAYOUT)):
         if op in ops:
@@ -490,7 +492,7 @@ def markdown(r: dict[str, Any]) -> str:
             top = ", ".join(f"{t} {s:.2f}" for t, s in list(p["by_type_s"].items())[:5])
             free = e["x_torch"] / (e["wall_split"]["engine"] * (1 - p["shares"]["gemm"])
                                    + 1 - e["wall_split"]["engine"])
-            lines.append(f"| {k} | " + " | ".join(f"{p['shares'][g]:.0%}" for g in GROUPS)
+            lines.append(f"| {k} | " + " | ".join(f"{p['shares'].get(g, 0):.0%}" for g in GROUPS)
                          + f" | {free:.1f} | {top} |")
     lines += ["", f"## GEMMs at minilm's shapes (OpenVINO single-op models, 1 thread, M = "
               f"{r['batch_size'] // 2} x {r['mean_padded_width']}: one stream's half batch)\n",
