@@ -328,3 +328,23 @@ def test_conversion_scratch_files_are_removed_when_the_process_exits(tmp_path):
     model = Path(out.stdout.strip().splitlines()[-1])
     assert model.name.endswith(".onnx") and "react-onnxruntime-" in str(model.parent)
     assert not model.parent.exists()  # gone with the process: nothing left behind
+
+
+def test_encoders_export_an_additive_attention_mask_and_keep_their_model(tmp_path, texts):
+    # the traced SDPA path writes the mask as Where(IsNaN(...)) over [B, heads, T, T] in
+    # every layer; the additive mask is built once, outside the layers
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from reactinfer.backends.onnxruntime import export_onnx
+
+    h = tiny_handle("embedding")
+    h.model.config._attn_implementation = "sdpa"
+    path = export_onnx(h, tmp_path / "m.onnx")
+    nodes = onnx.load(str(path)).graph.node
+    in_layers = [n.name for n in nodes if n.op_type in ("IsNaN", "Where") and "/encoder/" in n.name]
+    assert not in_layers and not any(n.op_type == "IsNaN" for n in nodes), in_layers
+    assert h.model.config._attn_implementation == "sdpa"  # restored after the export
+    conv = to_backend(h, "onnxruntime", precision="fp32")
+    batch = tokenize(h.tokenizer, texts[:7], h.max_length)  # padded: the mask matters
+    np.testing.assert_allclose(conv.runner()(batch), h.runner()(batch), atol=1e-4, rtol=0)

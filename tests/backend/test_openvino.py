@@ -102,6 +102,34 @@ def test_bf16_only_where_the_cpu_has_it(embed, texts):
     assert sqnr_db(embed.runner()(batch), conv.runner()(batch)) >= 30.0
 
 
+def test_int8_rest_in_bf16_only_where_the_cpu_has_it(embed, int8, texts):
+    for isa in (AVX2, VNNI):
+        with pytest.raises(UserError, match="native bf16"):
+            ovb.check_options({"precision": "int8", "rest": "bf16"}, isa)
+    for isa in (BF16, AMX):
+        ovb.check_options({"precision": "int8", "rest": "bf16"}, isa)
+        with pytest.raises(UserError, match="with precision int8"):
+            ovb.check_options({"precision": "fp32", "rest": "bf16"}, isa)
+    assert ovb.compile_config("int8", "latency", None, "bf16")["INFERENCE_PRECISION_HINT"] \
+        == "bf16"
+    assert ovb.compile_config("int8", "latency", None)["INFERENCE_PRECISION_HINT"] == "f32"
+    opts = {**int8.backend_options, "rest": "bf16"}
+    if not native_bf16(hardware_profile().isa):
+        with pytest.raises(UserError, match="native bf16"):
+            to_backend(int8, "openvino", **opts)
+        pytest.skip("this CPU has no native bf16: the refusal is what runs here")
+    rest = to_backend(int8, "openvino", **opts)
+    assert rest.files == int8.files and rest.backend_options["fp32_layers"] == [FFN]
+    runner = rest.runner()
+    ran = {op.get_rt_info()["runtimePrecision"].astype(str)
+           for op in runner.compiled.get_runtime_model().get_ops()}
+    assert "bf16" in ran and ran & {"u8", "i8"}  # int8 GEMMs, and float ops now in bf16
+    batch = _batch(embed, texts[:16])
+    out, ref = runner(batch), embed.runner()(batch)
+    assert np.abs(out - int8.runner()(batch)).max() > 0  # not the fp32-rest model's answers
+    assert sqnr_db(ref, out) >= 15.0
+
+
 def test_settings_chosen_from_the_cpu():
     from reactinfer.backends.onnxruntime import int8_settings
 

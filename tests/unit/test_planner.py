@@ -605,7 +605,7 @@ def test_expectations_follow_the_hardware():
     assert _expected("amx", ov, "bf16", "size")[0] == 1.0
 
 
-def test_openvino_bf16_is_offered_only_with_native_bf16():
+def test_openvino_bf16_and_int8_with_bf16_rest_are_offered_only_with_native_bf16():
     from reactinfer.core.backend import list_backends
     from reactinfer.core.hardware import hardware_profile, isa_from_flags
     from reactinfer.planner.catalogue import default_actions, unavailable_actions
@@ -619,12 +619,14 @@ def test_openvino_bf16_is_offered_only_with_native_bf16():
         actions = {a.name: a for a in default_actions(hw(cpu))}
         native = cpu in ("vnni+bf16", "amx")
         assert ("openvino bf16" in actions) == (native and ov_here), cpu
+        assert ("openvino int8 (bf16 rest)" in actions) == (native and ov_here), cpu
         assert ("openvino" in actions["bf16"].formats) == native, cpu
         assert ("openvino int8" in actions) == ov_here
         if not ov_here:
             assert "openvino" in unavailable_actions(hw(cpu))["openvino fp32"]
         elif not native:
             assert "no native bf16" in unavailable_actions(hw(cpu))["openvino bf16"]
+            assert "no native bf16" in unavailable_actions(hw(cpu))["openvino int8 (bf16 rest)"]
 
 
 def test_the_hardware_summary_names_bf16_amx_and_vnni():

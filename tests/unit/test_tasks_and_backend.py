@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,32 @@ def test_backend_base_class_gives_every_default():
         registry._BACKENDS.pop("test-minimal")
     with pytest.raises(TypeError, match="Backend subclass"):
         register_backend(object())  # type: ignore[arg-type]
+
+
+def test_batches_are_bucketed_by_token_count_not_characters():
+    # characters mislead: one long unknown word is 1 token, short words are 1 token each
+    tok = tiny_tokenizer()
+    texts = ["x" * 60, "a b c d e f g h", "y" * 50, "a b c d e f g"]
+    widths = [b["input_ids"].shape[1] for _, b in iter_batches(tok, texts, 2, 64)]
+    assert widths == [10, 3]  # [CLS] 8 words [SEP] beside 7 words; the two 1-word texts
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_sorted_batches_equal_tokenizing_each_batch(texts, side):
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok.padding_side = side
+    for idx, batch in iter_batches(tok, texts, 5, 64):
+        ref = tokenize(tok, [texts[i] for i in idx], 64)
+        assert batch.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_array_equal(batch[k], ref[k])
+
+
+def test_length_sorted_run_returns_outputs_in_input_order(texts):
+    # each text alone (no padding, no sorting) against the bucketed batches of 7
+    h = tiny_handle("embedding")
+    runner = h.runner()
+    mixed = [texts[i % len(texts)] + " and" * (i % 5) for i in range(len(texts))]
+    out = get_task("embedding").evaluate(runner, h.tokenizer, mixed, 7, 64)["embeddings"]
+    alone = np.concatenate([runner(tokenize(h.tokenizer, [t], 64)) for t in mixed])
+    np.testing.assert_allclose(out, alone, rtol=1e-4, atol=1e-5)

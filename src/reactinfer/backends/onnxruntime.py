@@ -9,6 +9,7 @@ written into the ONNX model's metadata_props so a bare `.onnx` file loads on its
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,12 +113,32 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
     axes[out] = {0: "batch", 1: "sequence"} if handle.task == "causal-lm" else {0: "batch"}
     import warnings
 
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
+            _eager_attention(handle):
         warnings.simplefilter("ignore")  # tracer warnings about python branches on shapes
         torch.onnx.export(module, args, str(path), input_names=names, output_names=[out],
                           dynamic_axes=axes, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
     return path
+
+
+@contextlib.contextmanager
+def _eager_attention(handle: ModelHandle) -> Iterator[None]:
+    """Encoders export with transformers' eager attention: an additive mask that OpenVINO
+    fuses with the attention matmuls and softmax into one kernel, where the traced SDPA path
+    writes a masked_fill (Where on IsNaN over [B, heads, T, T]) that took 5-8% of the
+    engines' time (benchmarks/results/minilm_limit.md). Same numbers; the model is restored
+    afterwards. Causal LMs keep their own attention."""
+    config = getattr(handle.model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if handle.task == "causal-lm" or impl != "sdpa":
+        yield
+        return
+    config._attn_implementation = "eager"  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        config._attn_implementation = impl  # type: ignore[union-attr]
 
 
 def int8_settings(isa: dict[str, bool]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ OpenVINO and saved as IR (`model.xml` + `model.bin`), then run with no PyTorch.
   CNN scheme (performance preset: symmetric activations, per-channel weights, fast bias
   correction); weights keep to 7 bits (NNCF's overflow fix) on CPUs whose int8 kernels
   saturate (no VNNI). `fp32_layers` names MatMul/Gemm/Conv nodes of the exported ONNX
-  graph (OpenVINO keeps them as op names) that stay float.
+  graph (OpenVINO keeps them as op names) that stay float. `rest` is the
+  precision of what int8 leaves in float (those layers, attention's softmax, norms, GELU):
+  fp32, or bf16 where the CPU has it native (faster; benchmarks/results/minilm_limit.md).
 
 Causal LMs are not supported: the exported graph has no KV cache, so generation would
 recompute the prompt every token (use llama.cpp).
@@ -46,10 +48,13 @@ OVERFLOW_FIX = ("auto", "enable", "disable", "first_layer")
 # Used once, at conversion; the rest configure the compiled model every time it loads.
 EXPORT_OPTIONS = ("precision", "calibration_items", "calibration_texts", "fp32_layers",
                   "overflow_fix", "opset")
-SESSION_OPTIONS = ("threads", "hint")
+SESSION_OPTIONS = ("threads", "hint", "rest")
+RESTS = ("fp32", "bf16")
 # The float parts run in this precision (OpenVINO's default is bf16 wherever the CPU has it;
-# int8 keeps its float layers in fp32, so `fp32_layers` means what it says).
+# int8 keeps its float layers in fp32, so `fp32_layers` means what it says, unless `rest` asks
+# for bf16).
 _INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_REST_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _HINT = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
@@ -65,11 +70,19 @@ def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
     from ..core.hardware import native_bf16
 
     check_known_options("openvino", opts, EXPORT_OPTIONS + SESSION_OPTIONS,
-                        {"precision": PRECISIONS, "hint": HINTS, "overflow_fix": OVERFLOW_FIX},
+                        {"precision": PRECISIONS, "hint": HINTS, "overflow_fix": OVERFLOW_FIX,
+                         "rest": RESTS},
                         ("threads", "calibration_items", "calibration_texts"))
     if opts.get("precision") == "bf16" and not native_bf16(isa):
         raise UserError("openvino precision 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
                         "or AMX), which this one lacks; use precision fp32 or int8")
+    if opts.get("rest", "fp32") != "fp32":
+        if opts.get("precision") != "int8":
+            raise UserError("openvino rest sets the precision of what int8 leaves in float: "
+                            "use it with precision int8 (for all-bf16, precision bf16)")
+        if not native_bf16(isa):
+            raise UserError("openvino rest 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
+                            "or AMX), which this one lacks; leave rest at fp32")
     layers = opts.get("fp32_layers")
     if layers and opts.get("precision") != "int8":
         raise UserError("openvino fp32_layers keeps layers out of int8: use it with "
@@ -192,9 +205,13 @@ def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
 
 
 # -- runtime ------------------------------------------------------------------------------
-def compile_config(precision: str, hint: str, threads: int | None) -> dict[str, Any]:
+def compile_config(precision: str, hint: str, threads: int | None,
+                   rest: str = "fp32") -> dict[str, Any]:
+    """OpenVINO's compile properties; `rest` (int8 only) is the float ops' precision."""
+    float_precision = _REST_PRECISION[rest] if precision == "int8" else \
+        _INFERENCE_PRECISION[precision]
     config: dict[str, Any] = {"PERFORMANCE_HINT": _HINT[hint],
-                              "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}
+                              "INFERENCE_PRECISION_HINT": float_precision}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
@@ -254,6 +271,7 @@ class OpenVinoBackend(Backend):
                                                  "calibration_texts)",
                             "fp32_layers": "list of MatMul/Gemm/Conv node names kept float "
                                            "(int8)",
+                            "rest": "fp32, bf16 (int8: what stays float runs in this)",
                             "overflow_fix": list(OVERFLOW_FIX), "opset": "int (17)"},
                 "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
 
@@ -301,7 +319,7 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         model = core.read_model(str(handle.files[XML_FILE]), str(handle.files[BIN_FILE]))
         config = compile_config(opts.get("precision", "fp32"), opts.get("hint", DEFAULT_HINT),
-                                opts.get("threads"))
+                                opts.get("threads"), opts.get("rest", "fp32"))
         return OvRunner(handle, core.compile_model(model, "CPU", config))
 
 

@@ -91,6 +91,11 @@ def catalogue() -> list[Action]:
         Action("openvino int8", "openvino-int8", _expect_engine_format,
                backend=("openvino", {"precision": "int8"}), tasks=ENCODERS + IMAGE,
                fallback="fp32_layers"),
+        # what int8 leaves in float (attention, norms, kept layers) in bf16: faster where
+        # the CPU has bf16 native (benchmarks/results/minilm_limit.md)
+        Action("openvino int8 (bf16 rest)", "openvino-int8", _expect_engine_format,
+               backend=("openvino", {"precision": "int8", "rest": "bf16"}), tasks=ENCODERS,
+               fallback="fp32_layers"),
         Action("openvino bf16", "openvino-bf16", _expect_engine_format,
                backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS + IMAGE),
         Action("int8 dynamic (per-channel)", "int8", _expect_engine_format,
@@ -123,17 +128,25 @@ def _why_unavailable(a: Action, hw: HardwareProfile) -> str | None:
             return f"backend {a.backend[0]} is not part of this installation"
         if not b.available():
             return f"backend {a.backend[0]}: {b.why_unavailable()}"
-    if a.backend is not None and not _runs_here(a.backend[1], hw):
-        precision = a.backend[1]["precision"]
-        return f"no native {precision} on this CPU (no {' or '.join(NATIVE_HALF[precision])})"
+    missing = _not_native(a.backend[1], hw) if a.backend is not None else None
+    if missing:
+        return f"no native {missing} on this CPU (no {' or '.join(NATIVE_HALF[missing])})"
+    return None
+
+
+def _not_native(options: dict[str, Any], hw: HardwareProfile) -> str | None:
+    """The half precision an engine's options ask for (`precision`, or OpenVINO int8's
+    `rest`) that this CPU lacks: OpenVINO refuses bf16 on a CPU without avx512_bf16 /
+    amx_bf16 rather than emulate it slowly."""
+    for key in ("precision", "rest"):
+        p = options.get(key)
+        if p in NATIVE_HALF and not native_flags(hw.isa, p):
+            return str(p)
     return None
 
 
 def _runs_here(options: dict[str, Any], hw: HardwareProfile) -> bool:
-    """A half-precision engine option needs native instructions: OpenVINO refuses bf16 on a
-    CPU without avx512_bf16 / amx_bf16 rather than emulate it slowly."""
-    precision = options.get("precision")
-    return precision not in NATIVE_HALF or bool(native_flags(hw.isa, precision))
+    return _not_native(options, hw) is None
 
 
 def _for_hardware(a: Action, hw: HardwareProfile) -> Action:

@@ -46,19 +46,22 @@ def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
 def run_encoder(handle: Any, texts: Sequence[str], max_batch: int, tok_lock: threading.Lock,
                 observe: Callable[[int, float], None]) -> tuple[np.ndarray, np.ndarray]:
     """Outputs (N, ...) in input order and each text's token count (N,). Longest texts
-    go first, so each call pads little; `observe(n, seconds)` gets each call's size and
-    time (tokenizing included)."""
-    from ..tasks import tokenize
+    go first, bucketed by token count as `react bench` runs them (`iter_batches`), so each
+    call pads little; `observe(n, seconds)` gets each call's size and time (tokenizing
+    included: the first call's tokenizes every text)."""
+    from ..tasks import iter_batches
 
     runner = handle.runner()
-    order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+    batches = iter_batches(handle.tokenizer, texts, max_batch, handle.max_length)
     out: np.ndarray | None = None
     counts = np.zeros(len(texts), dtype=np.int64)
-    for s in range(0, len(order), max_batch):
-        idx = order[s:s + max_batch]
+    while True:
         t0 = time.perf_counter()
         with tok_lock:
-            batch = tokenize(handle.tokenizer, [texts[i] for i in idx], handle.max_length)
+            item = next(batches, None)
+        if item is None:
+            break
+        idx, batch = item
         y = runner(batch)
         dt = time.perf_counter() - t0
         counts[idx] = batch["attention_mask"].sum(1)
