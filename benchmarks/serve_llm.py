@@ -57,10 +57,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
-    """Run a server until the block ends; yield its base URL once `ready_path` is 200."""
+def process(cmd: list[str], ready_path: str, timeout_s: float = 600, src: Path = ROOT):
+    """Run a server until the block ends; yield its base URL and its start-up time (from
+    the launch until `ready_path` answers 200). `src`: the checkout whose src/ it runs."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(src / "src"))
+    t0 = time.monotonic()
     log = tempfile.TemporaryFile()  # not a pipe: a chatty server would fill it and block
     proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -76,7 +78,7 @@ def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{cmd[:4]} not ready after {timeout_s} s")
-        yield base
+        yield base, time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -179,8 +181,12 @@ def markdown(r: dict[str, Any]) -> str:
                          f"×{s['chunks_per_s'] / seq:.2f} | {s['ttft_p50_ms']:.0f} | "
                          f"{s['ttft_p99_ms']:.0f} | {s['last_first_token_ms']:.0f} | "
                          f"{s['gap_p50_ms']:.1f} | {s['gap_p99_ms']:.1f} |")
-    lines += ["", f"ReAct / llama_cpp.server at 8 streams: ×{r['ratio_at_8']:.2f} aggregate "
-              "tokens/s (tokens counted as streamed content chunks).", "",
+    lines += ["", "Start-up (launch until ready, one server at a time): " + ", ".join(
+        f"{name} {s:.1f} s" for name, s in r["startup_s"].items()) + "."]
+    if r["ratio_at_8"] is not None:
+        lines += ["", f"ReAct / llama_cpp.server at 8 streams: ×{r['ratio_at_8']:.2f} aggregate "
+                  "tokens/s (tokens counted as streamed content chunks)."]
+    lines += ["",
               "Batched-decode roofline (one llama_decode per step, B sequences):", "",
               "| B | step ms | tokens/s | × B=1 |", "|---|---|---|---|"]
     lines += [f"| {x['B']} | {x['step_ms']:.1f} | {x['tokens_per_s']:.0f} | ×{x['x']:.2f} |"
@@ -195,6 +201,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 round, 16 tokens")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="how the machine was while this ran")
+    ap.add_argument("--baseline", metavar="CHECKOUT", help="also serve ReAct from another "
+                    "checkout (its src/), as 'react@baseline': a before/after in one run")
+    ap.add_argument("--no-llamacpp-server", action="store_true",
+                    help="leave llama_cpp.server out (ReAct alone, or against --baseline)")
     a = ap.parse_args()
     rounds, max_tokens = (1, 16) if a.quick else (a.rounds, a.max_tokens)
     gguf = BUILTINS["smollm2"].path()
@@ -203,23 +213,35 @@ def main() -> None:
     theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
               "--interrupt_requests", "False", "--n_threads", str(THREADS),
               "--n_threads_batch", str(THREADS), "--n_ctx", "2048"]
-    results: dict[str, dict[str, Any]] = {"react": {}, "llama_cpp.server": {}}
-    with process(react, "/v2/health/ready") as rb, process(theirs, "/v1/models") as lb:
-        bases = {"react": (rb, "smollm2"), "llama_cpp.server": (lb, "smollm2")}
+    servers = {"react": (react, "/v2/health/ready", ROOT)}
+    if a.baseline:
+        servers["react@baseline"] = (react, "/v2/health/ready", Path(a.baseline).resolve())
+    if not a.no_llamacpp_server:
+        servers["llama_cpp.server"] = (theirs, "/v1/models", ROOT)
+    results: dict[str, dict[str, Any]] = {name: {} for name in servers}
+    startup: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        bases = {}
+        for name, (cmd, ready, src) in servers.items():  # one at a time: start-up alone
+            bases[name], startup[name] = stack.enter_context(process(cmd, ready, src=src))
+            print(name, f"ready after {startup[name]:.1f} s", flush=True)
         for c in (1, 4, 8):
             for _ in range(rounds):
-                for name, (base, model) in bases.items():
-                    s = asyncio.run(run_setting(base, model, c, max_tokens))
+                for name, base in bases.items():
+                    s = asyncio.run(run_setting(base, "smollm2", c, max_tokens))
                     best = results[name].get(str(c))
                     if best is None or s["chunks_per_s"] > best["chunks_per_s"]:
                         results[name][str(c)] = s
-                    print(name, c, f"{s['chunks_per_s']:.1f} tok/s", flush=True)
+                    print(name, c, f"{s['chunks_per_s']:.1f} tok/s, last first token "
+                          f"{s['last_first_token_ms']:.0f} ms", flush=True)
+    theirs8 = results.get("llama_cpp.server", {}).get("8")
     r = {"model": "smollm2 (packaged GGUF Q4_1)", "max_tokens": max_tokens, "rounds": rounds,
          "note": a.note, "command": "python benchmarks/serve_llm.py " + " ".join(sys.argv[1:]),
-         "servers": results, "hardware": dataclasses.asdict(hardware_profile()),
+         "servers": results, "startup_s": startup,
+         "hardware": dataclasses.asdict(hardware_profile()),
          "versions": package_versions(),
-         "ratio_at_8": results["react"]["8"]["chunks_per_s"]
-         / results["llama_cpp.server"]["8"]["chunks_per_s"],
+         "ratio_at_8": results["react"]["8"]["chunks_per_s"] / theirs8["chunks_per_s"]
+         if theirs8 else None,
          "same_text_sequential_vs_8": results["react"]["1"]["texts"]
          == results["react"]["8"]["texts"],
          "roofline": roofline(gguf, max_tokens)}
