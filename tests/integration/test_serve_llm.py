@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import threading
 import time
 
 import pytest
@@ -206,6 +207,49 @@ def test_a_client_that_leaves_frees_its_sequence(server):
     assert server.client.post("/v1/completions", json=sampled("a", 1, 4)).status_code == 200
 
 
+def test_tpot_objective_holds_new_sequences_back_and_is_reported(tiny_gguf):
+    """--tpot-ms: while the running sequence's decode steps are slower than the objective
+    (slowness injected: 20 ms a step against 1 ms), a new request waits in the queue
+    instead of joining them; it is answered once they leave. Time per output token is
+    reported in /metrics, and generations slower than the objective are counted."""
+    with running([tiny_gguf], slo_ms=60000, cache_size=0, tpot_ms=1) as s:
+        eng, batcher = engine(s), s.state.groups[LM].batcher
+        step, later = eng.step, []
+
+        def slow_step():
+            time.sleep(0.02)
+            return step()
+
+        def content(lines, n):
+            seen = 0
+            while seen < n:
+                seen += next(lines).startswith("data: {")
+
+        eng.step = slow_step
+        try:
+            with httpx.Client(base_url=s.base, timeout=60) as c, c.stream(
+                    "POST", "/v1/completions",
+                    json={**sampled("open the file", 2, 100), "stream": True}) as r:
+                lines = r.iter_lines()
+                content(lines, 3)  # decode-only steps were timed: over the objective
+                t = threading.Thread(target=lambda: later.append(s.client.post(
+                    "/v1/completions", json=sampled("read the data", 1, 4))))
+                t.start()
+                for _ in range(500):  # bounded: until the request is in the queue
+                    if batcher._queue:
+                        break
+                    time.sleep(0.01)
+                content(lines, 3)  # more steps of the first: the second still waits
+                assert len(batcher._queue) == 1 and eng.running == 1
+                list(lines)
+            t.join(60)
+        finally:
+            del eng.step
+        assert later and later[0].status_code == 200, later
+        assert s.metric("react_time_per_output_token_seconds_count") == 2
+        assert s.metric("react_tpot_violations_total") >= 1
+
+
 def _leave_early(server, eng):
     with httpx.Client(base_url=server.base, timeout=30) as c:
         with c.stream("POST", "/v1/completions",
@@ -237,7 +281,8 @@ def chat(prompt, **kw):
 
 def test_smollm2_serves_on_llama_cpp_and_eos_ends_the_answer(smollm2):
     c = httpx.Client(base_url=smollm2.base, timeout=900)  # a loaded CPU may be slow
-    assert smollm2.state.groups["smollm2"].ladder.variants[0].handle.backend == "llama.cpp"
+    handle = smollm2.state.groups["smollm2"].ladder.variants[0].handle
+    assert handle.backend == "llama.cpp" and handle.model is None  # the GGUF, no torch copy
     r = c.post("/v1/chat/completions", json=chat("Say hello.", max_tokens=200))
     assert r.status_code == 200, r.text
     out = r.json()

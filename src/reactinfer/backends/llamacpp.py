@@ -157,11 +157,11 @@ class LlamaCppRunner:
             tok = yield np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
             llm.eval([int(tok)])
 
-    def decode_engine(self, slots: int, prefill_cap: int = 128) -> DecodeEngine:
+    def decode_engine(self, slots: int, step_tokens: int = 512) -> DecodeEngine:
         """A continuous-batching engine (llamacpp_engine.py) on a new context over the
         same weights: `slots` sequences of up to `serve_context` tokens each."""
         return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
-                            slots, prefill_cap)
+                            slots, step_tokens)
 
     @property
     def serve_context(self) -> int:
