@@ -6,11 +6,17 @@ For 1, 4 and 8 concurrent streaming chats (max_tokens fixed, greedy), per server
 aggregate tokens/s, p50/p99 time to first token, p50/p99 gap between streamed tokens.
 "1 concurrent" runs the same 8 chats one after another: the ×N columns compare with it.
 Both servers are up together and take turns setting by setting, round by round, so a
-slow spell of a shared machine hits both. Also measured: the batched-decode roofline
-(B sequences per llama_decode step, straight on the engine) and the hardware profile.
+slow spell of a shared machine hits both. Also measured: each server's start-up (launch
+until ready), the batched-decode roofline (B sequences per llama_decode step, straight on
+the engine), the 8 chats arriving together on the engine by tokens per step (128, the
+old prompt cap, vs 512: the last one's first token), where a decode step of 8 streams
+goes (llama_decode vs Python), and the hardware profile.
 
     PYTHONPATH=src python benchmarks/serve_llm.py            # writes results/serve_llm.*
     PYTHONPATH=src python benchmarks/serve_llm.py --quick    # 1 round, fewer tokens
+    PYTHONPATH=src python benchmarks/serve_llm.py --baseline /path/to/other/checkout
+        # before/after: also serves ReAct from that checkout's src/ ("react@baseline")
+    PYTHONPATH=src python benchmarks/serve_llm.py --engine-only   # no servers
 
 llama_cpp.server needs the extra `llama-cpp-python[server]` (fastapi, uvicorn,
 sse-starlette, starlette-context, pydantic-settings).
