@@ -6,11 +6,17 @@ For 1, 4 and 8 concurrent streaming chats (max_tokens fixed, greedy), per server
 aggregate tokens/s, p50/p99 time to first token, p50/p99 gap between streamed tokens.
 "1 concurrent" runs the same 8 chats one after another: the ×N columns compare with it.
 Both servers are up together and take turns setting by setting, round by round, so a
-slow spell of a shared machine hits both. Also measured: the batched-decode roofline
-(B sequences per llama_decode step, straight on the engine) and the hardware profile.
+slow spell of a shared machine hits both. Also measured: each server's start-up (launch
+until ready), the batched-decode roofline (B sequences per llama_decode step, straight on
+the engine), the 8 chats arriving together on the engine by tokens per step (128, the
+old prompt cap, vs 512: the last one's first token), where a decode step of 8 streams
+goes (llama_decode vs Python), and the hardware profile.
 
     PYTHONPATH=src python benchmarks/serve_llm.py            # writes results/serve_llm.*
     PYTHONPATH=src python benchmarks/serve_llm.py --quick    # 1 round, fewer tokens
+    PYTHONPATH=src python benchmarks/serve_llm.py --baseline /path/to/other/checkout
+        # before/after: also serves ReAct from that checkout's src/ ("react@baseline")
+    PYTHONPATH=src python benchmarks/serve_llm.py --engine-only   # no servers
 
 llama_cpp.server needs the extra `llama-cpp-python[server]` (fastapi, uvicorn,
 sse-starlette, starlette-context, pydantic-settings).
@@ -57,10 +63,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
-    """Run a server until the block ends; yield its base URL once `ready_path` is 200."""
+def process(cmd: list[str], ready_path: str, timeout_s: float = 600, src: Path = ROOT):
+    """Run a server until the block ends; yield its base URL and its start-up time (from
+    the launch until `ready_path` answers 200). `src`: the checkout whose src/ it runs."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(src / "src"))
+    t0 = time.monotonic()
     log = tempfile.TemporaryFile()  # not a pipe: a chatty server would fill it and block
     proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -76,7 +84,7 @@ def process(cmd: list[str], ready_path: str, timeout_s: float = 600):
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{cmd[:4]} not ready after {timeout_s} s")
-        yield base
+        yield base, time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -162,6 +170,85 @@ def roofline(path: Path, tokens: int) -> list[dict[str, Any]]:
     return [{**r, "x": r["tokens_per_s"] / base} for r in best.values()]
 
 
+def chat_prompts(handle: Any) -> list[list[int]]:
+    """The benchmark's 8 questions as the server tokenizes them (the model's template)."""
+    from reactinfer.serving.openai import chat_prompt
+
+    return [list(handle.tokenizer(chat_prompt(handle.tokenizer, [
+        {"role": "user", "content": q}]))["input_ids"]) for q in QUESTIONS]
+
+
+def burst(handle: Any, budgets: tuple[int, ...] = (128, 512), tokens: int = 16,
+          rounds: int = 2) -> list[dict[str, Any]]:
+    """The 8 chats arriving together, straight on the engine (no HTTP), per step budget
+    (tokens per llama_decode; 128 was the old prompt cap): when the last one's first
+    token comes, and the mean step of the decoding streams meanwhile. Budgets alternate
+    round by round; the better round counts."""
+    from reactinfer.serving.decode import SLOTS
+
+    runner, prompts = handle.runner(), chat_prompts(handle)
+    engines = {b: runner.decode_engine(SLOTS, b) for b in budgets}
+    best: dict[int, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for b, eng in engines.items():
+            sids = [eng.start(p, tokens) for p in prompts]
+            t0, firsts, steps = time.perf_counter(), {}, []
+            while len(firsts) < len(sids):
+                ts = time.perf_counter()
+                out = eng.step()
+                steps.append(time.perf_counter() - ts)
+                for sid, logits in out.logits.items():
+                    firsts.setdefault(sid, time.perf_counter() - t0)
+                    eng.feed(sid, int(logits.argmax()))
+            for sid in sids:
+                eng.release(sid)
+            row = {"step_tokens": b, "prompt_tokens": sum(map(len, prompts)),
+                   "steps": len(steps), "last_first_token_ms": max(firsts.values()) * 1e3,
+                   "p50_first_token_ms": float(np.median(list(firsts.values()))) * 1e3,
+                   "longest_step_ms": max(steps) * 1e3}
+            if b not in best or row["last_first_token_ms"] < best[b]["last_first_token_ms"]:
+                best[b] = row
+    return list(best.values())
+
+
+def step_profile(handle: Any, tokens: int = 64) -> dict[str, Any]:
+    """Where a decode step of 8 streams goes: llama_decode itself, the rest of the
+    engine's step (batch building, logits views), and the server's per-token work
+    (sampling, incremental detokenising, stop strings) as the serving loop does it."""
+    from reactinfer.serving.decode import SLOTS, TextStream
+    from reactinfer.tasks.sampling import Sampling, pick_token
+
+    eng = handle.runner().decode_engine(SLOTS)
+    prompts, greedy, rng = chat_prompts(handle), Sampling(), np.random.default_rng(0)
+    sids = [eng.start(p, tokens) for p in prompts]
+    texts = {sid: TextStream(handle.tokenizer, ["\n\n\n"]) for sid in sids}
+    t = {"decode": 0.0, "engine": 0.0, "tokens": 0.0}
+    n = 0
+    while True:
+        t0 = time.perf_counter()
+        out = eng.step()
+        t1 = time.perf_counter()
+        for sid, logits in out.logits.items():
+            tok = pick_token(logits, greedy, rng)
+            texts[sid].push(tok)
+            if len(texts[sid].tokens) < tokens:
+                eng.feed(sid, tok)
+        t2 = time.perf_counter()
+        if out.tokens == len(sids):  # decode-only steps
+            t["decode"] += out.decode_s
+            t["engine"] += t1 - t0 - out.decode_s
+            t["tokens"] += t2 - t1
+            n += 1
+        if all(len(x.tokens) >= tokens for x in texts.values()):
+            break
+    for sid in sids:
+        eng.release(sid)
+    total = sum(t.values())
+    return {"steps": n, "step_ms": total / n * 1e3,
+            **{f"{k}_ms": v / n * 1e3 for k, v in t.items()},
+            **{f"{k}_share": v / total for k, v in t.items()}}
+
+
 def markdown(r: dict[str, Any]) -> str:
     hw = r["hardware"]
     lines = ["# LLM serving: ReAct vs llama_cpp.server (same GGUF)", "",
@@ -179,12 +266,28 @@ def markdown(r: dict[str, Any]) -> str:
                          f"×{s['chunks_per_s'] / seq:.2f} | {s['ttft_p50_ms']:.0f} | "
                          f"{s['ttft_p99_ms']:.0f} | {s['last_first_token_ms']:.0f} | "
                          f"{s['gap_p50_ms']:.1f} | {s['gap_p99_ms']:.1f} |")
-    lines += ["", f"ReAct / llama_cpp.server at 8 streams: ×{r['ratio_at_8']:.2f} aggregate "
-              "tokens/s (tokens counted as streamed content chunks).", "",
+    if r["startup_s"]:
+        lines += ["", "Start-up (launch until ready, one server at a time): " + ", ".join(
+            f"{name} {s:.1f} s" for name, s in r["startup_s"].items()) + "."]
+    if r["ratio_at_8"] is not None:
+        lines += ["", f"ReAct / llama_cpp.server at 8 streams: ×{r['ratio_at_8']:.2f} aggregate "
+                  "tokens/s (tokens counted as streamed content chunks)."]
+    lines += ["",
               "Batched-decode roofline (one llama_decode per step, B sequences):", "",
               "| B | step ms | tokens/s | × B=1 |", "|---|---|---|---|"]
     lines += [f"| {x['B']} | {x['step_ms']:.1f} | {x['tokens_per_s']:.0f} | ×{x['x']:.2f} |"
               for x in r["roofline"]]
+    lines += ["", "8 chats arriving together, on the engine (no HTTP), by tokens per step:", "",
+              "| tokens per step | prompt tokens | steps to the last first token | last first "
+              "token ms | p50 first token ms | longest step ms |", "|---|---|---|---|---|---|"]
+    lines += [f"| {x['step_tokens']} | {x['prompt_tokens']} | {x['steps']} | "
+              f"{x['last_first_token_ms']:.0f} | {x['p50_first_token_ms']:.0f} | "
+              f"{x['longest_step_ms']:.0f} |" for x in r["burst"]]
+    p = r["step_profile"]
+    lines += ["", f"A decode step of 8 streams ({p['steps']} steps): {p['step_ms']:.1f} ms = "
+              f"llama_decode {p['decode_ms']:.1f} ms ({p['decode_share']:.0%}) + engine "
+              f"Python {p['engine_ms']:.2f} ms ({p['engine_share']:.0%}) + sampling and "
+              f"detokenising {p['tokens_ms']:.2f} ms ({p['tokens_share']:.0%})."]
     return "\n".join(lines)
 
 
@@ -195,6 +298,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 round, 16 tokens")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="how the machine was while this ran")
+    ap.add_argument("--baseline", metavar="CHECKOUT", help="also serve ReAct from another "
+                    "checkout (its src/), as 'react@baseline': a before/after in one run")
+    ap.add_argument("--engine-only", action="store_true", help="no servers: the roofline, "
+                    "the burst of 8 chats by step budget, and the step profile only")
+    ap.add_argument("--no-llamacpp-server", action="store_true",
+                    help="leave llama_cpp.server out (ReAct alone, or against --baseline)")
     a = ap.parse_args()
     rounds, max_tokens = (1, 16) if a.quick else (a.rounds, a.max_tokens)
     gguf = BUILTINS["smollm2"].path()
@@ -203,26 +312,43 @@ def main() -> None:
     theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
               "--interrupt_requests", "False", "--n_threads", str(THREADS),
               "--n_threads_batch", str(THREADS), "--n_ctx", "2048"]
-    results: dict[str, dict[str, Any]] = {"react": {}, "llama_cpp.server": {}}
-    with process(react, "/v2/health/ready") as rb, process(theirs, "/v1/models") as lb:
-        bases = {"react": (rb, "smollm2"), "llama_cpp.server": (lb, "smollm2")}
+    servers = {} if a.engine_only else {"react": (react, "/v2/health/ready", ROOT)}
+    if a.baseline:
+        servers["react@baseline"] = (react, "/v2/health/ready", Path(a.baseline).resolve())
+    if not (a.no_llamacpp_server or a.engine_only):
+        servers["llama_cpp.server"] = (theirs, "/v1/models", ROOT)
+    results: dict[str, dict[str, Any]] = {name: {} for name in servers}
+    startup: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        bases = {}
+        for name, (cmd, ready, src) in servers.items():  # one at a time: start-up alone
+            bases[name], startup[name] = stack.enter_context(process(cmd, ready, src=src))
+            print(name, f"ready after {startup[name]:.1f} s", flush=True)
         for c in (1, 4, 8):
             for _ in range(rounds):
-                for name, (base, model) in bases.items():
-                    s = asyncio.run(run_setting(base, model, c, max_tokens))
+                for name, base in bases.items():
+                    s = asyncio.run(run_setting(base, "smollm2", c, max_tokens))
                     best = results[name].get(str(c))
                     if best is None or s["chunks_per_s"] > best["chunks_per_s"]:
                         results[name][str(c)] = s
-                    print(name, c, f"{s['chunks_per_s']:.1f} tok/s", flush=True)
+                    print(name, c, f"{s['chunks_per_s']:.1f} tok/s, last first token "
+                          f"{s['last_first_token_ms']:.0f} ms", flush=True)
+    theirs8 = results.get("llama_cpp.server", {}).get("8")
     r = {"model": "smollm2 (packaged GGUF Q4_1)", "max_tokens": max_tokens, "rounds": rounds,
          "note": a.note, "command": "python benchmarks/serve_llm.py " + " ".join(sys.argv[1:]),
-         "servers": results, "hardware": dataclasses.asdict(hardware_profile()),
+         "servers": results, "startup_s": startup,
+         "hardware": dataclasses.asdict(hardware_profile()),
          "versions": package_versions(),
-         "ratio_at_8": results["react"]["8"]["chunks_per_s"]
-         / results["llama_cpp.server"]["8"]["chunks_per_s"],
-         "same_text_sequential_vs_8": results["react"]["1"]["texts"]
-         == results["react"]["8"]["texts"],
+         "ratio_at_8": results["react"]["8"]["chunks_per_s"] / theirs8["chunks_per_s"]
+         if theirs8 and "react" in results else None,
+         "same_text_sequential_vs_8": {name: x["1"]["texts"] == x["8"]["texts"]
+                                       for name, x in results.items()},
          "roofline": roofline(gguf, max_tokens)}
+    from reactinfer.serving.app import gguf_on_llamacpp
+
+    handle = gguf_on_llamacpp("smollm2")
+    assert handle is not None
+    r["burst"], r["step_profile"] = burst(handle), step_profile(handle)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_llm.json").write_text(json.dumps(r, indent=2, default=str) + "\n")

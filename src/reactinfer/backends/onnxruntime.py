@@ -19,7 +19,10 @@ import numpy as np
 from ..core.backend import (
     Backend,
     Batch,
+    Decoding,
     check_options,
+    decode_by_recompute,
+    greedy_tokens,
     module_available,
     register_backend,
 )
@@ -277,18 +280,14 @@ class OrtRunner:
         feed = graph_feed(self.inputs, batch, "ONNX")
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    def decode(self, prompt_ids: list[int]) -> Decoding:
         if self.handle.task != "causal-lm":
             raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
-        ids = list(prompt_ids)
-        eos = getattr(self.handle.tokenizer, "eos_token_id", None)
-        for _ in range(max_new_tokens):
-            x = np.asarray([ids], dtype=np.int64)
-            last = self({"input_ids": x, "attention_mask": np.ones_like(x)})[0, -1]  # (V,)
-            if eos is not None:  # exactly max_new_tokens, as torch's min_new_tokens does
-                last[eos] = -np.inf
-            ids.append(int(last.argmax()))
-        return ids[len(prompt_ids):]
+        return decode_by_recompute(self, prompt_ids)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        return greedy_tokens(self.decode(prompt_ids), max_new_tokens,
+                             getattr(self.handle.tokenizer, "eos_token_id", None))
 
 
 class OnnxRuntimeBackend(Backend):

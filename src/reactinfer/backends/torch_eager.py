@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, register_backend
+from ..core.backend import Backend, Batch, Decoding, register_backend
 from ..core.errors import UserError
 from .device import DEVICES, place, resolve_device
 
@@ -61,6 +61,21 @@ class TorchRunner:
             return torch_next_token_scores(
                 self.model, torch.from_numpy(batch["input_ids"]).to(self.device),
                 torch.from_numpy(batch["attention_mask"]).to(self.device))
+
+    def decode(self, prompt_ids: list[int]) -> Decoding:
+        """With the KV cache: the prompt once, then one new token per step."""
+        import torch
+
+        if self.handle.task != "causal-lm":
+            raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(prompt_ids)], device=self.device),
+                             use_cache=True)
+        while True:
+            tok = yield out.logits[0, -1].float().cpu().numpy()
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([[int(tok)]], device=self.device),
+                                 past_key_values=out.past_key_values, use_cache=True)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         import torch

@@ -47,6 +47,9 @@ def _serve(p: argparse.ArgumentParser):
     p.add_argument("--max-tokens", type=int, default=None,
                    help="most new tokens a completion may ask for (default: up to the "
                         "model's context)")
+    p.add_argument("--tpot-ms", type=float, default=None,
+                   help="generation: time-per-output-token objective (ms); a new chat joins "
+                        "the running ones only while their decode steps are within it")
     p.add_argument("--llm-backend", default="auto",
                    help="engine for a causal LM given as a built-in name or .gguf: auto "
                         "(llama.cpp, continuous batching) or a backend name such as torch")
@@ -68,7 +71,7 @@ def _serve(p: argparse.ArgumentParser):
         check_at_least("--replicas", a.replicas)
         check_at_least("--threads", a.threads)
         require(SERVER_PACKAGES, "react serve")
-        config = ServeConfig(slo_ms=a.slo_ms, max_batch=a.max_batch,
+        config = ServeConfig(slo_ms=a.slo_ms, tpot_ms=a.tpot_ms, max_batch=a.max_batch,
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
                              max_body_bytes=a.max_body_bytes,

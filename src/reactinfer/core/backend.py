@@ -4,7 +4,8 @@ A backend turns a ModelHandle into a Runner. A Runner takes one tokenized batch
 (numpy int64 arrays: input_ids, attention_mask, maybe token_type_ids) and returns the
 task's primary output as a float32 numpy array: sentence embeddings (B, D) for
 `embedding`, logits (B, C) for `classification`, logits (B, T, V) for `causal-lm`.
-Causal-LM runners also generate greedily.
+Causal-LM runners also generate greedily (`generate`), and step by step (`decode`):
+the logits one token at a time, for sampling and streaming.
 
 Backends register by name; their heavy imports (onnxruntime, llama_cpp) happen inside
 `available()` / `prepare()`, so `import reactinfer` never needs them.
@@ -12,7 +13,7 @@ Backends register by name; their heavy imports (onnxruntime, llama_cpp) happen i
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,10 +34,47 @@ class Runner(Protocol):
     def __call__(self, batch: Batch) -> np.ndarray: ...
 
 
+# One generation, step by step: yields the last position's logits (V,) after the prompt,
+# then after each token the caller sends in (`steps.send(token)`), so the caller picks
+# every token (greedy or sampled) and can stream it before the next one is computed.
+Decoding = Generator[np.ndarray, int, None]
+
+
 class GenerativeRunner(Runner, Protocol):
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of `prompt_ids`: only the new token ids."""
         ...
+
+    def decode(self, prompt_ids: list[int]) -> Decoding:
+        """The logits step by step (see `Decoding`)."""
+        ...
+
+
+def decode_by_recompute(runner: Runner, prompt_ids: list[int]) -> Decoding:
+    """`Decoding` for a runner without a KV cache (an exported graph): every step runs
+    the whole sequence so far and keeps the last position's logits."""
+    ids = list(prompt_ids)
+    while True:
+        x = np.asarray([ids], dtype=np.int64)
+        tok = yield runner({"input_ids": x, "attention_mask": np.ones_like(x)})[0, -1]
+        ids.append(int(tok))
+
+
+def greedy_tokens(steps: Decoding, max_new_tokens: int, suppress: int | None = None
+                  ) -> list[int]:
+    """Exactly `max_new_tokens` greedy tokens from `steps`, never `suppress` (the end of
+    sequence: a benchmark's answer has a fixed length, as torch's min_new_tokens gives)."""
+    out: list[int] = []
+    logits = next(steps)
+    while True:
+        if suppress is not None:
+            logits = logits.copy()
+            logits[suppress] = -np.inf
+        out.append(int(np.argmax(logits)))
+        if len(out) == max_new_tokens:
+            steps.close()
+            return out
+        logits = steps.send(out[-1])
 
 
 class Backend:

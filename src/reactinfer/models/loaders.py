@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,22 +127,84 @@ def load_gguf(path: Path, task: str | None = None, name: str | None = None,
     if task not in (None, "causal-lm"):
         raise UserError(f"a GGUF file holds a causal LM; task {task!r} does not fit")
     path = Path(path)
-    kw = {"gguf_file": path.name, "local_files_only": True}
+    if source is None:
+        source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
+    tokenizer = gguf_tokenizer(path, source["sha256"])
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, torch_dtype=torch.float32, **kw, **_dequantize_gguf_kwargs())
+            path.parent, gguf_file=path.name, local_files_only=True, torch_dtype=torch.float32,
+            **_dequantize_gguf_kwargs())
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not read GGUF file {path}: {e}") from None
     model = drop_dense_quantizer_marker(model).eval()
-    if source is None:
-        source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
     # No runtime file: the handle runs (and saves) its float torch weights; llama.cpp finds
     # the unchanged GGUF through `source` (backends.gguf_convert.source_gguf) when it can
     # use it as is, and a transformed model must not carry the stale file into an artifact.
     return ModelHandle(task="causal-lm", model=model, tokenizer=tokenizer,
                        name=name or path.stem, source=source,
                        max_length=_max_length(path.parent, "causal-lm", model.config))
+
+
+def gguf_file_handle(model: str | Path) -> ModelHandle | None:
+    """A GGUF causal LM (a built-in name such as smollm2, or a .gguf path) WITHOUT torch
+    weights: its tokenizer, and a `source` through which an engine that runs the GGUF file
+    itself (llama.cpp) finds it. No de-quantising, no torch: serving the file as is starts
+    in about a second. None when `model` names no GGUF file."""
+    name = str(model)
+    if name in BUILTINS:
+        path = BUILTINS[name].path()
+        if path.suffix != ".gguf":
+            return None
+        source = {"kind": "builtin", "ref": name, "sha256": sha256_file(path)}
+    else:
+        path = Path(model).expanduser()
+        if not (path.is_file() and path.suffix == ".gguf"):
+            return None
+        name = path.stem
+        source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
+    return ModelHandle(task="causal-lm", model=None, name=name, source=source,
+                       tokenizer=gguf_tokenizer(path, source["sha256"]),
+                       max_length=DEFAULT_MAX_LENGTH["causal-lm"])
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def gguf_tokenizer(path: Path, sha256: str) -> Any:
+    """The Hugging Face tokenizer (and chat template) stored in a GGUF file's metadata.
+
+    transformers reads it with gguf-py, which walks every string of the vocabulary and
+    merges (about 7 s for smollm2's 49k tokens, and it imports torch). Converted once, it
+    is kept as JSON in the cache (REACT_CACHE_DIR/tokenizers/<the GGUF's sha256>/, with
+    the sha256 of each file in `hashes.json`, verified on every load) and read back with
+    `PreTrainedTokenizerFast` in about 0.3 s, without torch."""
+    import transformers
+
+    from .vision import cache_dir
+
+    cached = cache_dir() / "tokenizers" / sha256
+    hashes = cached / "hashes.json"
+    if hashes.is_file():
+        want = json.loads(hashes.read_text())
+        if all(sha256_file(cached / f) == h for f, h in want.items()):
+            return transformers.PreTrainedTokenizerFast.from_pretrained(
+                cached, local_files_only=True)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                                         local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"could not read GGUF file {path}: {e}") from None
+    tmp = cached.with_name(f"{sha256}.tmp{os.getpid()}")
+    try:  # a cache that cannot be written only costs the next start its seconds
+        tok.save_pretrained(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.name in TOKENIZER_FILES)
+        (tmp / "hashes.json").write_text(json.dumps({f: sha256_file(tmp / f) for f in files}))
+        if cached.exists():  # stale or damaged: replaced
+            shutil.rmtree(cached)
+        os.replace(tmp, cached)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
 def _dequantize_gguf_kwargs() -> dict[str, Any]:

@@ -118,6 +118,10 @@ def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "
         if not isinstance(m, (str, Path)):
             handles.append(llm_engine(m, llm_backend))
             continue
+        fast = gguf_on_llamacpp(m, llm_backend)
+        if fast is not None:
+            handles.append(fast)
+            continue
         try:
             handle = load(m)
         except UserError as e:
@@ -127,6 +131,21 @@ def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "
                             "(best/ and variants/)") from None
         handles.append(llm_engine(handle, llm_backend))
     return handles
+
+
+def gguf_on_llamacpp(ref: str | Path, choice: str = "auto") -> ModelHandle | None:
+    """A GGUF (a built-in name, a .gguf path) served as is on llama.cpp, loaded without
+    torch: the file and its tokenizer only (models.loaders.gguf_file_handle), so the server
+    is up in seconds, not after de-quantising every weight into torch. None when `ref`
+    is no GGUF, or another backend is chosen, or llama.cpp is not installed."""
+    from ..backends.convert import to_backend
+    from ..core.backend import get_backend
+    from ..models.loaders import gguf_file_handle
+
+    if choice not in ("auto", "llama.cpp") or not get_backend("llama.cpp").available():
+        return None
+    handle = gguf_file_handle(ref)
+    return None if handle is None else to_backend(handle, "llama.cpp", outtype="source")
 
 
 def llm_engine(handle: ModelHandle, choice: str = "auto") -> ModelHandle:

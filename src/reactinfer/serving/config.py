@@ -31,6 +31,10 @@ class ServeConfig:
                     (X-Deadline-Ms), and what the ladder holds. None (the default): no
                     objective; such requests queue up to max_queue and are never refused
                     for time, and the ladder steps down only for stated deadlines
+    tpot_ms         generation: objective for the time per output token. A new sequence
+                    joins a decode engine that is already decoding only while the engine's
+                    recent decode steps (EWMA) are within it; otherwise it waits in the
+                    queue until sequences leave. None (the default): no limit
     max_batch       most items one model call takes (1 turns batching off)
     max_delay_ms    longest a batch waits to fill up
     max_queue       most requests waiting; beyond it new ones get 429 at once
@@ -65,6 +69,7 @@ class ServeConfig:
     """
 
     slo_ms: float | None = None
+    tpot_ms: float | None = None
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 256
@@ -91,6 +96,9 @@ class ServeConfig:
         if self.slo_ms is not None and not self.slo_ms > 0:
             raise UserError(f"serve: slo_ms must be positive (or None: no objective), got "
                             f"{self.slo_ms}")
+        if self.tpot_ms is not None and not self.tpot_ms > 0:
+            raise UserError(f"serve: tpot_ms must be positive (or None: no objective), got "
+                            f"{self.tpot_ms}")
         if self.api_key is not None and (not isinstance(self.api_key, str)
                                          or not self.api_key.strip()):
             raise UserError("serve: the API key must be a non-empty string")

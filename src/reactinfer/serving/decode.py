@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from .ladder import Variant
 
 SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~8-16)
-PREFILL_CAP = 128  # prompt tokens per step: joining prompts never stall a step for long
+# Tokens per engine step (vLLM's max_num_batched_tokens): the running sequences' tokens,
+# then joining prompts in the rest. 8 chat prompts arriving together (~40 tokens each)
+# are evaluated in one step, not three of 128: the last one's first token comes sooner,
+# at the cost of one longer gap for the running streams.
+STEP_TOKENS = 512
+TPOT_ALPHA = 0.3  # weight of the latest decode step in the engine's step-time EWMA
 
 
 class TextStream:
@@ -116,7 +121,7 @@ def engine_of(v: Variant, slots: int = SLOTS) -> Any:
         make = getattr(runner, "decode_engine", None)
         if make is None:
             return None
-        eng = v.engine = make(slots, PREFILL_CAP)
+        eng = v.engine = make(slots, STEP_TOKENS)
         v.gen.slots = slots
     return eng
 
@@ -157,6 +162,8 @@ class DecodeLoop:
     def __init__(self, batcher: Batcher):
         self.b = batcher
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
+        self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
+        self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
 
@@ -188,6 +195,8 @@ class DecodeLoop:
             eng = engine_of(v)
             if eng is not None and not eng.can_start(len(req.prompt_ids) + req.job.new_tokens):
                 return  # it waits for sequences to leave (EDF: nobody overtakes it)
+            if eng is not None and eng.running and self.step_s.get(id(eng), 0.0) > self.tpot_s:
+                return  # one more would slow the running streams past --tpot-ms: it waits
             if eng is None and self.running:
                 return  # an engine-less variant runs alone: let the others finish first
             b._queue.remove(req)
@@ -236,6 +245,8 @@ class DecodeLoop:
         engines = {id(d.variant.engine): d.variant for d in self.running.values()}
         for eid, v in engines.items():
             t0 = time.monotonic()
+            started = sum(1 for key, d in self.running.items()
+                          if key[0] == eid and d.first is not None)
             try:
                 out = v.engine.step()
             except Exception as e:  # noqa: BLE001  (a failed step answers its sequences with 500)
@@ -259,18 +270,32 @@ class DecodeLoop:
                     v.engine.feed(sid, d.tokens[-1])
                 else:
                     self._leave(key, d, reason)
+            end = time.monotonic()
+            self.b.metrics.step_overhead.observe(max(0.0, end - t0 - out.decode_s),
+                                                 model=self.b.model, variant=v.name)
+            if started and out.tokens == started:  # decode only: a token's cost to a stream
+                old = self.step_s.get(eid)
+                self.step_s[eid] = end - t0 if old is None else \
+                    (1 - TPOT_ALPHA) * old + TPOT_ALPHA * (end - t0)
 
     def _leave(self, key: tuple[int, int], d: Decoding, reason: str | None,
                exc: BaseException | None = None) -> None:
         d.variant.engine.release(key[1])
         del self.running[key]
+        if not d.variant.engine.running:  # idle: its step time is measured afresh
+            self.step_s.pop(key[0], None)
         self._done(d, reason, exc)
 
     def _done(self, d: Decoding, reason: str | None, exc: BaseException | None = None) -> None:
         end, n = time.monotonic(), len(d.tokens)
         if d.first is not None and exc is None:
-            d.variant.gen.observe(d.first - d.start,
-                                  (end - d.first) / (n - 1) if n > 1 else None)
+            tpot = (end - d.first) / (n - 1) if n > 1 else None
+            d.variant.gen.observe(d.first - d.start, tpot)
+            if tpot is not None:
+                m, labels = self.b.metrics, {"model": self.b.model, "variant": d.variant.name}
+                m.tpot.observe(tpot, **labels)
+                if tpot > self.tpot_s:
+                    m.tpot_violations.inc(1, **labels)
         if d.req.sink is not None:
             _send(d.req, None)
         value = Generated(d.tokens, reason or "cancelled", d.variant.name, d.text.text)

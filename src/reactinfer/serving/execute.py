@@ -1,4 +1,4 @@
-"""Running a variant: decoding token by token (torch), and encoding texts (or classifying
+"""Running a variant: decoding token by token (any backend), and encoding texts (or classifying
 preprocessed images) in calls of at most `max_batch`. The batcher's worker and the
 start-up measurement (warmup.py) both call a model through these."""
 from __future__ import annotations
@@ -16,31 +16,22 @@ from ..tasks.sampling import Sampling, pick_token
 def generate_stream(handle: Any, prompt_ids: Sequence[int], max_new_tokens: int,
                     stop_ids: set[int], sampling: Sampling | None = None,
                     rng: np.random.Generator | None = None) -> Iterator[int]:
-    """Decoding one token at a time with the KV cache (torch models), so callers can
-    stream each token as it is made; greedy unless `sampling` says otherwise. Backends
-    without a step API (and without a decode engine, see decode.py) generate greedily
-    in one call."""
+    """Tokens one at a time, each yielded as soon as it is picked (so callers stream it),
+    from the runner's step-by-step `decode` (every generative backend has one; see
+    core/backend.py); greedy unless `sampling` says otherwise."""
     s = sampling or Sampling()
     rng = rng if rng is not None else s.rng()
-    if handle.model is None or handle.backend != "torch":
-        for tok in handle.runner().generate(list(prompt_ids), max_new_tokens):
-            yield tok
-            if tok in stop_ids:
-                return
-        return
-    import torch
-
-    runner = handle.runner()  # its model is on the runner's device (a GPU copy, or the CPU)
-    model, device = getattr(runner, "model", handle.model), getattr(runner, "device", "cpu")
-    with torch.inference_mode():
-        out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
+    steps = handle.runner().decode(list(prompt_ids))
+    try:
+        logits = next(steps)
         for i in range(max_new_tokens):
-            tok = pick_token(out.logits[0, -1].float().cpu().numpy(), s, rng)
+            tok = pick_token(logits, s, rng)
             yield tok
             if tok in stop_ids or i == max_new_tokens - 1:
                 return
-            out = model(input_ids=torch.tensor([[tok]], device=device),
-                        past_key_values=out.past_key_values, use_cache=True)
+            logits = steps.send(tok)
+    finally:
+        steps.close()
 
 
 def run_encoder(handle: Any, texts: Sequence[str], max_batch: int, tok_lock: threading.Lock,

@@ -114,6 +114,13 @@ class Metrics:
                                          "(a batch, or a whole generation)", LATENCY_BUCKETS)
         self.latency = Histogram("react_request_latency_seconds", "admission to answer (first "
                                  "token for completions)", LATENCY_BUCKETS)
+        self.tpot = Histogram("react_time_per_output_token_seconds", "a finished generation's "
+                              "mean time per token after its first", LATENCY_BUCKETS)
+        self.tpot_violations = Counter("react_tpot_violations_total", "finished generations "
+                                       "whose time per output token exceeded --tpot-ms")
+        self.step_overhead = Histogram("react_decode_step_overhead_seconds", "time of a "
+                                       "decode step outside the engine's decode call (batch, "
+                                       "sampling, detokenising, sending)", LATENCY_BUCKETS)
         self.slo_violations = Counter("react_slo_violations_total",
                                       "answered requests that missed their deadline")
         self.rejected = Counter("react_rejected_total", "requests refused, by reason")
