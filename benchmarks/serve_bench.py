@@ -146,14 +146,23 @@ def metric(base: str, name: str, **labels: str) -> float:
 
 
 def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """`concurrency` clients, each sending its next request when the last one returns."""
+    """`concurrency` clients, each sending its next text when its last one returns."""
+    return closed_loop_bodies(base, "/v1/embeddings", [{"input": t} for t in texts],
+                              concurrency, seconds, {"X-Deadline-Ms": "600000"})
+
+
+def closed_loop_bodies(base: str, path: str, bodies: list[dict], concurrency: int,
+                       seconds: float, headers: dict[str, str] | None = None) -> dict:
+    """`concurrency` clients POSTing `bodies` (round robin) to `path`, each sending its
+    next request when its last one returns: requests/s and latency percentiles."""
     from urllib.parse import urlsplit
 
     from reactinfer.serving.rawhttp import RawClient
 
     async def go() -> tuple[list[float], int, float]:
         parts = urlsplit(base)
-        client = RawClient(parts.hostname, parts.port, concurrency, timeout_s=120)
+        client = RawClient(str(parts.hostname), int(parts.port or 80), concurrency,
+                           timeout_s=120)
         lat: list[float] = []
         errors = 0
         end = time.perf_counter() + seconds
@@ -163,9 +172,7 @@ def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -
             i = k
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
-                status, _, _ = await client.post_json(
-                    "/v1/embeddings", {"input": texts[i % len(texts)]},
-                    {"X-Deadline-Ms": "600000"})
+                status, _, _ = await client.post_json(path, bodies[i % len(bodies)], headers)
                 if status == 200:
                     lat.append(time.perf_counter() - t0)
                 else:

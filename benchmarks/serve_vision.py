@@ -16,7 +16,6 @@ Writes benchmarks/results/serve_vision.{json,md} with the hardware profile.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import shlex
@@ -25,18 +24,16 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import server  # noqa: E402
+from serve_bench import closed_loop_bodies, server  # noqa: E402
 
 import reactinfer as ri  # noqa: E402
 from reactinfer.backends.torch_eager import set_threads  # noqa: E402
 from reactinfer.core.hardware import hardware_profile, package_versions  # noqa: E402
 from reactinfer.data.images import photo_path  # noqa: E402
-from reactinfer.serving.rawhttp import RawClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right", "china",
@@ -63,36 +60,8 @@ def in_process(handle: Any, files: list[Path], batch: int, seconds: float) -> di
 
 
 def closed_loop(base: str, bodies: list[dict], concurrency: int, seconds: float) -> dict:
-    async def go() -> tuple[list[float], int, float]:
-        parts = urlsplit(base)
-        client = RawClient(str(parts.hostname), int(parts.port or 80), concurrency,
-                           timeout_s=120)
-        lat: list[float] = []
-        errors = 0
-        end = time.perf_counter() + seconds
-
-        async def worker(k: int) -> None:
-            nonlocal errors
-            i = k
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                status, _, _ = await client.post_json(PATH, bodies[i % len(bodies)])
-                if status == 200:
-                    lat.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-                i += concurrency
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        wall = time.perf_counter() - t0
-        await client.close()
-        return lat, errors, wall
-
-    lat, errors, wall = asyncio.run(go())
-    ms = np.asarray(lat) * 1e3
-    return {"ok": len(lat), "errors": errors, "images_per_s": len(lat) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
+    """One image file per request, `concurrency` clients back to back."""
+    return closed_loop_bodies(base, PATH, bodies, concurrency, seconds)
 
 
 def markdown(r: dict) -> str:
@@ -152,7 +121,7 @@ def main() -> None:
                     many = closed_loop(base, bodies, a.concurrency, a.seconds)
                     one = closed_loop(base, bodies, 1, a.seconds / 2)
                     assert many["errors"] == 0 and one["errors"] == 0, (many, one)
-                    per["served"].append(many["images_per_s"])
+                    per["served"].append(many["items_per_s"])
                     per["p50_one_ms"].append(one["p50_ms"])
                     per["p95_one_ms"].append(one["p95_ms"])
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in per.items()),

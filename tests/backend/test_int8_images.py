@@ -15,10 +15,10 @@ from reactinfer.backends.onnx_layers import (
     depthwise_convs,
     quantizable_layers,
 )
-from reactinfer.core.errors import ArtifactError, UserError
+from reactinfer.core.errors import UserError
 from reactinfer.data import ImageItem
 from reactinfer.tasks import tokenize
-from reactinfer.testing import tiny_image_handle, tiny_images
+from reactinfer.testing import assert_tamper_refused, tiny_image_handle, tiny_images
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 pytest.importorskip("onnx", reason="onnx is not installed")
@@ -94,12 +94,7 @@ def test_ort_int8_static_artifact_reloads_hash_checked(ort_int8, imgs, tmp_path)
     assert back.model is None and back.backend == "onnxruntime"
     assert back.task == "image-classification" and back.tokenizer == ort_int8.tokenizer
     np.testing.assert_allclose(back.runner()(batch), want, atol=1e-5)
-    path = tmp_path / "art" / "model.onnx"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model.onnx.*sha256"):
-        ri.load(tmp_path / "art")
+    assert_tamper_refused(tmp_path / "art", "model.onnx")
 
 
 def test_ort_fp32_layers_keep_a_convolution_float_and_bad_names_are_refused(cnn):
@@ -177,12 +172,7 @@ def test_openvino_int8_runs_saves_and_reloads_hash_checked(cnn, ov_int8, imgs, t
     back = ri.load(tmp_path / "art")
     assert back.backend == "openvino" and back.task == "image-classification"
     np.testing.assert_allclose(back.runner()(batch), want, atol=1e-5)
-    weights = tmp_path / "art" / "model.bin"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model.bin.*sha256"):
-        ri.load(tmp_path / "art")
+    assert_tamper_refused(tmp_path / "art", "model.bin")
 
 
 def test_ort_fp32_layers_stay_float_in_the_graph_that_runs(cnn, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import reactinfer as ri
 from reactinfer.core.errors import ArtifactError, UserError
 from reactinfer.tasks import get_task
-from reactinfer.testing import tiny_handle
+from reactinfer.testing import assert_tamper_refused, tiny_handle
 
 
 def _outputs(h, texts):
@@ -29,12 +29,7 @@ def test_saved_artifact_reloads_with_identical_outputs(tmp_path, texts, task):
 
 def test_flipped_byte_fails_loading(tmp_path):
     ri.Artifact.save(tiny_handle("embedding"), tmp_path / "a")
-    f = tmp_path / "a" / "model.safetensors"
-    data = bytearray(f.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    f.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256"):
-        ri.load(tmp_path / "a")
+    assert_tamper_refused(tmp_path / "a", "model.safetensors")
 
 
 def test_missing_file_and_unsafe_file_are_refused(tmp_path):
