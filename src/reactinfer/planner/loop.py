@@ -54,6 +54,10 @@ from .objective import OBJECTIVES, gain
 from .repair import repair
 from .store import TrialStore
 
+# A step rolled back with a quality drop of this many times the bound is not retried on
+# another base in the same form (e.g. an unrecovered pruning at drop 1.0).
+HOPELESS = 5.0
+
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
 Pick = tuple[Action, Candidate, str, list[tuple[Action, Candidate, str, str]]]
@@ -334,7 +338,10 @@ class Planner:
             if cand is None or cand.key in tried:
                 continue
             expected, why = a.expect(dataclasses.replace(ctx, base=best, cand=cand))
-            expected, before = self._earlier(a, cand, expected)
+            earlier = self._earlier(a, cand, expected)
+            if earlier is None:
+                continue  # it broke the model far beyond the bound: not worth a trial again
+            expected, before = earlier
             first = a.free and a.name not in done  # free steps go first, once
             options.append((first, expected, -len(options), a, cand, why + before))
         options.sort(key=lambda o: (o[0], o[1], o[2]), reverse=True)
@@ -346,11 +353,14 @@ class Planner:
         return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
                           f"{_how(a, best, cand)}.") for _, expected, _, a, cand, why in unique]
 
-    def _earlier(self, action: Action, cand: Candidate, expected: float) -> tuple[float, str]:
+    def _earlier(self, action: Action, cand: Candidate,
+                 expected: float) -> tuple[float, str] | None:
         """What trials of `action` on other bases say about trying it on this one. A step
         that went over the bound changes the model the same way here (unless it takes
         another engine's form), so it is expected to fail again: tried after the others; so
-        is a step that failed (an engine that cannot take the model)."""
+        is a step that failed (an engine that cannot take the model). A step whose drop was
+        HOPELESS times the bound (and at least 0.05) is not tried again in the same form
+        (None): an engine's rounding moves quality by far less than that."""
         done = [t for t in self.log if t["action"] == action.name and t["decision"] != "skipped"]
         if not done:
             return expected, ""
@@ -359,6 +369,9 @@ class Planner:
                 f"({last['reason']})")
         same_form = not (action.formats or action.backend) \
             or last["candidate"]["backend"] == cand.backend
+        if same_form and last.get("over_bound") and self.task.drop(
+                last["observation"]["quality"]) >= max(HOPELESS * self.s.max_drop, 0.05):
+            return None
         if (last.get("over_bound") or last["decision"] == "failed") and same_form:
             expected = min(expected, 1 + (expected - 1) * 0.25)
             return expected, note + "; the same change on this base, so it comes last."
