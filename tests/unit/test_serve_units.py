@@ -3,13 +3,14 @@ config checks, and the load generator's arrival schedule and loopback guard."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from reactinfer.core.errors import UserError
-from reactinfer.serving.batcher import Batcher, Rejected, Request
+from reactinfer.serving.batcher import GATHER, Batcher, Rejected, Request
 from reactinfer.serving.cache import ResponseCache, normalise
 from reactinfer.serving.config import ServeConfig
 from reactinfer.serving.ladder import (
@@ -96,6 +97,24 @@ def test_admission_refuses_when_no_variant_meets_the_deadline():
         0.5 + ladder.least_finish(queue, Job(0.1, items=1), busy_s=0.0))
 
 
+def test_a_batch_gathers_beyond_max_batch_only_when_the_earliest_deadline_allows():
+    """Under load the worker takes up to GATHER x max_batch queued texts (the runner still
+    calls the model with max_batch at a time, sorted by token count); a request whose
+    deadline the bigger batch would miss keeps batches at max_batch."""
+    loop = asyncio.new_event_loop()
+    try:
+        for deadline_s, most in ((math.inf, GATHER * 4), (1e-6, 4)):
+            ladder = _ladder()
+            b = Batcher("m", ladder, ServeConfig(max_batch=4, max_delay_ms=0), Metrics())
+            for _ in range(GATHER * 4):
+                b._queue.append(Request("encode", Job(time.monotonic() + deadline_s, items=1),
+                                        loop, loop.create_future(), texts=["x"]))
+            batch, _ = b._next()
+            assert sum(r.job.items for r in batch) == most
+    finally:
+        loop.close()
+
+
 def test_admission_memo_follows_the_queue_and_the_worker():
     ladder = _ladder()
     b = Batcher("m", ladder, ServeConfig(slo_ms=1000, max_batch=4, max_delay_ms=0), Metrics())
@@ -118,7 +137,7 @@ def test_admission_memo_follows_the_queue_and_the_worker():
         second = admit(4)  # the queue changed: predicted anew, and later
         assert len(calls) == 2 and second > first
         batch, _ = b._next()  # the worker takes a batch: busy now, the queue shorter
-        assert sum(r.job.items for r in batch) <= 4
+        assert sum(r.job.items for r in batch) <= GATHER * 4 and len(b._queue) < 2
         now = time.monotonic()
         job = Job(now + 1.0, items=1)
         predicted = b._least_finish(job, max(0.0, b._busy_until - now))

@@ -25,6 +25,12 @@ from .metrics import Metrics
 from .request import Generated, Rejected, Request
 from .warmup import measure_generation, probe_pixels
 
+# Under load a batch gathers up to GATHER x max_batch queued items when the earliest
+# deadline allows it; the runner still calls the model with at most max_batch at a time,
+# sorted by token count across the whole gathering (execute.run_encoder), so each call
+# pads less than a batch of whatever arrived together (benchmarks/serve_engine.py).
+GATHER = 4
+
 __all__ = ["Batcher", "Generated", "Rejected", "Request"]
 
 
@@ -207,11 +213,14 @@ class Batcher:
         worker will be busy with it. Lock held."""
         level = self.ladder.update([r.job for r in edf], now, factor=self.calibration.factor)
         self._report_variant(level)
-        batch = self._pick(edf)
+        v = self.ladder.variants[level]
+        big = GATHER * self.config.max_batch  # the earliest deadline can afford it
+        cap = big if now + v.service.predict(big) <= edf[0].job.deadline \
+            else self.config.max_batch
+        batch = self._pick(edf, cap)
         for r in batch:
             self._queue.remove(r)
         self.metrics.queue_length.set(self._queued_items(), model=self.model)
-        v = self.ladder.variants[level]
         n = sum(r.job.items for r in batch)
         cost = v.gen.predict(batch[0].job.new_tokens) \
             if batch[0].kind == "generate" else v.service.predict(n)
@@ -219,13 +228,12 @@ class Batcher:
         self.admission.changed()
         return batch, level
 
-    def _pick(self, edf: list[Request]) -> list[Request]:
+    def _pick(self, edf: list[Request], cap: int) -> list[Request]:
         """The earliest-deadline request, plus companions of similar length from the next
-        few deadlines (length bucketing: less padding per batch)."""
+        few deadlines (length bucketing: less padding per batch), up to `cap` items."""
         head = edf[0]
         if head.kind == "generate":
             return [head]
-        cap = self.config.max_batch
         window, seen = [], 0
         for r in edf[1:]:
             if r.kind != "encode" or seen >= 2 * cap:
