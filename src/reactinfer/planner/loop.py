@@ -57,6 +57,11 @@ from .store import TrialStore
 # A step rolled back with a quality drop of this many times the bound is not retried on
 # another base in the same form (e.g. an unrecovered pruning at drop 1.0).
 HOPELESS = 5.0
+# A trial within the bound that comes out at least this fraction of the best's speed, but
+# not above it, is measured a second time before it is rolled back: one measurement on a
+# 2-core machine swings by 10-30% (a repair fallback measured 249 texts/s in its trial and
+# 346-382 side by side afterwards, benchmarks/results/planner_minilm.md).
+NEAR_MISS = 0.75
 
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
@@ -184,14 +189,15 @@ class Planner:
             t1 = time.perf_counter()
             self._phase(f"{action}: measuring")
             obs = self._observe(handle)
+            decision, reason = self._judge(obs, best_obs)
+            if best_obs is not None and self._near_miss(obs, best_obs, decision):
+                self._phase(f"{action}: measuring again (near the best)")
+                obs, decision, reason = self._confirm(handle, obs, best_obs)
             # what building and measuring cost here: the budget predicts later steps from it
             obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
         # One bad candidate is a failed trial, not the end of the run (and of its report).
         except Exception as e:  # noqa: BLE001
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
-        else:
-            assert obs is not None  # _observe returned a measurement
-            decision, reason = self._judge(obs, best_obs)
         trial = {"key": cand.key, "step": step, "action": action, "thought": thought,
                  "parent": parent, "candidate": cand.to_json(), "observation": obs,
                  "decision": decision, "reason": reason,
@@ -202,6 +208,26 @@ class Planner:
         trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
         self.log.append(trial)
         return trial
+
+    def _near_miss(self, obs: dict[str, Any], best_obs: dict[str, Any], decision: str) -> bool:
+        """Within the bound, but rolled back on a speed short of the best by less than
+        the noise one measurement on a shared CPU shows (NEAR_MISS): measure it again."""
+        if decision != "rolled back" or self.s.objective == "size":
+            return False
+        if not within_bound(self.base.task, obs["quality"], self.s.max_drop)[0]:
+            return False
+        return gain(obs, best_obs, self.s.objective) >= NEAR_MISS
+
+    def _confirm(self, handle: ModelHandle, obs: dict[str, Any], best_obs: dict[str, Any]
+                 ) -> tuple[dict[str, Any], str, str]:
+        """A second measurement of a near miss; the faster of the two counts (best of two,
+        as benchmarks take against interference; the quality is the same model's)."""
+        again = self._observe(handle)
+        first, second = (gain(o, best_obs, self.s.objective) for o in (obs, again))
+        chosen = again if second > first else obs
+        decision, reason = self._judge(chosen, best_obs)
+        return chosen, decision, (f"{reason}; measured twice, ×{first:.2f} then ×{second:.2f} "
+                                  "vs best: the faster counts")
 
     def _judge(self, obs: dict[str, Any], best_obs: dict[str, Any] | None) -> tuple[str, str]:
         """Keep or roll back a measured candidate: within the bound, and better than the best
