@@ -723,3 +723,40 @@ def test_a_near_miss_is_measured_again_and_the_faster_measurement_counts(
     assert by["tag"]["observation"]["throughput"]["items_per_s"] == 120.0
     drop = by["drop last layer"]
     assert drop["decision"] == "rolled back" and "measured twice" not in drop["reason"]
+
+
+def test_a_best_outside_the_bound_on_the_re_measure_gives_way_to_the_step_before(
+        model_and_data, tmp_path, monkeypatch):
+    """The search kept `tag` on the dropped layer, but on the larger side-by-side re-measure
+    its outputs fall outside the bound: the step it was built on becomes the best, saved and
+    re-measured in its place, and `tag` is no variant to serve."""
+    import reactinfer.planner.finish as finish_mod
+
+    _fake_speed(monkeypatch)
+    real = finish_mod.measure
+
+    def measure(handle, texts, *a, **kw):
+        report, results = real(handle, texts, *a, **kw)
+        if any(t.get("type") == "test.Tag" for t in handle.transforms):
+            rng = np.random.default_rng(0)
+            results = {k: v + rng.normal(0, 10.0, v.shape).astype(v.dtype)
+                       if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+                       for k, v in results.items()}
+        return report, results
+
+    monkeypatch.setattr(finish_mod, "measure", measure)
+    model, data = model_and_data
+    out = tmp_path / "run"
+    r = _run(model, data, out, objective="throughput", max_drop=0.5, actions=_compose_actions())
+    kept = [t["action"] for t in r["trials"] if t["decision"] == "kept"]
+    assert kept == ["drop last layer", "tag"]  # the search kept both
+    assert r["best"]["action"] == "drop last layer"
+    assert r["confirm"]["within_bound"] and r["gain"] == r["confirm"]["gain"]
+    tag = next(t for t in r["trials"] if t["action"] == "tag" and t["decision"] == "kept")
+    assert not tag["within_bound"] and "artifact" not in tag
+    assert any("was outside the bound" in n for n in r["notes"])
+    manifest = json.loads((out / "best" / "manifest.json").read_text())
+    assert [t["type"] for t in manifest["transforms"]] == ["test.DropLastLayer"]
+    for v in (out / "variants").iterdir():  # no variant holds the dropped recipe
+        kinds = [t["type"] for t in json.loads((v / "manifest.json").read_text())["transforms"]]
+        assert kinds != ["test.DropLastLayer", "test.Tag"], v

@@ -78,40 +78,34 @@ def test_optimize_a_cnn_folds_first_and_tries_only_image_actions(tiny_cnn_model,
 def test_a_repair_that_could_not_rank_its_layers_does_not_stop_the_run():
     """repair.py records a ranking that failed as a failed entry with no measurement (and no
     `over_bound`); the next Thought about the same action reads it without crashing."""
-    from types import SimpleNamespace
-
     from reactinfer.planner.actions import Candidate
-    from reactinfer.planner.loop import Planner
+    from reactinfer.planner.history import earlier
+    from reactinfer.tasks import get_task
 
     action = next(a for a in catalogue() if a.name == "onnxruntime int8 static (per-channel)")
     cand = Candidate(backend="onnxruntime", options=json.dumps({"precision": "int8-static"}))
     entry = {"step": 5, "action": action.name, "decision": "failed", "parent": "k",
              "reason": "ranking the layers failed: ValueError", "candidate": cand.to_json()}
-    planner = SimpleNamespace(log=[entry], _base_of=lambda t: "torch")
-    g, note = Planner._earlier(planner, action, cand, 2.0)
+    g, note = earlier([entry], action, cand, 2.0, get_task(IMAGE), 0.01)
     assert g == pytest.approx(1.25) and "comes last" in note
 
 
 def test_a_step_that_broke_the_model_is_not_retried_in_the_same_form():
     """An unrecovered pruning (top-1 agreement 0) is not worth a trial on the next best
     engine; a step just over the bound is retried last, as before."""
-    from types import SimpleNamespace
-
     from reactinfer.planner.actions import Candidate
-    from reactinfer.planner.loop import Planner
+    from reactinfer.planner.history import earlier
     from reactinfer.tasks import get_task
 
     action = next(a for a in catalogue() if "prune channels" in a.name)
     cand = Candidate(backend="openvino", options=json.dumps({"precision": "fp32"}))
 
-    def planner(agreement: float) -> SimpleNamespace:
-        entry = {"step": 4, "action": action.name, "decision": "rolled back", "parent": "k",
+    def log(agreement: float) -> list[dict]:
+        return [{"step": 4, "action": action.name, "decision": "rolled back", "parent": "k",
                  "over_bound": True, "reason": "quality drop > bound 0.01",
                  "candidate": Candidate(backend="torch").to_json(),
-                 "observation": {"quality": {"top1_agreement": agreement}}}
-        return SimpleNamespace(log=[entry], _base_of=lambda t: "torch",
-                               task=get_task(IMAGE), s=SimpleNamespace(max_drop=0.01))
+                 "observation": {"quality": {"top1_agreement": agreement}}}]
 
-    assert Planner._earlier(planner(0.0), action, cand, 1.5) is None
-    g, note = Planner._earlier(planner(0.98), action, cand, 1.5)
+    assert earlier(log(0.0), action, cand, 1.5, get_task(IMAGE), 0.01) is None
+    g, note = earlier(log(0.98), action, cand, 1.5, get_task(IMAGE), 0.01)
     assert g == pytest.approx(1.125) and "comes last" in note

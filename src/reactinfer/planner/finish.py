@@ -45,6 +45,7 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
         _save_best(planner, best, handle, state)
         _save_variants(planner, _ladder(pareto, best), best, state)
         state["confirm"] = _confirm(planner, best, handle, state)
+        best = _step_back_while_outside(planner, result, best, state)
     except BaseException as e:  # noted in the report, which is written below; then raised
         state["errors"].append(f"{type(e).__name__}: {e}")
         e.add_note(f"the report of the measured trials is in {planner.out / 'report.md'}, "
@@ -199,6 +200,31 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     ok, why = within_bound(planner.base.task, o["quality"], s.max_drop)
     return {"n_eval": len(texts), "baseline": b, "best": o,
             "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}
+
+
+def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dict[str, Any],
+                             state: dict[str, Any]) -> dict[str, Any]:
+    """The bound must hold on the larger re-measure too: a best that falls outside it there
+    (a search decision near the limit, on fewer texts) gives way to the kept step it was
+    built on, saved and re-measured in its place, down to the original if need be."""
+    while state["confirm"] is not None and not state["confirm"]["within_bound"]:
+        prev = next((t for t in result["trials"] if t["key"] == best["parent"]), None)
+        if prev is None or not prev["parent"]:
+            break  # the step before is the original: the report says the bound failed
+        state["notes"].append(
+            f"{best['action']} was outside the bound on the {state['confirm']['n_eval']} "
+            f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')} "
+            f"({state['confirm']['bound']}): the best is the step it was built on, "
+            f"{prev['action']}")
+        best["within_bound"], best["bound"] = False, state["confirm"]["bound"]
+        if best.get("artifact") in state["variants"]:  # nor is it a variant to serve
+            shutil.rmtree(planner.out / best["artifact"], ignore_errors=True)
+            state["variants"].remove(best.pop("artifact"))
+        best = result["best"] = prev
+        handle = _best_handle(planner, best)
+        _save_best(planner, best, handle, state)
+        state["confirm"] = _confirm(planner, best, handle, state)
+    return best
 
 
 # -- the report's data -----------------------------------------------------------------------

@@ -50,13 +50,11 @@ from .budget import (
 )
 from .builder import Builder
 from .cnn import conv_facts
+from .history import earlier
 from .objective import OBJECTIVES, gain
 from .repair import repair
 from .store import TrialStore
 
-# A step rolled back with a quality drop of this many times the bound is not retried on
-# another base in the same form (e.g. an unrecovered pruning at drop 1.0).
-HOPELESS = 5.0
 # A trial within the bound that comes out at least this fraction of the best's speed, but
 # not above it, is measured a second time before it is rolled back: one measurement on a
 # 2-core machine swings by 10-30% (a repair fallback measured 249 texts/s in its trial and
@@ -364,12 +362,12 @@ class Planner:
             if cand is None or cand.key in tried:
                 continue
             expected, why = a.expect(dataclasses.replace(ctx, base=best, cand=cand))
-            earlier = self._earlier(a, cand, expected)
-            if earlier is None:
+            before = earlier(self.log, a, cand, expected, self.task, self.s.max_drop)
+            if before is None:
                 continue  # it broke the model far beyond the bound: not worth a trial again
-            expected, before = earlier
+            expected, note = before
             first = a.free and a.name not in done  # free steps go first, once
-            options.append((first, expected, -len(options), a, cand, why + before))
+            options.append((first, expected, -len(options), a, cand, why + note))
         options.sort(key=lambda o: (o[0], o[1], o[2]), reverse=True)
         unique, seen = [], set()  # the same candidate by another action is one trial
         for o in options:  # (the most promising action's)
@@ -378,35 +376,6 @@ class Planner:
                 unique.append(o)
         return [(a, cand, f"{why} Expected ×{expected:.2f} on {self.s.objective}; "
                           f"{_how(a, best, cand)}.") for _, expected, _, a, cand, why in unique]
-
-    def _earlier(self, action: Action, cand: Candidate,
-                 expected: float) -> tuple[float, str] | None:
-        """What trials of `action` on other bases say about trying it on this one. A step
-        that went over the bound changes the model the same way here (unless it takes
-        another engine's form), so it is expected to fail again: tried after the others; so
-        is a step that failed (an engine that cannot take the model). A step whose drop was
-        HOPELESS times the bound (and at least 0.05) is not tried again in the same form
-        (None): an engine's rounding moves quality by far less than that."""
-        done = [t for t in self.log if t["action"] == action.name and t["decision"] != "skipped"]
-        if not done:
-            return expected, ""
-        last = done[-1]
-        note = (f" Tried at step {last['step']} on [{self._base_of(last)}]: {last['decision']} "
-                f"({last['reason']})")
-        same_form = not (action.formats or action.backend) \
-            or last["candidate"]["backend"] == cand.backend
-        if same_form and last.get("over_bound") and self.task.drop(
-                last["observation"]["quality"]) >= max(HOPELESS * self.s.max_drop, 0.05):
-            return None
-        if (last.get("over_bound") or last["decision"] == "failed") and same_form:
-            expected = min(expected, 1 + (expected - 1) * 0.25)
-            return expected, note + "; the same change on this base, so it comes last."
-        return expected, note + "; retried on this base."
-
-    def _base_of(self, trial: dict[str, Any]) -> str:
-        """The candidate a trial was applied to, in words."""
-        parent = next((t for t in self.log if t["key"] == trial["parent"]), None)
-        return Candidate.from_json(parent["candidate"]).describe() if parent else "?"
 
     def _pick(self, best: Candidate, tried: set[str], left: float) -> Pick | str | None:
         """The most promising action that fits in `left` seconds, and the more promising
