@@ -109,3 +109,18 @@ def test_a_step_that_broke_the_model_is_not_retried_in_the_same_form():
     assert earlier(log(0.0), action, cand, 1.5, get_task(IMAGE), 0.01) is None
     g, note = earlier(log(0.98), action, cand, 1.5, get_task(IMAGE), 0.01)
     assert g == pytest.approx(1.125) and "comes last" in note
+
+
+def test_a_new_precision_step_starts_without_the_options_of_the_old_one():
+    """On a kept `int8 (bf16 rest) + fp32_layers` candidate, the OpenVINO bf16 and fp32
+    actions lead to plain bf16 / fp32: the float rest and the layer fallback belonged to
+    int8 (carried over, they made every such trial fail); session options carry over."""
+    from reactinfer.planner.actions import Candidate
+
+    cand = Candidate(backend="openvino", options=json.dumps(
+        {"precision": "int8", "rest": "bf16", "fp32_layers": ["/a/MatMul"], "hint": "latency"}))
+    for name, precision in (("openvino bf16", "bf16"), ("openvino fp32", "fp32")):
+        action = next(a for a in catalogue() if a.name == name)
+        new = action.apply(cand, set())
+        assert new is not None and new.backend_options() == \
+            {"precision": precision, "hint": "latency"}, name

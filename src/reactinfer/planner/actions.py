@@ -137,10 +137,10 @@ class Action:
             name, opts = target
             if runtime and name not in TORCH_BACKENDS:
                 return None  # torch-format quantization cannot be exported to another engine
-            # session options carry over; a layer fallback belongs to the precision it was
-            # searched for, so a new precision step starts without it
+            # session options carry over; a layer fallback or the precision of int8's float
+            # rest belongs to the precision it was chosen with: a new step starts without it
             kept = {k: v for k, v in cand.backend_options().items()
-                    if k not in FALLBACK_OPTIONS} if name == cand.backend else {}
+                    if k not in PRECISION_BOUND} if name == cand.backend else {}
             merged = {**kept, **opts}
             new = dataclasses.replace(cand, backend=name,
                                       options=json.dumps(merged, sort_keys=True))
@@ -161,6 +161,8 @@ class Action:
 TORCH_BACKENDS = ("torch", "torch-compile")
 # backend options that name layers kept in higher precision (Action.fallback), for reports
 FALLBACK_OPTIONS = ("fp32_layers",)
+# backend options that belong to the precision they were chosen with (not carried over)
+PRECISION_BOUND = FALLBACK_OPTIONS + ("rest",)
 
 
 def _same_step(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -124,9 +124,7 @@ def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[
     vdir.mkdir(parents=True)
     try:
         for t in variants:
-            name = f"{len(state['variants']):02d}-" + \
-                t["action"].replace(" ", "_").replace("/", "-")
-            path = vdir / name
+            path = vdir / _variant_name(len(state["variants"]), t)
             try:
                 saved = _save_variant(planner, t, best, path, on_disk, state)
             except _SAVE_ERRORS as e:
@@ -138,6 +136,10 @@ def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[
                 state["variants"].append(t["artifact"])
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _variant_name(i: int, t: dict[str, Any]) -> str:
+    return f"{i:02d}-" + t["action"].replace(" ", "_").replace("/", "-")
 
 
 def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], path: Any,
@@ -223,6 +225,13 @@ def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dic
         best = result["best"] = prev
         handle = _best_handle(planner, best)
         _save_best(planner, best, handle, state)
+        if not best.get("artifact"):  # the ladder serves it too (`react serve OUT`)
+            path = planner.out / "variants" / _variant_name(len(state["variants"]), best)
+            link_copy(planner.out / "best", path)
+            best["artifact"] = str(path.relative_to(planner.out))
+            state["variants"].append(best["artifact"])
+            state["notes"] = [n for n in state["notes"]
+                              if not n.startswith(f"variant {best['action']} not saved")]
         state["confirm"] = _confirm(planner, best, handle, state)
     return best
 
