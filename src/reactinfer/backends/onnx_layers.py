@@ -127,9 +127,9 @@ def calibration_items(handle: ModelHandle, n: int, data: str | None = None) -> l
     """Up to `n` items of the calibration split the handle's task reads: texts (of `data`,
     else the built-in corpus), or images for an image model (of the folder `data`, else the
     built-in image set its preprocessing declares)."""
-    from ..data import texts_for
+    from ..data import items_for
 
-    return texts_for("calibration", data, limit=n, preprocess=handle.tokenizer)
+    return items_for(handle, "calibration", data, n)
 
 
 def calibration_feeds(handle: ModelHandle, items: Sequence[Any], batch: int = 8,

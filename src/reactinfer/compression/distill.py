@@ -202,14 +202,14 @@ class RecalibrateBatchNorm(TransformConfig):
 
 @register_transform(RecalibrateBatchNorm)
 def _recalibrate(handle: ModelHandle, cfg: RecalibrateBatchNorm) -> ModelHandle:
-    from ..data import texts_for
+    from ..data import items_for
 
     model = need_model(handle, "RecalibrateBatchNorm")
     if handle.task != IMAGE_TASK:
         raise UserError(f"RecalibrateBatchNorm: calibration batches are built for image "
                         f"models; {handle.name} is a {handle.task} model")
     new = clone(model)
-    items = texts_for("calibration", cfg.data, cfg.n_samples, preprocess=handle.tokenizer)
+    items = items_for(handle, "calibration", cfg.data, cfg.n_samples)
     if not items:
         raise UserError("RecalibrateBatchNorm: the calibration data is empty")
     batches = (torch.from_numpy(handle.tokenizer(items[i:i + cfg.batch_size])["pixel_values"])
