@@ -146,7 +146,10 @@ def test_settings_chosen_from_the_cpu():
 def test_bad_options_are_one_line_user_errors(embed):
     for opts, match in (({"precision": "int4"}, "precision"), ({"hint": "fast"}, "hint"),
                         ({"threads": 0}, "threads"), ({"warp": 1}, "unknown"),
-                        ({"precision": "int8", "fp32_layers": FFN}, "list")):
+                        ({"precision": "int8", "fp32_layers": FFN}, "list"),
+                        ({"precision": "int8", "smooth_quant": 1.5}, "smooth_quant"),
+                        ({"precision": "int8", "smooth_quant": "strong"}, "smooth_quant"),
+                        ({"precision": "fp32", "smooth_quant": 0.8}, "int8")):
         with pytest.raises(UserError, match=match):
             to_backend(embed, "openvino", **opts)
     with pytest.raises(UserError, match="does not run"):
@@ -243,3 +246,44 @@ def test_backend_auto_considers_openvino_at_the_precisions_this_cpu_runs(embed):
     assert any(s["backend"] == "openvino" and "bf16" in s["why"] for s in skipped) is not bf16
     grid, _ = candidate_grid(embed, precision="int8")
     assert ("openvino", {"precision": "int8"}) in grid
+
+
+def test_smooth_quant_auto_is_recorded_and_no_worse_than_nncf_default_on_calibration(embed):
+    import openvino as ov
+
+    from reactinfer.backends.onnx_layers import calibration_feeds, calibration_items
+    from reactinfer.backends.openvino_int8 import SMOOTH_QUANT_ALPHAS, output_error
+
+    auto = to_backend(embed, "openvino", precision="int8", calibration_items=16)
+    alpha = auto.backend_options["smooth_quant"]
+    assert alpha in SMOOTH_QUANT_ALPHAS  # resolved, so a report says which
+    fixed = to_backend(embed, "openvino", precision="int8", calibration_items=16,
+                       smooth_quant=0.95)
+    assert fixed.backend_options["smooth_quant"] == 0.95
+    fp32 = to_backend(embed, "openvino", precision="fp32")
+    core = ov.Core()
+    names = [i.get_any_name() for i in core.read_model(str(fp32.files[ovb.XML_FILE])).inputs]
+    feeds = calibration_feeds(fp32, calibration_items(fp32, 16), names=names)
+
+    def out(h):
+        m = core.compile_model(core.read_model(str(h.files[ovb.XML_FILE])), "CPU",
+                               {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.concatenate([np.asarray(m(f)[0], dtype=np.float64) for f in feeds])
+
+    ref = out(fp32)
+    assert output_error(out(auto), ref) <= output_error(out(fixed), ref) + 1e-12
+    off = to_backend(embed, "openvino", precision="int8", calibration_items=16,
+                     smooth_quant="off")
+    assert off.backend_options["smooth_quant"] == "off"
+
+
+def test_rank_layers_puts_the_layer_whose_input_breaks_int8_first(tmp_path):
+    from reactinfer.core.backend import get_backend
+    from reactinfer.testing import save_outlier_hf, tiny_texts
+
+    handle = ri.load(str(save_outlier_hf(tmp_path / "outlier")))
+    ranks = get_backend("openvino").rank_layers(handle, tiny_texts(12), precision="int8",
+                                                smooth_quant="off")
+    # the MatMuls whose input int8 quantizes (NNCF leaves the attention outputs float here)
+    assert 8 <= len(ranks) <= 12
+    assert max(ranks, key=ranks.__getitem__) == "/model/encoder/layer.1/output/dense/MatMul"

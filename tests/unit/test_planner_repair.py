@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
@@ -23,24 +22,14 @@ from reactinfer.core.errors import UserError
 from reactinfer.planner import Action, optimize
 from reactinfer.planner.repair import _schedule, short
 from reactinfer.tasks import tokenize, within_bound
-from reactinfer.testing import tiny_model, tiny_texts, tiny_tokenizer
+from reactinfer.testing import save_outlier_hf, tiny_texts
 
 pytest.importorskip("onnxruntime")
 SENSITIVE = "/model/encoder/layer.1/output/dense/MatMul"
 
 
 def _outlier_dir(path, layers=2, outliers=(1,)):
-    model = tiny_model("embedding", layers=layers)
-    for i in outliers:
-        ffn = model.encoder.layer[i]
-        with torch.no_grad():
-            ffn.intermediate.dense.weight[0].zero_()
-            ffn.intermediate.dense.bias[0] = 1000.0  # GELU(1000) = 1000, for every token
-            ffn.output.dense.weight.mul_(500.0)  # the layer's output dominates the residual
-            ffn.output.dense.weight[:, 0] = 0.0  # the float model never sees the outlier
-    model.save_pretrained(path, safe_serialization=True)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return save_outlier_hf(path, layers, outliers)
 
 
 @pytest.fixture
@@ -116,7 +105,7 @@ def test_the_search_grows_bisects_and_keeps_the_smallest_set(data, tmp_path):
     met = [within_bound("embedding", t["observation"]["quality"], 0.05)[0] for t in fallbacks]
     assert met == [False, False, True, True]
     assert [t["decision"] for t in fallbacks] == ["rolled back"] * 2 + ["rolled back", "kept"]
-    assert "smaller set of 3 layers" in fallbacks[2]["reason"]
+    assert "the set of 3 layers meets the bound" in fallbacks[2]["reason"]
     chosen = fallbacks[3]["candidate"]["backend_options"]["fp32_layers"]
     assert sorted(chosen) == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
     assert r["best"]["key"] == fallbacks[3]["key"]
@@ -180,3 +169,32 @@ def test_a_new_precision_step_drops_the_layer_fallback():
     fp32 = Action("onnxruntime fp32", "ort", lambda ctx: (1.0, ""),
                   backend=("onnxruntime", {"precision": "fp32"}))
     assert fp32.apply(repaired, set()).backend_options() == {"precision": "fp32", "threads": 2}
+
+
+def test_bound_decided_needs_every_interval_on_the_right_side():
+    from reactinfer.tasks import bound_decided
+
+    def q(cos, recall, cos_ci, recall_ci):
+        return {"mean_cosine": cos, "top10_recall": recall,
+                "ci95": {"mean_cosine": cos_ci, "top10_recall": recall_ci}}
+
+    sure = q(0.998, 0.97, [0.997, 0.999], [0.962, 0.978])
+    edge = q(0.998, 0.955, [0.997, 0.999], [0.946, 0.963])  # point within, interval not
+    assert within_bound("embedding", sure, 0.01)[0] and bound_decided("embedding", sure, 0.01)
+    assert within_bound("embedding", edge, 0.01)[0]
+    assert not bound_decided("embedding", edge, 0.01)
+    wide = q(0.992, 0.99, [0.985, 0.999], [0.98, 1.0])  # the drop's interval crosses 0.01
+    assert not bound_decided("embedding", wide, 0.01)
+    no_ci = {"mean_cosine": 0.995, "top10_recall": 0.96}  # the point estimates decide
+    assert bound_decided("embedding", no_ci, 0.01)
+    assert not bound_decided("embedding", {**no_ci, "top10_recall": 0.94}, 0.01)
+
+
+def test_embeddings_are_judged_on_the_re_measure_corpus_by_default():
+    from reactinfer.planner.loop import DEFAULT_N_EVAL, PlanSettings, default_n_eval
+
+    s = PlanSettings(model="minilm")
+    assert default_n_eval("embedding", s) == s.confirm_n_eval == 1000
+    assert default_n_eval("causal-lm", s) == DEFAULT_N_EVAL == 400
+    no_confirm = PlanSettings(model="minilm", confirm_n_eval=0)
+    assert default_n_eval("embedding", no_confirm) == DEFAULT_N_EVAL

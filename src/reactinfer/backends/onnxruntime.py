@@ -296,7 +296,18 @@ class OnnxRuntimeBackend(Backend):
     precision_option = "precision"
     description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
                    "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
+    layer_ranking = "by the error int8 adds to each one's output"
     available = staticmethod(module_available("onnxruntime"))
+
+    def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
+                    **opts: Any) -> dict[str, float]:
+        """Each layer's own int8 output error (onnx_layers.layer_sensitivity) in the fp32
+        export: one fp32 run, no quantized model built."""
+        from .convert import to_backend
+        from .onnx_layers import layer_sensitivity
+
+        fp32 = to_backend(handle, self.name, precision="fp32")
+        return layer_sensitivity(fp32.files[MODEL_FILE], calibration_feeds(fp32, items))
 
     def why_unavailable(self) -> str:
         return "" if self.available() else "pip install onnxruntime onnx (or `make`)"

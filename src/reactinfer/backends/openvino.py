@@ -19,10 +19,8 @@ recompute the prompt every token (use llama.cpp).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +29,9 @@ import numpy as np
 from ..core.backend import Backend, Batch, register_backend
 from ..core.backend import check_options as check_known_options
 from ..core.errors import UserError
-from .onnx_layers import calibration_feeds, calibration_items
+from .onnx_layers import calibration_feeds
 from .onnxruntime import calibration_count, graph_feed
+from .openvino_int8 import check_smooth_quant, layer_ops, quantize_int8
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -47,7 +46,7 @@ DEFAULT_HINT = "throughput"
 OVERFLOW_FIX = ("auto", "enable", "disable", "first_layer")
 # Used once, at conversion; the rest configure the compiled model every time it loads.
 EXPORT_OPTIONS = ("precision", "calibration_items", "calibration_texts", "fp32_layers",
-                  "overflow_fix", "opset")
+                  "overflow_fix", "smooth_quant", "opset")
 SESSION_OPTIONS = ("threads", "hint", "rest")
 RESTS = ("fp32", "bf16")
 # The float parts run in this precision (OpenVINO's default is bf16 wherever the CPU has it;
@@ -83,6 +82,10 @@ def check_options(opts: dict[str, Any], isa: dict[str, bool]) -> None:
         if not native_bf16(isa):
             raise UserError("openvino rest 'bf16' needs a CPU with native bf16 (AVX-512 BF16 "
                             "or AMX), which this one lacks; leave rest at fp32")
+    check_smooth_quant(opts.get("smooth_quant"))
+    if "smooth_quant" in opts and opts.get("precision") != "int8":
+        raise UserError("openvino smooth_quant tunes int8's SmoothQuant: use it with "
+                        "precision int8")
     layers = opts.get("fp32_layers")
     if layers and opts.get("precision") != "int8":
         raise UserError("openvino fp32_layers keeps layers out of int8: use it with "
@@ -102,30 +105,17 @@ def overflow_fix_for(isa: dict[str, bool]) -> str:
 
 
 # -- conversion ---------------------------------------------------------------------------
-LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
-BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
-
-
-def _onnx_name(op: Any) -> str:
-    return str(op.get_friendly_name()).removesuffix(BIAS_SPLIT)
-
-
-def _layer_ops(model: Any) -> dict[str, Any]:
-    """ONNX node name → the OpenVINO op of that layer."""
-    return {_onnx_name(op): op for op in model.get_ops() if op.get_type_name() in LAYER_OPS}
-
-
 def quantizable_layers(model: Any) -> list[str]:
     """Names of the MatMul and convolution ops (ONNX MatMul and Gemm become MatMul, Conv a
     (Group)Convolution) `fp32_layers` may name: the ONNX node names, which OpenVINO keeps
     as friendly names (with BIAS_SPLIT appended where it split off a bias)."""
-    return list(_layer_ops(model))
+    return list(layer_ops(model))
 
 
 def is_float_layer(model: Any, name: str) -> bool:
     """Whether the MatMul `name` of an OpenVINO model computes in float: no quantized
     activation (FakeQuantize) and no int8 weight feeds it."""
-    op = _layer_ops(model)[name]
+    op = layer_ops(model)[name]
     for value in op.input_values():
         node = value.get_node()
         if node.get_type_name() == "FakeQuantize":
@@ -146,43 +136,6 @@ def _through_converts(value: Any) -> Iterator[Any]:
             yield from _through_converts(v)
 
 
-def quantize_int8(handle: ModelHandle, model: Any, n_items: int,
-                  fp32_layers: list[str], overflow_fix: str, progress: bool = False) -> Any:
-    """NNCF post-training int8 on `n_items` of the calibration split: the transformer
-    model type (SmoothQuant, attention-aware scopes) for text, NNCF's default CNN scheme
-    (performance preset, per-channel weights, fast bias correction) for images."""
-    import logging
-
-    import nncf
-
-    ops = _layer_ops(model)
-    known = set(ops)
-    missing = [n for n in fp32_layers if n not in known]
-    if missing:
-        raise UserError(f"openvino fp32_layers: no MatMul/Conv named {missing[0]!r} in this "
-                        f"model; names look like {sorted(known)[0]!r} ({len(known)} in all)")
-    names = [i.get_any_name() for i in model.inputs]
-    data = calibration_feeds(handle, calibration_items(handle, n_items), names=names)
-    image = handle.task == "image-classification"  # text keeps NNCF's transformer defaults
-    model_type = None if image else nncf.ModelType.TRANSFORMER
-    preset = nncf.QuantizationPreset.PERFORMANCE if image else None
-    params = nncf.AdvancedQuantizationParameters(
-        overflow_fix=nncf.OverflowFix(overflow_fix))
-    scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
-                               validate=True) if fp32_layers else None)
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
-    try:  # NNCF logs at INFO and draws its progress bars on stdout
-        logger.setLevel(logging.INFO if progress else logging.ERROR)
-        with quiet:
-            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                                 model_type=model_type, preset=preset,
-                                 ignored_scope=scope, advanced_parameters=params)
-    finally:
-        logger.setLevel(level)
-
-
 def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
                progress: bool = False) -> dict[str, Path]:
     """Export → (quantize) → IR files in `workdir`; returns {name: path}."""
@@ -193,9 +146,11 @@ def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
     onnx_path = export_onnx(handle, workdir / "model.fp32.onnx", opset=opts.get("opset", 17))
     model = ov.convert_model(str(onnx_path))
     if opts.get("precision") == "int8":
-        model = quantize_int8(handle, model, calibration_count(opts, 128),
-                              list(opts.get("fp32_layers") or ()), opts["overflow_fix"],
-                              progress)
+        model, alpha = quantize_int8(handle, model, calibration_count(opts, 128),
+                                     list(opts.get("fp32_layers") or ()), opts["overflow_fix"],
+                                     opts.get("smooth_quant", "auto"), progress)
+        if alpha is not None:  # recorded resolved, as overflow_fix is: a report says which
+            opts["smooth_quant"] = alpha
     model.set_rt_info(handle.task, ["reactinfer", "task"])
     model.set_rt_info(str(handle.max_length), ["reactinfer", "max_length"])
     # compress_to_fp16=False: fp32 weights stay fp32 (the default would halve them)
@@ -256,8 +211,27 @@ class OpenVinoBackend(Backend):
                    "latency hint; encoders and CNNs: no KV cache for causal LMs, use "
                    "llama.cpp)")
 
+    layer_ranking = ("by how much the output's error falls when each one's input stays float, "
+                     "in the int8 model")
+
     def available(self) -> bool:
         return _installed()
+
+    def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
+                    **opts: Any) -> dict[str, float]:
+        """openvino_int8.rank_layers on the int8 model `opts` builds (no layer kept float)."""
+        import openvino as ov
+
+        from .convert import to_backend
+        from .openvino_int8 import rank_layers
+
+        int8 = to_backend(handle, self.name, **{**opts, "fp32_layers": []})
+        fp32 = to_backend(handle, self.name, precision="fp32")
+        core = ov.Core()
+        models = [core.read_model(str(h.files[XML_FILE]), str(h.files[BIN_FILE]))
+                  for h in (int8, fp32)]
+        names = [i.get_any_name() for i in models[0].inputs]
+        return rank_layers(models[0], models[1], calibration_feeds(fp32, items, names=names))
 
     def why_unavailable(self) -> str:
         return "" if self.available() else "pip install openvino nncf"
@@ -272,6 +246,8 @@ class OpenVinoBackend(Backend):
                             "fp32_layers": "list of MatMul/Gemm/Conv node names kept float "
                                            "(int8)",
                             "rest": "fp32, bf16 (int8: what stays float runs in this)",
+                            "smooth_quant": "auto (default: tuned on calibration data), "
+                                            "off, or an alpha in [0, 1] (int8, text)",
                             "overflow_fix": list(OVERFLOW_FIX), "opset": "int (17)"},
                 "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
 

@@ -88,12 +88,15 @@ class Backend:
     - `writes_files`: `convert` writes engine files (ONNX graph, GGUF) into a work dir.
     - `convert`: turn a handle into one this backend runs, once. The default suits
       backends that run the torch model as it is: it checks the options and records them.
+    - `rank_layers` (backends with a layer fallback option): the layers a conversion with
+      those options quantizes, by how much each hurts; `layer_ranking` says how, in words.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     precision_option: ClassVar[str | None] = None
     writes_files: ClassVar[bool] = False
+    layer_ranking: ClassVar[str] = ""
 
     def available(self) -> bool:
         return True
@@ -120,6 +123,12 @@ class Backend:
 
     def prepare(self, handle: ModelHandle, **opts: Any) -> Runner:
         raise NotImplementedError(f"backend {self.name!r} does not implement prepare()")
+
+    def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
+                    **opts: Any) -> dict[str, float]:
+        """Layer name → sensitivity (higher: keep it in higher precision first) of the torch
+        `handle` converted with `opts`, measured on calibration `items`."""
+        raise UserError(f"backend {self.name!r} cannot rank layers for a precision fallback")
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -6,17 +6,25 @@ on it: as Intel Neural Compressor and NNCF's accuracy-controlled quantization do
 the most sensitive layers in higher precision and searches for the smallest such set that
 meets the bound.
 
-1. Rank: the layers of the candidate's exported fp32 ONNX graph, by the error int8 adds to
-   each one's output on calibration texts (backends/onnx_layers.layer_sensitivity; the
-   calibration split only, never the held-out texts the trials are judged on).
+1. Rank: the candidate's backend ranks the layers it quantizes (`Backend.rank_layers`) on
+   calibration items (the calibration split only, never the held-out items the trials are
+   judged on). ONNX Runtime: the error int8 adds to each layer's own output in the fp32
+   export (backends/onnx_layers.layer_sensitivity). OpenVINO: how much the int8 model's
+   output error falls when that one layer's input stays float (backends/openvino_int8):
+   NNCF's SmoothQuant moves error between layers, so only the quantized model itself says
+   which layers matter (on minilm the ONNX ranking's first layers did not move recall).
 2. Search k, the number of most sensitive layers kept: growing steps 1, 2, 4, ... until a
-   fallback meets the bound, then bisection between the last k that missed and the first
-   that met it. Each fallback is a real trial of the loop (built, measured on the held-out
-   texts against the original, judged by the loop's rule against the best before the
-   repair), in the trace and the store. Of the fallbacks that meet the bound and pay, the
-   one with the fewest layers in float is kept (fewer float layers are faster; between two
-   fallbacks the difference is mostly noise), the others are marked rolled back. Growing
-   stops when a fallback is already too slow to pay: more layers in float are only slower.
+   fallback meets the bound at 95% confidence (every interval of the quality on the right
+   side of its limit), then bisection between the last k that missed and the first that
+   met it. A fallback that meets the bound only by its point estimate is on the edge: the
+   next sample of texts (a user's, or a larger corpus, where top-10 recall falls) fails
+   it as often as not. Each fallback is a real trial of the loop (built, measured on the
+   held-out texts against the original, judged by the loop's rule against the best before
+   the repair), in the trace and the store. Of the fallbacks that meet the bound and pay,
+   the one with the fewest layers in float is kept, preferring those that meet it at 95%
+   confidence (fewer float layers are faster; between two fallbacks the difference is
+   mostly noise), the others are marked rolled back. Growing stops when a fallback is
+   already too slow to pay: more layers in float are only slower.
 3. The budget: each fallback starts only if the overshooting trial's cost (build and
    measure) fits in what is left after the end of the run's reserve.
 
@@ -28,8 +36,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..core.backend import get_backend
 from ..data import items_for
-from ..tasks import within_bound
+from ..tasks import bound_decided, within_bound
 from .actions import Action, Candidate
 from .objective import gain
 
@@ -50,19 +59,15 @@ def short(layer: str) -> str:
 
 
 def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, float]], float, int]:
-    """The candidate's quantizable layers, most sensitive first, with their error; the
-    seconds the ranking took and the number of calibration texts."""
-    from ..backends import to_backend
-    from ..backends.onnx_layers import calibration_feeds, layer_sensitivity
-    from ..models.onnx_file import ONNX_FILE
-
+    """The candidate's quantizable layers, most sensitive first, with their score, as the
+    candidate's backend ranks them (`Backend.rank_layers`); the seconds the ranking took
+    and the number of calibration items."""
     t0 = time.perf_counter()
-    fp32 = to_backend(planner.builder.torch_handle(cand.transforms), "onnxruntime",
-                      precision="fp32")
-    texts = items_for(planner.base, "calibration", planner.s.data, CALIBRATION_TEXTS)
-    errors = layer_sensitivity(fp32.files[ONNX_FILE], calibration_feeds(fp32, texts))
-    ranked = sorted(errors.items(), key=lambda kv: kv[1], reverse=True)
-    return ranked, time.perf_counter() - t0, len(texts)
+    items = items_for(planner.base, "calibration", planner.s.data, CALIBRATION_TEXTS)
+    scores = get_backend(cand.backend).rank_layers(
+        planner.builder.torch_handle(cand.transforms), items, **cand.backend_options())
+    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+    return ranked, time.perf_counter() - t0, len(items)
 
 
 def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
@@ -101,6 +106,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
         planner.log[-1]["decision"] = "failed"  # not a skip for the time budget
         return trial, cand, step + 1
     names = [name for name, _ in ranked]
+    how = get_backend(cand.backend).layer_ranking
     met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
     lo, hi, k, tried = 0, None, 0, 0
     parent = trial["parent"]
@@ -115,8 +121,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
         shown = ", ".join(short(n) for n in layers[:SHOW_LAYERS]) + (
             f" and {k - SHOW_LAYERS} more" if k > SHOW_LAYERS else "")
         thought = (f"{action.name} overshot ({why}). Ranked its {len(names)} quantizable layers "
-                   f"by the error int8 adds to each one's output on {n_cal} calibration texts "
-                   f"({rank_s:.1f}s); "
+                   f"{how} on {n_cal} calibration items ({rank_s:.1f}s); "
                    + (f"the most sensitive is {shown} → keep it" if k == 1 else
                       f"the {k} most sensitive are {shown} → keep them")
                    + f" in higher precision ({action.fallback}), "
@@ -142,20 +147,22 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
         met, why_k = within_bound(task, o["quality"], s.max_drop)
         if t["decision"] == "kept":
             met_trials[k] = t
-        if met:
+        if met and bound_decided(task, o["quality"], s.max_drop):
             hi = k  # then bisect below it: a smaller set is faster
         else:
-            lo, why = k, why_k
+            lo, why = k, why_k if not met else f"{why_k}, not yet at 95% confidence"
             if gain(o, best_obs, s.objective) < 1 + s.min_gain:
                 break  # already too slow to pay; keeping more layers in float is slower
     if not met_trials:
         return trial, cand, step
-    smallest = min(met_trials)
+    sure = [k for k, t in met_trials.items()
+            if bound_decided(task, t["observation"]["quality"], s.max_drop)]
+    smallest = min(sure or met_trials)
     for k_other, t in met_trials.items():
         if k_other != smallest:  # one kept step per repair: the smallest set
             t["decision"] = "rolled back"
-            t["reason"] = (f"the smaller set of {smallest} layers also meets the bound; "
-                           + t["reason"])
+            t["reason"] = (f"the set of {smallest} layers meets the bound "
+                           + ("at 95% confidence; " if sure else "; ") + t["reason"])
             planner.store.put(t)
     chosen = met_trials[smallest]
     return chosen, Candidate.from_json(chosen["candidate"]), step

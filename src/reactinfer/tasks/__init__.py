@@ -1,5 +1,6 @@
 """Tasks: embedding, causal-lm, classification, image-classification."""
 from .base import (
+    bound_decided,
     count_tokens,
     get_task,
     iter_batches,
@@ -9,5 +10,5 @@ from .base import (
     within_bound,
 )
 
-__all__ = ["count_tokens", "get_task", "iter_batches", "recall_floor", "sample_batch",
-           "tokenize", "within_bound"]
+__all__ = ["bound_decided", "count_tokens", "get_task", "iter_batches", "recall_floor",
+           "sample_batch", "tokenize", "within_bound"]

@@ -183,6 +183,19 @@ def within_bound(task: str, quality: dict[str, Any], max_drop: float) -> tuple[b
     return True, f"quality drop {drop:.4f} ≤ {max_drop}" + _ci_note(drop_ci, max_drop, "drop")
 
 
+def bound_decided(task: str, quality: dict[str, Any], max_drop: float) -> bool:
+    """Whether `within_bound` holds at 95% confidence: every interval of the quality (the
+    drop's; for embeddings, top-10 recall's too) lies on the right side of its limit.
+    Without intervals, the point estimates decide."""
+    if not within_bound(task, quality, max_drop)[0]:
+        return False
+    drop_ci = drop_interval(task, quality)
+    if drop_ci is not None and drop_ci[1] > max_drop:
+        return False
+    recall_ci = quality.get(CI_KEY, {}).get("top10_recall") if task == "embedding" else None
+    return recall_ci is None or recall_ci[0] >= recall_floor(max_drop)
+
+
 def drop_interval(task: str, quality: dict[str, Any]) -> list[float] | None:
     """The 95% confidence interval of the task's quality drop, from the interval of its
     quality score (None when the quality has none)."""

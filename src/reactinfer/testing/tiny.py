@@ -83,6 +83,29 @@ def save_tiny_hf(directory: str | Path, task: str = "embedding", **kw: Any) -> P
     return d
 
 
+def save_outlier_hf(directory: str | Path, layers: int = 2,
+                    outliers: tuple[int, ...] = (1,)) -> Path:
+    """A tiny encoder in which the given layers are extremely sensitive to int8 on every
+    CPU: one FFN neuron always outputs 1000 (its output weights are zero, so the float model
+    does not see it), which makes the per-tensor int8 step of the FFN output layer's input
+    so coarse that its other activations round to nothing, while that layer's output
+    carries most of the embedding. Every other layer quantizes well."""
+    import torch
+
+    model = tiny_model("embedding", layers=layers)
+    for i in outliers:
+        ffn = model.encoder.layer[i]
+        with torch.no_grad():
+            ffn.intermediate.dense.weight[0].zero_()
+            ffn.intermediate.dense.bias[0] = 1000.0  # GELU(1000) = 1000, for every token
+            ffn.output.dense.weight.mul_(500.0)  # the layer's output dominates the residual
+            ffn.output.dense.weight[:, 0] = 0.0  # the float model never sees the outlier
+    d = Path(directory)
+    model.save_pretrained(d, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
 def tiny_texts(n: int = 24) -> list[str]:
     """Deterministic texts of varied length from the tiny vocabulary."""
     out = []

@@ -1,0 +1,179 @@
+"""OpenVINO int8 by NNCF: post-training quantization, SmoothQuant's alpha tuned on
+calibration data, and the ranking of quantized layers the planner's repair falls back by.
+
+- `quantize_int8`: NNCF post-training int8 on the calibration split. Text models use the
+  transformer model type (SmoothQuant, attention-aware scopes); image models NNCF's CNN
+  scheme (performance preset, per-channel weights, fast bias correction).
+- SmoothQuant (text): activations' outliers move into the weights by a per-channel scale
+  whose strength is alpha. NNCF's default alpha for MatMuls is 0.95; the best one depends
+  on the model. `smooth_quant="auto"` (the default) quantizes with each alpha of
+  SMOOTH_QUANT_ALPHAS and keeps the one whose output is closest to the float model's on
+  the calibration items, as Intel Neural Compressor's SmoothQuant auto-alpha does. On
+  minilm (benchmarks/results/openvino_int8_minilm.md) the choice, 0.8, also had the best
+  top-10 recall on the held-out texts. The choice is remembered per torch model in this
+  process, so a fallback of the same model does not tune again.
+- `rank_layers`: for each quantized MatMul/convolution of an int8 IR, how much the model's
+  output error (against the float model, on calibration items) falls when that one layer's
+  input activations stay float (its int8 FakeQuantize bypassed; its weights stay int8).
+  This measures each layer's effect on the output the user sees, with OpenVINO's own
+  kernels and NNCF's own scales (after SmoothQuant), which the ONNX Runtime ranking cannot.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.errors import UserError
+from .onnx_layers import calibration_feeds, calibration_items
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+
+# NNCF's transformer default first: a tie keeps it
+SMOOTH_QUANT_ALPHAS = (0.95, 0.9, 0.85, 0.8, 0.7)
+SMOOTH_QUANT_OFF = "off"
+LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
+BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
+# alpha chosen per torch model (and calibration settings) in this process
+_TUNED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], float]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _onnx_name(op: Any) -> str:
+    return str(op.get_friendly_name()).removesuffix(BIAS_SPLIT)
+
+
+def layer_ops(model: Any) -> dict[str, Any]:
+    """ONNX node name → the OpenVINO op of that layer."""
+    return {_onnx_name(op): op for op in model.get_ops() if op.get_type_name() in LAYER_OPS}
+
+
+def check_smooth_quant(value: Any) -> None:
+    if value in (None, "auto", SMOOTH_QUANT_OFF):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"openvino smooth_quant is 'auto', 'off' or an alpha in [0, 1] "
+                        f"(NNCF's default 0.95), got {value!r}")
+
+
+@contextlib.contextmanager
+def _quiet_nncf(progress: bool) -> Iterator[None]:
+    """NNCF logs at INFO and draws its progress bars on stdout."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    try:
+        logger.setLevel(logging.INFO if progress else logging.ERROR)
+        with quiet:
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """The model's first output on `feeds`, in fp32 (no bf16 rounding in the comparison)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    outs = []
+    for feed in feeds:
+        request.infer(feed)
+        outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float64))
+    return np.concatenate([o.reshape(len(o), -1) for o in outs])
+
+
+def output_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """‖out − ref‖² / ‖ref‖²: the relative squared error of a model's output (embeddings,
+    logits) against the float model's."""
+    return float(((out - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
+
+
+def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: list[str],
+                  overflow_fix: str, smooth_quant: Any = "auto",
+                  progress: bool = False) -> tuple[Any, Any]:
+    """NNCF post-training int8 of the OpenVINO `model` on `n_items` of the calibration
+    split. Returns the int8 model and the SmoothQuant alpha used (None for image models,
+    which NNCF's CNN scheme does not smooth; SMOOTH_QUANT_OFF when disabled)."""
+    import nncf
+
+    ops = layer_ops(model)
+    missing = [n for n in fp32_layers if n not in ops]
+    if missing:
+        raise UserError(f"openvino fp32_layers: no MatMul/Conv named {missing[0]!r} in this "
+                        f"model; names look like {sorted(ops)[0]!r} ({len(ops)} in all)")
+    names = [i.get_any_name() for i in model.inputs]
+    data = calibration_feeds(handle, calibration_items(handle, n_items), names=names)
+    scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
+                               validate=True) if fp32_layers else None)
+
+    def run(alpha: Any) -> Any:
+        image = handle.task == "image-classification"
+        params: dict[str, Any] = {"overflow_fix": nncf.OverflowFix(overflow_fix)}
+        if not image:
+            params["smooth_quant_alphas"] = nncf.AdvancedSmoothQuantParameters(
+                matmul=-1 if alpha == SMOOTH_QUANT_OFF else float(alpha))
+        with _quiet_nncf(progress):
+            return nncf.quantize(
+                model.clone(), nncf.Dataset(data), subset_size=len(data),
+                model_type=None if image else nncf.ModelType.TRANSFORMER,
+                preset=nncf.QuantizationPreset.PERFORMANCE if image else None,
+                ignored_scope=scope, advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    **params))
+
+    if handle.task == "image-classification":
+        return run(None), None
+    if smooth_quant != "auto":
+        return run(smooth_quant), smooth_quant
+    key = (n_items, overflow_fix)
+    known = _TUNED.get(handle.model, {}) if handle.model is not None else {}
+    if key in known:
+        return run(known[key]), known[key]
+    alpha, errors, best = tune_smooth_quant(model, data, run)
+    if handle.model is not None:
+        _TUNED.setdefault(handle.model, {})[key] = alpha
+    logging.getLogger(__name__).info("SmoothQuant alpha %s (output error by alpha: %s)",
+                                     alpha, errors)
+    return best, alpha
+
+
+def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],
+                      quantize: Any) -> tuple[float, dict[float, float], Any]:
+    """Quantize with each alpha of SMOOTH_QUANT_ALPHAS; the alpha whose output on `feeds`
+    is closest to the float `model`'s, the error of each, and that int8 model."""
+    ref = _outputs(model, feeds)
+    errors: dict[float, float] = {}
+    best: tuple[float, float, Any] | None = None
+    for alpha in SMOOTH_QUANT_ALPHAS:
+        q = quantize(alpha)
+        errors[alpha] = output_error(_outputs(q, feeds), ref)
+        if best is None or errors[alpha] < best[1]:
+            best = (alpha, errors[alpha], q)
+    assert best is not None
+    return best[0], errors, best[2]
+
+
+def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
+                ) -> dict[str, float]:
+    """Per quantized layer of the int8 model: how much the output error against the `fp32`
+    model on `feeds` falls when that layer's input is not quantized (its FakeQuantize
+    bypassed for that layer alone). Highest is most sensitive; layers whose input is not
+    quantized are left out."""
+    ref = _outputs(fp32, feeds)
+    base = output_error(_outputs(int8, feeds), ref)
+    gains: dict[str, float] = {}
+    for name, op in layer_ops(int8).items():
+        if op.input_value(0).get_node().get_type_name() != "FakeQuantize":
+            continue
+        model = int8.clone()
+        target = layer_ops(model)[name]
+        fq = target.input_value(0).get_node()
+        target.input(0).replace_source_output(fq.input_value(0))  # this edge only
+        gains[name] = base - output_error(_outputs(model, feeds), ref)
+    return gains
