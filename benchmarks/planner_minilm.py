@@ -88,6 +88,13 @@ def main() -> None:
             "quality_vs_original": task.compare({"embeddings": ref},
                                                 {"embeddings": ok[-1]["embeddings"]}),
         }
+    # the eval texts are the ones the planner chose on; the checker's are its own: 2,000
+    # texts of the train split, never measured by the planner (no step of the best trains)
+    unseen = texts_for("train", limit=2000)
+    q_unseen = task.compare(task.evaluate(base.runner(), base.tokenizer, unseen, 32,
+                                          base.max_length),
+                            task.evaluate(best.runner(), best.tokenizer, unseen, 32,
+                                          best.max_length))
     best_s = summary["react-best"]
     ratios = {f"best_vs_{k}": best_s["items_per_s"] / v["items_per_s"]
               for k, v in summary.items() if k != "react-best" and "items_per_s" in v}
@@ -95,6 +102,10 @@ def main() -> None:
                                                 / best_s["latency_ms"]["p50"])
     result = {"command": "python benchmarks/planner_minilm.py " + " ".join(sys.argv[1:]),
               "n_texts": len(texts), "rounds": a.rounds, "engines": summary, "ratios": ratios,
+              "best_on_unseen": {
+                  "n_texts": len(unseen), "trained_on_them": "Distill" in plan["best_recipe"],
+                  "mean_cosine": q_unseen["mean_cosine"],
+                  "top10_recall": q_unseen["top10_recall"], "ci95": q_unseen.get("ci95")},
               "plan": {k: plan[k] for k in ("verdict", "best_recipe", "stop", "seconds")},
               "hardware": hardware_profile().to_dict(), "versions": package_versions()}
     OUT.mkdir(exist_ok=True)
@@ -120,6 +131,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {v['engine']} | {v['items_per_s']:.1f} | {v['latency_ms']['p50']:.2f} "
                      f"| {v['latency_ms']['p95']:.2f} | {q['mean_cosine']:.4f} | "
                      f"{q['top10_recall']:.3f} |")
+    u = r.get("best_on_unseen")
+    if u:
+        ci = (u.get("ci95") or {}).get("top10_recall")
+        lines += ["", f"Best on {u['n_texts']} texts the planner never measured on (the train "
+                  "split" + (", which its distillation trained on" if u["trained_on_them"]
+                             else "") + f"): mean cosine {u['mean_cosine']:.4f}, top-10 recall "
+                  f"{u['top10_recall']:.3f}" + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])"
+                                                 if ci else "") + "."]
     lines += ["", "Ratios (best ReAct artifact vs each):", ""]
     lines += [f"- {k}: ×{v:.2f}" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"

@@ -171,6 +171,21 @@ def test_a_new_precision_step_drops_the_layer_fallback():
     assert fp32.apply(repaired, set()).backend_options() == {"precision": "fp32", "threads": 2}
 
 
+def test_a_step_that_keeps_the_precision_keeps_the_layer_fallback():
+    from reactinfer.planner.actions import Candidate
+
+    repaired = Candidate.from_json({"transforms": [], "backend": "openvino",
+                                    "backend_options": {"precision": "int8",
+                                                        "fp32_layers": [SENSITIVE]}})
+    rest = Action("openvino int8 (bf16 rest)", "openvino-int8", lambda ctx: (1.0, ""),
+                  backend=("openvino", {"precision": "int8", "rest": "bf16"}))
+    assert rest.apply(repaired, set()).backend_options() == {
+        "precision": "int8", "rest": "bf16", "fp32_layers": [SENSITIVE]}
+    again = Action("openvino int8", "openvino-int8", lambda ctx: (1.0, ""),
+                   backend=("openvino", {"precision": "int8"}))
+    assert again.apply(repaired, set()) is None  # nothing new to try
+
+
 def test_bound_decided_needs_every_interval_on_the_right_side():
     from reactinfer.tasks import bound_decided
 

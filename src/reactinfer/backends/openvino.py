@@ -6,7 +6,8 @@ OpenVINO and saved as IR (`model.xml` + `model.bin`), then run with no PyTorch.
   (AVX-512 BF16 or AMX: elsewhere OpenVINO emulates it, slower than fp32);
 - int8: NNCF post-training quantization calibrated on the calibration split of the data
   the task reads (texts, or images for an image model): text models with the transformer
-  model type (SmoothQuant, attention-aware scopes), image models (CNNs) with NNCF's default
+  model type (SmoothQuant, its alpha tuned on calibration data unless `smooth_quant` sets
+  it: backends/openvino_int8.py), image models (CNNs) with NNCF's default
   CNN scheme (performance preset: symmetric activations, per-channel weights, fast bias
   correction); weights keep to 7 bits (NNCF's overflow fix) on CPUs whose int8 kernels
   saturate (no VNNI). `fp32_layers` names MatMul/Gemm/Conv nodes of the exported ONNX

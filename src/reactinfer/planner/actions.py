@@ -138,9 +138,13 @@ class Action:
             if runtime and name not in TORCH_BACKENDS:
                 return None  # torch-format quantization cannot be exported to another engine
             # session options carry over; a layer fallback or the precision of int8's float
-            # rest belongs to the precision it was chosen with: a new step starts without it
-            kept = {k: v for k, v in cand.backend_options().items()
-                    if k not in PRECISION_BOUND} if name == cand.backend else {}
+            # rest belongs to the precision it was chosen with: a step to another precision
+            # starts without it, one that keeps the precision (int8 → int8 with its float
+            # rest in bf16) keeps the layers the repair found
+            have = cand.backend_options()
+            same = name == cand.backend and opts.get("precision") == have.get("precision")
+            kept = {k: v for k, v in have.items() if same or k not in PRECISION_BOUND} \
+                if name == cand.backend else {}
             merged = {**kept, **opts}
             new = dataclasses.replace(cand, backend=name,
                                       options=json.dumps(merged, sort_keys=True))
