@@ -85,6 +85,8 @@ def test_fallback_search_finds_a_set_within_the_bound(outlier_dir, data, tmp_pat
     assert layers == [SENSITIVE]  # the growing search starts with the most sensitive one
     assert within_bound("embedding", first["observation"]["quality"], 0.05)[0]
     assert first["decision"] == "kept" and r["best"]["key"] == first["key"]
+    # checked on the held-out texts after the search's 40 as well (the data has 20 more)
+    assert "on the held-out items the search never judged on: quality drop" in first["reason"]
     assert "overshot" in first["thought"] and short(SENSITIVE) in first["thought"]
     md = (out / "report.md").read_text()
     assert f"`{SENSITIVE}`" in md
@@ -213,3 +215,21 @@ def test_embeddings_are_judged_on_the_re_measure_corpus_by_default():
     assert default_n_eval("causal-lm", s) == DEFAULT_N_EVAL == 400
     no_confirm = PlanSettings(model="minilm", confirm_n_eval=0)
     assert default_n_eval("embedding", no_confirm) == DEFAULT_N_EVAL
+
+
+def test_the_re_measure_takes_texts_the_search_never_judged_on(tmp_path):
+    from types import SimpleNamespace
+
+    from reactinfer.data import texts_for
+    from reactinfer.planner.heldout import confirm_items
+
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"text number {i} with a few more words" for i in range(500)))
+    ev = texts_for("eval", str(data))
+    planner = SimpleNamespace(s=SimpleNamespace(data=str(data)), texts=ev[:20],
+                              base=SimpleNamespace(tokenizer=None))
+    items, unseen = confirm_items(planner, 30)
+    assert unseen and len(items) == 30 and not set(items) & set(ev[:20])
+    planner.texts = ev[:len(ev) - 5]  # too few left after the search's: its own
+    items, unseen = confirm_items(planner, 30)
+    assert not unseen and items == ev[:30]

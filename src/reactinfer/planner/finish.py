@@ -13,13 +13,13 @@ from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
-from ..data import items_for
 from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task, within_bound
 from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
+from .heldout import confirm_items
 from .loop import STORE_NAME, Planner
 from .objective import gain
 from .report import ITEM_NOUN, pareto_table, write_report
@@ -187,7 +187,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
             f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
             "are left; the figures are the search's")
         return None
-    texts = items_for(planner.base, "eval", s.data, n)
+    texts, fresh = confirm_items(planner, n)
     task = get_task(planner.base.task)
     try:
         b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,
@@ -200,7 +200,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
         return None
     b["quality"], o["quality"] = task.compare(b_res, b_res), task.compare(b_res, o_res)
     ok, why = within_bound(planner.base.task, o["quality"], s.max_drop)
-    return {"n_eval": len(texts), "baseline": b, "best": o,
+    return {"n_eval": len(texts), "unseen": fresh, "baseline": b, "best": o,
             "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}
 
 
@@ -215,8 +215,9 @@ def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dic
             break  # the step before is the original: the report says the bound failed
         state["notes"].append(
             f"{best['action']} was outside the bound on the {state['confirm']['n_eval']} "
-            f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')} "
-            f"({state['confirm']['bound']}): the best is the step it was built on, "
+            f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')}"
+            + (" the search never judged on " if state["confirm"].get("unseen") else " ")
+            + f"({state['confirm']['bound']}): the best is the step it was built on, "
             f"{prev['action']}")
         best["within_bound"], best["bound"] = False, state["confirm"]["bound"]
         if best.get("artifact") in state["variants"]:  # nor is it a variant to serve
@@ -275,7 +276,8 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
                    "latency_runs": planner.latency_runs},
         "gain": confirm["gain"] if confirm else gain(best["observation"], base["observation"],
                                                      s.objective),
-        "gain_from": f"side-by-side re-measure on {confirm['n_eval']} {items}" if confirm
+        "gain_from": f"side-by-side re-measure on {confirm['n_eval']} {items}"
+        + (" the search never judged on" if confirm.get("unseen") else "") if confirm
         else f"the search's measurements on {len(planner.texts)} {items}",
         "best_recipe": Candidate.from_json(best["candidate"]).describe(),
         "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,

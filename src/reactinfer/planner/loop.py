@@ -151,6 +151,8 @@ class Planner:
         self.ref_results: dict[str, Any] | None = None
         self.ref_info: dict[str, Any] | None = None  # how the reference outputs were had
         self.ref_trial: dict[str, Any] | None = None
+        self.last_handle: ModelHandle | None = None  # the last trial's model (the repair)
+        self.memo: dict[Any, Any] = {}  # what a run computes once (planner/heldout.py)
         self.reused = 0
         self.bar: Any = None
 
@@ -196,7 +198,7 @@ class Planner:
         t0 = time.perf_counter()
         try:
             self._phase(f"{action}: building")
-            handle = self.builder.build(cand) if parent else self.base
+            handle = self.last_handle = self.builder.build(cand) if parent else self.base
             t1 = time.perf_counter()
             self._phase(f"{action}: measuring")
             obs = self._observe(handle)

@@ -40,11 +40,13 @@ from ..core.backend import get_backend
 from ..data import items_for
 from ..tasks import bound_decided, within_bound
 from .actions import Action, Candidate
+from .heldout import unseen_quality
 from .objective import gain
 
 if TYPE_CHECKING:
     from .loop import Planner
 
+NEVER_JUDGED = "held-out items the search never judged on"
 CALIBRATION_TEXTS = 32  # enough to rank layers; the ranking costs one fp32 forward on them
 MAX_FALLBACKS = 8  # fallback trials per overshooting step (growing + bisection)
 SHOW_LAYERS = 4  # layers named in a Thought (the candidate and report list all)
@@ -68,6 +70,27 @@ def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, floa
         planner.builder.torch_handle(cand.transforms), items, **cand.backend_options())
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
     return ranked, time.perf_counter() - t0, len(items)
+
+
+def _check_unseen(planner: Planner, t: dict[str, Any]) -> tuple[bool, bool]:
+    """The fallback of trial `t` on the held-out items the search never judged on
+    (planner/heldout.py), where the data has them: whether it meets the bound there, and
+    whether at 95% confidence (both True where there are none). What was measured goes
+    into the trial's reason (and `unseen_quality`); a fallback outside the bound there is
+    rolled back."""
+    handle = planner.last_handle
+    quality = unseen_quality(planner, handle) if handle is not None else None
+    if quality is None:
+        return True, True
+    task, bound = planner.base.task, planner.s.max_drop
+    ok, why = within_bound(task, quality, bound)
+    sure = bound_decided(task, quality, bound)
+    t["unseen_quality"] = quality
+    t["reason"] += f"; on the {NEVER_JUDGED}: {why}"
+    if not ok and t["decision"] == "kept":
+        t["decision"] = "rolled back"
+    planner.store.put(t)
+    return ok, sure
 
 
 def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
@@ -108,6 +131,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
     names = [name for name, _ in ranked]
     how = get_backend(cand.backend).layer_ranking
     met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
+    sure: set[int] = set()  # k whose fallback meets the bound at 95% confidence
     lo, hi, k, tried = 0, None, 0, 0
     parent = trial["parent"]
     while tried < MAX_FALLBACKS:
@@ -145,24 +169,29 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
         if o is None:
             break  # a failed build: the trace says why; more layers will not fix it
         met, why_k = within_bound(task, o["quality"], s.max_drop)
+        holds = met and bound_decided(task, o["quality"], s.max_drop)
+        if holds:  # and on the items the search never judged on, where there are such
+            met, holds = _check_unseen(planner, t)
+            why_k = t["reason"]
         if t["decision"] == "kept":
             met_trials[k] = t
-        if met and bound_decided(task, o["quality"], s.max_drop):
+        if holds:
+            sure.add(k)
             hi = k  # then bisect below it: a smaller set is faster
         else:
-            lo, why = k, why_k if not met else f"{why_k}, not yet at 95% confidence"
+            lo, why = k, why_k if not met or NEVER_JUDGED in why_k else \
+                f"{why_k}, not yet at 95% confidence"
             if gain(o, best_obs, s.objective) < 1 + s.min_gain:
                 break  # already too slow to pay; keeping more layers in float is slower
     if not met_trials:
         return trial, cand, step
-    sure = [k for k, t in met_trials.items()
-            if bound_decided(task, t["observation"]["quality"], s.max_drop)]
-    smallest = min(sure or met_trials)
+    smallest = min((sure & set(met_trials)) or met_trials)
     for k_other, t in met_trials.items():
         if k_other != smallest:  # one kept step per repair: the smallest set
             t["decision"] = "rolled back"
             t["reason"] = (f"the set of {smallest} layers meets the bound "
-                           + ("at 95% confidence; " if sure else "; ") + t["reason"])
+                           + ("at 95% confidence; " if smallest in sure else "; ")
+                           + t["reason"])
             planner.store.put(t)
     chosen = met_trials[smallest]
     return chosen, Candidate.from_json(chosen["candidate"]), step

@@ -199,8 +199,9 @@ def _sizing_line(data: dict[str, Any]) -> list[str]:
 def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
     """The re-measure's table; the ratios come from `gain()`, as the headline's does."""
     b, o = conf["baseline"], conf["best"]
+    unseen = " the search never judged on" if conf.get("unseen") else ""
     lines = ["## Baseline vs best (re-measured side by side on "
-             f"{conf['n_eval']} held-out {_items(data)})", "",
+             f"{conf['n_eval']} held-out {_items(data)}{unseen})", "",
              "The headline's figure is this table's row for the objective; the trace below "
              "holds the search's own measurements (on "
              f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} "
