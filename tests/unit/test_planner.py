@@ -342,6 +342,15 @@ def test_the_stated_margin_is_the_one_the_code_uses():
     assert f"margin of {MARGIN_SHARE:.0%}, at least {MARGIN_MIN_S:.0f} s" in doc
 
 
+def test_the_end_of_the_run_may_use_half_the_margin():
+    from reactinfer.planner.budget import END_MARGIN_SHARE, Budget, margin_s
+
+    b = Budget(900, start=time.time() - 895)  # 5 s left of the budget
+    assert END_MARGIN_SHARE == 0.5
+    extra = b.left_for_end() - b.left()
+    assert abs(extra - 0.5 * margin_s(900)) < 1e-6 and b.left() < 6
+
+
 @pytest.mark.parametrize("flags,expect_native", [
     ({"avx2", "fma", "f16c"}, False),                                     # Zen 1 / Haswell
     ({"avx2", "avx512f", "avx512_vnni"}, False),                          # Cascade Lake: no bf16

@@ -25,6 +25,7 @@ from ..measure.sizing import size_search as size_search
 
 MARGIN_SHARE = 0.10
 MARGIN_MIN_S = 10.0
+END_MARGIN_SHARE = 0.5  # of the margin, the end of the run may use (Budget.left_for_end)
 # Building a candidate adds to measuring it (ONNX export, a transform's own pass), and a
 # new engine's first measurement is the least predictable: count a quarter more. (Measured
 # on 2 cores with minilm: ONNX Runtime int8 / fp32 and torch int8 took 0.4-0.7 of the
@@ -65,6 +66,13 @@ class Budget:
 
     def left(self) -> float:
         return self.deadline - time.time()
+
+    def left_for_end(self) -> float:
+        """What the end of the run (saving the best and the variants, the re-measure) may
+        still use: the budget's rest and half of its margin, so that a search step that
+        ran longer than predicted does not cost the user the re-measure and the ladder
+        (a minilm run lost both to a last step that overran its prediction by 20 s)."""
+        return self.left() + END_MARGIN_SHARE * margin_s(self.total_s)
 
 
 # -- what a step costs ------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], pat
         return True
     handle = _at_hand(planner, t)
     need = save_cost(t["observation"]["size_mb"]) + (build_s(t) if handle is None else 0.0)
-    left = planner.budget.left() - planner.confirm_reserve(best) - REPORT_S
+    left = planner.budget.left_for_end() - planner.confirm_reserve(best) - REPORT_S
     if need > left:
         state["notes"].append(f"variant {t['action']} not saved: it needs ~{need:.0f}s, "
                               f"{max(left, 0):.0f}s of the time budget are left")
@@ -175,7 +175,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     assert planner.ref_trial is not None
     runs = 2 * planner.latency_runs
     fixed, per_text = confirm_cost([planner.ref_trial, best], len(planner.texts), runs)
-    left = planner.budget.left() - REPORT_S
+    left = planner.budget.left_for_end() - REPORT_S
     # it fills the time left, so aim short of it: a prediction is never exact
     n = s.confirm_n_eval if per_text <= 0 else min(s.confirm_n_eval,
                                                     int(CONFIRM_FILL * (left - fixed) / per_text))
