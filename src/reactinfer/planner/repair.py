@@ -18,9 +18,12 @@ meets the bound.
    side of its limit), then bisection between the last k that missed and the first that
    met it. A fallback that meets the bound only by its point estimate is on the edge: the
    next sample of texts (a user's, or a larger corpus, where top-10 recall falls) fails
-   it as often as not. Each fallback is a real trial of the loop (built, measured on the
-   held-out texts against the original, judged by the loop's rule against the best before
-   the repair), in the trace and the store. Of the fallbacks that meet the bound and pay,
+   it as often as not. A fallback that meets it at 95% confidence is also measured on the
+   held-out items the search never judged on (planner/heldout.py, where the data has
+   them): it counts only if it holds there at 95% confidence too, and is rolled back if
+   it is outside the bound there. Each fallback is a real trial of the loop (built,
+   measured on the held-out texts against the original, judged by the loop's rule against
+   the best before the repair), in the trace and the store. Of the fallbacks that meet the bound and pay,
    the one with the fewest layers in float is kept, preferring those that meet it at 95%
    confidence (fewer float layers are faster; between two fallbacks the difference is
    mostly noise), the others are marked rolled back. Growing stops when a fallback is
