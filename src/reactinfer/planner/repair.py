@@ -23,11 +23,11 @@ meets the bound.
    them): it counts only if it holds there at 95% confidence too, and is rolled back if
    it is outside the bound there. Each fallback is a real trial of the loop (built,
    measured on the held-out texts against the original, judged by the loop's rule against
-   the best before the repair), in the trace and the store. Of the fallbacks that meet the bound and pay,
-   the one with the fewest layers in float is kept, preferring those that meet it at 95%
-   confidence (fewer float layers are faster; between two fallbacks the difference is
-   mostly noise), the others are marked rolled back. Growing stops when a fallback is
-   already too slow to pay: more layers in float are only slower.
+   the best before the repair), in the trace and the store. Of the fallbacks that meet
+   the bound and pay, the one with the fewest layers in float is kept, preferring those
+   that meet it at 95% confidence (fewer float layers are faster; between two fallbacks
+   the difference is mostly noise), the others are marked rolled back. Growing stops when
+   a fallback is already too slow to pay: more layers in float are only slower.
 3. The budget: each fallback starts only if the overshooting trial's cost (build and
    measure) fits in what is left after the end of the run's reserve.
 
