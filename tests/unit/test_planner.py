@@ -348,7 +348,7 @@ def test_the_end_of_the_run_may_use_half_the_margin():
     b = Budget(900, start=time.time() - 895)  # 5 s left of the budget
     assert END_MARGIN_SHARE == 0.5
     extra = b.left_for_end() - b.left()
-    assert abs(extra - 0.5 * margin_s(900)) < 1e-6 and b.left() < 6
+    assert abs(extra - 0.5 * margin_s(900)) < 0.5 and b.left() < 6  # two clock readings
 
 
 @pytest.mark.parametrize("flags,expect_native", [
