@@ -20,7 +20,7 @@ from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
 from .heldout import confirm_items
-from .loop import STORE_NAME, Planner
+from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
 from .report import ITEM_NOUN, pareto_table, write_report
 
@@ -268,7 +268,9 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
         "model": s.model, "task": planner.base.task, "objective": s.objective,
         "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,
         "hardware": hw.to_dict(), "hardware_summary": hw.summary(),
-        "settings": dict(s.__dict__), "stop": result["stop"],
+        # n_eval as resolved for the task (None asks for its default)
+        "settings": {**s.__dict__, "n_eval": s.n_eval or default_n_eval(planner.base.task, s)},
+        "stop": result["stop"],
         "seconds": budget.elapsed(), "search_seconds": result["seconds"],
         "budget_s": budget.total_s, "margin_s": margin_s(budget.total_s),
         "reused": result["reused"], "reference_outputs": result.get("reference_outputs"),
