@@ -39,7 +39,7 @@ def main() -> None:
     from reactinfer.backends.openvino import BIN_FILE, XML_FILE, OvRunner, compile_config
     from reactinfer.backends.openvino_int8 import (
         SMOOTH_QUANT_ALPHAS,
-        _outputs,
+        float_outputs,
         output_error,
     )
     from reactinfer.core.backend import get_backend
@@ -59,7 +59,7 @@ def main() -> None:
     fp32_model = core.read_model(str(fp32.files[XML_FILE]), str(fp32.files[BIN_FILE]))
     names = [i.get_any_name() for i in fp32_model.inputs]
     cal = calibration_feeds(fp32, calibration_items(fp32, 128), names=names)
-    cal_ref = _outputs(fp32_model, cal)
+    cal_ref = float_outputs(fp32_model, cal)
 
     def runner(h: Any, precision: str) -> Any:
         model = core.read_model(str(h.files[XML_FILE]), str(h.files[BIN_FILE]))
@@ -78,7 +78,7 @@ def main() -> None:
         rows[label] = {"alpha": h.backend_options.get("smooth_quant"),
                        "fp32_layers": list(opts.get("fp32_layers", [])),
                        "build_s": time.perf_counter() - t0,
-                       "calibration_error": output_error(_outputs(model, cal), cal_ref)}
+                       "calibration_error": output_error(float_outputs(model, cal), cal_ref)}
         runners[label] = runner(h, "int8")
         print(label, rows[label], file=sys.stderr, flush=True)
         return h

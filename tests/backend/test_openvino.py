@@ -252,7 +252,11 @@ def test_smooth_quant_auto_is_recorded_and_no_worse_than_nncf_default_on_calibra
     import openvino as ov
 
     from reactinfer.backends.onnx_layers import calibration_feeds, calibration_items
-    from reactinfer.backends.openvino_int8 import SMOOTH_QUANT_ALPHAS, output_error
+    from reactinfer.backends.openvino_int8 import (
+        SMOOTH_QUANT_ALPHAS,
+        float_outputs,
+        output_error,
+    )
 
     auto = to_backend(embed, "openvino", precision="int8", calibration_items=16)
     alpha = auto.backend_options["smooth_quant"]
@@ -266,9 +270,7 @@ def test_smooth_quant_auto_is_recorded_and_no_worse_than_nncf_default_on_calibra
     feeds = calibration_feeds(fp32, calibration_items(fp32, 16), names=names)
 
     def out(h):
-        m = core.compile_model(core.read_model(str(h.files[ovb.XML_FILE])), "CPU",
-                               {"INFERENCE_PRECISION_HINT": "f32"})
-        return np.concatenate([np.asarray(m(f)[0], dtype=np.float64) for f in feeds])
+        return float_outputs(core.read_model(str(h.files[ovb.XML_FILE])), feeds)
 
     ref = out(fp32)
     assert output_error(out(auto), ref) <= output_error(out(fixed), ref) + 1e-12

@@ -76,7 +76,7 @@ def _quiet_nncf(progress: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+def float_outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
     """The model's first output on `feeds`, in fp32 (no bf16 rounding in the comparison)."""
     import openvino as ov
 
@@ -113,8 +113,9 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
     scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
                                validate=True) if fp32_layers else None)
 
+    image = handle.task == "image-classification"  # NNCF's CNN scheme: no SmoothQuant
+
     def run(alpha: Any) -> Any:
-        image = handle.task == "image-classification"
         params: dict[str, Any] = {"overflow_fix": nncf.OverflowFix(overflow_fix)}
         if not image:
             params["smooth_quant_alphas"] = nncf.AdvancedSmoothQuantParameters(
@@ -127,7 +128,7 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
                 ignored_scope=scope, advanced_parameters=nncf.AdvancedQuantizationParameters(
                     **params))
 
-    if handle.task == "image-classification":
+    if image:
         return run(None), None
     if smooth_quant != "auto":
         return run(smooth_quant), smooth_quant
@@ -147,12 +148,12 @@ def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],
                       quantize: Any) -> tuple[float, dict[float, float], Any]:
     """Quantize with each alpha of SMOOTH_QUANT_ALPHAS; the alpha whose output on `feeds`
     is closest to the float `model`'s, the error of each, and that int8 model."""
-    ref = _outputs(model, feeds)
+    ref = float_outputs(model, feeds)
     errors: dict[float, float] = {}
     best: tuple[float, float, Any] | None = None
     for alpha in SMOOTH_QUANT_ALPHAS:
         q = quantize(alpha)
-        errors[alpha] = output_error(_outputs(q, feeds), ref)
+        errors[alpha] = output_error(float_outputs(q, feeds), ref)
         if best is None or errors[alpha] < best[1]:
             best = (alpha, errors[alpha], q)
     assert best is not None
@@ -165,8 +166,8 @@ def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
     model on `feeds` falls when that layer's input is not quantized (its FakeQuantize
     bypassed for that layer alone). Highest is most sensitive; layers whose input is not
     quantized are left out."""
-    ref = _outputs(fp32, feeds)
-    base = output_error(_outputs(int8, feeds), ref)
+    ref = float_outputs(fp32, feeds)
+    base = output_error(float_outputs(int8, feeds), ref)
     gains: dict[str, float] = {}
     for name, op in layer_ops(int8).items():
         if op.input_value(0).get_node().get_type_name() != "FakeQuantize":
@@ -175,5 +176,5 @@ def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
         target = layer_ops(model)[name]
         fq = target.input_value(0).get_node()
         target.input(0).replace_source_output(fq.input_value(0))  # this edge only
-        gains[name] = base - output_error(_outputs(model, feeds), ref)
+        gains[name] = base - output_error(float_outputs(model, feeds), ref)
     return gains
