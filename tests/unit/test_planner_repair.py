@@ -233,3 +233,22 @@ def test_the_re_measure_takes_texts_the_search_never_judged_on(tmp_path):
     planner.texts = ev[:len(ev) - 5]  # too few left after the search's: its own
     items, unseen = confirm_items(planner, 30)
     assert not unseen and items == ev[:30]
+
+
+def test_a_resumed_repair_checks_the_same_models_on_unseen_texts(outlier_dir, data, tmp_path):
+    import sqlite3
+
+    out = tmp_path / "run"
+    first = _optimize(outlier_dir, data, out)
+    # the overshooting int8 trial is built again on resume, its fallbacks come from the
+    # store: each fallback's check must measure the fallback, not the model built last
+    with sqlite3.connect(out / "trials.sqlite") as db:
+        db.execute("DELETE FROM trials WHERE step = 1")
+    again = optimize(str(outlier_dir), data=data, out=out, objective="throughput",
+                     max_drop=0.05, budget_s=300, n_eval=40, batch_size=8, latency_runs=3,
+                     confirm_n_eval=0, progress=False, actions=[_int8_action()],
+                     min_gain=-1.0, resume=True)
+    fallbacks = [[(t["key"], t["decision"], t["reason"].split("; on the ")[1:])
+                  for t in r["trials"][2:] if t.get("observation")] for r in (first, again)]
+    assert fallbacks[0] and fallbacks[0] == fallbacks[1]
+    assert all(len(note) == 1 for _, _, note in fallbacks[1])  # one note each, not repeated

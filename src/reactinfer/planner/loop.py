@@ -151,7 +151,9 @@ class Planner:
         self.ref_results: dict[str, Any] | None = None
         self.ref_info: dict[str, Any] | None = None  # how the reference outputs were had
         self.ref_trial: dict[str, Any] | None = None
-        self.last_handle: ModelHandle | None = None  # the last trial's model (the repair)
+        # the key and model of the last trial built here (a trial reused from the store
+        # builds nothing): the repair measures that model again
+        self.last_built: tuple[str, ModelHandle] | None = None
         self.memo: dict[Any, Any] = {}  # what a run computes once (planner/heldout.py)
         self.reused = 0
         self.bar: Any = None
@@ -198,7 +200,8 @@ class Planner:
         t0 = time.perf_counter()
         try:
             self._phase(f"{action}: building")
-            handle = self.last_handle = self.builder.build(cand) if parent else self.base
+            handle = self.builder.build(cand) if parent else self.base
+            self.last_built = (cand.key, handle)
             t1 = time.perf_counter()
             self._phase(f"{action}: measuring")
             obs = self._observe(handle)

@@ -81,15 +81,20 @@ def _check_unseen(planner: Planner, t: dict[str, Any]) -> tuple[bool, bool]:
     whether at 95% confidence (both True where there are none). What was measured goes
     into the trial's reason (and `unseen_quality`); a fallback outside the bound there is
     rolled back."""
-    handle = planner.last_handle
-    quality = unseen_quality(planner, handle) if handle is not None else None
+    built = planner.last_built
+    # the model the trial measured, or, for a trial reused from the store, built again
+    handle = built[1] if built is not None and built[0] == t["key"] else \
+        planner.builder.build(Candidate.from_json(t["candidate"]))
+    quality = unseen_quality(planner, handle)
     if quality is None:
         return True, True
     task, bound = planner.base.task, planner.s.max_drop
     ok, why = within_bound(task, quality, bound)
     sure = bound_decided(task, quality, bound)
     t["unseen_quality"] = quality
-    t["reason"] += f"; on the {NEVER_JUDGED}: {why}"
+    # (a trial reused from the store has the note of its first run: replaced, not repeated)
+    t["reason"] = t["reason"].split(f"; on the {NEVER_JUDGED}")[0] + \
+        f"; on the {NEVER_JUDGED}: {why}"
     if not ok and t["decision"] == "kept":
         t["decision"] = "rolled back"
     planner.store.put(t)
