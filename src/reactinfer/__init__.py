@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names resolve lazily
+    from ._verbs import compress
     from .core.artifact import Artifact
-    from .core.transform import compress
     from .measure import bench
     from .models import load
     from .planner import optimize
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": "reactinfer.models:load",
-    "compress": "reactinfer.core.transform:compress",
+    "compress": "reactinfer._verbs:compress",
     "optimize": "reactinfer.planner.api:optimize",
     "bench": "reactinfer.measure:bench",
     "Artifact": "reactinfer.core.artifact:Artifact",

@@ -29,11 +29,39 @@ import numpy as np
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
+    from ..core.backend import Batch
     from ..core.handle import ModelHandle
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
 CONV_OPS = ("Conv",)
 ROWS_PER_BATCH = 256  # token rows per batch on which each layer's products are compared
+
+
+def graph_feed(inputs: list[str], batch: Batch, engine: str) -> dict[str, np.ndarray]:
+    """The inputs an exported graph takes, from a task batch: token_type_ids are zeros
+    where the tokenizer gives none; any other missing input is a one-line error. Shared by
+    every engine that runs the exported graph (ONNX Runtime, OpenVINO)."""
+    if len(inputs) == 1 and set(batch) == {"pixel_values"}:  # a user's image graph: its
+        return {inputs[0]: batch["pixel_values"]}  # one input, whatever its name
+    feed = {}
+    for name in inputs:
+        if name in batch:
+            feed[name] = batch[name]
+        elif name == "token_type_ids":
+            feed[name] = np.zeros_like(batch["input_ids"])
+        else:
+            raise UserError(f"the {engine} model needs input {name!r}, which the tokenizer "
+                            "did not produce")
+    return feed
+
+
+def graph_inputs(path: Path) -> list[str]:
+    """The names of a graph's inputs (not its initializers), in order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
 
 
 def _graph(model: Any) -> Any:
@@ -145,7 +173,7 @@ def calibration_feeds(handle: ModelHandle, items: Sequence[Any], batch: int = 8,
         feed = dict(b)
         if "input_ids" in feed and handle.task != "causal-lm":
             feed.setdefault("token_type_ids", np.zeros_like(b["input_ids"]))
-        feeds.append(feed if names is None else {k: feed[k] for k in names})
+        feeds.append(feed if names is None else graph_feed(list(names), feed, "ONNX"))
     return feeds
 
 

@@ -10,6 +10,7 @@ written into the ONNX model's metadata_props so a bare `.onnx` file loads on its
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,14 @@ from ..core.backend import (
 from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
-from .onnx_layers import activation_matmuls, calibration_feeds, calibration_items, check_layers
+from .onnx_layers import (
+    activation_matmuls,
+    calibration_feeds,
+    calibration_items,
+    check_layers,
+    graph_feed,
+    graph_inputs,
+)
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -67,26 +75,24 @@ def calibration_count(opts: dict[str, Any], default: int) -> int:
     return int(opts.get("calibration_items", opts.get("calibration_texts", default)))
 
 
-def graph_feed(inputs: list[str], batch: Batch, engine: str) -> dict[str, np.ndarray]:
-    """The inputs an exported graph takes, from a task batch: token_type_ids are zeros
-    where the tokenizer gives none; any other missing input is a one-line error. Shared by
-    every engine that runs the exported graph (ONNX Runtime, OpenVINO)."""
-    feed = {}
-    for name in inputs:
-        if name in batch:
-            feed[name] = batch[name]
-        elif name == "token_type_ids":
-            feed[name] = np.zeros_like(batch["input_ids"])
-        else:
-            raise UserError(f"the {engine} model needs input {name!r}, which the tokenizer "
-                            "did not produce")
-    return feed
-
-
 # -- export -----------------------------------------------------------------------------
+def float_graph(handle: ModelHandle, opts: dict[str, Any] | None = None) -> bool:
+    """A handle that holds an fp32 ONNX graph and no torch model (a user's own ONNX file):
+    engines convert and quantize from the graph as they would from an export. With `opts`:
+    and they ask for a conversion (another precision, or layers kept float)."""
+    have = handle.backend_options.get("precision", "fp32")
+    if handle.model is not None or MODEL_FILE not in handle.files or have != "fp32" \
+            or handle.backend_options.get("fp32_layers"):
+        return False
+    return opts is None or opts.get("precision", "fp32") != "fp32" or bool(
+        opts.get("fp32_layers"))
+
+
 def input_names(handle: ModelHandle) -> list[str]:
     from ..tasks import sample_batch
 
+    if handle.model is None and MODEL_FILE in handle.files:  # the graph's own inputs
+        return graph_inputs(handle.files[MODEL_FILE])
     if handle.task == "causal-lm":
         return ["input_ids", "attention_mask"]
     return list(sample_batch(handle.tokenizer, handle.max_length))
@@ -99,6 +105,9 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
 
     from ..tasks import get_task, sample_batch
 
+    if handle.model is None and float_graph(handle):  # a user's own fp32 ONNX file
+        shutil.copyfile(handle.files[MODEL_FILE], path)
+        return path
     if handle.model is None:
         raise UserError("exporting to ONNX needs the torch model; this handle has none "
                         f"(it runs on {handle.backend!r})")
@@ -336,7 +345,8 @@ class OnnxRuntimeBackend(Backend):
         """Export once (and quantize / cast); the result runs from `model.onnx` alone."""
         assert workdir is not None  # writes_files: to_backend always gives one
         _check_options(opts)
-        if handle.model is None:  # already an ONNX model: only session options can change
+        if handle.model is None and not float_graph(handle, opts):
+            # already an ONNX model: only session options can change
             if MODEL_FILE not in handle.files:
                 raise UserError("nothing to convert: the handle has no torch model and no "
                                 f"{MODEL_FILE}")

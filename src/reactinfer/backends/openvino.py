@@ -30,8 +30,8 @@ import numpy as np
 from ..core.backend import Backend, Batch, register_backend
 from ..core.backend import check_options as check_known_options
 from ..core.errors import UserError
-from .onnx_layers import calibration_feeds
-from .onnxruntime import calibration_count, graph_feed
+from .onnx_layers import calibration_feeds, graph_feed
+from .onnxruntime import calibration_count, float_graph
 from .openvino_int8 import check_smooth_quant, layer_ops, quantize_int8
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class OpenVinoBackend(Backend):
 
     def supports(self, handle: ModelHandle) -> bool:
         return handle.task != "causal-lm" and (XML_FILE in handle.files or
-                                               handle.model is not None)
+                                               handle.model is not None or float_graph(handle))
 
     def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
         """Export and convert once; the result runs from `model.xml` + `model.bin` alone."""
@@ -264,7 +264,7 @@ class OpenVinoBackend(Backend):
         isa = hardware_profile().isa
         check_options(opts, isa)
         opts = {"precision": "fp32", **opts}
-        if handle.model is None:  # already IR: only the compile options can change
+        if handle.model is None and not float_graph(handle):  # IR: compile options only
             if XML_FILE not in handle.files:
                 raise UserError(f"nothing to convert: the handle has no torch model and no "
                                 f"{XML_FILE}")

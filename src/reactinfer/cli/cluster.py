@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .loading import add_load_args, loaded
 from .main import command, print_json
 
 
@@ -28,14 +29,16 @@ def _batch(p: argparse.ArgumentParser):
     p.add_argument("--max-chars", type=int, default=None,
                    help="rows longer than this are reported as errors (default 20000)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
         from ..cluster.batch import DEFAULT_MAX_CHARS, run_batch
 
-        res = run_batch(a.model, a.input, a.output, workers=a.workers, batch_size=a.batch_size,
-                        column=a.column, ray_address=a.ray_address, block_rows=a.block_rows,
+        res = run_batch(loaded(a.model, a), a.input, a.output, workers=a.workers,
+                        batch_size=a.batch_size, column=a.column,
+                        ray_address=a.ray_address, block_rows=a.block_rows,
                         max_chars=a.max_chars or DEFAULT_MAX_CHARS,
                         cpus_per_worker=a.cpus_per_worker, progress=not a.no_progress)
         if a.json:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .loading import add_load_args, loaded
 from .main import command, print_json
 
 
@@ -69,13 +70,14 @@ def _bench(p: argparse.ArgumentParser):
                    "parses, else as text; repeatable; `react backends` lists the options)")
     p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
                    "(default: 0.005 embeddings, 0.01 LMs and classifiers)")
+    add_load_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
         from ..measure import bench, format_report
 
-        report = bench(a.model, batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
+        report = bench(loaded(a.model, a), batch_size=a.batch_size, data=a.data, n_eval=a.n_eval,
                        latency_runs=a.latency_runs, reference=a.reference,
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
                        precision=a.precision, max_drop=a.max_drop, device=a.device,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..core.bounds import check_at_least
 from ..core.errors import UserError
+from .loading import add_load_args, load_kwargs
 from .main import command, print_json
 
 
@@ -82,6 +83,7 @@ def _compress(p: argparse.ArgumentParser):
                    help="eval texts for the before/after summary (default 100)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
     p.add_argument("--overwrite", action="store_true")
+    add_load_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     def run(a: argparse.Namespace) -> int:
@@ -96,7 +98,7 @@ def _compress(p: argparse.ArgumentParser):
             raise UserError("give -o ARTIFACT: where to save the compressed model")
         check_at_least("--n-eval", a.n_eval)
         cfgs = with_data(load_recipe(a.recipe), a.data) if a.recipe else []
-        handle = load(a.model)
+        handle = load(a.model, **load_kwargs(a))
         out: dict[str, Any] = {}
         if a.sensitivity:
             method = next((c for c in cfgs if type(c) in _LAYER_QUANTIZERS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.zoo import DEFAULT_MODEL
+from .loading import add_load_args, load_kwargs
 from .main import command, print_json
 
 
@@ -30,6 +31,7 @@ def _optimize(p: argparse.ArgumentParser):
     p.add_argument("--max-trials", type=int, default=None)
     p.add_argument("--target", type=float, default=None,
                    help="stop once the objective is this many times the baseline's")
+    add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the report data as JSON")
     p.add_argument("--no-progress", action="store_true")
 
@@ -45,7 +47,7 @@ def _optimize(p: argparse.ArgumentParser):
         data = optimize(a.model, objective=a.objective, max_drop=a.max_drop,
                         budget_s=a.budget_s, data=a.data, out=out, resume=a.resume,
                         progress=not a.no_progress, n_eval=a.n_eval, batch_size=a.batch_size,
-                        max_trials=a.max_trials, target=a.target,
+                        max_trials=a.max_trials, target=a.target, **load_kwargs(a),
                         # the budget counts from when the command started, imports included
                         started=psutil.Process().create_time())
         if a.json:

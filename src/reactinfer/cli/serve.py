@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core.bounds import check_at_least
 from ..core.errors import UserError
+from .loading import add_load_args, loaded
 from .main import command, print_json
 
 
@@ -58,6 +59,7 @@ def _serve(p: argparse.ArgumentParser):
                    help="require 'Authorization: Bearer KEY' on the /v1 and /v2 inference "
                         "routes (default: $REACT_API_KEY; health and /metrics stay open)")
     p.add_argument("--log-level", default="warning")
+    add_load_args(p)
     p.add_argument("--ray", action="store_true", help="run replicas with Ray Serve")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (with --ray)")
     p.add_argument("--ray-address", default=None)
@@ -91,7 +93,7 @@ def _serve(p: argparse.ArgumentParser):
 
         sock = listen_socket(a.host, a.port)  # before the models load: a busy port fails fast
         try:
-            app = create_app(a.models, config)
+            app = create_app([loaded(m, a) for m in a.models], config)
         except BaseException:
             sock.close()
             raise

@@ -13,7 +13,29 @@ if TYPE_CHECKING:
     from .backend import Runner
     from .transform import TransformConfig
 
+ONNX_FILE = "model.onnx"  # the name a handle's ONNX graph travels under in handle.files
 TASKS = ("embedding", "causal-lm", "classification", "image-classification")
+_REGISTERED: list[str] = []  # filled by tasks.register_task (the task registry)
+
+
+def register_task_name(name: str) -> None:
+    if name not in _REGISTERED:
+        _REGISTERED.append(name)
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task: what an error that lists the tasks names. Importing the task
+    modules costs torch, so only the error paths (and the registry itself) call this."""
+    from .plugins import load_builtin
+
+    load_builtin("tasks")
+    return tuple(_REGISTERED)
+
+
+def check_task(task: str | None) -> None:
+    """A task the registry knows (None: not given, decided elsewhere)."""
+    if task is not None and task not in TASKS and task not in task_names():
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,8 +66,7 @@ class ModelHandle:
     _runner: Runner | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise UserError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        check_task(self.task)
 
     # -- derivation -----------------------------------------------------------------
     def derive(self, **changes: Any) -> ModelHandle:

@@ -111,7 +111,7 @@ class ImagePreprocess:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> ImagePreprocess:
-        return cls.from_dict(json.loads(Path(directory, PREPROCESS_FILE).read_text()))
+        return read_preprocess(Path(directory, PREPROCESS_FILE))
 
 
 def as_preprocess(value: Any) -> ImagePreprocess:
@@ -122,6 +122,20 @@ def as_preprocess(value: Any) -> ImagePreprocess:
         return ImagePreprocess.from_dict(value)
     raise UserError("preprocess= takes an ImagePreprocess or a dict of its fields (size, "
                     f"resize, mean, std, channels), not {type(value).__name__}")
+
+
+def read_preprocess(path: Path) -> ImagePreprocess:
+    """An ImagePreprocess from a JSON file of its fields, with one line for a bad file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"preprocess file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"preprocess file {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"preprocess file {path} must hold a JSON object of fields (size, "
+                        "resize, mean, std, channels)")
+    return ImagePreprocess.from_dict(data)
 
 
 def open_image(image: Any) -> Any:

@@ -12,6 +12,8 @@ import importlib
 BUILTIN = {
     "transforms": ("reactinfer.compression",),
     "backends": ("reactinfer.backends",),
+    "tasks": ("reactinfer.tasks.embedding", "reactinfer.tasks.causal_lm",
+              "reactinfer.tasks.classification", "reactinfer.tasks.image_classification"),
 }
 
 

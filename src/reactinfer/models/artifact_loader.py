@@ -3,15 +3,18 @@ build the handle. Transforms marked `replay_on_load` are re-applied to the store
 weights, so no non-standard tensor format is ever stored."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..core.artifact import verify_artifact
 from ..core.errors import UserError
-from ..core.handle import ModelHandle
+from ..core.handle import ONNX_FILE, ModelHandle
 from ..core.images import PREPROCESS_FILE, ImagePreprocess
 from ..core.transform import compress, config_from_dict
 from .loaders import hf_from_pretrained
+
+log = logging.getLogger(__name__)
 
 
 def root_source(source: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +57,8 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
     if manifest.get("has_torch_weights", True) and (path / "model.safetensors").exists() \
             or any(n.startswith("model-") for n in manifest["files"]):
         if manifest.get("module_class"):
+            if module is None and ONNX_FILE in manifest.get("runtime_files", {}):
+                return _graph_handle(path, manifest, tokenizer)
             if module is None:
                 raise UserError(f"{path} holds the weights of a plain torch module "
                                 f"({manifest['module_class']}); pass module=<an instance> to "
@@ -90,3 +95,21 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
                           [config_from_dict(d) for d in transforms[replay_from:]])
         handle = handle.derive(backend=backend, backend_options=options, files=files)
     return handle
+
+
+def _graph_handle(path: Path, manifest: dict[str, Any], tokenizer: Any) -> ModelHandle:
+    """A plain torch module's artifact loaded without the module: the ONNX graph saved
+    beside its weights (checked equal to the module when it was saved), on ONNX Runtime."""
+    log.warning("%s: running the ONNX graph saved with %s's weights on onnxruntime; pass "
+                "module=<an instance> to load() for the torch weights", path,
+                manifest["module_class"])
+    return ModelHandle(
+        task=manifest["task"], model=None, tokenizer=tokenizer,
+        name=manifest.get("name", path.name),
+        source={"kind": "artifact", "ref": str(path.resolve()),
+                "origin": manifest.get("source", {})},
+        max_length=manifest.get("max_length", 256),
+        transforms=tuple(manifest.get("transforms", [])), backend="onnxruntime",
+        backend_options={"precision": "fp32"},
+        files={ONNX_FILE: path / manifest["runtime_files"][ONNX_FILE]},
+        metrics=manifest.get("metrics", {}))

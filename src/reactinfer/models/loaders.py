@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,13 +15,17 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
-from ..core.handle import TASKS, ModelHandle
+from ..core.handle import ModelHandle, check_task, task_names
 from ..core.images import as_preprocess
 from .zoo import BUILTINS
 
 # Never reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# load()'s keyword arguments that say how to load a model: the verbs that take anything
+# load() takes (optimize, serve, compress) pass these on to it
+LOAD_KEYS = ("task", "tokenizer", "preprocess", "max_length", "name", "module", "labels")
 
 # image models have no tokens: their handle's max_length is unused
 DEFAULT_MAX_LENGTH = {"embedding": 256, "classification": 256, "causal-lm": 512,
@@ -52,11 +57,6 @@ def _task_from_config(config: Any, directory: Path) -> str:
     if "ForSequenceClassification" in archs:
         return "classification"
     return "embedding"
-
-
-def _check_task(task: str | None) -> None:
-    if task is not None and task not in TASKS:
-        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
 def hf_model_class(task: str) -> Any:
@@ -106,7 +106,7 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
     except (OSError, ValueError) as e:
         raise UserError(f"{directory} is not a Hugging Face model directory: {e}") from None
     task = task or _task_from_config(config, directory)
-    _check_task(task)
+    check_task(task)
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = hf_from_pretrained(task, directory, local_files_only=True, use_safetensors=True,
                                torch_dtype="auto")
@@ -255,6 +255,28 @@ def _load_artifact(path: Path, **kw: Any) -> ModelHandle:
     return load_artifact(path, **kw)
 
 
+# "organisation/name" as the Hugging Face hub spells a model id (no leading . / ~)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_cache_dir(model_id: str) -> Path:
+    """The snapshot of a hub model id in the local Hugging Face cache (HF_HOME), never a
+    download: ReAct reaches no hub at run time."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # transformers brings it; without it no cache can be read
+        raise UserError(f"{model_id!r} is no file or directory, and huggingface_hub is not "
+                        "installed to look it up in the local cache") from None
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise UserError(f"{model_id!r} is not in the local Hugging Face cache (ReAct never "
+                        "downloads): fetch it once where there is network, e.g. "
+                        f"`huggingface-cli download {model_id}`, or give its directory"
+                        ) from None
+
+
 def load_builtin(name: str, **kw: Any) -> ModelHandle:
     spec = BUILTINS[name]
     path = spec.path()
@@ -274,10 +296,11 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
 
 
 def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
-    """Load a model: a built-in name (`minilm`, `smollm2`), a Hugging Face directory, a
-    `.gguf` or `.onnx` file, an artifact directory, or a `torch.nn.Module` (give `task`
-    and `tokenizer`; an image classifier takes `preprocess=ImagePreprocess(...)`)."""
-    _check_task(task)
+    """Load a model: a built-in name (`minilm`, `smollm2`), a Hugging Face directory or a
+    model id found in the local Hugging Face cache, a `.gguf` or `.onnx` file, an artifact
+    directory, a `ModelHandle` (returned as is), or a `torch.nn.Module` (give `task` and
+    `tokenizer`; an image classifier takes `preprocess=ImagePreprocess(...)`)."""
+    check_task(task)
     if isinstance(model, ModelHandle):
         return model
     try:
@@ -293,6 +316,8 @@ def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
     if str(model) in BUILTINS:
         return load_builtin(str(model), task=task, **kw)
     path = Path(model).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(str(model)):
+        path = hub_cache_dir(str(model))
     if not path.exists():
         raise UserError(f"unknown model {str(model)!r}: not a built-in "
                         f"({', '.join(BUILTINS)}) and no such file or directory")
@@ -310,7 +335,7 @@ def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str
     import torch
 
     if task is None:
-        raise UserError(f"loading a torch.nn.Module needs task= ({', '.join(TASKS)})")
+        raise UserError(f"loading a torch.nn.Module needs task= ({', '.join(task_names())})")
     if task == "image-classification":
         if preprocess is None:
             raise UserError("an image model needs preprocess= (an ImagePreprocess or a dict: "

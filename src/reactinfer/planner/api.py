@@ -2,11 +2,15 @@
 re-measure baseline vs best side by side, and write the report, all within the budget."""
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.handle import ModelHandle
+from ..models import LOAD_KEYS, load
 from .actions import Action
 from .budget import Budget
 from .catalogue import default_actions
@@ -14,7 +18,7 @@ from .finish import finish
 from .loop import Planner, PlanSettings
 
 
-def optimize(model: str = "minilm", objective: str = "throughput", max_drop: float = 0.01,
+def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: float = 0.01,
              budget_s: float = 900.0, data: str | None = None, out: str | Path | None = None,
              resume: bool = False, actions: Sequence[Action] | None = None,
              progress: bool = True, confirm_n_eval: int | None = 1000,
@@ -22,25 +26,52 @@ def optimize(model: str = "minilm", objective: str = "throughput", max_drop: flo
     """Find the fastest (or smallest) model within `max_drop` of the original's quality on
     this machine. Returns the report data; artifacts and report files go to `out`.
 
+    `model` is anything `load` takes: a name or path, a Hugging Face model id in the local
+    cache, a `ModelHandle`, or a `torch.nn.Module` with `task=` and `tokenizer=` /
+    `preprocess=` (load()'s keyword arguments are passed to it). A run on an in-memory
+    model resumes (`resume=True`) when the same weights are passed again: the trial store
+    keys on their fingerprint.
+
     `budget_s` covers the whole call, loading and report included (from `started`, a
     `time.time()` stamp, if given); it ends within `budget.margin_s(budget_s)` of it."""
     budget = Budget(budget_s, started)  # first: loading the model is part of the run
-    if not isinstance(model, str):
-        raise UserError("optimize() takes a model name or path (the store must be able to "
-                        "reload it on --resume)")
-    out = Path(out or f"react-out/{Path(model).name}")
+    load_kw = {k: settings.pop(k) for k in LOAD_KEYS if k in settings}
+    if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "state_dict") \
+            and not isinstance(model, ModelHandle):
+        raise TypeError(f"optimize() takes a model name or path, a ModelHandle or a "
+                        f"torch.nn.Module, not {type(model).__name__}")
+    s = PlanSettings(model="", objective=objective, max_drop=max_drop, budget_s=budget_s,
+                     data=data, confirm_n_eval=confirm_n_eval, **settings)
+    s.validate()  # before the model loads: a typo costs no minutes
+    base = load(model, **load_kw)
+    label, fingerprint = run_identity(model, base)
+    s = dataclasses.replace(s, model=label, fingerprint=fingerprint)
+    named = isinstance(model, (str, os.PathLike))
+    out = Path(out or f"react-out/{Path(model).name if named else base.name}")
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file; give a directory for the run's output")
-    s = PlanSettings(model=model, objective=objective, max_drop=max_drop, budget_s=budget_s,
-                     data=data, confirm_n_eval=confirm_n_eval, **settings)
     if out.exists() and not resume and any(p.name != "trials.sqlite" for p in out.iterdir()) \
             and not (out / "trials.sqlite").exists():
         raise UserError(f"{out} exists and is not a ReAct run; choose another directory")
     planner = Planner(s, out, actions if actions is not None else default_actions(),
-                      resume=resume, progress=progress, budget=budget)
+                      resume=resume, progress=progress, budget=budget, base=base)
     try:
         result = planner.run()
     except BaseException:
         planner.store.close()
         raise
     return finish(planner, result)
+
+
+def run_identity(model: Any, base: ModelHandle) -> tuple[str, str | None]:
+    """What the report calls the model, and the fingerprint of its weights when the run
+    cannot reload it by name (an in-memory module or handle): a resumed run must be given
+    the same weights again, and the trial store refuses others."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model), None
+    fingerprint = base.source.get("sha256")
+    if not fingerprint:
+        raise UserError("this model has no fingerprint of its weights (source sha256); load "
+                        "it with reactinfer.load() first")
+    return f"{base.name} ({base.source.get('kind', 'module')} {base.source.get('ref', '')})", \
+        str(fingerprint)

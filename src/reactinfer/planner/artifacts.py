@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.artifact import read_manifest
 from ..core.errors import ArtifactError
+from ..core.handle import ModelHandle
 
 TRIAL_KEY = "planner_trial"  # in the manifest's metrics: the key of the trial it holds
 
@@ -52,3 +54,53 @@ def link_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst)
+
+
+# -- a plain torch module's graph ------------------------------------------------------------
+GRAPH_ITEMS = 16  # held-out items the graph is checked on against the module
+GRAPH_RTOL = 1e-3  # largest |graph − module| allowed, relative to the module's largest |output|
+
+
+def with_graph(handle: ModelHandle, items: Sequence[Any]) -> tuple[ModelHandle, str | None]:
+    """A handle of a user's plain torch module (no `save_pretrained`, so an artifact holds
+    only its weights and loading needs the user's class) with its ONNX graph added, checked
+    equal to the module on `items`: `react serve` and `react batch` then run the artifact
+    without the class. Any other handle comes back as it is. The text says what was done,
+    or why no graph was added (the artifact is still saved, torch-only)."""
+    if not needs_graph(handle):
+        return handle, None
+    from ..backends import to_backend
+    from ..backends.onnxruntime import MODEL_FILE
+
+    try:
+        graph = to_backend(handle, "onnxruntime", precision="fp32")
+        diff = _max_rel_diff(handle, graph, list(items)[:GRAPH_ITEMS])
+    except (RuntimeError, ValueError, TypeError, OSError) as e:
+        return handle, f"no ONNX graph saved beside the torch weights: {type(e).__name__}: {e}"
+    if diff > GRAPH_RTOL:
+        return handle, (f"no ONNX graph saved beside the torch weights: it differs from the "
+                        f"module by {diff:.2g} (relative) on held-out items")
+    return handle.derive(files={**handle.files, MODEL_FILE: graph.files[MODEL_FILE]}), \
+        f"ONNX graph saved beside the torch weights (max relative difference {diff:.1e})"
+
+
+def needs_graph(handle: ModelHandle) -> bool:
+    """A torch-run plain module whose artifact would hold weights only."""
+    return (handle.model is not None and handle.backend.startswith("torch")
+            and not hasattr(handle.model, "save_pretrained") and handle.replay_from is None
+            and not handle.files)
+
+
+def _max_rel_diff(a: ModelHandle, b: ModelHandle, items: list[Any]) -> float:
+    import numpy as np
+
+    from ..tasks import get_task
+
+    task = get_task(a.task)
+    ra, rb = (task.evaluate(h.runner(), h.tokenizer, items, 8, h.max_length) for h in (a, b))
+    worst = 0.0
+    for key, x in ra.items():
+        if key in rb and np.issubdtype(np.asarray(x).dtype, np.floating):
+            scale = float(np.max(np.abs(x))) or 1.0
+            worst = max(worst, float(np.max(np.abs(np.asarray(rb[key]) - x))) / scale)
+    return worst

@@ -17,7 +17,7 @@ from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task, within_bound
 from .actions import Candidate
-from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics
+from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics, with_graph
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
@@ -99,7 +99,7 @@ def _save_best(planner: Planner, best: dict[str, Any], handle: ModelHandle,
                state: dict[str, Any]) -> None:
     path = planner.out / "best"
     if saved_key(path) != best["key"]:
-        save_artifact(handle, path, metrics=tagged_metrics(best), overwrite=True)
+        _save(planner, handle, path, best, state)
     state["best_artifact"] = "best"
 
 
@@ -159,8 +159,18 @@ def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], pat
         return False
     if handle is None:
         handle = planner.builder.build(Candidate.from_json(t["candidate"]))
-    save_artifact(handle, path, metrics=tagged_metrics(t), overwrite=True)
+    _save(planner, handle, path, t, state)
     return True
+
+
+def _save(planner: Planner, handle: ModelHandle, path: Any, trial: dict[str, Any],
+          state: dict[str, Any]) -> None:
+    """Save a trial's model; a user's plain torch module also gets its checked ONNX graph,
+    so the artifact runs without the user's class (artifacts.with_graph)."""
+    handle, note = with_graph(handle, planner.texts)
+    if note:
+        state["notes"].append(f"{trial['action']}: {note}")
+    save_artifact(handle, path, metrics=tagged_metrics(trial), overwrite=True)
 
 
 # -- the side-by-side re-measure -------------------------------------------------------------

@@ -91,6 +91,9 @@ class PlanSettings:
     max_trials: int | None = None
     target: float | None = None  # e.g. 2.0: stop once the objective is ×2 the baseline
     confirm_n_eval: int | None = 1000  # the final side-by-side re-measure (0/None: none)
+    # sha256 of an in-memory model's weights (a name or path reloads by itself): a resumed
+    # run must be given the same weights
+    fingerprint: str | None = None
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -112,7 +115,10 @@ class PlanSettings:
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
         keep = ("model", "objective", "max_drop", "data", "n_eval", "batch_size", "min_gain")
-        return {k: getattr(self, k) for k in keep}
+        key = {k: getattr(self, k) for k in keep}
+        if self.fingerprint is not None:  # older stores have no such key: theirs stay equal
+            key["fingerprint"] = self.fingerprint
+        return key
 
 
 def default_n_eval(task: str, settings: PlanSettings) -> int:
@@ -126,13 +132,14 @@ def default_n_eval(task: str, settings: PlanSettings) -> int:
 
 class Planner:
     def __init__(self, settings: PlanSettings, out: Path, actions: Sequence[Action],
-                 resume: bool = False, progress: bool = True, budget: Budget | None = None):
+                 resume: bool = False, progress: bool = True, budget: Budget | None = None,
+                 base: ModelHandle | None = None):
         settings.validate()
         self.s, self.out, self.progress = settings, Path(out), progress
         self.budget = budget if budget is not None else Budget(settings.budget_s)
         self.store = TrialStore(self.out / STORE_NAME)
         self.store.check_run(settings.store_key(), resume)
-        self.base = load(settings.model)
+        self.base = base if base is not None else load(settings.model)
         self.task = get_task(self.base.task)
         self.actions = [a for a in actions if self.base.task in a.tasks]
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}

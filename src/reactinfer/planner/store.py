@@ -50,6 +50,10 @@ class TrialStore:
         if row[0] != encoded:
             old = json.loads(row[0])
             diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if "fingerprint" in diff:
+                raise UserError(f"cannot resume {self.path.parent}: the model's weights are "
+                                "not those of the earlier run (their sha256 differs); pass the "
+                                "same model, or choose another output directory")
             raise UserError(f"cannot resume: the earlier run used different settings {diff}; "
                             "use the same settings or another output directory")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
@@ -18,7 +18,7 @@ from .config import ServeConfig
 from .state import ServingState
 
 if TYPE_CHECKING:
-    from ..core.handle import ModelHandle
+    pass
 
 log = logging.getLogger("reactinfer.serving")
 
@@ -113,12 +113,22 @@ def _bind_error(host: str, port: int, e: OSError) -> str:
     return f"serve: cannot listen on {host}:{port}: {e.strerror or e}"
 
 
-def serve(models: Sequence[str | ModelHandle], host: str = "127.0.0.1", port: int = 8000,
+def serve(models: Any, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "warning", drain_grace_s: float = 0.0, **config: Any) -> None:
     """Serve `models` over HTTP until SIGTERM / SIGINT (then drain and return).
 
+    `models`: one model or a list, each anything `load` takes (a name or path, an artifact
+    or `react optimize` output directory, a ModelHandle, or a torch.nn.Module: load()'s
+    keyword arguments such as `task=` and `preprocess=` are passed to it).
     `config` takes ServeConfig's fields (slo_ms, max_batch, max_delay_ms, api_key, ...);
     without `api_key`, REACT_API_KEY gives it."""
+    from ..core.handle import ModelHandle
+    from ..models import LOAD_KEYS, load
+
+    load_kw = {k: config.pop(k) for k in LOAD_KEYS if k in config}
+    models = _as_list(models)
+    if load_kw or any(not isinstance(m, (str, os.PathLike, ModelHandle)) for m in models):
+        models = [m if isinstance(m, ModelHandle) else load(m, **load_kw) for m in models]
     config.setdefault("api_key", api_key_from_env(None))
     serve_config = ServeConfig.from_kwargs(**config)
     sock = listen_socket(host, port)
@@ -129,3 +139,9 @@ def serve(models: Sequence[str | ModelHandle], host: str = "127.0.0.1", port: in
         raise
     server = draining_server(app, host, sock.getsockname()[1], log_level, drain_grace_s)
     server.run(sockets=[sock])
+
+
+def _as_list(models: Any) -> list[Any]:
+    if isinstance(models, (list, tuple)):
+        return list(models)
+    return [models]

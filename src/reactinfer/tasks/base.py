@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.handle import check_task, register_task_name
 from ..core.images import ImagePreprocess
+from ..core.plugins import load_builtin
 from .stats import CI_KEY
 
 if TYPE_CHECKING:
@@ -110,19 +112,14 @@ _TASKS: dict[str, Task] = {}
 
 def register_task(task: Task) -> Task:
     _TASKS[task.name] = task
+    register_task_name(task.name)
     return task
 
 
 def get_task(name: str) -> Task:
-    from . import (  # noqa: F401  (register)
-        causal_lm,
-        classification,
-        embedding,
-        image_classification,
-    )
-
     if name not in _TASKS:
-        raise UserError(f"unknown task {name!r}; choose one of {', '.join(sorted(_TASKS))}")
+        load_builtin("tasks")  # the task modules register themselves on import
+    check_task(name)
     return _TASKS[name]
 
 
