@@ -43,13 +43,17 @@ def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: flo
     s = PlanSettings(model="", objective=objective, max_drop=max_drop, budget_s=budget_s,
                      data=data, confirm_n_eval=confirm_n_eval, **settings)
     s.validate()  # before the model loads: a typo costs no minutes
+    named = isinstance(model, (str, os.PathLike))
+    if out is None and named:
+        out = f"react-out/{Path(model).name}"
+    if out is not None:
+        _check_out(Path(out))
     base = load(model, **load_kw)
     label, fingerprint = run_identity(model, base)
     s = dataclasses.replace(s, model=label, fingerprint=fingerprint)
-    named = isinstance(model, (str, os.PathLike))
-    out = Path(out or f"react-out/{Path(model).name if named else base.name}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out} is a file; give a directory for the run's output")
+    if out is None:  # an in-memory model: named after its handle
+        _check_out(Path(f"react-out/{base.name}"))
+    out = Path(out or f"react-out/{base.name}")
     if out.exists() and not resume and any(p.name != "trials.sqlite" for p in out.iterdir()) \
             and not (out / "trials.sqlite").exists():
         raise UserError(f"{out} exists and is not a ReAct run; choose another directory")
@@ -75,3 +79,8 @@ def run_identity(model: Any, base: ModelHandle) -> tuple[str, str | None]:
                         "it with reactinfer.load() first")
     return f"{base.name} ({base.source.get('kind', 'module')} {base.source.get('ref', '')})", \
         str(fingerprint)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file; give a directory for the run's output")
