@@ -23,7 +23,12 @@ def optimize(model: str = "minilm", objective: str = "throughput", max_drop: flo
     this machine. Returns the report data; artifacts and report files go to `out`.
 
     `budget_s` covers the whole call, loading and report included (from `started`, a
-    `time.time()` stamp, if given); it ends within `budget.margin_s(budget_s)` of it."""
+    `time.time()` stamp, if given); it ends within `budget.margin_s(budget_s)` of it.
+
+    `metric=` ("accuracy", "f1", or a callable(outputs, items) -> float, higher is better;
+    tasks/metrics.py) bounds the relative drop of that metric against the original's on
+    the held-out items instead of agreement with the original; the report shows both.
+    Other keyword arguments are `PlanSettings` fields."""
     budget = Budget(budget_s, started)  # first: loading the model is part of the run
     if not isinstance(model, str):
         raise UserError("optimize() takes a model name or path (the store must be able to "

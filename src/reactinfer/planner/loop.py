@@ -29,7 +29,8 @@ from ..data import items_for
 from ..measure.harness import measure
 from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
-from ..tasks import get_task, recall_floor, within_bound
+from ..tasks import get_task, quality_drop, recall_floor, within_bound
+from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric, with_metric
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -91,6 +92,9 @@ class PlanSettings:
     max_trials: int | None = None
     target: float | None = None  # e.g. 2.0: stop once the objective is ×2 the baseline
     confirm_n_eval: int | None = 1000  # the final side-by-side re-measure (0/None: none)
+    # what the bound is on: None, agreement with the original; else the drop of the user's
+    # metric, a name ("accuracy", "f1") or callable(outputs, items) -> float (tasks/metrics.py)
+    metric: str | MetricFn | None = None
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -108,11 +112,15 @@ class PlanSettings:
         if self.confirm_n_eval is not None and self.confirm_n_eval < 0:
             raise UserError(f"confirm_n_eval must be >= 0 (0: no re-measure), got "
                             f"{self.confirm_n_eval}")
+        resolve_metric(self.metric)  # the name is known, or it is a callable
 
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
         keep = ("model", "objective", "max_drop", "data", "n_eval", "batch_size", "min_gain")
-        return {k: getattr(self, k) for k in keep}
+        key = {k: getattr(self, k) for k in keep}
+        if self.metric is not None:  # (absent when None: stores of earlier runs still resume)
+            key["metric"] = metric_name(self.metric)
+        return key
 
 
 def default_n_eval(task: str, settings: PlanSettings) -> int:
@@ -134,6 +142,7 @@ class Planner:
         self.store.check_run(settings.store_key(), resume)
         self.base = load(settings.model)
         self.task = get_task(self.base.task)
+        self.metric = resolve_metric(settings.metric, self.base.task)
         self.actions = [a for a in actions if self.base.task in a.tasks]
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
         self.builder = Builder(self.base, progress=progress)
@@ -145,6 +154,7 @@ class Planner:
         self.facts = model_facts(self.base.model) or conv_facts(self.base)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
+        check_labelled(self.metric, self.texts, settings.data)
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
         self.sizing: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
@@ -173,10 +183,17 @@ class Planner:
             self.ref_results = results
             self.ref_info = save_reference(self.out, self._ref_key(), results,
                                            report["throughput"]["seconds"])
-        report["quality"] = self.task.compare(self.ref_results, results)
-        report["quality_drop"] = self.task.drop(report["quality"])
+        report["quality"] = self.compare(self.ref_results, results, self.texts)
+        report["quality_drop"] = quality_drop(self.base.task, report["quality"])
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
                                        "quality", "quality_drop") if k in report}
+
+    def compare(self, reference: dict[str, Any], results: dict[str, Any],
+                items: Sequence[Any]) -> dict[str, Any]:
+        """Quality against the original on `items`: the task's figures, and the user's
+        metric of both when the run bounds one."""
+        return with_metric(self.task.compare(reference, results), self.metric,
+                           self.task.primary_output, reference, results, items)
 
     def _ref_key(self) -> dict[str, Any]:
         return reference_key(self.base, self.texts, self.s.batch_size)
