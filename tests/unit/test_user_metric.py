@@ -256,6 +256,8 @@ def test_accuracy_without_labels_is_refused_before_any_trial(tiny_cnn_model, tmp
                  budget_s=60, progress=False, actions=_fold_only())
     with pytest.raises(UserError, match="unknown metric"):
         PlanSettings(model="m", metric="top5").validate()
+    assert main(["optimize", tiny_cnn_model, "--data", str(flat), "--metric", "f1", "-o",
+                 str(tmp_path / "cli"), "--no-progress"]) == 2  # one line, no traceback
 
 
 def test_bench_reports_the_metric_on_labelled_data(tiny_cnn_model, digit_folder):
