@@ -71,6 +71,8 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--max-drop", type=float, help="quality drop --backend auto may accept "
                    "(default: 0.005 embeddings, 0.01 LMs and classifiers)")
     add_load_args(p)
+    p.add_argument("--metric", help="report this metric too (accuracy, or f1: macro-F1) on "
+                   "labelled --data, and its drop against the reference")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
@@ -82,7 +84,7 @@ def _bench(p: argparse.ArgumentParser):
                        progress=not a.no_progress, backend=a.backend, threads=a.threads,
                        precision=a.precision, max_drop=a.max_drop, device=a.device,
                        backend_options=parse_backend_opts(a.backend_opt),
-                       time_budget_s=a.time_budget_s)
+                       time_budget_s=a.time_budget_s, metric=a.metric)
         print_json(report) if a.json else print(format_report(report))
         if report.get("eval_warning"):
             print(f"react bench: warning: {report['eval_warning']}", file=sys.stderr)

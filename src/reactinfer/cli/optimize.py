@@ -22,6 +22,8 @@ def _optimize(p: argparse.ArgumentParser):
                         "10%% (at least 10 s), unless measuring the original model alone "
                         "takes longer")
     p.add_argument("--data", help="your texts: one per line, or JSONL with a 'text' field")
+    p.add_argument("--metric", help="bound the relative drop of this metric (accuracy, or "
+                   "f1: macro-F1) on labelled --data instead of agreement with the original")
     p.add_argument("-o", "--out", help="output directory (default react-out/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--n-eval", type=int, default=None,
@@ -47,7 +49,8 @@ def _optimize(p: argparse.ArgumentParser):
         data = optimize(a.model, objective=a.objective, max_drop=a.max_drop,
                         budget_s=a.budget_s, data=a.data, out=out, resume=a.resume,
                         progress=not a.no_progress, n_eval=a.n_eval, batch_size=a.batch_size,
-                        max_trials=a.max_trials, target=a.target, **load_kwargs(a),
+                        max_trials=a.max_trials, target=a.target, metric=a.metric,
+                        **load_kwargs(a),
                         # the budget counts from when the command started, imports included
                         started=psutil.Process().create_time())
         if a.json:

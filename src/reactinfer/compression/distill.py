@@ -276,7 +276,7 @@ def _image_batch(handle: ModelHandle, items: list[Any], gen: torch.Generator
     """Preprocessed pixels, randomly shifted by up to 1/8 of the side (edges padded with
     zeros: so a few photos or 8×8 digits give many different views), with labels when
     every item has one (then the loss adds cross-entropy, weighted 1 − alpha)."""
-    from ..tasks.image_classification import item_labels
+    from ..tasks.metrics import item_labels
 
     x = torch.from_numpy(handle.tokenizer(items)["pixel_values"])  # (B, C, H, W)
     h, w = x.shape[-2:]

@@ -18,10 +18,11 @@ from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile, package_versions
-from ..data import texts_for
+from ..data import model_label2id, texts_for
 from ..models import load
-from ..tasks import count_tokens, get_task, tokenize
+from ..tasks import count_tokens, get_task, quality_drop, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
+from ..tasks.metrics import check_labelled, metric_value, resolve_metric, with_metric
 from .sizing import PROBE_TEXTS, size_search
 
 # Below this many held-out texts, quality (a mean over texts) and throughput are too
@@ -256,13 +257,14 @@ def small_sample_warning(n: int) -> str | None:
 
 
 def _eval_sample(task: str, data: str | None, n_eval: int | str | None,
-                 eval_texts: Sequence[str] | None, preprocess: Any = None
-                 ) -> tuple[list[str], dict[str, Any]]:
+                 eval_texts: Sequence[str] | None, preprocess: Any = None,
+                 label2id: dict[str, int] | None = None) -> tuple[list[str], dict[str, Any]]:
     """The texts to evaluate on, and what the report says about the choice."""
     if eval_texts is not None:  # the caller's own list, used whole
         texts = list(eval_texts)
         return texts, {"n_eval_available": len(texts), "n_eval_default": False}
-    available = texts_for("eval", data, preprocess=preprocess)  # images: the model's preprocess
+    # images: the model's preprocess; texts' label names: the model's class names
+    available = texts_for("eval", data, preprocess=preprocess, label2id=label2id)
     limit = DEFAULT_N_EVAL[task] if n_eval is None else None if n_eval == "all" else int(n_eval)
     texts = available[:limit]
     return texts, {"n_eval_available": len(available),
@@ -276,7 +278,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
           threads: int | None = None, precision: str | None = None,
           max_drop: float | None = None, device: str | None = None,
           backend_options: dict[str, Any] | None = None,
-          time_budget_s: float | None = None) -> dict[str, Any]:
+          time_budget_s: float | None = None, metric: Any = None) -> dict[str, Any]:
     """Measure `model` (anything `load` takes). Quality is judged against `reference`,
     by default the model an artifact was made from, or the model itself.
 
@@ -301,7 +303,11 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     `time_budget_s`: evaluate as many texts (of `n_eval`, by default all held-out ones) and
     latency runs as fit in about that many seconds, predicted from a probe on a few texts
     (the report's `time_budget`); generation-speed runs come on top. Every quality figure
-    comes with its 95% confidence interval (`quality["ci95"]`)."""
+    comes with its 95% confidence interval (`quality["ci95"]`).
+
+    `metric`: the user's metric too ("accuracy", "f1" on labelled data, or a
+    callable(outputs, items) -> float; tasks/metrics.py): the report's `metric` holds the
+    model's value, and `quality["metric"]` the reference's value and the relative drop."""
     check_bench_args(batch_size, n_eval, latency_runs, gen_tokens, threads, max_drop)
     if time_budget_s is not None and not time_budget_s > 0:
         raise UserError(f"--time-budget-s must be positive, got {time_budget_s}")
@@ -310,9 +316,12 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     task = get_task(original.task)
     if time_budget_s is not None and n_eval is None:
         n_eval = "all"  # the budget sizes the sample
-    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer)
+    mine = resolve_metric(metric, original.task)
+    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer,
+                                 model_label2id(original.model))
     if not texts:
         raise UserError("the evaluation data is empty")
+    check_labelled(mine, texts, data)
     if latency_runs is None:
         latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
@@ -327,6 +336,9 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         sizing["budget_s"] = time_budget_s
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
+    if mine is not None:
+        report["metric"] = {"name": mine.name,
+                            "value": metric_value(mine, task.primary_output, results, texts)}
     if sizing is not None:
         report["time_budget"] = sizing
     if selection is not None:
@@ -355,9 +367,10 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
                                             ref_handle.tokenizer, texts, report["batch_size"],
                                             ref_handle.max_length)
             ref_name = ref_handle.name
-        quality = task.compare(ref_results, results)
+        quality = with_metric(task.compare(ref_results, results), mine, task.primary_output,
+                              ref_results, results, texts)
         report["quality"] = quality
-        report["quality_drop"] = task.drop(quality)
+        report["quality_drop"] = quality_drop(handle.task, quality)
         report["reference"] = ref_name
     report["hardware"] = hardware_profile().to_dict()
     report["versions"] = package_versions()

@@ -29,7 +29,7 @@ def format_quality(q: dict[str, Any]) -> str:
     ci = q.get("ci95", {})
     return " · ".join(f"{k} {_fmt(v)}" + (f" [95% CI {_fmt(ci[k][0])}–{_fmt(ci[k][1])}]"
                                           if k in ci else "")
-                      for k, v in q.items() if k != "ci95")
+                      for k, v in q.items() if k not in ("ci95", "metric"))
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -67,6 +67,10 @@ def format_report(r: dict[str, Any]) -> str:
     rows.append(("peak memory (RSS)", f"{r['peak_rss_mb']:.0f} MiB"))
     params = f" · {r['params'] / 1e6:.1f}M params" if r.get("params") else ""
     rows.append(("size", f"{r['size_mb']:.1f} MiB{params}"))
+    if r.get("metric"):  # the user's metric (tasks/metrics.py), and its drop vs the reference
+        m, vs = r["metric"], (r.get("quality") or {}).get("metric")
+        rows.append((m["name"], f"{m['value']:.4f}" + (
+            f" (reference {vs['reference']:.4f}, drop {vs['drop']:.4f})" if vs else "")))
     if r.get("quality"):
         rows.append((f"quality vs {r['reference']}", format_quality(r["quality"])))
     else:

@@ -33,7 +33,12 @@ def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: flo
     keys on their fingerprint.
 
     `budget_s` covers the whole call, loading and report included (from `started`, a
-    `time.time()` stamp, if given); it ends within `budget.margin_s(budget_s)` of it."""
+    `time.time()` stamp, if given); it ends within `budget.margin_s(budget_s)` of it.
+
+    `metric=` ("accuracy", "f1", or a callable(outputs, items) -> float, higher is better;
+    tasks/metrics.py) bounds the relative drop of that metric against the original's on
+    the held-out items instead of agreement with the original; the report shows both.
+    Other keyword arguments are `PlanSettings` fields."""
     budget = Budget(budget_s, started)  # first: loading the model is part of the run
     load_kw = {k: settings.pop(k) for k in LOAD_KEYS if k in settings}
     if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "state_dict") \

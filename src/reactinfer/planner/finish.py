@@ -16,6 +16,7 @@ from ..core.hardware import hardware_profile
 from ..measure.harness import measure
 from ..models import load
 from ..tasks import get_task, within_bound
+from ..tasks.metrics import METRIC_KEY, metric_name
 from .actions import Candidate
 from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics, with_graph
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
@@ -198,7 +199,6 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
             "are left; the figures are the search's")
         return None
     texts, fresh = confirm_items(planner, n)
-    task = get_task(planner.base.task)
     try:
         b, b_res = measure(planner.base, texts, s.batch_size, runs, gen_tokens=0,
                            progress=planner.progress)
@@ -208,7 +208,8 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
         state["notes"].append(f"the side-by-side re-measure failed ({type(e).__name__}: {e}); "
                               "the figures are the search's")
         return None
-    b["quality"], o["quality"] = task.compare(b_res, b_res), task.compare(b_res, o_res)
+    b["quality"], o["quality"] = (planner.compare(b_res, b_res, texts),
+                                  planner.compare(b_res, o_res, texts))
     ok, why = within_bound(planner.base.task, o["quality"], s.max_drop)
     return {"n_eval": len(texts), "unseen": fresh, "baseline": b, "best": o,
             "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}
@@ -267,6 +268,17 @@ def verdict(data: dict[str, Any]) -> str:
     return f"×{g:.2f} on {obj} within the quality bound"
 
 
+def metric_summary(best: dict[str, Any], confirm: dict[str, Any] | None, agreement: str
+                   ) -> dict[str, Any] | None:
+    """The user's metric of the best (from the side-by-side re-measure when there is one)
+    beside its agreement with the original; None when the run bounds agreement."""
+    obs = confirm["best"] if confirm else best.get("observation")
+    quality = (obs or {}).get("quality") or {}
+    if METRIC_KEY not in quality:
+        return None
+    return {**quality[METRIC_KEY], "agreement": {agreement: quality.get(agreement)}}
+
+
 def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str, Any]],
                 state: dict[str, Any]) -> dict[str, Any]:
     s, budget = planner.s, planner.budget
@@ -277,9 +289,11 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
     data = {
         "model": s.model, "task": planner.base.task, "objective": s.objective,
         "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,
+        "metric": metric_summary(best, confirm, planner.task.quality_name),
         "hardware": hw.to_dict(), "hardware_summary": hw.summary(),
         # n_eval as resolved for the task (None asks for its default)
-        "settings": {**s.__dict__, "n_eval": s.n_eval or default_n_eval(planner.base.task, s)},
+        "settings": {**s.__dict__, "n_eval": s.n_eval or default_n_eval(planner.base.task, s),
+                     "metric": metric_name(s.metric)},
         "stop": result["stop"],
         "seconds": budget.elapsed(), "search_seconds": result["seconds"],
         "budget_s": budget.total_s, "margin_s": margin_s(budget.total_s),

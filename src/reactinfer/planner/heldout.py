@@ -46,4 +46,4 @@ def unseen_quality(planner: Planner, handle: ModelHandle) -> dict[str, Any] | No
         ref = planner.memo[key] = task.evaluate(base.runner(), base.tokenizer, items, bs,
                                                 base.max_length)
     out = task.evaluate(handle.runner(), handle.tokenizer, items, bs, handle.max_length)
-    return task.compare(ref, out)
+    return planner.compare(ref, out, items)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..tasks.base import Task
+from ..tasks.base import Task, quality_drop
 from .actions import Action, Candidate
 
 # A step rolled back with a quality drop of this many times the bound (and at least 0.05)
@@ -34,8 +34,8 @@ def earlier(log: list[dict[str, Any]], action: Action, cand: Candidate, expected
             f"({last['reason']})")
     same_form = not (action.formats or action.backend) \
         or last["candidate"]["backend"] == cand.backend
-    if same_form and last.get("over_bound") and task.drop(
-            last["observation"]["quality"]) >= max(HOPELESS * max_drop, 0.05):
+    if same_form and last.get("over_bound") and quality_drop(
+            task.name, last["observation"]["quality"]) >= max(HOPELESS * max_drop, 0.05):
         return None
     if (last.get("over_bound") or last["decision"] == "failed") and same_form:
         expected = min(expected, 1 + (expected - 1) * 0.25)

@@ -29,7 +29,8 @@ from ..data import items_for
 from ..measure.harness import measure
 from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
-from ..tasks import get_task, recall_floor, within_bound
+from ..tasks import get_task, quality_drop, recall_floor, within_bound
+from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric, with_metric
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -94,6 +95,9 @@ class PlanSettings:
     # sha256 of an in-memory model's weights (a name or path reloads by itself): a resumed
     # run must be given the same weights
     fingerprint: str | None = None
+    # what the bound is on: None, agreement with the original; else the drop of the user's
+    # metric, a name ("accuracy", "f1") or callable(outputs, items) -> float (tasks/metrics.py)
+    metric: str | MetricFn | None = None
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -111,6 +115,7 @@ class PlanSettings:
         if self.confirm_n_eval is not None and self.confirm_n_eval < 0:
             raise UserError(f"confirm_n_eval must be >= 0 (0: no re-measure), got "
                             f"{self.confirm_n_eval}")
+        resolve_metric(self.metric)  # the name is known, or it is a callable
 
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
@@ -118,6 +123,8 @@ class PlanSettings:
         key = {k: getattr(self, k) for k in keep}
         if self.fingerprint is not None:  # older stores have no such key: theirs stay equal
             key["fingerprint"] = self.fingerprint
+        if self.metric is not None:  # (absent when None: stores of earlier runs still resume)
+            key["metric"] = metric_name(self.metric)
         return key
 
 
@@ -141,6 +148,7 @@ class Planner:
         self.store.check_run(settings.store_key(), resume)
         self.base = base if base is not None else load(settings.model)
         self.task = get_task(self.base.task)
+        self.metric = resolve_metric(settings.metric, self.base.task)
         self.actions = [a for a in actions if self.base.task in a.tasks]
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
         self.builder = Builder(self.base, progress=progress)
@@ -152,6 +160,7 @@ class Planner:
         self.facts = model_facts(self.base.model) or conv_facts(self.base)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
+        check_labelled(self.metric, self.texts, settings.data)
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
         self.sizing: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
@@ -180,10 +189,17 @@ class Planner:
             self.ref_results = results
             self.ref_info = save_reference(self.out, self._ref_key(), results,
                                            report["throughput"]["seconds"])
-        report["quality"] = self.task.compare(self.ref_results, results)
-        report["quality_drop"] = self.task.drop(report["quality"])
+        report["quality"] = self.compare(self.ref_results, results, self.texts)
+        report["quality_drop"] = quality_drop(self.base.task, report["quality"])
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
                                        "quality", "quality_drop") if k in report}
+
+    def compare(self, reference: dict[str, Any], results: dict[str, Any],
+                items: Sequence[Any]) -> dict[str, Any]:
+        """Quality against the original on `items`: the task's figures, and the user's
+        metric of both when the run bounds one."""
+        return with_metric(self.task.compare(reference, results), self.metric,
+                           self.task.primary_output, reference, results, items)
 
     def _ref_key(self) -> dict[str, Any]:
         return reference_key(self.base, self.texts, self.s.batch_size)

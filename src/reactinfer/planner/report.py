@@ -13,6 +13,7 @@ from typing import Any
 
 from ..measure.refcache import describe as describe_reference
 from ..tasks import within_bound
+from ..tasks.metrics import METRIC_KEY, metric_text
 from .actions import FALLBACK_OPTIONS
 from .loop import bound_text
 from .objective import OBJECTIVES, gain, objective_value
@@ -62,19 +63,25 @@ def pareto_table(trials: list[dict[str, Any]], objective: str) -> list[dict[str,
     return sorted(inside + outside, key=lambda t: t["observation"]["quality_drop"])
 
 
-def _quality_str(q: dict[str, Any]) -> str:
+def _quality_str(q: dict[str, Any], metric: bool = True) -> str:
+    """The quality figures: the user's metric first (unless `metric` is False), then
+    agreement with the original."""
     ci = q.get("ci95", {})
-    return ", ".join(f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
-                     for k, v in q.items()
-                     if k not in ("reference_perplexity", "min_cosine", "ci95"))
+    figures = [f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
+               for k, v in q.items()
+               if k not in ("reference_perplexity", "min_cosine", "ci95", METRIC_KEY)]
+    mine = metric_text(q) if metric else ""
+    return ", ".join(([mine] if mine else []) + figures)
 
 
 def _fmt_obs(obs: dict[str, Any] | None, objective: str, baseline: dict[str, Any]) -> str:
     if obs is None:
         return "—"
+    mine = metric_text(obs.get("quality"))
     return (f"{objective_value(obs, objective):.4g} {UNITS[objective]} "
             f"(×{gain(obs, baseline, objective):.2f} vs baseline); "
-            f"drop {obs['quality_drop']:.4f}")
+            + (f"{mine}; agreement: {_quality_str(obs['quality'], metric=False)}"
+               if mine else f"drop {obs['quality_drop']:.4f}"))
 
 
 def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
@@ -109,7 +116,7 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
             [t["observation"]["quality_drop"] for t in front], "--", c="tab:blue",
             marker="o", mfc="none", ms=10, label="Pareto front within the bound")
     ax.axhline(data["max_drop"], c="grey", lw=0.8, ls=":",
-               label=f"bound on the drop in {data['quality_score']}")
+               label=f"bound on the drop in {_bounded(data)}")
     ax.set_xlabel(f"{objective} ({UNITS[objective]})")
     ax.set_ylabel("quality drop vs original")
     ax.set_title(f"{data['model']}: quality vs {objective} (black = baseline, green = kept, "
@@ -157,8 +164,8 @@ def _header(data: dict[str, Any]) -> list[str]:
     skipped = len(data["trials"]) - len(trials)
     budget = (f" of a {data['budget_s']:.0f}s budget" if "budget_s" in data else "")
     lines = [f"# ReAct optimize: {data['model']}", "",
-             f"- objective: **{data['objective']}**, quality bound: "
-             + bound_text(data["task"], data["quality_score"], data["max_drop"]),
+             f"- objective: **{data['objective']}**, quality bound: " + _bound_line(data),
+             *_metric_line(data),
              f"- machine: {data['hardware_summary']}",
              *_search_line(data),
              f"- {len(trials)} trials ({data['reused']} reused from the store"
@@ -168,6 +175,30 @@ def _header(data: dict[str, Any]) -> list[str]:
     lines += [f"- **not finished**: {e}" for e in data.get("errors", [])]
     lines += [f"- note: {n}" for n in data.get("notes", [])]
     return lines + [""]
+
+
+def _bounded(data: dict[str, Any]) -> str:
+    """The figure the bound is on: the user's metric, or the task's agreement score."""
+    return data["settings"].get("metric") or data["quality_score"]
+
+
+def _bound_line(data: dict[str, Any]) -> str:
+    name = data["settings"].get("metric")
+    if not name:
+        return bound_text(data["task"], data["quality_score"], data["max_drop"])
+    return (f"drop ≤ {data['max_drop']} in {name} (your metric, relative to the original "
+            "model's value on the same held-out items; it replaces agreement with the "
+            "original, which is reported beside it)")
+
+
+def _metric_line(data: dict[str, Any]) -> list[str]:
+    """The best's metric beside its agreement with the original (finish.metric_summary)."""
+    m = data.get("metric")
+    if not m:
+        return []
+    agree = ", ".join(f"{k} {v:.4f}" for k, v in m["agreement"].items() if v is not None)
+    return [f"- {m['name']} of the best: {m['candidate']:.4f} (original {m['reference']:.4f}, "
+            f"drop {m['drop']:.4f}); agreement with the original: {agree}"]
 
 
 def _search_line(data: dict[str, Any]) -> list[str]:
@@ -218,7 +249,12 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
     for name, x, y, ratio in rows:
         lines.append(f"| {name} | {x:.4g} | {y:.4g} | ×{ratio:.2f} "
                      f"{'better' if ratio >= 1 else 'worse'} |")
-    lines.append(f"| quality vs original | 1 | {_quality_str(o['quality'])} | |")
+    m = o["quality"].get(METRIC_KEY)
+    if m:  # the user's metric of each model, and the relative drop the bound is on
+        lines.append(f"| {m['name']} (your metric) | {m['reference']:.4f} | "
+                     f"{m['candidate']:.4f} | drop {m['drop']:.4f} |")
+    lines.append(f"| quality vs original | 1 | "
+                 f"{_quality_str(o['quality'], metric=False)} | |")
     if "within_bound" in conf:
         lines.append(f"| within the bound | | {'yes' if conf['within_bound'] else 'no'}: "
                      f"{conf['bound']} | |")

@@ -4,11 +4,12 @@ from .base import (
     count_tokens,
     get_task,
     iter_batches,
+    quality_drop,
     recall_floor,
     sample_batch,
     tokenize,
     within_bound,
 )
 
-__all__ = ["bound_decided", "count_tokens", "get_task", "iter_batches", "recall_floor",
-           "sample_batch", "tokenize", "within_bound"]
+__all__ = ["bound_decided", "count_tokens", "get_task", "iter_batches", "quality_drop",
+           "recall_floor", "sample_batch", "tokenize", "within_bound"]

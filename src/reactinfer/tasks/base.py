@@ -15,6 +15,7 @@ from ..core.errors import UserError
 from ..core.handle import check_task, register_task_name
 from ..core.images import ImagePreprocess
 from ..core.plugins import load_builtin
+from .metrics import METRIC_KEY
 from .stats import CI_KEY
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def iter_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_leng
 class Task(Protocol):
     name: str
     quality_name: str  # the score `drop` is taken from, for reports
+    primary_output: str  # the key of `evaluate`'s results a user's metric gets (metrics.py)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """A module whose forward(input_ids, attention_mask[, token_type_ids]) returns
@@ -155,16 +157,30 @@ def count_tokens(tokenizer: Any, texts: Sequence[Any], max_length: int) -> int |
                for i in range(0, len(texts), 256))
 
 
+def quality_drop(task: str, quality: dict[str, Any]) -> float:
+    """The drop the bound is on: of the user's metric when the quality has one (metrics.py),
+    else of the task's quality score against the original."""
+    if METRIC_KEY in quality:
+        return float(quality[METRIC_KEY]["drop"])
+    return get_task(task).drop(quality)
+
+
 def within_bound(task: str, quality: dict[str, Any], max_drop: float) -> tuple[bool, str]:
     """The user's bound on the task's quality score, plus, for embeddings, neighbour recall
     (mean cosine alone can hide re-ordered search results). One test for every place that
-    keeps or picks a model: the planner, `bench --backend auto`, the reports.
+    keeps or picks a model: the planner, `bench --backend auto`, the reports. When the
+    quality holds the user's metric (metrics.py), its drop alone is bounded: the user's
+    metric replaces agreement with the original, as NNCF's `validation_fn` does.
 
     The point estimates decide (docs/bench.md says why); when the quality holds 95%
     confidence intervals (`quality["ci95"]`), the reason says whether the decision holds
     with that confidence or whether an interval straddles the limit."""
-    t = get_task(task)
-    drop = t.drop(quality)
+    if METRIC_KEY in quality:
+        m = quality[METRIC_KEY]
+        what = f"{m['name']} drop {m['drop']:.4f} ({m['candidate']:.4f} vs {m['reference']:.4f})"
+        return (m["drop"] <= max_drop,
+                f"{what} {'≤' if m['drop'] <= max_drop else '>'} bound {max_drop}")
+    drop = get_task(task).drop(quality)
     drop_ci = drop_interval(task, quality)
     if drop > max_drop:
         return False, f"quality drop {drop:.4f} > bound {max_drop}" + _ci_note(
@@ -189,13 +205,17 @@ def bound_decided(task: str, quality: dict[str, Any], max_drop: float) -> bool:
     drop_ci = drop_interval(task, quality)
     if drop_ci is not None and drop_ci[1] > max_drop:
         return False
-    recall_ci = quality.get(CI_KEY, {}).get("top10_recall") if task == "embedding" else None
+    recall_ci = quality.get(CI_KEY, {}).get("top10_recall") \
+        if task == "embedding" and METRIC_KEY not in quality else None
     return recall_ci is None or recall_ci[0] >= recall_floor(max_drop)
 
 
 def drop_interval(task: str, quality: dict[str, Any]) -> list[float] | None:
     """The 95% confidence interval of the task's quality drop, from the interval of its
-    quality score (None when the quality has none)."""
+    quality score (None when the quality has none, or bounds the user's metric: a metric
+    callable gives one figure, no per-item values to take an interval from)."""
+    if METRIC_KEY in quality:
+        return None
     t = get_task(task)
     ci = quality.get(CI_KEY, {}).get(t.quality_name)
     if ci is None:

@@ -119,6 +119,7 @@ def next_token_scores(runner: Any, batch: dict[str, np.ndarray]
 class CausalLMTask:
     name = "causal-lm"
     quality_name = "perplexity_ratio"
+    primary_output = "nll"  # per text (N,): what a metric callable gets
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return CausalLogits(model)

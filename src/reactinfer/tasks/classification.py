@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .base import Results, register_task, run_in_order
+from .metrics import item_labels
 from .stats import CI_KEY, proportion_ci
 
 
@@ -28,13 +29,18 @@ class Logits(torch.nn.Module):
 class ClassificationTask:
     name = "classification"
     quality_name = "top1_agreement"
+    primary_output = "logits"
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return Logits(model)
 
     def evaluate(self, runner: Any, tokenizer: Any, texts: Sequence[str], batch_size: int,
                  max_length: int) -> Results:
-        return {"logits": run_in_order(runner, tokenizer, texts, batch_size, max_length)}
+        out = {"logits": run_in_order(runner, tokenizer, texts, batch_size, max_length)}
+        labels = item_labels(texts)  # JSONL texts with a `label` (data/readers.py)
+        if labels is not None:
+            out["labels"] = labels
+        return out
 
     def compare(self, reference: Results, candidate: Results) -> dict[str, Any]:
         ref, cand = reference["logits"].argmax(-1), candidate["logits"].argmax(-1)

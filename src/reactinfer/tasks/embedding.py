@@ -54,6 +54,7 @@ def recall_per_query(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
 class EmbeddingTask:
     name = "embedding"
     quality_name = "mean_cosine"
+    primary_output = "embeddings"
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return MeanPooled(model)

@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import UserError
 from .base import Results, register_task
+from .metrics import item_labels
 
 
 class ImageLogits(torch.nn.Module):
@@ -29,14 +30,6 @@ class ImageLogits(torch.nn.Module):
         out = self.model(pixel_values)
         logits = out.logits if hasattr(out, "logits") else out
         return logits.float()
-
-
-def item_labels(items: Sequence[Any]) -> np.ndarray | None:
-    """Class ids of the items, when every item has one."""
-    labels = [getattr(it, "label", None) for it in items]
-    if not labels or any(label is None for label in labels):
-        return None
-    return np.asarray(labels, dtype=np.int64)
 
 
 def topk(logits: np.ndarray, k: int) -> np.ndarray:
@@ -79,6 +72,7 @@ def image_quality(ref_logits: np.ndarray, cand_logits: np.ndarray) -> dict[str, 
 class ImageClassificationTask:
     name = "image-classification"
     quality_name = "top1_agreement"
+    primary_output = "logits"
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return ImageLogits(model)
