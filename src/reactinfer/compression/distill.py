@@ -64,6 +64,9 @@ class Distill(TransformConfig):
     n_val: int = 64
     data: str | None = None
     time_budget_s: float | None = None
+    # stop after exactly this many steps (the schedule still spans `steps`): what a run cut
+    # by `time_budget_s` records in the recipe (`as_run`), so a rebuild repeats it exactly
+    run_steps: int | None = None
     checkpoint_dir: str | None = None
     seed: int = 0
     progress: bool = True
@@ -84,6 +87,10 @@ class Distill(TransformConfig):
             raise UserError("Distill: temperature must be > 0; decay_k, hidden_weight >= 0")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise UserError(f"Distill: time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.run_steps is not None and not (isinstance(self.run_steps, int)
+                                               and 0 <= self.run_steps <= self.steps):
+            raise UserError(f"Distill: run_steps must be an integer in [0, steps], got "
+                            f"{self.run_steps!r}")
         if self.student and self.student_model:
             raise UserError("Distill: give student (a recipe) or student_model, not both")
         for d in self.student:
@@ -91,6 +98,15 @@ class Distill(TransformConfig):
             if type(cfg).replay_on_load or isinstance(cfg, Distill):
                 raise UserError(f"Distill: the student recipe may hold structural steps "
                                 f"(pruning, layer dropping), not {type(cfg).__name__}")
+
+    def as_run(self, result: ModelHandle) -> Distill:
+        """A time-budgeted run's recipe holds the steps it ran instead of its clock: the
+        same number of steps is the same model, bit for bit (the batches, dropout and
+        schedule depend on the seed and the step only)."""
+        ran = (result.metrics.get("distill") or {}).get("steps")
+        if self.time_budget_s is None or not isinstance(ran, int):
+            return self
+        return dataclasses.replace(self, time_budget_s=None, run_steps=ran)
 
     def fingerprint(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in _RUN_ONLY}
@@ -344,7 +360,8 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", disable=not cfg.progress,
                leave=False)
     step = start
-    while step < cfg.steps:
+    last = cfg.steps if cfg.run_steps is None else cfg.run_steps
+    while step < last:
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             stop = "time budget"
             break

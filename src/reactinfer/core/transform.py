@@ -78,6 +78,12 @@ class TransformConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).kind_name(), **dataclasses.asdict(self)}
 
+    def as_run(self, result: ModelHandle) -> TransformConfig:
+        """The config that replays what this one did to give `result`, recorded in the
+        model's recipe. Itself, unless the run depended on the clock (a step with a time
+        budget records the work it actually did, so a rebuild does exactly that)."""
+        return self
+
     @classmethod
     def kind_name(cls) -> str:
         return cls.kind or cls.__name__
@@ -157,7 +163,7 @@ def apply_transform(handle: ModelHandle, cfg: TransformConfig) -> ModelHandle:
     new = entry[1](handle, cfg)
     if new is handle:
         raise AssertionError(f"handler for {type(cfg).__name__} returned its input handle")
-    return new.with_transform(cfg, previous=handle)
+    return new.with_transform(cfg.as_run(new), previous=handle)
 
 
 def compress(handle: ModelHandle, configs: TransformConfig | Sequence[TransformConfig]

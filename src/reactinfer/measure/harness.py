@@ -68,6 +68,54 @@ class _Counted:
         return out
 
 
+class MeasurementCut(RuntimeError):
+    """A measurement given up after its first batch: at that pace it would not finish within
+    the time it was given (`measure(max_s=...)`)."""
+
+
+class _Deadline:
+    """Wraps a runner for the eval phase and times its first batch (`first_s`). With
+    `max_s`: after that batch, extrapolate the whole measurement and give up if it cannot
+    end within `max_s` of `t_start`. Texts run longest first, so the first batch is the
+    slowest: `worth`, the whole measurement in first batches as the baseline measured it,
+    scales it right; without it, every batch and latency run counts as the first's pace."""
+
+    def __init__(self, runner: Any, t_start: float, max_s: float | None, n_texts: int,
+                 latency_runs: int, worth: float | None):
+        self.runner, self.t_start, self.max_s, self.worth = runner, t_start, max_s, worth
+        self.n_texts, self.latency_runs = n_texts, latency_runs
+        self.first_s: float | None = None
+        if getattr(runner, "score", None) is not None:
+            self.score = self._score
+
+    def _check(self, n: int, t0: float) -> None:
+        if self.first_s is not None:
+            return
+        self.first_s = time.perf_counter() - t0
+        if self.max_s is None or n >= self.n_texts:
+            return
+        spent = time.perf_counter() - self.t_start
+        rest = self.first_s * (self.worth - 1) if self.worth \
+            else self.first_s / n * (self.n_texts - n + self.latency_runs)
+        if spent + rest > self.max_s:
+            raise MeasurementCut(
+                f"measurement cut after its first batch ({self.first_s:.1f}s): at that pace "
+                f"it would take ~{spent + rest:.0f}s, and {max(self.max_s, 0):.0f}s were left "
+                "for it")
+
+    def __call__(self, batch: Batch) -> Any:
+        t0 = time.perf_counter()
+        out = self.runner(batch)
+        self._check(len(next(iter(batch.values()))), t0)
+        return out
+
+    def _score(self, batch: Batch) -> Any:
+        t0 = time.perf_counter()
+        out = self.runner.score(batch)
+        self._check(len(next(iter(batch.values()))), t0)
+        return out
+
+
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1e3
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
@@ -133,12 +181,17 @@ def reference_for(handle: ModelHandle) -> ModelHandle | None:
 
 
 def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
-            latency_runs: int = 50, gen_tokens: int = 32, progress: bool = True
+            latency_runs: int = 50, gen_tokens: int = 32, progress: bool = True,
+            max_s: float | None = None, worth: float | None = None
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Speed, memory and size of `handle` on `texts`, and the task results quality needs.
     Quality itself is a comparison, done by the caller against a reference's results.
     With `progress`, each phase (prepare, eval, latency runs, generation) shows a bar on
-    stderr."""
+    stderr. With `max_s`, a measurement that its first eval batch shows cannot end within
+    `max_s` seconds raises MeasurementCut (a candidate far slower than expected); `worth`:
+    how many first eval batches the whole measurement took on a model measured before
+    (`first_batches_worth` of its report), which makes that prediction exact in shape."""
+    t_start = time.perf_counter()
     if not texts:
         raise UserError("the evaluation data is empty")
     task = get_task(handle.task)
@@ -159,8 +212,8 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
 
     with _bar(progress, f"{what} eval", len(texts), "text") as bar:
         t0 = time.perf_counter()
-        results = task.evaluate(_Counted(runner, bar), handle.tokenizer, texts, eval_batch,
-                                handle.max_length)
+        timed = _Deadline(_Counted(runner, bar), t_start, max_s, len(texts), latency_runs, worth)
+        results = task.evaluate(timed, handle.tokenizer, texts, eval_batch, handle.max_length)
         elapsed = time.perf_counter() - t0
     n_tokens = count_tokens(handle.tokenizer, texts, handle.max_length)  # None for images
     report: dict[str, Any] = {
@@ -181,6 +234,8 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
                   repeats + 1, "run") as bar:
             report["generation"] = generation_speed(handle, runner, gen_tokens, repeats, bar)
         report["generation"]["kv_cache"] = getattr(runner, "kv_cache", True)
+    if timed.first_s:  # what a later measurement's first batch is judged by (max_s)
+        report["throughput"]["first_batch_s"] = timed.first_s
     if hasattr(runner, "device"):  # torch backends: where it ran ('cpu' or 'cuda')
         report["device"] = runner.device
     if hasattr(runner, "warmup_s"):  # torch.compile: the calls that compiled

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.artifact import read_manifest
+from ..core.artifact import read_manifest, save_artifact
 from ..core.errors import ArtifactError
 from ..core.handle import ModelHandle
 
@@ -54,6 +54,16 @@ def link_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst)
+
+
+def save_trial(handle: ModelHandle, path: Path, trial: dict[str, Any],
+               items: Sequence[Any]) -> str | None:
+    """Save a trial's model as an artifact tagged with its trial; a user's plain torch
+    module also gets its ONNX graph, checked on `items` (with_graph), so the artifact runs
+    without the user's class. Returns what with_graph says, for the report's notes."""
+    handle, note = with_graph(handle, items)
+    save_artifact(handle, path, metrics=tagged_metrics(trial), overwrite=True)
+    return note
 
 
 # -- a plain torch module's graph ------------------------------------------------------------

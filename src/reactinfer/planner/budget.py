@@ -94,10 +94,6 @@ def build_s(trial: dict[str, Any]) -> float:
     return float(obs.get("timing", {}).get("build_s", trial.get("seconds", 0.0)))
 
 
-def save_cost(size_mb: float) -> float:
-    return SAVE_S + size_mb / SAVE_MB_PER_S
-
-
 @dataclasses.dataclass(frozen=True)
 class Fit:
     """What to run for an action within the time left: its steps (time budgets cut to fit)

@@ -9,7 +9,6 @@ import shutil
 import sys
 from typing import Any
 
-from ..core.artifact import save_artifact
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
@@ -18,14 +17,14 @@ from ..models import load
 from ..tasks import get_task, within_bound
 from ..tasks.metrics import METRIC_KEY, metric_name
 from .actions import Candidate
-from .artifacts import link_copy, saved_artifacts, saved_key, tagged_metrics, with_graph
-from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s, save_cost
+from .artifacts import link_copy, save_trial, saved_artifacts, saved_key
+from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s
+from .endplan import ladder, save_s
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
 from .report import ITEM_NOUN, pareto_table, write_report
 
-MAX_VARIANTS = 4
 # what saving or re-measuring a model may raise; the run's report is written regardless
 _SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
 
@@ -40,11 +39,11 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
     pareto = pareto_table(result["trials"], s.objective)
     best = result["best"]
     state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
-                             "notes": [], "errors": []}
+                             "notes": list(planner.save_notes), "errors": []}
     try:
         handle = _best_handle(planner, best)
         _save_best(planner, best, handle, state)
-        _save_variants(planner, _ladder(pareto, best), best, state)
+        _save_variants(planner, ladder(pareto, best), best, state)
         state["confirm"] = _confirm(planner, best, handle, state)
         best = _step_back_while_outside(planner, result, best, state)
     except BaseException as e:  # noted in the report, which is written below; then raised
@@ -65,7 +64,7 @@ def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
     in_flight = sys.exc_info()[1]
     try:
         data = report_data(planner, result, pareto, state)
-        write_report(planner.out, data)
+        write_report(planner.out, data, clock=planner.budget.elapsed)
     except Exception as e:
         if in_flight is None:
             raise
@@ -99,18 +98,13 @@ def _best_handle(planner: Planner, best: dict[str, Any]) -> ModelHandle:
 def _save_best(planner: Planner, best: dict[str, Any], handle: ModelHandle,
                state: dict[str, Any]) -> None:
     path = planner.out / "best"
-    if saved_key(path) != best["key"]:
+    if saved_key(path) == best["key"]:
+        pass
+    elif best["key"] in planner.saved and planner.saved[best["key"]].exists():
+        link_copy(planner.saved[best["key"]], path)  # saved while the run went on
+    else:
         _save(planner, handle, path, best, state)
     state["best_artifact"] = "best"
-
-
-def _ladder(pareto: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
-    """Variants for the serving ladder: the Pareto set within the bound, best quality
-    first; the chosen best is always one."""
-    variants = [t for t in pareto if t["within_bound"]][:MAX_VARIANTS - 1]
-    if all(t["key"] != best["key"] for t in variants):
-        variants.append(best)
-    return variants
 
 
 def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[str, Any],
@@ -152,7 +146,7 @@ def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], pat
         on_disk.pop(t["key"]).rename(path)
         return True
     handle = _at_hand(planner, t)
-    need = save_cost(t["observation"]["size_mb"]) + (build_s(t) if handle is None else 0.0)
+    need = save_s(planner, t) + (build_s(t) if handle is None else 0.0)
     left = planner.budget.left_for_end() - planner.confirm_reserve(best) - REPORT_S
     if need > left:
         state["notes"].append(f"variant {t['action']} not saved: it needs ~{need:.0f}s, "
@@ -166,12 +160,9 @@ def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], pat
 
 def _save(planner: Planner, handle: ModelHandle, path: Any, trial: dict[str, Any],
           state: dict[str, Any]) -> None:
-    """Save a trial's model; a user's plain torch module also gets its checked ONNX graph,
-    so the artifact runs without the user's class (artifacts.with_graph)."""
-    handle, note = with_graph(handle, planner.texts)
+    note = save_trial(handle, path, trial, planner.texts)
     if note:
         state["notes"].append(f"{trial['action']}: {note}")
-    save_artifact(handle, path, metrics=tagged_metrics(trial), overwrite=True)
 
 
 # -- the side-by-side re-measure -------------------------------------------------------------
@@ -294,7 +285,7 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
         # n_eval as resolved for the task (None asks for its default)
         "settings": {**s.__dict__, "n_eval": s.n_eval or default_n_eval(planner.base.task, s),
                      "metric": metric_name(s.metric)},
-        "stop": result["stop"],
+        "stop": result["stop"], "end_plan": result.get("end_plan"),
         "seconds": budget.elapsed(), "search_seconds": result["seconds"],
         "budget_s": budget.total_s, "margin_s": margin_s(budget.total_s),
         "reused": result["reused"], "reference_outputs": result.get("reference_outputs"),

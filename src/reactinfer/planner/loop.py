@@ -26,31 +26,27 @@ from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
 from ..core.transform import config_from_dict
 from ..data import items_for
-from ..measure.harness import measure
+from ..measure.harness import MeasurementCut, measure
 from ..measure.refcache import cached_reference, reference_key, save_reference
 from ..models import load
-from ..tasks import get_task, quality_drop, recall_floor, within_bound
+from ..tasks import get_task, quality_drop, within_bound
 from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric, with_metric
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
     BASELINE_SHARE,
-    CONFIRM_SHARE,
     FIRST_OF_KIND,
     PROBE_TEXTS,
-    REPORT_S,
     Budget,
     Fit,
-    build_s,
-    confirm_cost,
     fit_steps,
     measure_s,
-    save_cost,
     size_search,
     timed_total,
 )
 from .builder import Builder
 from .cnn import conv_facts
+from .endplan import EndPlan, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
 from .objective import OBJECTIVES, gain
 from .repair import repair
@@ -65,14 +61,6 @@ NEAR_MISS = 0.75
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
 Pick = tuple[Action, Candidate, str, list[tuple[Action, Candidate, str, str]]]
-
-
-def bound_text(task: str, quality_name: str, max_drop: float) -> str:
-    """Every criterion of `within_bound`, in words, for reports."""
-    text = f"drop ≤ {max_drop} ({quality_name})"
-    if task == "embedding":
-        text += f" and top-10 recall ≥ {recall_floor(max_drop):.3f}"
-    return text
 
 
 DEFAULT_N_EVAL = 400
@@ -161,8 +149,16 @@ class Planner:
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         check_labelled(self.metric, self.texts, settings.data)
+        self.n_asked = len(self.texts)
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
+        # the end of the run, planned from its start (endplan.py): measured costs, the plan
+        self.end_costs: dict[str, float] = {}
+        self.end_plan: EndPlan | None = None
+        # when the step in flight must be done by (a `time.time()` stamp): the end's reserve
+        # starts there, and a measurement that cannot finish before it is cut
+        self.step_deadline: float | None = None
         self.sizing: dict[str, Any] = {}
+        self.save_notes: list[str] = []  # what saving a model during the search said
         self.log: list[dict[str, Any]] = []
         self.ref_results: dict[str, Any] | None = None
         self.ref_info: dict[str, Any] | None = None  # how the reference outputs were had
@@ -183,8 +179,16 @@ class Planner:
     def _observe(self, handle: ModelHandle) -> dict[str, Any]:
         # no generation-speed runs: no decision uses them, and for an LM they cost as much
         # as the rest of the measurement
+        cut: dict[str, Any] = {}
+        if self.step_deadline is not None and self.ref_trial is not None:
+            cut["max_s"] = self.step_deadline - time.time()
+            thr = self.ref_trial["observation"]["throughput"]
+            if thr.get("first_batch_s"):  # the original's measurement, in first batches
+                lat = self.ref_trial["observation"]["latency_ms"]
+                cut["worth"] = (thr["seconds"] + lat["mean"] * lat["n"] / 1e3) \
+                    / thr["first_batch_s"]
         report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
-                                  gen_tokens=0, progress=self.progress)
+                                  gen_tokens=0, progress=self.progress, **cut)
         if self.ref_results is None:  # the baseline: its outputs are the reference, saved
             self.ref_results = results
             self.ref_info = save_reference(self.out, self._ref_key(), results,
@@ -234,14 +238,20 @@ class Planner:
                 obs, decision, reason = self._confirm(handle, obs, best_obs)
             # what building and measuring cost here: the budget predicts later steps from it
             obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
+        except MeasurementCut as e:  # not stored (below): a run with more time may try it
+            obs, decision, reason = None, "skipped", f"time budget: {e}"
         # One bad candidate is a failed trial, not the end of the run (and of its report).
         except Exception as e:  # noqa: BLE001
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
+        # a step that ran on the clock (a time-budgeted distillation) is recorded as run, so
+        # that a rebuild (saving, a child, --resume) makes the same model (Builder.as_run)
+        ran = self.builder.as_run.get(cand.key, cand)
         trial = {"key": cand.key, "step": step, "action": action, "thought": thought,
-                 "parent": parent, "candidate": cand.to_json(), "observation": obs,
+                 "parent": parent, "candidate": ran.to_json(), "observation": obs,
                  "decision": decision, "reason": reason,
                  "seconds": time.perf_counter() - t0}
-        self.store.put(trial)
+        if decision != "skipped":
+            self.store.put(trial)
         if obs is not None and self.ref_results is None:
             raise AssertionError("the baseline must be observed first")
         trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
@@ -319,27 +329,13 @@ class Planner:
                                        or [0.0]))
 
     def _reserve(self, best_trial: dict[str, Any]) -> float:
-        """Seconds the end of the run needs if `best_trial` stays the best: rebuild it if it
-        is not at hand, save it and the original, re-measure both side by side, report."""
-        assert self.ref_trial is not None
-        reserve = REPORT_S
-        for t in (best_trial, self.ref_trial) if best_trial["parent"] else (best_trial,):
-            if t["key"] not in self.saved:
-                reserve += save_cost(t["observation"]["size_mb"])
-                if t["parent"] and t["key"] not in self.builder.built:
-                    reserve += build_s(t)
-        return reserve + self.confirm_reserve(best_trial)
+        """Seconds the end of the run needs if `best_trial` stays the best (endplan.py)."""
+        self.end_plan = plan_end(self, best_trial)
+        return self.end_plan.total_s
 
     def confirm_reserve(self, best_trial: dict[str, Any]) -> float:
-        """Seconds kept for re-measuring the best beside the original at the end: what it is
-        predicted to take, but at most a share of the budget (it can use fewer texts). None
-        while the original is the best: there is nothing to compare it with."""
-        if not self.s.confirm_n_eval or not best_trial["parent"]:
-            return 0.0
-        assert self.ref_trial is not None
-        fixed, per_text = confirm_cost([self.ref_trial, best_trial], len(self.texts),
-                                       2 * self.latency_runs)
-        return min(fixed + per_text * self.s.confirm_n_eval, CONFIRM_SHARE * self.budget.total_s)
+        """Seconds kept for re-measuring the best beside the original at the end."""
+        return confirm_s(self, best_trial)[0]
 
     def _fit(self, action: Action, cand: Candidate, best: Candidate,
              left: float) -> tuple[Candidate, Fit]:
@@ -446,12 +442,15 @@ class Planner:
             "against it.", None, None)
         if ref_trial["observation"] is None:
             raise UserError(f"the baseline could not be measured: {ref_trial['reason']}")
+        check_whole(self)  # a budget too small for a whole output is refused here
         if self.ref_results is None:  # baseline reused from the store: quality needs results
             self._phase("baseline: the reference outputs")
             self.ref_results, self.ref_info = cached_reference(
                 self.out, self._ref_key(), lambda: measure(
                     self.base, self.texts, self.s.batch_size, 1, gen_tokens=0,
                     progress=self.progress)[1])
+        save_early(self, self.out / "variants" / "00-baseline")
+        warm_plots(self)
         bar.update(1)
         baseline = ref_trial["observation"]
         best, best_obs, best_trial = base_cand, baseline, ref_trial
@@ -467,6 +466,7 @@ class Planner:
                 break
             reserve = self._reserve(best_trial)
             left = self.budget.left() - reserve
+            self.step_deadline = time.time() + left
             if left <= 0 and n_trials == 0 and not ref_trial["reused"]:
                 stop = (f"time budget: measuring the original model took "
                         f"{ref_trial['seconds']:.0f}s of {self.budget.total_s:.0f}s, and the "
@@ -477,8 +477,8 @@ class Planner:
             if picked is None:
                 break
             if isinstance(picked, str):
-                stop = f"{picked} ({reserve:.0f}s of the {self.budget.total_s:.0f}s budget " \
-                       "are kept for the end)"
+                assert self.end_plan is not None
+                stop = f"{picked} ({self.end_plan.describe()})"
                 break
             action, cand, thought, skipped = picked
             for s_action, s_cand, s_thought, why in skipped:
@@ -492,6 +492,7 @@ class Planner:
             n_trials += 1
             trial = self._trial(step, cand, action.name, action.family, thought, best.key,
                                 best_obs)
+            trial["reserve_s"] = reserve  # the trace says what the end was kept
             if trial["decision"] == "rolled back" and trial["over_bound"]:
                 trial, step = self._over_bound(step, action, trial, cand, best_trial)
             bar.update(1)
@@ -499,8 +500,10 @@ class Planner:
                 best = Candidate.from_json(trial["candidate"])
                 best_obs, best_trial = trial["observation"], trial
         bar.close()
-        self.bar = None
-        return {"stop": stop, "baseline": ref_trial, "best": best_trial, "best_candidate": best,
+        self.bar = self.step_deadline = None
+        end = plan_end(self, best_trial).to_json()  # the plan the end starts with (report)
+        return {"stop": stop, "end_plan": end, "baseline": ref_trial, "best": best_trial,
+                "best_candidate": best,
                 "trials": self.log, "reused": self.reused, "reference_outputs": self.ref_info,
                 "seconds": time.perf_counter() - t_start}
 

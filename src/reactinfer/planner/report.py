@@ -8,15 +8,24 @@ top-10 recall), in the table and in the plot alike."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..measure.refcache import describe as describe_reference
-from ..tasks import within_bound
+from ..tasks import recall_floor, within_bound
 from ..tasks.metrics import METRIC_KEY, metric_text
 from .actions import FALLBACK_OPTIONS
-from .loop import bound_text
 from .objective import OBJECTIVES, gain, objective_value
+
+
+def bound_text(task: str, quality_name: str, max_drop: float) -> str:
+    """Every criterion of `within_bound`, in words, for reports."""
+    text = f"drop ≤ {max_drop} ({quality_name})"
+    if task == "embedding":
+        text += f" and top-10 recall ≥ {recall_floor(max_drop):.3f}"
+    return text
+
 
 UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
 
@@ -150,12 +159,17 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     return files
 
 
-def write_report(out: Path, data: dict[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+def write_report(out: Path, data: dict[str, Any],
+                 clock: Callable[[], float] | None = None) -> None:
+    """Plots first, then report.json and report.md: with `clock` (the run's seconds so
+    far), the `seconds` they state include the plotting."""
     try:
         data["plots"] = write_plots(out, data)
     except ImportError:  # matplotlib missing: the numbers are still all in the report
         data["plots"] = []
+    if clock is not None:
+        data["seconds"] = clock()
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (out / "report.md").write_text(render_markdown(data))
 
 
@@ -172,6 +186,9 @@ def _header(data: dict[str, Any]) -> list[str]:
              + (f", {skipped} skipped for the time budget" if skipped else "")
              + f") in {data['seconds']:.0f}s{budget}; stopped: {data['stop']}",
              f"- result: **{data['verdict']}**"]
+    if data.get("end_plan"):
+        lines.append(f"- the end of the run was planned from the start: "
+                     f"{data['end_plan']['text']}")
     lines += [f"- **not finished**: {e}" for e in data.get("errors", [])]
     lines += [f"- note: {n}" for n in data.get("notes", [])]
     return lines + [""]
