@@ -49,6 +49,7 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .catalogue import for_model
 from .cnn import conv_facts
 from .history import earlier
 from .objective import OBJECTIVES, gain
@@ -134,7 +135,8 @@ class Planner:
         self.store.check_run(settings.store_key(), resume)
         self.base = load(settings.model)
         self.task = get_task(self.base.task)
-        self.actions = [a for a in actions if self.base.task in a.tasks]
+        # structural actions this model's family cannot take are left out here, with why
+        self.actions, self.left_out = for_model(actions, self.base)
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
         self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed

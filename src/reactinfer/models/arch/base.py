@@ -332,11 +332,17 @@ def adapter_for(model: Any, what: str = "this operation") -> FamilyAdapter:
     return adapter
 
 
-def family_refuses(model: Any, part: str, what: str) -> str | None:
-    """Why `what`, which reshapes `part` of a transformer ("layers", "ffn", "heads"),
-    cannot apply to `model`; None when its family adapter allows it."""
+def family_refuses(model: Any, part: str) -> str | None:
+    """Why a transform that reshapes `part` of a transformer ("layers", "ffn", "heads")
+    cannot apply to `model`, in one line; None when its family adapter allows it."""
+    if model is None:
+        return "there is no torch model to reshape (the model is an engine file)"
     adapter = find_adapter(model)
-    return no_family(model, what) if adapter is None else adapter.why_not(part)
+    if adapter is None:
+        return (f"no model family adapter knows {model_kind(model)!r} models, so its layers, "
+                "FFN and heads cannot be found (reactinfer.models.arch.register_family "
+                "describes a family)")
+    return adapter.why_not(part)
 
 
 def gguf_types() -> tuple[str, ...]:
