@@ -39,7 +39,8 @@ def test_builtin_families_found_by_model_type(task, family):
 def test_unknown_model_is_a_user_error_that_says_what_to_do():
     net = torch.nn.Linear(4, 4)
     assert find_adapter(net) is None
-    with pytest.raises(UserError, match="BERT-family and Llama-family.*'Linear'.*register_family"):
+    with pytest.raises(UserError,
+                       match="BERT-family, .*Llama-family.*Qwen3.*'Linear'.*register_family"):
         adapter_for(net, "PruneFFN")
 
 

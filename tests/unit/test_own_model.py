@@ -174,3 +174,14 @@ def test_a_task_outside_the_registry_is_refused_with_the_registered_ones():
     with pytest.raises(UserError) as e:
         ri.load(tiny_cnn(), task="segmentation")
     assert all(t in str(e.value) for t in task_names())
+
+
+def test_an_onnx_file_is_offered_engine_actions_only(tmp_path):
+    from reactinfer.planner.catalogue import catalogue, for_model
+
+    path = _export(UsersNet().eval(), tmp_path / "model.onnx")
+    (tmp_path / "preprocess.json").write_text(json.dumps(PRE))
+    kept, left_out = for_model(catalogue(), ri.load(path, task=IMAGE))
+    assert kept and all(a.backend is not None and not a.steps for a in kept)
+    assert {"fold BatchNorm"} <= set(left_out)
+    assert all("no torch weights" in why for why in left_out.values())

@@ -194,7 +194,11 @@ def convert_to_gguf(handle: ModelHandle, path: str | Path, outtype: str = "q8_0"
     # llama.cpp's llama graph takes layer 0's sizes for every layer; the layout's uneven
     # architecture reads per-layer head and FFN counts.
     uneven = any(len(set(v)) > 1 for v in (heads, heads_kv, ffn))
-    writer = gguf.GGUFWriter(str(path), layout.arch_uneven if uneven else layout.arch)
+    if uneven and layout.arch_uneven is None:
+        raise UserError(f"GGUF {layout.arch} needs the same head and FFN counts in every "
+                        "layer; this model's differ (prune every layer alike)")
+    writer = gguf.GGUFWriter(str(path), layout.arch_uneven or layout.arch if uneven
+                             else layout.arch)
     writer.add_name(handle.name)
     writer.add_context_length(int(getattr(config, "max_position_embeddings", 2048)))
     writer.add_embedding_length(hidden)

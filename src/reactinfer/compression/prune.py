@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -95,18 +95,21 @@ class _Structured(TransformConfig):
 class PruneFFN(_Structured):
     """Remove FFN neurons: every layer keeps the `keep` fraction with the highest
     importance (weight magnitude, or mean |activation| on calibration data × weight)."""
+    family_part: ClassVar[str | None] = "ffn"
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneHeads(_Structured):
     """Remove attention heads: every layer keeps the `keep` fraction of its heads (for
     grouped-query attention: of the query heads in each key/value group)."""
+    family_part: ClassVar[str | None] = "heads"
 
 
 @dataclasses.dataclass(frozen=True)
 class DropLayers(TransformConfig):
     """Remove whole transformer layers: keep the `keep` fraction, evenly spaced (first and
     last kept), or exactly the 0-based `layers` listed."""
+    family_part: ClassVar[str | None] = "layers"
     keep: float | None = 0.5
     layers: tuple[int, ...] = ()
 
@@ -184,6 +187,16 @@ def _prune_2of4(handle: ModelHandle, cfg: Prune2of4) -> ModelHandle:
 
 # -- structured: scoring helpers ---------------------------------------------------------------
 
+def _family(model: torch.nn.Module, cfg: TransformConfig) -> FamilyAdapter:
+    """The family adapter of `model`, which must allow reshaping `cfg.family_part`."""
+    name = type(cfg).__name__
+    arch = adapter_for(model, name)
+    why = arch.why_not(cfg.family_part or "")
+    if why:
+        raise UserError(f"{name}: {why}")
+    return arch
+
+
 def _activation_norms(handle: ModelHandle, model: torch.nn.Module, cfg: _Structured,
                       pick: Callable[[torch.nn.Module], torch.nn.Linear]) -> list[torch.Tensor]:
     """Mean |input| per feature of `pick(layer)` for each layer, over real tokens only."""
@@ -222,7 +235,7 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 @register_transform(PruneFFN)
 def _prune_ffn(handle: ModelHandle, cfg: PruneFFN) -> ModelHandle:
     model = need_model(handle, "PruneFFN")
-    arch = adapter_for(model, "PruneFFN")
+    arch = _family(model, cfg)
     acts = _activation_norms(handle, model, cfg, lambda layer: arch.ffn(layer)[1]) \
         if cfg.importance == "activation" else None
     new = clone(model)
@@ -263,7 +276,7 @@ def _head_scores(arch: FamilyAdapter, layer: torch.nn.Module, d: int,
 @register_transform(PruneHeads)
 def _prune_heads(handle: ModelHandle, cfg: PruneHeads) -> ModelHandle:
     model = need_model(handle, "PruneHeads")
-    arch = adapter_for(model, "PruneHeads")
+    arch = _family(model, cfg)
     acts = _activation_norms(handle, model, cfg, arch.attn_out) \
         if cfg.importance == "activation" else None
     new = clone(model)
@@ -306,7 +319,7 @@ def layers_to_keep(n_layers: int, cfg: DropLayers) -> list[int]:
 @register_transform(DropLayers)
 def _drop_layers(handle: ModelHandle, cfg: DropLayers) -> ModelHandle:
     model = need_model(handle, "DropLayers")
-    arch = adapter_for(model, "DropLayers")
+    arch = _family(model, cfg)
     keep = layers_to_keep(len(arch.blocks(model)), cfg)
     new = clone(model)
     arch.keep_blocks(new, keep)

@@ -54,6 +54,10 @@ class TransformConfig:
     # folding): loading an artifact of a plain torch module applies it to the fresh
     # architecture first, so the stored weights fit
     rebuild_on_load: ClassVar[bool] = False
+    # the part of a transformer family it reshapes ("layers", "ffn", "heads"): it needs the
+    # model's family adapter (models.arch) to allow it, and the planner leaves it out for a
+    # model whose family has none
+    family_part: ClassVar[str | None] = None
     version: int = dataclasses.field(default=0, kw_only=True)  # 0: this ReAct's VERSION
 
     def __post_init__(self) -> None:

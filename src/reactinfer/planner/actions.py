@@ -362,15 +362,24 @@ def _expect_prune(what: str, fraction: float) -> Expect:
                           "bound even after recovery training, so pruning "
                           f"{what} is unlikely to stay within it; kept for after the other "
                           "actions." + _observed(ctx, "prune-" + what.split()[0].lower()))
-        prior = {"FFN neurons": "the FFN holds", "attention heads": "attention projections hold",
-                 "layers": "each layer holds"}[what]
-        amount = f"{share:.0%} of the FLOPs" if what != "layers" else \
-            f"1/{ctx.model_facts.get('layers', '?')} of the FLOPs"
-        return gain, (f"Structured pruning of {what} physically shrinks the dense GEMMs: {prior} "
-                      f"{amount}, so removing {fraction:.0%} should give about ×{gain:.2f}; "
-                      f"recovery distillation on the train split limits the quality loss."
+        return gain, (f"Structured pruning of {what} physically shrinks the dense GEMMs"
+                      f"{_share_clause(ctx.model_facts, what, share)}, so removing "
+                      f"{fraction:.0%} should give about ×{gain:.2f}; recovery distillation "
+                      "on the train split limits the quality loss."
                       + _observed(ctx, "prune-" + what.split()[0].lower()))
     return expect
+
+
+def _share_clause(facts: dict[str, Any], what: str, share: float) -> str:
+    """': the FFN holds 66% of the FLOPs' from the model's shape; nothing where the shape
+    is not known (no claim is made up)."""
+    if what == "layers":
+        return f": each layer holds 1/{facts['layers']} of the FLOPs" if facts.get("layers") \
+            else ""
+    if "ffn_share" not in facts:
+        return ""
+    holds = {"FFN neurons": "the FFN holds", "attention heads": "attention projections hold"}
+    return f": {holds[what]} {share:.0%} of the FLOPs"
 
 
 def _expect_prune_channels(fraction: float) -> Expect:

@@ -13,7 +13,7 @@ from ..core.handle import ModelHandle
 from ..models import LOAD_KEYS, load
 from .actions import Action
 from .budget import Budget
-from .catalogue import default_actions
+from .catalogue import default_actions, unavailable_actions
 from .finish import finish
 from .loop import Planner, PlanSettings
 
@@ -64,6 +64,8 @@ def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: flo
         raise UserError(f"{out} exists and is not a ReAct run; choose another directory")
     planner = Planner(s, out, actions if actions is not None else default_actions(),
                       resume=resume, progress=progress, budget=budget, base=base)
+    if actions is None:  # and the catalogue's actions this installation cannot run
+        planner.left_out = {**unavailable_actions(task=planner.base.task), **planner.left_out}
     try:
         result = planner.run()
     except BaseException:

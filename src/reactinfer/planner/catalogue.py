@@ -1,16 +1,21 @@
 """The default action catalogue. Actions whose transform or backend is not available here
 are left out (with the reason kept in `unavailable_actions()`), so the planner only ever
-tries what this installation can do."""
+tries what this installation can do; `for_model` leaves out, before the search, the
+structural actions the model's family adapter does not allow (with the reason, for the
+report), so a model of any family still gets every engine and number format."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..core.backend import list_backends
 from ..core.errors import UserError
 from ..core.hardware import NATIVE_HALF, HardwareProfile, hardware_profile, native_flags
 from ..core.transform import config_from_dict
+from ..models.arch import family_refuses
 from .actions import (
+    TORCH_BACKENDS,
     Action,
     _expect_engine_format,
     _expect_fold_bn,
@@ -20,6 +25,9 @@ from .actions import (
     _expect_prune_channels,
     _expect_sparse,
 )
+
+if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
 
 ENCODERS = ("embedding", "classification")
 LM = ("causal-lm",)
@@ -162,6 +170,43 @@ def default_actions(hw: HardwareProfile | None = None) -> list[Action]:
     return [_for_hardware(a, hw) for a in catalogue() if _why_unavailable(a, hw) is None]
 
 
-def unavailable_actions(hw: HardwareProfile | None = None) -> dict[str, str]:
+def unavailable_actions(hw: HardwareProfile | None = None,
+                        task: str | None = None) -> dict[str, str]:
+    """The catalogue's actions (for `task`, default: any) this installation and CPU cannot
+    run, and why."""
     hw = hw or hardware_profile()
-    return {a.name: why for a in catalogue() if (why := _why_unavailable(a, hw)) is not None}
+    return {a.name: why for a in catalogue() if task is None or task in a.tasks
+            if (why := _why_unavailable(a, hw)) is not None}
+
+
+def _why_not_for(a: Action, model: Any) -> str | None:
+    """Why a structural action cannot reshape `model` (its steps, and the student recipe a
+    distillation step builds, name the family part they reshape), or None. A model with no
+    torch weights (a user's ONNX file) takes engine and number-format actions only."""
+    torch_only = a.steps or (a.backend is not None and a.backend[0] in TORCH_BACKENDS)
+    if model is None and torch_only:
+        return ("the model is an engine graph with no torch weights (an ONNX file): "
+                "transforms need the torch model; give the torch module or HF directory")
+    for step in a.steps:
+        for s in (step, *step.get("student", ())):
+            part = type(config_from_dict(s)).family_part
+            why = family_refuses(model, part) if part else None
+            if why:
+                return why
+    return None
+
+
+def for_model(actions: Sequence[Action], handle: ModelHandle) -> tuple[list[Action],
+                                                                      dict[str, str]]:
+    """The actions for `handle`'s task, less the structural ones its family cannot take:
+    those are left out before the search, with the reason (name → why)."""
+    kept, left_out = [], {}
+    for a in actions:
+        if handle.task not in a.tasks:
+            continue
+        why = _why_not_for(a, handle.model)
+        if why:
+            left_out[a.name] = why
+        else:
+            kept.append(a)
+    return kept, left_out

@@ -300,6 +300,7 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
         "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,
         "variants": state["variants"], "best_artifact": state["best_artifact"],
         "confirm": confirm, "notes": state["notes"], "errors": state["errors"],
+        "left_out": planner.left_out,  # actions not offered to this model, and why
     }
     data["verdict"] = verdict(data)
     return data

@@ -45,6 +45,7 @@ from .budget import (
     timed_total,
 )
 from .builder import Builder
+from .catalogue import for_model
 from .cnn import conv_facts
 from .endplan import EndPlan, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
@@ -137,7 +138,8 @@ class Planner:
         self.base = base if base is not None else load(settings.model)
         self.task = get_task(self.base.task)
         self.metric = resolve_metric(settings.metric, self.base.task)
-        self.actions = [a for a in actions if self.base.task in a.tasks]
+        # structural actions this model's family cannot take are left out here, with why
+        self.actions, self.left_out = for_model(actions, self.base)
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
         self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed

@@ -191,7 +191,16 @@ def _header(data: dict[str, Any]) -> list[str]:
                      f"{data['end_plan']['text']}")
     lines += [f"- **not finished**: {e}" for e in data.get("errors", [])]
     lines += [f"- note: {n}" for n in data.get("notes", [])]
-    return lines + [""]
+    return lines + _left_out_lines(data) + [""]
+
+
+def _left_out_lines(data: dict[str, Any]) -> list[str]:
+    """The actions not offered to this model, grouped by why (one line per reason)."""
+    by_why: dict[str, list[str]] = {}
+    for name, why in data.get("left_out", {}).items():
+        by_why.setdefault(why, []).append(name)
+    return [f"- left out before the search: {', '.join(names)} — {why}"
+            for why, names in by_why.items()]
 
 
 def _bounded(data: dict[str, Any]) -> str:

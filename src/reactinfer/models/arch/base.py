@@ -66,6 +66,16 @@ def keep_cols(lin: torch.nn.Linear, idx: torch.Tensor) -> torch.nn.Linear:
     return new
 
 
+def _row_view(lin: torch.nn.Linear, start: int, stop: int) -> torch.nn.Linear:
+    """Rows start:stop of `lin` as a Linear sharing its weight (no bias), for reading
+    one part of a fused projection; surgery replaces the fused Linear itself."""
+    import torch
+
+    view = torch.nn.Linear(lin.in_features, stop - start, bias=False, device="meta")
+    view.weight = torch.nn.Parameter(lin.weight.detach()[start:stop], requires_grad=False)
+    return view
+
+
 def _head_rows(idx: torch.Tensor, d: int) -> torch.Tensor:
     import torch
 
@@ -82,7 +92,7 @@ class GGUFLayout:
     rotate-half order (llama.cpp wants interleaved pairs)."""
     model_types: tuple[str, ...]  # the ones llama.cpp's graph runs unchanged
     arch: str  # GGUF architecture when every layer has the same sizes
-    arch_uneven: str  # when pruning left per-layer head / FFN counts that differ
+    arch_uneven: str | None  # when per-layer head / FFN counts differ (None: not written)
     block: str
     embed: str
     norm: str
@@ -100,9 +110,11 @@ class GGUFLayout:
 
 @dataclasses.dataclass(frozen=True)
 class FamilyAdapter:
-    """One family: its config `model_type`s and where its parts are. Subclasses
-    override `on_heads_kept` (which module attributes count heads) and, when the config
-    can say it, `record_heads`."""
+    """One family: its config `model_type`s and where its parts are. Which module
+    attributes count heads is data (`head_count`) or, where it takes more, an override of
+    `on_heads_kept`; when the config can say the head count, subclasses override
+    `record_heads`. Fused projections are data too: `qkv` (one Linear with the q, k and v
+    rows, in that order) and `ffn_chunks` (gate and up stacked in one Linear)."""
     name: str  # registry key
     label: str  # in messages: "BERT-family"
     model_types: tuple[str, ...]  # config.model_type values of the family
@@ -110,11 +122,17 @@ class FamilyAdapter:
     layers: str  # the blocks' ModuleList, from the body
     ffn_in: tuple[str, ...]  # per block: Linears whose rows are FFN neurons
     ffn_out: str  # per block: the Linear whose columns are
-    q: str  # per block: attention projections
+    q: str  # per block: attention projections ("" where `qkv` holds them)
     k: str
     v: str
     o: str
     head_dim: str  # per block: the attribute holding the head size
+    qkv: str | None = None  # per block: one Linear whose rows are q, then k, then v heads
+    ffn_chunks: int = 1  # neuron groups stacked in each `ffn_in` Linear (gate | up: 2)
+    # per block: attributes that hold the query head count (None: on_heads_kept says)
+    head_count: tuple[str, ...] | None = None
+    no_heads: str = ""  # why this family's heads cannot be pruned ("": they can)
+    keep_first: str = ""  # why block 0 must stay when layers are dropped ("": it need not)
     ffn_config: str = "intermediate_size"  # config key of the FFN width
     ffn_width: tuple[str, ...] = ()  # per block: attributes that store the FFN width
     cache_index: str | None = None  # per block: its index into the KV cache
@@ -150,15 +168,32 @@ class FamilyAdapter:
             for j, layer in enumerate(blocks):
                 set_path(layer, self.cache_index, j)
 
+    def why_not(self, part: str) -> str | None:
+        """Why a transform that reshapes `part` ("layers", "ffn", "heads") cannot apply to
+        this family, or None when it can."""
+        return f"{self.label}: {self.no_heads}" if part == "heads" and self.no_heads else None
+
     def ffn(self, layer: torch.nn.Module) -> tuple[list[torch.nn.Linear], torch.nn.Linear]:
-        """(input projections whose rows are neurons, output projection whose columns are)."""
-        return [get_path(layer, p) for p in self.ffn_in], get_path(layer, self.ffn_out)
+        """(input projections whose rows are neurons, output projection whose columns are);
+        a fused input projection comes as one read-only view per neuron group."""
+        out = get_path(layer, self.ffn_out)
+        ins = [get_path(layer, p) for p in self.ffn_in]
+        if self.ffn_chunks > 1:
+            n = out.in_features
+            ins = [_row_view(lin, c * n, (c + 1) * n) for lin in ins
+                   for c in range(self.ffn_chunks)]
+        return ins, out
 
     def attention(self, layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear,
                                                          torch.nn.Linear, torch.nn.Linear]:
-        """(q, k, v, out) projections of one block."""
-        return (get_path(layer, self.q), get_path(layer, self.k), get_path(layer, self.v),
-                get_path(layer, self.o))
+        """(q, k, v, out) projections of one block (read-only views of a fused `qkv`)."""
+        o = get_path(layer, self.o)
+        if self.qkv is None:
+            return get_path(layer, self.q), get_path(layer, self.k), get_path(layer, self.v), o
+        qkv, nq = get_path(layer, self.qkv), o.in_features  # q rows: heads × head size
+        nkv = (qkv.out_features - nq) // 2
+        return (_row_view(qkv, 0, nq), _row_view(qkv, nq, nq + nkv),
+                _row_view(qkv, nq + nkv, nq + 2 * nkv), o)
 
     def attn_out(self, layer: torch.nn.Module) -> torch.nn.Linear:
         return get_path(layer, self.o)
@@ -183,9 +218,13 @@ class FamilyAdapter:
 
     def keep_ffn(self, layer: torch.nn.Module, idx: torch.Tensor) -> None:
         """Keep FFN neurons `idx` of one block."""
-        ins, out = self.ffn(layer)
-        for path, lin in zip(self.ffn_in, ins, strict=True):
-            set_path(layer, path, keep_rows(lin, idx))
+        import torch
+
+        out = get_path(layer, self.ffn_out)
+        n = out.in_features
+        rows = torch.cat([idx + c * n for c in range(self.ffn_chunks)])  # in every group
+        for path in self.ffn_in:
+            set_path(layer, path, keep_rows(get_path(layer, path), rows))
         set_path(layer, self.ffn_out, keep_cols(out, idx))
         for path in self.ffn_width:
             set_path(layer, path, len(idx))
@@ -194,25 +233,39 @@ class FamilyAdapter:
                    kv_idx: torch.Tensor | None) -> None:
         """Keep query heads `idx` (head size d) of one block, and key/value heads
         `kv_idx` (None: keep every K/V head, grouped-query attention)."""
+        import torch
+
         q, k, v, o = self.attention(layer)
         rows = _head_rows(idx, d)
-        set_path(layer, self.q, keep_rows(q, rows))
+        n_kv = k.out_features // d
+        kv_rows = _head_rows(kv_idx, d) if kv_idx is not None else torch.arange(n_kv * d)
+        if self.qkv is not None:  # one Linear: q rows, then k rows, then v rows
+            nq = q.out_features
+            fused = torch.cat([rows, nq + kv_rows, nq + n_kv * d + kv_rows])
+            set_path(layer, self.qkv, keep_rows(get_path(layer, self.qkv), fused))
+        else:
+            set_path(layer, self.q, keep_rows(q, rows))
+            if kv_idx is not None:
+                set_path(layer, self.k, keep_rows(k, kv_rows))
+                set_path(layer, self.v, keep_rows(v, kv_rows))
         set_path(layer, self.o, keep_cols(o, rows))
-        if kv_idx is not None:
-            kv_rows = _head_rows(kv_idx, d)
-            set_path(layer, self.k, keep_rows(k, kv_rows))
-            set_path(layer, self.v, keep_rows(v, kv_rows))
-        n_kv = len(kv_idx) if kv_idx is not None else k.out_features // d
-        self.on_heads_kept(layer, len(idx), n_kv, d)
+        self.on_heads_kept(layer, len(idx), len(kv_idx) if kv_idx is not None else n_kv, d)
 
     def on_heads_kept(self, layer: torch.nn.Module, n_heads: int, n_kv: int, d: int) -> None:
-        """Update the block's attention attributes that count heads."""
-        raise NotImplementedError(f"{type(self).__name__} must say which attributes of its "
-                                  "attention count heads (override on_heads_kept)")
+        """Update the block's attention attributes that count heads (`head_count`)."""
+        if self.head_count is None:
+            raise NotImplementedError(f"{type(self).__name__} must say which attributes of its "
+                                      "attention count heads (head_count, or override "
+                                      "on_heads_kept)")
+        for path in self.head_count:
+            set_path(layer, path, n_heads)
 
     def keep_blocks(self, model: torch.nn.Module, keep: Sequence[int]) -> None:
         import torch
 
+        if self.keep_first and 0 not in keep:
+            raise UserError(f"DropLayers: {self.label} models must keep layer 0 "
+                            f"({self.keep_first}); list it in layers=")
         layers = self.blocks(model)
         self.set_blocks(model, torch.nn.ModuleList([layers[i] for i in keep]))
 
@@ -262,16 +315,34 @@ def _and(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def no_family(model: Any, what: str = "this operation") -> str:
+    """Why `what` cannot run on a model of no registered family: the families it supports."""
+    labels = list(dict.fromkeys(a.label for a in FAMILIES.values()))
+    types = ", ".join(mt for a in FAMILIES.values() for mt in a.model_types)
+    return (f"{what} supports {_and(labels)} Hugging Face models (model_type {types}); this "
+            f"is {model_kind(model)!r}. Use such a model, or describe its family with "
+            "reactinfer.models.arch.register_family")
+
+
 def adapter_for(model: Any, what: str = "this operation") -> FamilyAdapter:
     """The adapter of `model`'s family, or a UserError naming the supported ones."""
     adapter = find_adapter(model)
     if adapter is None:
-        labels = list(dict.fromkeys(a.label for a in FAMILIES.values()))
-        types = ", ".join(mt for a in FAMILIES.values() for mt in a.model_types)
-        raise UserError(f"{what} supports {_and(labels)} Hugging Face models (model_type "
-                        f"{types}); this is {model_kind(model)!r}. Use such a model, or "
-                        "describe its family with reactinfer.models.arch.register_family")
+        raise UserError(no_family(model, what))
     return adapter
+
+
+def family_refuses(model: Any, part: str) -> str | None:
+    """Why a transform that reshapes `part` of a transformer ("layers", "ffn", "heads")
+    cannot apply to `model`, in one line; None when its family adapter allows it."""
+    if model is None:
+        return "there is no torch model to reshape (the model is an engine file)"
+    adapter = find_adapter(model)
+    if adapter is None:
+        return (f"no model family adapter knows {model_kind(model)!r} models, so its layers, "
+                "FFN and heads cannot be found (reactinfer.models.arch.register_family "
+                "describes a family)")
+    return adapter.why_not(part)
 
 
 def gguf_types() -> tuple[str, ...]:

@@ -15,6 +15,8 @@ class LlamaAdapter(FamilyAdapter):
     def on_heads_kept(self, layer: torch.nn.Module, n_heads: int, n_kv: int, d: int) -> None:
         attn = get_path(layer, "self_attn")
         attn.num_key_value_groups = n_heads // n_kv  # repeat_kv's factor
+        if hasattr(attn, "num_key_value_heads"):  # Phi-3 slices its fused qkv by it
+            attn.num_key_value_heads = n_kv
 
     def record_heads(self, config: Any, n_heads: int, n_kv: int, d: int) -> None:
         # The config expresses it all: plain from_pretrained reloads the pruned model.
