@@ -77,6 +77,8 @@ def graph_feed(inputs: list[str], batch: Batch, engine: str) -> dict[str, np.nda
             feed[name] = batch[name]
         elif name == "token_type_ids":
             feed[name] = np.zeros_like(batch["input_ids"])
+        elif len(inputs) == 1 and list(batch) == ["pixel_values"]:
+            feed[name] = batch["pixel_values"]  # a user's image graph: one input, any name
         else:
             raise UserError(f"the {engine} model needs input {name!r}, which the tokenizer "
                             "did not produce")

@@ -8,7 +8,9 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.files import sha256_file
-from ..core.handle import ModelHandle
+from ..core.handle import TASKS, ModelHandle
+from ..core.images import IMAGE_TASK, PREPROCESS_FILE, ImagePreprocess, as_preprocess
+from .image_checks import check_onnx_image
 from .loaders import DEFAULT_MAX_LENGTH, register_loader
 
 ONNX_FILE = "model.onnx"  # the name a handle's ONNX graph travels under in handle.files
@@ -37,24 +39,24 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 @register_loader("onnx", lambda p: p.is_file() and p.suffix == ".onnx")
 def load_onnx(path: Path, task: str | None = None, name: str | None = None,
-              source: dict | None = None, **opts: Any) -> ModelHandle:
-    """An exported ONNX model with its tokenizer files beside it; the task comes from
-    `task=` or from the metadata ReAct writes at export. Other keyword arguments become
-    the onnxruntime backend's options (checked when it prepares a runner)."""
-    import transformers
-
+              source: dict | None = None, preprocess: Any = None, **opts: Any) -> ModelHandle:
+    """An exported ONNX model with its tokenizer files beside it (an image classifier: its
+    `preprocess=`, or a preprocess.json beside it); the task comes from `task=` or from the
+    metadata ReAct writes at export. Other keyword arguments become the onnxruntime
+    backend's options (checked when it prepares a runner)."""
     path = Path(path)
     meta = read_metadata(path)
     task = task or meta.get("task")
     if task is None:
         raise UserError(f"{path} does not say which task it runs (no ReAct metadata): pass "
-                        "task= (embedding, classification or causal-lm)")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent,
-                                                               local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"no tokenizer beside {path}: save the tokenizer files "
-                        f"(tokenizer.json, tokenizer_config.json) in {path.parent} ({e})") from None
+                        f"task= ({', '.join(TASKS)})")
+    if task == IMAGE_TASK:
+        tokenizer: Any = _image_preprocess(path, preprocess)
+        check_onnx_image(path, tokenizer)
+    elif preprocess is not None:
+        raise UserError(f"preprocess= is for image-classification models, not {task}")
+    else:
+        tokenizer = _tokenizer(path)
     precision = meta.get("precision", "fp32")
     max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH.get(task, 256)))
     return ModelHandle(task=task, model=None, tokenizer=tokenizer, name=name or path.stem,
@@ -63,3 +65,23 @@ def load_onnx(path: Path, task: str | None = None, name: str | None = None,
                        max_length=max_length, backend="onnxruntime",
                        backend_options={"precision": precision, **opts},
                        files={ONNX_FILE: path})
+
+
+def _tokenizer(path: Path) -> Any:
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path.parent, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"no tokenizer beside {path}: save the tokenizer files "
+                        f"(tokenizer.json, tokenizer_config.json) in {path.parent} ({e})") from None
+
+
+def _image_preprocess(path: Path, preprocess: Any) -> ImagePreprocess:
+    if preprocess is not None:
+        return as_preprocess(preprocess)
+    if (path.parent / PREPROCESS_FILE).is_file():
+        return ImagePreprocess.from_dir(path.parent)
+    raise UserError(f"{path} is an image model: pass preprocess= (an ImagePreprocess or a "
+                    f"dict: size, resize, mean, std, channels) or put a {PREPROCESS_FILE} "
+                    "beside it")
