@@ -5,8 +5,6 @@ folder with one class."""
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +22,7 @@ from reactinfer.core.images import (
     max_pixels,
 )
 from reactinfer.data import image_classes, read_image_dir
-from reactinfer.testing import tiny_cnn, tiny_images, tiny_tokenizer
+from reactinfer.testing import png_claiming, tiny_cnn, tiny_images, tiny_tokenizer
 
 PRE = ImagePreprocess(size=16, resize=18, mean=(120.0,) * 3, std=(60.0,) * 3)
 IMAGE = "image-classification"
@@ -183,18 +181,6 @@ def test_the_check_runs_the_module_in_eval_mode():
 
 
 # -- decompression bombs ---------------------------------------------------------------
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG of a few dozen bytes whose header declares width × height grey pixels (the
-    pixel data is a tiny zlib stream: decoding it would have to inflate to w × h bytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + \
-            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def save_png(path: Path, array: np.ndarray) -> Path:
     from PIL import Image
 
