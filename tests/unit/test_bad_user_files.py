@@ -269,3 +269,8 @@ def test_a_plain_folder_of_images_stays_unlabelled_without_a_warning(tmp_path, c
     items, _ = read_image_dir(tmp_path)
     assert all(it.label is None for it in items) and image_classes(tmp_path) is None
     assert capsys.readouterr().err == ""
+
+
+def test_a_bf16_module_is_checked_in_its_own_type():
+    h = ri.load(tiny_cnn().to(torch.bfloat16), task=IMAGE, preprocess=PRE)
+    assert h.task == IMAGE

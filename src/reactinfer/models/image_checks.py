@@ -52,15 +52,19 @@ def check_module_output(module: Any, task: str, preprocess: ImagePreprocess | No
     number of classes of its (N, classes) logits; anything else is one UserError."""
     import torch
 
+    # the sample goes where the weights are, in their type (a module on a GPU, in bf16)
+    weight = next((t for t in module.parameters() if t.is_floating_point()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
     if task == IMAGE_TASK:
         assert preprocess is not None
-        x = torch.from_numpy(sample_pixels(preprocess))  # (2, C, S, S)
+        x = torch.from_numpy(sample_pixels(preprocess)).to(  # (2, C, S, S)
+            device, weight.dtype if weight is not None else torch.float32)
         what = f"a batch of 2 images {_input_words(preprocess)}"
 
         def call() -> Any:
             return module(x)
     else:
-        enc = _sample_tokens(tokenizer, max_length)
+        enc = {k: v.to(device) for k, v in _sample_tokens(tokenizer, max_length).items()}
         what = f"a batch of {len(enc['input_ids'])} texts from its tokenizer"
 
         def call() -> Any:
