@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 from PIL import Image  # noqa: E402
 from test_serve_http import burst, running, slow  # noqa: E402
 
-from reactinfer.testing import tiny_image_handle, tiny_images  # noqa: E402
+from reactinfer.testing import png_claiming, tiny_image_handle, tiny_images  # noqa: E402
 
 pytestmark = pytest.mark.integration
 NAME = "tiny-cnn"
@@ -134,6 +134,8 @@ BAD = [  # (body, status, words in the error)
     (_image(["hello"], name="text"), 400, "not an input"),
     ({"inputs": []}, 400, "one tensor"),
     (_image([b64(png(GOOD))]) | {"outputs": [{"name": "probabilities"}]}, 400, "unknown output"),
+    (lambda: _image([b64(png_claiming(30000, 30000))]), 413, "decompression bomb"),
+    (lambda: _image([b64(png_claiming(8000, 6000))]), 413, "--max-image-pixels"),
 ]
 
 
@@ -144,6 +146,24 @@ def test_bad_image_input_gets_a_4xx_and_the_server_keeps_serving(server, body, s
     assert words in r.json()["error"]
     after = outputs(server.client.post(INFER, json=files_body([png(GOOD)])))
     assert after["top5_ids"].shape == (1, 5)
+
+
+def test_class_names_given_to_the_model_or_the_server_are_answered(handle):
+    """A user's model answers the names given to load(labels=) (kept in its artifacts),
+    or those `react serve --labels` gives (ServeConfig.labels), in top5_labels."""
+    import reactinfer as ri
+
+    names = [f"name{i}" for i in range(10)]
+    named = ri.load(handle.derive(name=NAME), labels=names)
+    files = files_body([png(a) for a in tiny_images(2, seed=9)])
+    reference = np.argsort(-handle.runner()(handle.tokenizer(tiny_images(2, seed=9))), 1)[:, :5]
+    with running([named], warmup=False) as s:
+        out = outputs(s.client.post(INFER, json=files))
+    assert out["top5_labels"].tolist() == [[names[i] for i in row] for row in reference]
+    shouting = [n.upper() for n in names]
+    with running([handle], warmup=False, labels=shouting) as s:
+        out = outputs(s.client.post(INFER, json=files))
+    assert out["top5_labels"].tolist() == [[shouting[i] for i in row] for row in reference]
 
 
 def test_the_body_limit_makes_room_for_one_image(handle):

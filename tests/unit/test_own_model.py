@@ -79,6 +79,10 @@ def test_optimize_takes_a_users_module_and_its_best_runs_without_the_class(image
     with torch.no_grad():
         want = net(torch.from_numpy(pre(items)["pixel_values"])).numpy()
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
+    # the --data folder's class subfolders name the classes (one per class of the model)
+    from reactinfer.models.vision import model_labels
+
+    assert model_labels(best) == ["class0", "class1", "class2"]
     # with the class, the torch weights load as before
     again = ri.load(out / "best", module=UsersNet())
     assert again.model is not None and again.backend.startswith("torch")

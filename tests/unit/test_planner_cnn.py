@@ -124,3 +124,16 @@ def test_a_new_precision_step_starts_without_the_options_of_the_old_one():
         new = action.apply(cand, set())
         assert new is not None and new.backend_options() == \
             {"precision": precision, "hint": "latency"}, name
+
+
+def test_optimize_keeps_the_class_names_in_its_artifacts(tiny_cnn_model, tmp_path):
+    from reactinfer.core.errors import UserError
+    from reactinfer.models.vision import model_labels
+
+    names = [f"digit {i}" for i in range(10)]
+    optimize(tiny_cnn_model, out=tmp_path / "run", budget_s=60, n_eval=20, batch_size=16,
+             latency_runs=2, confirm_n_eval=0, max_trials=1, progress=False, labels=names)
+    assert model_labels(ri.load(tmp_path / "run" / "best")) == names
+    with pytest.raises(UserError, match="3 class names for a model with 10"):
+        optimize(tiny_cnn_model, out=tmp_path / "bad", budget_s=60, n_eval=20,
+                 max_trials=1, progress=False, labels=names[:3])

@@ -31,3 +31,12 @@ def loaded(model: str, a: argparse.Namespace) -> Any:
     from ..models import load
 
     return load(model, **kw)
+
+
+def labels_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """`labels=` from --labels FILE (one name per line, or a JSON list), when given."""
+    if getattr(a, "labels", None) is None:
+        return {}
+    from ..core.images import read_labels
+
+    return {"labels": read_labels(a.labels)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.zoo import DEFAULT_MODEL
-from .loading import add_load_args, load_kwargs
+from .loading import add_load_args, labels_kwargs, load_kwargs
 from .main import command, print_json
 
 
@@ -33,6 +33,10 @@ def _optimize(p: argparse.ArgumentParser):
     p.add_argument("--max-trials", type=int, default=None)
     p.add_argument("--target", type=float, default=None,
                    help="stop once the objective is this many times the baseline's")
+    p.add_argument("--labels", metavar="FILE", default=None,
+                   help="an image model's class names, kept in its artifacts: one per line "
+                        "in class-id order, or a JSON list (default: --data's class "
+                        "subfolders when there is one per class)")
     add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the report data as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -50,7 +54,7 @@ def _optimize(p: argparse.ArgumentParser):
                         budget_s=a.budget_s, data=a.data, out=out, resume=a.resume,
                         progress=not a.no_progress, n_eval=a.n_eval, batch_size=a.batch_size,
                         max_trials=a.max_trials, target=a.target, metric=a.metric,
-                        **load_kwargs(a),
+                        **load_kwargs(a), **labels_kwargs(a),
                         # the budget counts from when the command started, imports included
                         started=psutil.Process().create_time())
         if a.json:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core.bounds import check_at_least
 from ..core.errors import UserError
+from ..core.images import DEFAULT_MAX_PIXELS, read_labels
 from .loading import add_load_args, loaded
 from .main import command, print_json
 
@@ -35,6 +36,12 @@ def _serve(p: argparse.ArgumentParser):
                    help="largest image file (decoded from base64) an image model takes; "
                         "larger ones get 413 (default 20 MiB; an image model's body limit "
                         "grows to hold one such image)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="most pixels an image file may declare; more gets 413 before it is "
+                        "decoded (a decompression bomb; default 40 megapixels)")
+    p.add_argument("--labels", metavar="FILE", default=None,
+                   help="an image model's class names: one per line in class-id order, or "
+                        "a JSON list (default: the names its artifact holds, else the ids)")
     p.add_argument("--long-text", choices=("truncate", "error"), default="truncate",
                    help="texts over the model's token limit: truncate, or answer 400")
     p.add_argument("--no-warmup", action="store_true",
@@ -77,7 +84,10 @@ def _serve(p: argparse.ArgumentParser):
                              max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                              cache_size=a.cache_size, max_inputs=a.max_inputs,
                              max_body_bytes=a.max_body_bytes,
-                             max_image_bytes=a.max_image_bytes, long_text=a.long_text,
+                             max_image_bytes=a.max_image_bytes,
+                             max_image_pixels=a.max_image_pixels,
+                             labels=read_labels(a.labels) if a.labels else None,
+                             long_text=a.long_text,
                              warmup=not a.no_warmup,
                              deadline_admission=not a.no_deadline_admission,
                              admit_quantile=a.admit_quantile, max_tokens=a.max_tokens,

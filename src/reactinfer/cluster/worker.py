@@ -88,10 +88,11 @@ def _generate(handle: ModelHandle, texts: Sequence[str], batch_size: int,
 
 def _top5(handle: ModelHandle, values: list[Any]) -> dict[str, Any]:
     """top5_ids and top5_labels (best first) of each row's logits; None where it failed.
-    Labels are the built-in's class names, or the class ids for a model without them."""
+    Labels are the model's class names (given, or the built-in's), or the class ids for a
+    model without them."""
     import pyarrow as pa
 
-    from ..models.vision import class_labels
+    from ..models.vision import model_labels
     from ..tasks.image_classification import top_classes
 
     ok = [i for i, v in enumerate(values) if v is not None]
@@ -99,7 +100,7 @@ def _top5(handle: ModelHandle, values: list[Any]) -> dict[str, Any]:
     names: list[Any] = [None] * len(values)
     if ok:
         top, top_names = top_classes(np.stack([values[i] for i in ok]),
-                                     class_labels(handle.source))
+                                     model_labels(handle))
         for j, i in enumerate(ok):
             ids[i], names[i] = top[j].tolist(), top_names[j]
     return {"top5_ids": pa.array(ids, type=pa.list_(pa.int64())),

@@ -6,7 +6,14 @@ from typing import Any
 
 from ..core.images import ImagePreprocess
 from .corpus import PARTS, corpus_part, load_corpus
-from .images import ImageItem, builtin_images, image_key, images_for, read_image_dir
+from .images import (
+    ImageItem,
+    builtin_images,
+    image_classes,
+    image_key,
+    images_for,
+    read_image_dir,
+)
 from .readers import (
     LabelledText,
     model_label2id,
@@ -50,6 +57,7 @@ def items_sha256(items: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps(keys).encode()).hexdigest()
 
 
-__all__ = ["PARTS", "ImageItem", "LabelledText", "builtin_images", "corpus_part", "images_for",
-           "items_for", "items_sha256", "load_corpus", "model_label2id", "number_labels",
-           "read_image_dir", "read_texts", "split_user_texts", "texts_for"]
+__all__ = ["PARTS", "ImageItem", "LabelledText", "builtin_images", "corpus_part",
+           "image_classes", "images_for", "items_for", "items_sha256", "load_corpus",
+           "model_label2id", "number_labels", "read_image_dir", "read_texts",
+           "split_user_texts", "texts_for"]

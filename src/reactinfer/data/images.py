@@ -14,8 +14,10 @@ matplotlib wheels):
   calibrate), 360 eval (the test split).
 
 `--data DIR`: every image under DIR (Pillow decides what is an image: other files are
-skipped and counted); with class subfolders the sorted folder names give the class ids
-0..K-1 (as torchvision's ImageFolder does); split into parts by a hash of the relative path.
+skipped and counted; one that declares more than core.images.max_pixels() pixels is
+refused from its header); with class subfolders (two or more) the sorted folder names give
+the class ids 0..K-1 (as torchvision's ImageFolder does) and the class names; split into
+parts by a hash of the relative path.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.images import TooManyPixels, open_checked
 
 IMAGE_PARTS = ("calibration", "train", "eval")
 DIGITS_SEED, DIGITS_TEST = 0, 360  # the held-out digits: 360 of 1,797 (20%)
@@ -150,38 +153,65 @@ def builtin_images(name: str, part: str) -> list[ImageItem]:
     return list(BUILTIN_IMAGE_SETS[name]()[part])
 
 
-def _is_image(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
+def _is_image(path: Path, root: Path) -> bool:
+    """Whether Pillow reads `path` as an image; one that declares more pixels than the
+    limit (core.images.max_pixels) stops the read with one line: it is refused from its
+    header, before any pixel is decoded (verify() checks chunks, it inflates nothing)."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open_checked(path, f"{path.relative_to(root)} in {root}") as im:
             im.verify()
+    except TooManyPixels:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return False
     return True
 
 
-def read_image_dir(directory: str | Path) -> tuple[list[ImageItem], int]:
-    """All images under `directory` (labelled by class subfolder when every image sits in
-    one), and the number of non-image files skipped."""
-    root = Path(directory)
+def _scan(root: Path, warn: bool = True) -> tuple[list[Path], int, list[str] | None]:
+    """The images under `root`, the number of other files, and the class names (sorted
+    subfolder names) when every image sits in a class subfolder and there are two or
+    more classes, else None: the images are unlabelled."""
     if root.is_file():
         raise UserError(f"{root} is a file; an image model takes --data DIR, a folder of "
                         "images (optionally one subfolder per class)")
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if _is_image(p)]
+    images = [p for p in files if _is_image(p, root)]
     skipped = len(files) - len(images)
     if not images:
         raise UserError(f"no images in {root} ({skipped} other file(s)): give a folder of "
                         "JPEG/PNG files, optionally in one subfolder per class")
     rel = [p.relative_to(root) for p in images]
-    labelled = all(len(r.parts) == 2 for r in rel)
-    classes = sorted({r.parts[0] for r in rel}) if labelled else []
-    items = [ImageItem(p, classes.index(r.parts[0]) if labelled else None, str(r))
+    classes = sorted({r.parts[0] for r in rel}) if all(len(r.parts) == 2 for r in rel) else []
+    if len(classes) == 1 and warn:
+        # One class is no labelled set: every accuracy would be 1.0 (or 0.0). A folder that
+        # merely holds the images in a subfolder (data/images/*.jpg) is common, so the
+        # images are read unlabelled (agreement with the original still bounds quality)
+        # and the user is told why; what needs labels (--metric accuracy) then says so.
+        print(f"react: warning: {root} has one class subfolder ({classes[0]!r}): one class "
+              "is not a labelled set, so its images are read unlabelled; for accuracy put "
+              "each class in its own subfolder", file=sys.stderr)
+    return images, skipped, classes if len(classes) > 1 else None
+
+
+def read_image_dir(directory: str | Path) -> tuple[list[ImageItem], int]:
+    """All images under `directory` (labelled by class subfolder when every image sits in
+    one and there are two classes or more), and the number of non-image files skipped."""
+    root = Path(directory)
+    images, skipped, classes = _scan(root)
+    rel = [p.relative_to(root) for p in images]
+    items = [ImageItem(p, classes.index(r.parts[0]) if classes else None, str(r))
              for p, r in zip(images, rel, strict=True)]
     return items, skipped
+
+
+def image_classes(directory: str | Path) -> list[str] | None:
+    """The class names of a labelled image folder (its sorted class subfolders, index =
+    class id as read_image_dir gives them), or None when it is not labelled."""
+    return _scan(Path(directory), warn=False)[2]
 
 
 def image_key(item: Any) -> list[Any]:

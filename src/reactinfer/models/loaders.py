@@ -295,11 +295,22 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
     return loader(path, task=spec.task, name=name, source=source, **kw)
 
 
-def load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
+def load(model: Any, task: str | None = None, labels: Any = None, **kw: Any) -> ModelHandle:
     """Load a model: a built-in name (`minilm`, `smollm2`), a Hugging Face directory or a
     model id found in the local Hugging Face cache, a `.gguf` or `.onnx` file, an artifact
     directory, a `ModelHandle` (returned as is), or a `torch.nn.Module` (give `task` and
-    `tokenizer`; an image classifier takes `preprocess=ImagePreprocess(...)`)."""
+    `tokenizer`; an image classifier takes `preprocess=ImagePreprocess(...)`).
+    `labels`: an image classifier's class names (a list, index = class id), kept in every
+    artifact made from it and answered by the server; one per class the model gives."""
+    handle = _load(model, task, **kw)
+    if labels is None:
+        return handle
+    from .image_checks import with_labels
+
+    return with_labels(handle, labels)
+
+
+def _load(model: Any, task: str | None = None, **kw: Any) -> ModelHandle:
     check_task(task)
     if isinstance(model, ModelHandle):
         return model
@@ -345,6 +356,12 @@ def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str
         raise UserError(f"preprocess= is for image-classification models, not {task}")
     if tokenizer is None:
         raise UserError("loading a torch.nn.Module needs tokenizer= (a Hugging Face tokenizer)")
+    if task in ("image-classification", "classification"):  # eval: BatchNorm stays as trained
+        from .image_checks import check_module_output
+
+        module.eval()
+        check_module_output(module, task, preprocess=tokenizer, tokenizer=tokenizer,
+                            max_length=max_length or DEFAULT_MAX_LENGTH[task])
     h = hashlib.sha256()
     for key, value in sorted(module.state_dict().items()):
         if isinstance(value, torch.Tensor):

@@ -17,6 +17,7 @@ from ..core.images import (
     as_preprocess,
     read_preprocess,
 )
+from .image_checks import check_onnx_image
 from .loaders import DEFAULT_MAX_LENGTH, register_loader
 
 META_PREFIX = "reactinfer."
@@ -61,6 +62,7 @@ def load_onnx(path: Path, task: str | None = None, name: str | None = None,
     check_task(task)
     if task == IMAGE_TASK:
         tokenizer = _image_preprocess(path, preprocess)
+        check_onnx_image(path, tokenizer)
     elif preprocess is not None:
         raise UserError(f"preprocess is for {IMAGE_TASK} models, not {task}")
     elif tokenizer is None:

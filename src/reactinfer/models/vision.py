@@ -123,6 +123,13 @@ CNN_BUILTINS: dict[str, CnnBuiltin] = {
 }
 
 
+def model_labels(handle: Any) -> list[str] | None:
+    """A model's class names: those it was given (`load(..., labels=)`, kept in its
+    preprocessing), else those of the built-in it comes from, else None (ids serve)."""
+    given = getattr(handle.tokenizer, "labels", None)
+    return list(given) if given is not None else class_labels(handle.source)
+
+
 def class_labels(source: dict[str, Any]) -> list[str] | None:
     """The class names of the image built-in a model comes from (through any artifacts
     made of it), or None: a user's model has no names, and callers use the class ids."""

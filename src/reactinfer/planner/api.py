@@ -53,7 +53,7 @@ def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: flo
         out = f"react-out/{Path(model).name}"
     if out is not None:
         _check_out(Path(out))
-    base = load(model, **load_kw)
+    base = named_classes(load(model, **load_kw), data)
     label, fingerprint = run_identity(model, base)
     s = dataclasses.replace(s, model=label, fingerprint=fingerprint)
     if out is None:  # an in-memory model: named after its handle
@@ -91,3 +91,17 @@ def run_identity(model: Any, base: ModelHandle) -> tuple[str, str | None]:
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file; give a directory for the run's output")
+
+
+def named_classes(base: ModelHandle, data: str | None) -> ModelHandle:
+    """An image model without class names takes its --data folder's class subfolders as
+    names when there is one per class the model gives (a folder of some classes only names
+    nothing: ids are not names); they are kept in every artifact the run saves."""
+    from ..core.images import IMAGE_TASK
+    from ..data import image_classes
+    from ..models.image_checks import model_classes, with_labels
+
+    if base.task != IMAGE_TASK or data is None or getattr(base.tokenizer, "labels", None):
+        return base
+    names = image_classes(data)
+    return with_labels(base, names) if names and len(names) == model_classes(base) else base

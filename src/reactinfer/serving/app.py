@@ -133,6 +133,18 @@ def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "
     return handles
 
 
+def with_class_names(handles: list[ModelHandle], labels: Sequence[str]) -> list[ModelHandle]:
+    """The image classifiers among `handles` answer `labels` as their class names
+    (--labels); each must have that many classes."""
+    from ..core.images import IMAGE_TASK
+    from ..models.image_checks import with_labels
+
+    if not any(h.task == IMAGE_TASK for h in handles):
+        raise UserError("serve --labels names the classes of an image-classification model; "
+                        "none of the models served is one")
+    return [with_labels(h, labels) if h.task == IMAGE_TASK else h for h in handles]
+
+
 def gguf_on_llamacpp(ref: str | Path, choice: str = "auto") -> ModelHandle | None:
     """A GGUF (a built-in name, a .gguf path) served as is on llama.cpp, loaded without
     torch: the file and its tokenizer only (models.loaders.gguf_file_handle), so the server
@@ -175,7 +187,10 @@ def create_app(models: Sequence[str | Path | ModelHandle], config: ServeConfig |
     from . import kserve, openai  # the routers need fastapi: imported when an app is made
 
     config = config or ServeConfig()
-    state = ServingState(load_models(models, config.llm_backend), config)
+    handles = load_models(models, config.llm_backend)
+    if config.labels is not None:
+        handles = with_class_names(handles, config.labels)
+    state = ServingState(handles, config)
 
     @asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.images import DEFAULT_MAX_PIXELS, check_labels
 
 LONG_TEXT_POLICIES = ("truncate", "error")
 SERVER_PACKAGES = ("fastapi", "uvicorn", "orjson")
@@ -42,6 +43,10 @@ class ServeConfig:
     max_body_bytes  request bodies above this get 413 (for an image model, at least one
                     image of max_image_bytes in base64, plus 1 MiB: see image_body_limit)
     max_image_bytes an image file (decoded from base64) above this gets 413
+    max_image_pixels an image file whose header declares more pixels than this gets 413
+                    before it is decoded (a decompression bomb); default 40 megapixels
+    labels          class names (index = class id) for the image models served, checked
+                    against their classes; None: the names their artifacts hold, if any
     max_inputs      most texts in one request
     long_text       "truncate" texts over the model's token limit, or answer 400 ("error")
     max_tokens      most new tokens a completion may ask for (None: up to the model's
@@ -76,6 +81,8 @@ class ServeConfig:
     cache_size: int = 10000
     max_body_bytes: int = 1 << 20
     max_image_bytes: int = 20 << 20
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    labels: tuple[str, ...] | None = None
     max_inputs: int = 256
     long_text: str = "truncate"
     max_tokens: int | None = None
@@ -105,6 +112,7 @@ class ServeConfig:
         positive = {"max_batch": self.max_batch,
                     "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
                     "max_image_bytes": self.max_image_bytes,
+                    "max_image_pixels": self.max_image_pixels,
                     "max_inputs": self.max_inputs,
                     **({} if self.max_tokens is None else {"max_tokens": self.max_tokens}),
                     "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
@@ -121,6 +129,8 @@ class ServeConfig:
         if self.up_ratio > self.down_headroom:
             raise UserError("serve: up_ratio must not exceed down_headroom, or the ladder "
                             "would step up into a level it immediately leaves")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", check_labels(self.labels))
         if self.long_text not in LONG_TEXT_POLICIES:
             raise UserError(f"serve: long_text must be one of {', '.join(LONG_TEXT_POLICIES)}, "
                             f"got {self.long_text!r}")

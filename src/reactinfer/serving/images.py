@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import CHANNELS
+from ..core.images import CHANNELS, PIXELS_ENV, TooManyPixels, open_checked
 from ..tasks.image_classification import top_classes
 from .protocol import run_cached
 from .state import ApiError, Group, ServingState
@@ -68,9 +68,11 @@ def _flat(tensor: dict[str, Any]) -> list[Any]:
     return data
 
 
-def _decode_one(i: int, value: Any, g: Group, limit: int) -> np.ndarray:
-    """One base64 image file → (C, H, W) float32; 400 if it is not one, 413 if too big."""
-    from PIL import Image, UnidentifiedImageError
+def _decode_one(i: int, value: Any, g: Group, limit: int, pixels: int) -> np.ndarray:
+    """One base64 image file → (C, H, W) float32; 400 if it is not one, 413 if its bytes
+    are over `limit` or its header declares more than `pixels` pixels (checked before
+    decoding: a decompression bomb is a small file)."""
+    from PIL import UnidentifiedImageError
 
     where = f"inputs[0].data[{i}]"
     if not isinstance(value, str):
@@ -87,11 +89,11 @@ def _decode_one(i: int, value: Any, g: Group, limit: int) -> np.ndarray:
         raise ApiError(413, f"{where} is {len(raw)} bytes; this server takes images of at "
                        f"most {limit} bytes (--max-image-bytes)")
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with open_checked(io.BytesIO(raw), f"{where} ({len(raw)} bytes)", pixels) as img:
             img.load()
             return np.asarray(g.preprocess.apply(img))
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, f"{where} has too many pixels: {e}") from None
+    except TooManyPixels as e:
+        raise ApiError(413, str(e).replace(PIXELS_ENV, "--max-image-pixels")) from None
     except UnidentifiedImageError:
         raise ApiError(400, f"{where} is not an image file Pillow can decode: send a "
                        "base64 JPEG or PNG file") from None
@@ -102,8 +104,8 @@ def _decode_one(i: int, value: Any, g: Group, limit: int) -> np.ndarray:
 def _images(tensor: dict[str, Any], g: Group, state: ServingState) -> np.ndarray:
     data = _flat(tensor)
     _check_count(len(data), state)
-    limit = state.config.max_image_bytes
-    return np.stack([_decode_one(i, v, g, limit) for i, v in enumerate(data)])
+    limit, pixels = state.config.max_image_bytes, state.config.max_image_pixels
+    return np.stack([_decode_one(i, v, g, limit, pixels) for i, v in enumerate(data)])
 
 
 def _pixels(tensor: dict[str, Any], g: Group, state: ServingState) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.artifact_loader import root_source
-from ..models.vision import class_labels
+from ..models.vision import model_labels
 from .batcher import Batcher
 from .cache import ResponseCache
 from .config import ServeConfig
@@ -73,7 +73,7 @@ class Group:
     @cached_property
     def labels(self) -> list[str] | None:
         """An image model's class names, or None (its class ids serve as names)."""
-        return class_labels(self.ladder.variants[0].handle.source)
+        return model_labels(self.ladder.variants[0].handle)
 
     @property
     def context_length(self) -> int:

@@ -157,6 +157,21 @@ def tiny_image_handle(seed: int = 0, size: int = 16) -> Any:
     return load(tiny_cnn(seed), task="image-classification", preprocess=pre, name="tiny-cnn")
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares width × height grey pixels (the
+    pixel data is a tiny zlib stream: decoding it would have to inflate to w × h bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 TINY_CNN = "tiny-cnn-digits"
 
 
