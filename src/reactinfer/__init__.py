@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names resolve lazily
-    from ._verbs import compress
+    from ._verbs import bench, compress
     from .core.artifact import Artifact
-    from .measure import bench
     from .models import load
     from .planner import optimize
     from .serving.server import serve
@@ -30,7 +29,7 @@ _EXPORTS = {
     "load": "reactinfer.models:load",
     "compress": "reactinfer._verbs:compress",
     "optimize": "reactinfer.planner.api:optimize",
-    "bench": "reactinfer.measure:bench",
+    "bench": "reactinfer._verbs:bench",
     "Artifact": "reactinfer.core.artifact:Artifact",
     "serve": "reactinfer.serving.server:serve",
 }

@@ -106,8 +106,8 @@ def test_the_verbs_take_a_module(image_dir):
     net = UsersNet().eval()
     folded = ri.compress(net, [FoldBatchNorm()], task=IMAGE, preprocess=PRE)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
-    report = ri.bench(ri.load(net, task=IMAGE, preprocess=PRE), data=str(image_dir),
-                      latency_runs=2, progress=False)
+    report = ri.bench(net, task=IMAGE, preprocess=PRE, data=str(image_dir), latency_runs=2,
+                      progress=False)
     assert report["quality"]["top1_agreement"] == 1.0
     with pytest.raises(TypeError, match="optimize\\(\\) takes a model name or path"):
         ri.optimize(3.5)
