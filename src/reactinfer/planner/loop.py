@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..core.backend import backend_options, list_backends
 from ..core.bounds import check_at_least, check_max_drop
+from ..core.deadline import DeadlinePassed, deadline
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
@@ -35,22 +36,19 @@ from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
     BASELINE_SHARE,
-    FIRST_OF_KIND,
     PROBE_TEXTS,
     Budget,
-    Fit,
-    fit_steps,
     measure_s,
     size_search,
-    timed_total,
 )
 from .builder import Builder
 from .catalogue import for_model
 from .cnn import conv_facts
-from .endplan import EndPlan, check_whole, confirm_s, plan_end, save_early, warm_plots
+from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
 from .objective import OBJECTIVES, gain
 from .repair import repair
+from .stepcost import fit_action
 from .store import TrialStore
 
 # A trial within the bound that comes out at least this fraction of the best's speed, but
@@ -229,7 +227,10 @@ class Planner:
         t0 = time.perf_counter()
         try:
             self._phase(f"{action}: building")
-            handle = self.builder.build(cand) if parent else self.base
+            # a build that has phases stops between them once it cannot be measured in time
+            with deadline(None if self.step_deadline is None
+                          else self.step_deadline - self._measure_s()):
+                handle = self.builder.build(cand) if parent else self.base
             self.last_built = (cand.key, handle)
             t1 = time.perf_counter()
             self._phase(f"{action}: measuring")
@@ -240,7 +241,8 @@ class Planner:
                 obs, decision, reason = self._confirm(handle, obs, best_obs)
             # what building and measuring cost here: the budget predicts later steps from it
             obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
-        except MeasurementCut as e:  # not stored (below): a run with more time may try it
+        # not stored (below): a run with more time may try it
+        except (MeasurementCut, DeadlinePassed) as e:
             obs, decision, reason = None, "skipped", f"time budget: {e}"
         # One bad candidate is a failed trial, not the end of the run (and of its report).
         except Exception as e:  # noqa: BLE001
@@ -339,29 +341,13 @@ class Planner:
         """Seconds kept for re-measuring the best beside the original at the end."""
         return confirm_s(self, best_trial)[0]
 
-    def _fit(self, action: Action, cand: Candidate, best: Candidate,
-             left: float) -> tuple[Candidate, Fit]:
-        """The candidate to try within `left` seconds (time-budgeted steps cut to fit), or
-        the reason to skip it (`Fit.steps is None`)."""
-        if self._stored(cand) is not None:
-            return cand, Fit(action.steps, 0.0)  # reused from the store: costs nothing
-        fixed = self._measure_s() * FIRST_OF_KIND * action.cost
-        family = [t["seconds"] for t in self.log
-                  if t.get("family") == action.family and t["decision"] != "skipped"]
-        expected = max(family) if family else fixed + timed_total(action.steps)
-        fit = fit_steps(action.steps, fixed, expected, left)
-        if fit.steps is None or fit.steps == action.steps:
-            return cand, fit
-        cut = dataclasses.replace(action, steps=fit.steps).apply(best, self.runtime_kinds)
-        assert cut is not None  # the same action, with shorter time budgets
-        return cut, fit
-
     def _size_search(self) -> None:
         """Fit measuring one model into a share of the budget: fewer held-out texts and
         latency runs when it is short. Stored, so a resumed run measures as the first did."""
         sized = self.store.get_meta("search")
         if sized is None and self.store.all():  # a store from before sizing: as asked
             sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
+        probe = None
         if sized is None:
             self._phase("sizing the search to the budget")
             t0 = time.perf_counter()
@@ -373,10 +359,12 @@ class Planner:
             n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
                                   BASELINE_SHARE * self.budget.left())
             sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
-            self.store.set_meta("search", sized)
         self.texts = self.texts[:sized["n_texts"]]
         self.latency_runs = sized["latency_runs"]
         self.sizing = sized
+        if probe is not None:  # a budget that obviously cannot hold a whole output: now
+            check_probe(self, probe)  # (before the sizing is stored: a rerun sizes anew)
+            self.store.set_meta("search", sized)
 
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
@@ -425,7 +413,7 @@ class Planner:
             return None
         skipped: list[tuple[Action, Candidate, str, str]] = []
         for action, cand, thought in options:
-            cand, fit = self._fit(action, cand, best, left)
+            cand, fit = fit_action(self, action, cand, best, left)
             if fit.steps is not None:
                 return action, cand, thought + (f" {fit.note}" if fit.note else ""), skipped
             skipped.append((action, cand, thought, fit.note))
