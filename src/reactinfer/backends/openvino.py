@@ -29,10 +29,17 @@ import numpy as np
 
 from ..core.backend import Backend, Batch, register_backend
 from ..core.backend import check_options as check_known_options
+from ..core.deadline import check as check_deadline
 from ..core.errors import UserError
 from .onnx_layers import calibration_feeds, graph_feed
 from .onnxruntime import calibration_count, float_graph
-from .openvino_int8 import check_smooth_quant, layer_ops, quantize_int8
+from .openvino_int8 import (
+    QUANTIZE_COST,
+    SMOOTH_QUANT_ALPHAS,
+    check_smooth_quant,
+    layer_ops,
+    quantize_int8,
+)
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -144,9 +151,12 @@ def convert_ir(handle: ModelHandle, workdir: Path, opts: dict[str, Any],
 
     from .onnxruntime import export_onnx
 
+    check_deadline("the ONNX export")
     onnx_path = export_onnx(handle, workdir / "model.fp32.onnx", opset=opts.get("opset", 17))
+    check_deadline("the OpenVINO conversion")
     model = ov.convert_model(str(onnx_path))
     if opts.get("precision") == "int8":
+        check_deadline("int8 calibration")
         model, alpha = quantize_int8(handle, model, calibration_count(opts, 128),
                                      list(opts.get("fp32_layers") or ()), opts["overflow_fix"],
                                      opts.get("smooth_quant", "auto"), progress)
@@ -214,6 +224,16 @@ class OpenVinoBackend(Backend):
 
     layer_ranking = ("by how much the output's error falls when each one's input stays float, "
                      "in the int8 model")
+
+    def build_cost(self, **opts: Any) -> tuple[float, float]:
+        """int8 adds NNCF quantization passes to the conversion: one with a given
+        SmoothQuant alpha, one per alpha when it is tuned ("auto"), which a deadline cuts
+        down to the first (openvino_int8.tune_smooth_quant)."""
+        if opts.get("precision") != "int8":
+            return 1.0, 1.0
+        tuned = opts.get("smooth_quant", "auto") == "auto"
+        return 1.0 + QUANTIZE_COST, 1.0 + QUANTIZE_COST * (len(SMOOTH_QUANT_ALPHAS)
+                                                           if tuned else 1)
 
     def available(self) -> bool:
         return _installed()

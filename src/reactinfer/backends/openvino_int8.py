@@ -23,20 +23,28 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.deadline import check as check_deadline
+from ..core.deadline import seconds_left
 from ..core.errors import UserError
 from .onnx_layers import calibration_feeds, calibration_items
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-# NNCF's transformer default first: a tie keeps it
+# NNCF's transformer default first: a tie keeps it, and a deadline that leaves room for one
+# alpha only gets NNCF's default
 SMOOTH_QUANT_ALPHAS = (0.95, 0.9, 0.85, 0.8, 0.7)
+# One NNCF quantization (and the comparison of its output) costs about this many float
+# conversions of the same model (export + ov.convert_model): on minilm, 2 cores, loaded,
+# the bf16 conversion took 23 s and five tuned alphas ~230 s (planning only: Backend.build_cost).
+QUANTIZE_COST = 2.0
 SMOOTH_QUANT_OFF = "off"
 LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
 BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
@@ -147,13 +155,26 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
 def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],
                       quantize: Any) -> tuple[float, dict[float, float], Any]:
     """Quantize with each alpha of SMOOTH_QUANT_ALPHAS; the alpha whose output on `feeds`
-    is closest to the float `model`'s, the error of each, and that int8 model."""
+    is closest to the float `model`'s, the error of each, and that int8 model. Under a
+    deadline (core/deadline.py) fewer alphas are tried: the next one only when the time
+    left holds another as long as the slowest so far; the first always (DeadlinePassed
+    before it, when the deadline has passed already)."""
+    check_deadline("SmoothQuant tuning")
     ref = float_outputs(model, feeds)
     errors: dict[float, float] = {}
     best: tuple[float, float, Any] | None = None
+    slowest = 0.0
     for alpha in SMOOTH_QUANT_ALPHAS:
+        left = seconds_left()
+        if best is not None and left is not None and left < slowest:
+            logging.getLogger(__name__).info(
+                "SmoothQuant tuning stopped after %d alphas: %.0fs to the deadline, one "
+                "takes ~%.0fs", len(errors), left, slowest)
+            break
+        t0 = time.perf_counter()
         q = quantize(alpha)
         errors[alpha] = output_error(float_outputs(q, feeds), ref)
+        slowest = max(slowest, time.perf_counter() - t0)
         if best is None or errors[alpha] < best[1]:
             best = (alpha, errors[alpha], q)
     assert best is not None
@@ -172,6 +193,7 @@ def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
     for name, op in layer_ops(int8).items():
         if op.input_value(0).get_node().get_type_name() != "FakeQuantize":
             continue
+        check_deadline(f"ranking layer {name}")  # a layer costs a compile and a forward
         model = int8.clone()
         target = layer_ops(model)[name]
         fq = target.input_value(0).get_node()

@@ -90,6 +90,8 @@ class Backend:
       backends that run the torch model as it is: it checks the options and records them.
     - `rank_layers` (backends with a layer fallback option): the layers a conversion with
       those options quantizes, by how much each hurts; `layer_ranking` says how, in words.
+    - `build_cost`: what a conversion with those options costs, in float conversions of
+      the same model to this engine (the planner times those and predicts the rest).
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +125,13 @@ class Backend:
 
     def prepare(self, handle: ModelHandle, **opts: Any) -> Runner:
         raise NotImplementedError(f"backend {self.name!r} does not implement prepare()")
+
+    def build_cost(self, **opts: Any) -> tuple[float, float]:
+        """What converting a model with `opts` costs, in float conversions of the same model
+        to this engine (planning only): (the least, in full). The least is what is left when
+        the conversion does less to meet a deadline (core/deadline.py), e.g. tunes fewer
+        settings; a conversion with nothing to cut gives the same number twice."""
+        return 1.0, 1.0
 
     def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
                     **opts: Any) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
+from ..core.deadline import check as check_deadline
 from ..core.handle import ModelHandle
 from ..core.transform import compress, config_from_dict
 from .actions import Candidate
@@ -43,6 +44,7 @@ class Builder:
             if "progress" in cfg:  # a long step (distillation) shows its bar when the run does
                 cfg["progress"] = self.progress
             asked = config_from_dict(cfg)
+            check_deadline(f"the {cfg['type']} step")
             handle = compress(handle, [asked])
             applied, full = handle.transforms[-1], asked.to_dict()
             changed = {k: v for k, v in applied.items() if full.get(k) != v}
@@ -67,6 +69,7 @@ class Builder:
         if cand.backend != "torch" or cand.backend_options():
             from ..backends import to_backend
 
+            check_deadline(f"the {cand.backend} conversion")
             handle = to_backend(handle, cand.backend, **cand.backend_options())
         self.built[cand.key] = handle
         if ran != cand.transforms:

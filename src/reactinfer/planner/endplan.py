@@ -13,7 +13,8 @@ this run measured on this machine, and kept back from the search as it goes:
   what is left at the end is drawing and writing.
 
 A budget that cannot pay for the original's measurement, one step and a whole end is
-refused right after the original is measured, naming the smallest budget that would do.
+refused right after the original is measured, naming the smallest budget that would do;
+one that obviously cannot is refused before, from the probe that sizes the search.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..tasks import within_bound
+from .actions import Candidate
 from .artifacts import save_trial
 from .budget import (
     BASELINE_SHARE,
@@ -39,6 +41,9 @@ from .budget import (
 from .report import pareto_table
 
 MAX_VARIANTS = 4
+# Before the original is measured, a budget is refused only when even this share of the
+# costs a probe predicts does not fit (the probe's small batch overestimates per text).
+OBVIOUS_SHARE = 0.5
 # what an early save may raise: it only measures the save speed, the end saves again
 _SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
 
@@ -134,16 +139,18 @@ def predicted_ladder(planner: Any, best_trial: dict[str, Any]) -> list[dict[str,
     return ladder(pareto_table(trials, planner.s.objective), best or best_trial)
 
 
-def confirm_s(planner: Any, best_trial: dict[str, Any]) -> tuple[float, int]:
+def confirm_s(planner: Any, best_trial: dict[str, Any],
+              ref: dict[str, Any] | None = None) -> tuple[float, int]:
     """Seconds kept for re-measuring the best beside the original, and on how many texts:
     as many as asked when that fits in a share of the budget, else fewer, but never fewer
     than the search judged on (the re-measure would add nothing). None needed while the
-    original is the best."""
+    original is the best. `ref`: the original's trial (default: the planner's)."""
     s = planner.s
     if not s.confirm_n_eval or not best_trial["parent"]:
         return 0.0, 0
-    assert planner.ref_trial is not None
-    fixed, per_text = confirm_cost([planner.ref_trial, best_trial], len(planner.texts),
+    ref = ref if ref is not None else planner.ref_trial
+    assert ref is not None
+    fixed, per_text = confirm_cost([ref, best_trial], len(planner.texts),
                                    2 * planner.latency_runs)
     floor = min(len(planner.texts), s.confirm_n_eval)
     n = s.confirm_n_eval
@@ -177,43 +184,78 @@ def plan_end(planner: Any, best_trial: dict[str, Any]) -> EndPlan:
 
 # -- the smallest budget ---------------------------------------------------------------------
 
-def minimal_end(planner: Any) -> EndPlan:
+def minimal_end(planner: Any, ref: dict[str, Any] | None = None) -> EndPlan:
     """The cheapest whole end: the original, a best and a variant in between saved (each
     sized as the original, at worst), the re-measure with a best as slow as the original,
-    the report."""
-    ref = planner.ref_trial
+    the report. `ref`: the original's trial (default: the planner's)."""
+    ref = ref if ref is not None else planner.ref_trial
     assert ref is not None
     like = {**ref, "parent": ref["key"], "key": ref["key"] + "+", "action": "a step"}
-    confirm, _ = confirm_s(planner, like)
+    confirm, _ = confirm_s(planner, like, ref)
     save = save_s(planner, ref)
     return EndPlan([("save the original, a best and a variant", 3 * save),
                     ("side-by-side re-measure", confirm), ("report and plots", REPORT_S + 2.0)])
 
 
-def check_whole(planner: Any, action_cost: float = 1.0) -> None:
-    """Refuse a budget that cannot give a whole output: after the original was measured,
-    what is left must pay for one step (a first step of its kind, as `_fit` predicts it)
-    and the end. The smallest budget that works is named: what was spent before the
-    measurement, plus the measurement, a step and the end, with the measurement sized to
-    the budget as `_size_search` would size it (a fifth of what is left)."""
-    ref = planner.ref_trial
+def predicted_ref(probe: dict[str, Any], n_texts: int, latency_runs: int) -> dict[str, Any]:
+    """The original's trial as a probe (`measure` on a few texts, one latency run) predicts
+    it: measured on `n_texts` texts with `latency_runs` batch-1 runs (the cost model of
+    measure/sizing.size_search)."""
+    per_text = float(probe["throughput"]["seconds"]) / max(1, int(probe["n_eval"]))
+    one = float(probe["latency_ms"]["mean"]) / 1e3
+    fixed = float(probe.get("prepare_s", 0.0)) + per_text * int(probe["batch_size"]) + 3 * one
+    thr = per_text * n_texts
+    seconds = fixed + thr + one * latency_runs
+    return {"key": "probe", "parent": None, "action": "baseline", "seconds": seconds,
+            "candidate": Candidate().to_json(),
+            "observation": {"size_mb": float(probe.get("size_mb", 0.0)),
+                            "throughput": {"seconds": thr},
+                            "latency_ms": {"mean": one * 1e3, "n": latency_runs},
+                            "timing": {"build_s": 0.0, "measure_s": seconds}}}
+
+
+def check_probe(planner: Any, probe: dict[str, Any]) -> None:
+    """Refuse, before the original is measured, a budget that obviously cannot give a whole
+    output: one that even half the costs the sizing probe predicts (the original's
+    measurement, a step, the end) do not fit in. The probe runs a batch smaller than the
+    real one, which overestimates per text: only a clear shortfall is refused here, the
+    rest after the original is measured (`check_whole`)."""
+    ref = predicted_ref(probe, len(planner.texts), planner.latency_runs)
+    check_whole(planner, ref=ref, share=OBVIOUS_SHARE)
+
+
+def check_whole(planner: Any, action_cost: float = 1.0, ref: dict[str, Any] | None = None,
+                share: float = 1.0) -> None:
+    """Refuse a budget that cannot give a whole output: what is left must pay for one
+    step (a first step of its kind, as stepcost.fit_action predicts its measurement) and
+    the end, after the original was measured; before it (`ref`: the original's trial as a
+    probe predicts it), for its measurement too, with the costs counted at `share`. The
+    smallest budget that works is named: what was spent before the measurement, plus the
+    measurement, a step and the end, with the measurement sized to the budget as
+    `_size_search` would size it (a fifth of what is left)."""
+    measured = ref is None
+    ref = planner.ref_trial if ref is None else ref
     assert ref is not None
     budget = planner.budget
     m = measure_s(ref)
     k = FIRST_OF_KIND * action_cost
-    end = minimal_end(planner).total_s
-    if budget.left() >= k * m + end:
+    end = minimal_end(planner, ref).total_s
+    to_come = 0.0 if measured else m  # the original's measurement, still ahead
+    if budget.left() >= share * (to_come + k * m + end):
         return
     spent = budget.total_s - budget.left()
-    before = max(0.0, spent - m)
+    before = max(0.0, spent - m) if measured else spent
     asked = max(1, planner.n_asked)
     full = m * max(1.0, asked / max(1, len(planner.texts)))  # unsized, all texts asked
     at_full = before + (1 + k) * full + end
     scaled = before + end / max(0.1, 1 - (1 + k) * BASELINE_SHARE)
-    need = max(min(at_full, scaled), spent + k * m + end)
+    need = max(min(at_full, scaled), spent + to_come + k * m + end)
     smallest = int(math.ceil(need * 1.1 / 10.0) * 10)
+    took = f"took {m:.0f}s" if measured else \
+        f"would take ~{m:.0f}s ({len(planner.texts)} texts, as a probe predicts)"
     raise UserError(
         f"--budget-s {budget.total_s:g} is too small for a whole output on this machine: "
-        f"measuring {planner.s.model} took {m:.0f}s, a step would take ~{k * m:.0f}s and the "
+        f"measuring {planner.s.model} {took}, a step would take ~{k * m:.0f}s and the "
         f"end (saving, side-by-side re-measure, report) ~{end:.0f}s; give --budget-s "
-        f"{smallest} or more (with --resume to keep the measured original)")
+        f"{smallest} or more" + (" (with --resume to keep the measured original)"
+                                 if measured else " (with --resume: -o holds this run now)"))

@@ -11,7 +11,6 @@ cost fits in what is left after the time the end of the run needs.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,38 +25,29 @@ from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
 from ..core.transform import config_from_dict
 from ..data import items_for
-from ..measure.harness import MeasurementCut, measure
-from ..measure.refcache import cached_reference, reference_key, save_reference
+from ..measure.harness import measure
+from ..measure.refcache import cached_reference
 from ..models import load
-from ..tasks import get_task, quality_drop, within_bound
-from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric, with_metric
+from ..tasks import get_task
+from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
     BASELINE_SHARE,
-    FIRST_OF_KIND,
     PROBE_TEXTS,
     Budget,
-    Fit,
-    fit_steps,
-    measure_s,
     size_search,
-    timed_total,
 )
 from .builder import Builder
 from .catalogue import for_model
 from .cnn import conv_facts
-from .endplan import EndPlan, check_whole, confirm_s, plan_end, save_early, warm_plots
+from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
 from .objective import OBJECTIVES, gain
 from .repair import repair
+from .stepcost import fit_action
 from .store import TrialStore
-
-# A trial within the bound that comes out at least this fraction of the best's speed, but
-# not above it, is measured a second time before it is rolled back: one measurement on a
-# 2-core machine swings by 10-30% (a repair fallback measured 249 texts/s in its trial and
-# 346-382 side by side afterwards, benchmarks/results/planner_minilm.md).
-NEAR_MISS = 0.75
+from .trial import TrialRunner
 
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
@@ -126,7 +116,7 @@ def default_n_eval(task: str, settings: PlanSettings) -> int:
     return DEFAULT_N_EVAL
 
 
-class Planner:
+class Planner(TrialRunner):
     def __init__(self, settings: PlanSettings, out: Path, actions: Sequence[Action],
                  resume: bool = False, progress: bool = True, budget: Budget | None = None,
                  base: ModelHandle | None = None):
@@ -172,133 +162,6 @@ class Planner:
         self.reused = 0
         self.bar: Any = None
 
-    # -- one trial -----------------------------------------------------------------------
-    def _phase(self, text: str) -> None:
-        """Say on the progress bar what the run is doing: a step may take minutes."""
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{text} | {self.budget.left():.0f}s left", refresh=True)
-
-    def _observe(self, handle: ModelHandle) -> dict[str, Any]:
-        # no generation-speed runs: no decision uses them, and for an LM they cost as much
-        # as the rest of the measurement
-        cut: dict[str, Any] = {}
-        if self.step_deadline is not None and self.ref_trial is not None:
-            cut["max_s"] = self.step_deadline - time.time()
-            thr = self.ref_trial["observation"]["throughput"]
-            if thr.get("first_batch_s"):  # the original's measurement, in first batches
-                lat = self.ref_trial["observation"]["latency_ms"]
-                cut["worth"] = (thr["seconds"] + lat["mean"] * lat["n"] / 1e3) \
-                    / thr["first_batch_s"]
-        report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
-                                  gen_tokens=0, progress=self.progress, **cut)
-        if self.ref_results is None:  # the baseline: its outputs are the reference, saved
-            self.ref_results = results
-            self.ref_info = save_reference(self.out, self._ref_key(), results,
-                                           report["throughput"]["seconds"])
-        report["quality"] = self.compare(self.ref_results, results, self.texts)
-        report["quality_drop"] = quality_drop(self.base.task, report["quality"])
-        return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
-                                       "quality", "quality_drop") if k in report}
-
-    def compare(self, reference: dict[str, Any], results: dict[str, Any],
-                items: Sequence[Any]) -> dict[str, Any]:
-        """Quality against the original on `items`: the task's figures, and the user's
-        metric of both when the run bounds one."""
-        return with_metric(self.task.compare(reference, results), self.metric,
-                           self.task.primary_output, reference, results, items)
-
-    def _ref_key(self) -> dict[str, Any]:
-        return reference_key(self.base, self.texts, self.s.batch_size)
-
-    def _stored(self, cand: Candidate) -> dict[str, Any] | None:
-        stored = self.store.get(cand.key)
-        if stored is not None and (stored["observation"] is not None
-                                   or stored["decision"] == "failed"):
-            return stored
-        return None
-
-    def _trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
-               parent: str | None, best_obs: dict[str, Any] | None) -> dict[str, Any]:
-        stored = self._stored(cand)
-        if stored is not None:
-            self.reused += 1
-            trial = {**stored, "family": family, "reused": True}
-            trial["over_bound"] = self._out_of_bound(trial)  # derived: not stored
-            self.log.append(trial)
-            return trial
-        t0 = time.perf_counter()
-        try:
-            self._phase(f"{action}: building")
-            handle = self.builder.build(cand) if parent else self.base
-            self.last_built = (cand.key, handle)
-            t1 = time.perf_counter()
-            self._phase(f"{action}: measuring")
-            obs = self._observe(handle)
-            decision, reason = self._judge(obs, best_obs)
-            if best_obs is not None and self._near_miss(obs, best_obs, decision):
-                self._phase(f"{action}: measuring again (near the best)")
-                obs, decision, reason = self._confirm(handle, obs, best_obs)
-            # what building and measuring cost here: the budget predicts later steps from it
-            obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
-        except MeasurementCut as e:  # not stored (below): a run with more time may try it
-            obs, decision, reason = None, "skipped", f"time budget: {e}"
-        # One bad candidate is a failed trial, not the end of the run (and of its report).
-        except Exception as e:  # noqa: BLE001
-            obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
-        # a step that ran on the clock (a time-budgeted distillation) is recorded as run, so
-        # that a rebuild (saving, a child, --resume) makes the same model (Builder.as_run)
-        ran = self.builder.as_run.get(cand.key, cand)
-        trial = {"key": cand.key, "step": step, "action": action, "thought": thought,
-                 "parent": parent, "candidate": ran.to_json(), "observation": obs,
-                 "decision": decision, "reason": reason,
-                 "seconds": time.perf_counter() - t0}
-        if decision != "skipped":
-            self.store.put(trial)
-        if obs is not None and self.ref_results is None:
-            raise AssertionError("the baseline must be observed first")
-        trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
-        self.log.append(trial)
-        return trial
-
-    def _near_miss(self, obs: dict[str, Any], best_obs: dict[str, Any], decision: str) -> bool:
-        """Within the bound, but rolled back on a speed short of the best by less than
-        the noise one measurement on a shared CPU shows (NEAR_MISS): measure it again."""
-        if decision != "rolled back" or self.s.objective == "size":
-            return False
-        if not within_bound(self.base.task, obs["quality"], self.s.max_drop)[0]:
-            return False
-        return gain(obs, best_obs, self.s.objective) >= NEAR_MISS
-
-    def _confirm(self, handle: ModelHandle, obs: dict[str, Any], best_obs: dict[str, Any]
-                 ) -> tuple[dict[str, Any], str, str]:
-        """A second measurement of a near miss; the faster of the two counts (best of two,
-        as benchmarks take against interference; the quality is the same model's)."""
-        again = self._observe(handle)
-        first, second = (gain(o, best_obs, self.s.objective) for o in (obs, again))
-        chosen = again if second > first else obs
-        decision, reason = self._judge(chosen, best_obs)
-        return chosen, decision, (f"{reason}; measured twice, ×{first:.2f} then ×{second:.2f} "
-                                  "vs best: the faster counts")
-
-    def _judge(self, obs: dict[str, Any], best_obs: dict[str, Any] | None) -> tuple[str, str]:
-        """Keep or roll back a measured candidate: within the bound, and better than the best
-        by `min_gain`."""
-        if best_obs is None:
-            return "baseline", "the original model"
-        ok, why = within_bound(self.base.task, obs["quality"], self.s.max_drop)
-        g = gain(obs, best_obs, self.s.objective)
-        if not ok:
-            return "rolled back", why
-        if g < 1 + self.s.min_gain:
-            return "rolled back", f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})"
-        return "kept", f"{self.s.objective} ×{g:.2f} vs best; {why}"
-
-    def _out_of_bound(self, trial: dict[str, Any]) -> bool:
-        """A measured trial whose quality is outside the bound."""
-        obs = trial.get("observation")
-        return obs is not None and not within_bound(self.base.task, obs["quality"],
-                                                    self.s.max_drop)[0]
-
     def _over_bound(self, step: int, action: Action, trial: dict[str, Any], cand: Candidate,
                     best_trial: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """The one place a trial rolled back for quality is handled: where the action has a
@@ -314,22 +177,7 @@ class Planner:
         trial, _, step = repair(self, action, trial, cand, best_trial, step)
         return trial, step
 
-    def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
-              reason: str) -> None:
-        """Record in the trace an action the budget leaves no time for. Not stored: a
-        resumed run with more time may still try it."""
-        self.log.append({"key": cand.key, "step": step, "action": action.name,
-                         "thought": thought, "parent": parent, "candidate": cand.to_json(),
-                         "observation": None, "decision": "skipped", "reason": reason,
-                         "seconds": 0.0, "family": action.family, "reused": False})
-
     # -- the budget ----------------------------------------------------------------------
-    def _measure_s(self) -> float:
-        """What measuring one model costs here: the median of this run's measurements (one
-        slow outlier, a compile, does not make every later step look slow)."""
-        return float(statistics.median([measure_s(t) for t in self.log if t.get("observation")]
-                                       or [0.0]))
-
     def _reserve(self, best_trial: dict[str, Any]) -> float:
         """Seconds the end of the run needs if `best_trial` stays the best (endplan.py)."""
         self.end_plan = plan_end(self, best_trial)
@@ -339,29 +187,13 @@ class Planner:
         """Seconds kept for re-measuring the best beside the original at the end."""
         return confirm_s(self, best_trial)[0]
 
-    def _fit(self, action: Action, cand: Candidate, best: Candidate,
-             left: float) -> tuple[Candidate, Fit]:
-        """The candidate to try within `left` seconds (time-budgeted steps cut to fit), or
-        the reason to skip it (`Fit.steps is None`)."""
-        if self._stored(cand) is not None:
-            return cand, Fit(action.steps, 0.0)  # reused from the store: costs nothing
-        fixed = self._measure_s() * FIRST_OF_KIND * action.cost
-        family = [t["seconds"] for t in self.log
-                  if t.get("family") == action.family and t["decision"] != "skipped"]
-        expected = max(family) if family else fixed + timed_total(action.steps)
-        fit = fit_steps(action.steps, fixed, expected, left)
-        if fit.steps is None or fit.steps == action.steps:
-            return cand, fit
-        cut = dataclasses.replace(action, steps=fit.steps).apply(best, self.runtime_kinds)
-        assert cut is not None  # the same action, with shorter time budgets
-        return cut, fit
-
     def _size_search(self) -> None:
         """Fit measuring one model into a share of the budget: fewer held-out texts and
         latency runs when it is short. Stored, so a resumed run measures as the first did."""
         sized = self.store.get_meta("search")
         if sized is None and self.store.all():  # a store from before sizing: as asked
             sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
+        probe = None
         if sized is None:
             self._phase("sizing the search to the budget")
             t0 = time.perf_counter()
@@ -373,10 +205,12 @@ class Planner:
             n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
                                   BASELINE_SHARE * self.budget.left())
             sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
-            self.store.set_meta("search", sized)
         self.texts = self.texts[:sized["n_texts"]]
         self.latency_runs = sized["latency_runs"]
         self.sizing = sized
+        if probe is not None:  # a budget that obviously cannot hold a whole output: now
+            check_probe(self, probe)  # (before the sizing is stored: a rerun sizes anew)
+            self.store.set_meta("search", sized)
 
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
@@ -425,7 +259,7 @@ class Planner:
             return None
         skipped: list[tuple[Action, Candidate, str, str]] = []
         for action, cand, thought in options:
-            cand, fit = self._fit(action, cand, best, left)
+            cand, fit = fit_action(self, action, cand, best, left)
             if fit.steps is not None:
                 return action, cand, thought + (f" {fit.note}" if fit.note else ""), skipped
             skipped.append((action, cand, thought, fit.note))

@@ -40,6 +40,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..core.backend import get_backend
+from ..core.deadline import DeadlinePassed, deadline
 from ..data import items_for
 from ..tasks import bound_decided, within_bound
 from .actions import Action, Candidate
@@ -127,12 +128,20 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
     cost = float(trial["seconds"])
     if planner.budget.left() - planner._reserve(best_trial) < 2 * cost:
         return trial, cand, step  # no room to rank and try even one fallback
+    rank_thought = (f"{action.name} overshot ({why}): rank its layers to keep the most "
+                    "sensitive in higher precision.")
     try:
-        ranked, rank_s, n_cal = rank_layers(planner, cand)
+        # the ranking leaves room for one fallback: it stops between layers past that
+        with deadline(time.time() + planner.budget.left() - planner._reserve(best_trial)
+                      - cost):
+            ranked, rank_s, n_cal = rank_layers(planner, cand)
+    except DeadlinePassed as e:  # the time budget, not the model: a skip, not a failure
+        planner._skip(step + 1, action, cand, rank_thought, trial["parent"],
+                      f"time budget: ranking the layers {e}")
+        return trial, cand, step + 1
     # a model whose graph cannot be ranked keeps the loop's decision, and the trace says why
     except Exception as e:  # noqa: BLE001
-        planner._skip(step + 1, action, cand, f"{action.name} overshot ({why}): rank its layers "
-                      "to keep the most sensitive in higher precision.", trial["parent"],
+        planner._skip(step + 1, action, cand, rank_thought, trial["parent"],
                       f"ranking the layers failed: {type(e).__name__}: {e}")
         planner.log[-1]["decision"] = "failed"  # not a skip for the time budget
         return trial, cand, step + 1
@@ -169,6 +178,7 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
                           "report")
             break
         tried += 1
+        planner.step_deadline = time.time() + left  # the fallback's build and measurement
         # judged against the best before the repair: the smallest set that meets the bound
         # is the one kept (fewer float layers are faster; a speed difference between two
         # fallbacks is mostly the machine's noise)
