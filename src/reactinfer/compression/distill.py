@@ -327,6 +327,17 @@ def validation_error(handle: ModelHandle, teacher: torch.nn.Module, student: tor
     return task.drop(quality), quality
 
 
+def validation_split(items: list[Any], n_val: int) -> tuple[list[Any], list[Any]]:
+    """`n_val` items spread evenly over `items` for validation, the rest for training. Not
+    the tail: items often come grouped (an image folder's class subfolders in order, a
+    corpus by source), and the tail of a class-ordered folder is one class, which the
+    student would then never train on and be validated on alone."""
+    n_val = max(0, min(n_val, len(items)))
+    picked = {int((i + 0.5) * len(items) / n_val) for i in range(n_val)} if n_val else set()
+    return ([it for i, it in enumerate(items) if i in picked],
+            [it for i, it in enumerate(items) if i not in picked])
+
+
 def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Module,
           cfg: Distill) -> dict[str, Any]:
     """Distil `teacher` into `student` in place; returns the run's report."""
@@ -337,8 +348,7 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
     texts = items_for(handle, "train", cfg.data)
     if len(texts) < 2:
         raise UserError("Distill: the training data has fewer than 2 items")
-    n_val = min(cfg.n_val, max(1, len(texts) // 5))
-    val, train_texts = texts[-n_val:], texts[:-n_val]
+    val, train_texts = validation_split(texts, min(cfg.n_val, max(1, len(texts) // 5)))
     if cfg.n_train is not None:
         train_texts = train_texts[:cfg.n_train]
     teacher.eval()
