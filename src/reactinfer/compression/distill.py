@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from ..core import deadline
 from ..core.errors import UserError
 from ..core.transform import TransformConfig, config_from_dict, register_transform
 from ._common import check_choice, clone, need_model
@@ -375,6 +376,9 @@ def train(handle: ModelHandle, teacher: torch.nn.Module, student: torch.nn.Modul
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             stop = "time budget"
             break
+        # a step of a caller's deadline (the planner's) is abandoned whole, never cut short
+        # into another model: a slow machine makes each step slower, not the recipe shorter
+        deadline.check(f"distillation step {step + 1}")
         # the order depends only on (seed, step), so a resumed run sees the same batches
         pos = step * cfg.batch_size
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + pos // n))
