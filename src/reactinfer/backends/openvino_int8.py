@@ -16,7 +16,8 @@ calibration data, and the ranking of quantized layers the planner's repair falls
   output error (against the float model, on calibration items) falls when that one layer's
   input activations stay float (its int8 FakeQuantize bypassed; its weights stay int8).
   This measures each layer's effect on the output the user sees, with OpenVINO's own
-  kernels and NNCF's own scales (after SmoothQuant), which the ONNX Runtime ranking cannot.
+  kernels and NNCF's own scales (after SmoothQuant), which the ONNX Runtime ranking of
+  dynamic int8 (each MatMul's own error) cannot.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UserError
-from .onnx_layers import calibration_feeds, calibration_items
+from .onnx_layers import calibration_feeds, calibration_items, output_error
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -87,12 +88,6 @@ def float_outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndar
         request.infer(feed)
         outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float64))
     return np.concatenate([o.reshape(len(o), -1) for o in outs])
-
-
-def output_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """‖out − ref‖² / ‖ref‖²: the relative squared error of a model's output (embeddings,
-    logits) against the float model's."""
-    return float(((out - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
 
 
 def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: list[str],
