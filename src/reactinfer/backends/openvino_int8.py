@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 SMOOTH_QUANT_ALPHAS = (0.95, 0.9, 0.85, 0.8, 0.7)
 SMOOTH_QUANT_OFF = "off"
 LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm / Conv
+# ops between a FakeQuantize and the layer it quantizes for that leave the values as they are
+VALUE_PRESERVING = ("Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
 # alpha chosen per torch model (and calibration settings) in this process
 _TUNED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], float]] = \
@@ -155,6 +157,22 @@ def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],
     return best[0], errors, best[2]
 
 
+def input_quantizer(op: Any) -> tuple[Any, Any] | None:
+    """The FakeQuantize that quantizes layer `op`'s input, and the input it feeds (the
+    layer's own, or that of an op between them that moves values without changing them: a
+    depthwise convolution with TF "same" padding reads FakeQuantize → Pad); None where the
+    input is float."""
+    port = op.input(0)
+    while True:
+        node = port.get_source_output().get_node()
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return node, port
+        if kind not in VALUE_PRESERVING:
+            return None
+        port = node.input(0)
+
+
 def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
                 ) -> dict[str, float]:
     """Per quantized layer of the int8 model: how much the output error against the `fp32`
@@ -165,11 +183,12 @@ def rank_layers(int8: Any, fp32: Any, feeds: Sequence[dict[str, np.ndarray]]
     base = output_error(float_outputs(int8, feeds), ref)
     gains: dict[str, float] = {}
     for name, op in layer_ops(int8).items():
-        if op.input_value(0).get_node().get_type_name() != "FakeQuantize":
+        if input_quantizer(op) is None:
             continue
         model = int8.clone()
-        target = layer_ops(model)[name]
-        fq = target.input_value(0).get_node()
-        target.input(0).replace_source_output(fq.input_value(0))  # this edge only
+        found = input_quantizer(layer_ops(model)[name])
+        assert found is not None
+        fq, port = found
+        port.replace_source_output(fq.input_value(0))  # this edge only
         gains[name] = base - output_error(float_outputs(model, feeds), ref)
     return gains
