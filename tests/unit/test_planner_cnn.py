@@ -185,6 +185,7 @@ def test_the_repair_keeps_the_convolution_that_breaks_int8_float(outlier_cnn_mod
     assert fallbacks, [(t["action"], t["decision"], t["reason"]) for t in trials]
     first = fallbacks[0]
     assert first["candidate"]["backend_options"]["fp32_layers"] == ["/model/model.4/Conv"]
-    assert within_bound(IMAGE, first["observation"]["quality"], 0.2)[0]
+    assert within_bound(IMAGE, first["observation"]["quality"], 0.2)[0], \
+        first["observation"]["quality"]
     assert first["decision"] == "kept" and r["best"]["key"] == first["key"]
     assert "the most sensitive is model.4 → keep it" in first["thought"]
