@@ -237,3 +237,78 @@ def test_openvino_bf16_of_an_image_model_only_where_native(cnn, imgs):
     r = ri.bench(bf16, batch_size=4, latency_runs=2, eval_texts=imgs, progress=False,
                  reference=cnn)
     assert r["backend"] == "openvino" and 0.0 <= r["quality"]["top1_agreement"] <= 1.0
+
+
+# -- which layers to keep float: measured on the int8 model ------------------------------
+def _outlier_cnn(where: str):
+    """conv → depthwise conv → 1×1 conv → classifier, in which the 1×1 conv breaks int8 on
+    every CPU and the float model does not notice. Its input holds a channel that is always
+    1000 (`input`: its weights there are zero, so the per-tensor int8 step of that input
+    rounds every other channel to nothing) or always 0 (`weight`: its weights there are
+    1000, so each output channel's int8 step rounds its other weights to nothing). (A
+    depthwise conv's input is no place for the outlier: NNCF quantizes it per channel.)"""
+    import torch
+
+    from reactinfer.core.images import ImagePreprocess
+
+    torch.manual_seed(0)
+    conv, dw, pw = (torch.nn.Conv2d(3, 8, 3, padding=1),
+                    torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.Conv2d(8, 8, 1))
+    with torch.no_grad():
+        dw.weight[0].zero_()  # the depthwise conv's channel 0 is a constant
+        dw.bias[0] = 1000.0 if where == "input" else 0.0
+        pw.weight[:, 0] = 0.0 if where == "input" else 1000.0
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), dw, torch.nn.ReLU(), pw,
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    pre = ImagePreprocess(size=16, resize=18, mean=(120.0,) * 3, std=(60.0,) * 3)
+    return ri.load(model, task="image-classification", preprocess=pre, name="outlier-cnn")
+
+
+def test_ort_static_int8_ranks_convolutions_by_their_effect_on_the_int8_model():
+    from reactinfer.core.backend import get_backend
+
+    handle = _outlier_cnn("weight")
+    names = quantizable_layers(to_backend(handle, "onnxruntime",
+                                          precision="fp32").files["model.onnx"])
+    ranks = get_backend("onnxruntime").rank_layers(
+        handle, calibration_items(handle, 8), precision="int8-static", calibration_items=8)
+    assert set(ranks) == set(names)  # every convolution and the classifier
+    assert max(ranks, key=ranks.__getitem__) == names[2]  # the 1×1 conv
+    kept = to_backend(handle, "onnxruntime", precision="int8-static", calibration_items=8,
+                      fp32_layers=[names[2]])
+    import onnx
+
+    graph = onnx.load(str(kept.files["model.onnx"])).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node = next(n for n in graph.node if n.name == names[2])
+    assert all(i not in producers for i in node.input[1:])  # float weight and bias
+
+
+def test_openvino_int8_ranks_convolutions_by_their_effect_and_keeps_the_first_float():
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install nncf)")
+    import openvino as ov
+
+    from reactinfer.backends import openvino as ovb
+    from reactinfer.backends.openvino_int8 import input_quantizer
+    from reactinfer.core.backend import get_backend
+
+    handle = _outlier_cnn("input")
+    names = quantizable_layers(to_backend(handle, "onnxruntime",
+                                          precision="fp32").files["model.onnx"])
+    assert depthwise_convs(to_backend(handle, "onnxruntime",
+                                      precision="fp32").files["model.onnx"]) == [names[1]]
+    ranks = get_backend("openvino").rank_layers(handle, calibration_items(handle, 8),
+                                                precision="int8", calibration_items=8)
+    assert set(ranks) == set(names)  # the convolutions and the classifier (through Flatten)
+    assert max(ranks, key=ranks.__getitem__) == names[2]  # the 1×1 conv
+    int8 = ov.Core().read_model(str(to_backend(handle, "openvino", precision="int8",
+                                               calibration_items=8).files["model.xml"]))
+    kept = ov.Core().read_model(str(to_backend(handle, "openvino", precision="int8",
+                                               calibration_items=8,
+                                               fp32_layers=[names[2]]).files["model.xml"]))
+    for model, float_ in ((int8, False), (kept, True)):  # no FakeQuantize feeds it
+        op = ovb.layer_ops(model)[names[2]]
+        assert (input_quantizer(op) is None) is float_
+        assert ovb.is_float_layer(model, names[2]) is float_

@@ -1,5 +1,6 @@
 """The planner on an image model: a tiny CNN built in-process, the default catalogue, the
 same loop, report and artifacts as for text."""
+import dataclasses
 import json
 
 import pytest
@@ -137,3 +138,67 @@ def test_optimize_keeps_the_class_names_in_its_artifacts(tiny_cnn_model, tmp_pat
     with pytest.raises(UserError, match="3 class names for a model with 10"):
         optimize(tiny_cnn_model, out=tmp_path / "bad", budget_s=60, n_eval=20,
                  max_trials=1, progress=False, labels=names[:3])
+
+
+OUTLIER_CNN = "tiny-outlier-cnn-digits"
+
+
+def _outlier_cnn():
+    """conv → depthwise conv → 1×1 conv → classifier on the 8×8 digits, whose 1×1 conv
+    breaks int8 on every CPU while the float model does not notice: it reads a channel that
+    is always 0 with weights of 1000, so the int8 step of each of its output channels
+    rounds the other weights to nothing."""
+    import torch
+
+    torch.manual_seed(0)
+    conv, dw, pw = (torch.nn.Conv2d(1, 8, 3, padding=1),
+                    torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.Conv2d(8, 8, 1))
+    head = torch.nn.Linear(8, 10)
+    with torch.no_grad():
+        dw.weight[0].zero_()
+        dw.bias[0] = 0.0
+        pw.weight[:, 0] = 1000.0
+        pw.bias.zero_()  # int8 then gives every image the same class
+        torch.manual_seed(0)
+        head.weight.normal_(0, 1)  # the float model gives about half the images another
+        head.bias.zero_()
+    return torch.nn.Sequential(conv, torch.nn.ReLU(), dw, torch.nn.ReLU(), pw, torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head).eval()
+
+
+@pytest.fixture
+def outlier_cnn_model(monkeypatch):
+    entry, cnn = tiny_cnn_builtin()
+    state = _outlier_cnn().state_dict()
+    monkeypatch.setitem(zoo.BUILTINS, OUTLIER_CNN, dataclasses.replace(entry, name=OUTLIER_CNN))
+    monkeypatch.setitem(vision.CNN_BUILTINS, OUTLIER_CNN, dataclasses.replace(
+        cnn, arch=_outlier_cnn, weights=lambda _: state))
+    return OUTLIER_CNN
+
+
+def test_the_repair_keeps_the_convolution_that_breaks_int8_float(outlier_cnn_model, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from reactinfer.planner import Action
+    from reactinfer.tasks import within_bound
+
+    action = Action("onnxruntime int8 static (per-channel)", "ort-int8",
+                    lambda ctx: (2.0, "test: int8"),
+                    backend=("onnxruntime", {"precision": "int8-static"}), tasks=(IMAGE,),
+                    fallback="fp32_layers")
+    # min_gain -1: every candidate within the bound "pays", so the test decides on quality
+    # alone and never on a timing
+    r = optimize(outlier_cnn_model, out=tmp_path / "run", objective="throughput",
+                 max_drop=0.2, budget_s=300, n_eval=40, batch_size=16, latency_runs=3,
+                 confirm_n_eval=0, progress=False, actions=[action], min_gain=-1.0)
+    trials = r["trials"]
+    full = trials[1]
+    assert full["decision"] == "rolled back"
+    assert not within_bound(IMAGE, full["observation"]["quality"], 0.2)[0]
+    fallbacks = [t for t in trials[2:] if t.get("observation")]
+    assert fallbacks, [(t["action"], t["decision"], t["reason"]) for t in trials]
+    first = fallbacks[0]
+    assert first["candidate"]["backend_options"]["fp32_layers"] == ["/model/model.4/Conv"]
+    assert within_bound(IMAGE, first["observation"]["quality"], 0.2)[0], \
+        first["observation"]["quality"]
+    assert first["decision"] == "kept" and r["best"]["key"] == first["key"]
+    assert "the most sensitive is model.4 → keep it" in first["thought"]

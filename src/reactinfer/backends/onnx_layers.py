@@ -10,13 +10,22 @@ Calibration (`calibration_items` → `calibration_feeds`): the calibration split
 the handle's task reads (texts, or images for an image model), turned into graph inputs by
 the handle's own preprocessing: tokenized texts, or preprocessed pixels.
 
-Sensitivity (`layer_sensitivity`) is measured per layer on its real inputs: one fp32 run
-of the graph on calibration texts exposes each quantizable layer's input activations, and
-for each layer alone the int8 product (activations per-tensor asymmetric uint8, weights
-per-output-channel symmetric int8, as dynamic quantization does) is compared with the
-fp32 product: the relative squared error of the layer's output. It ranks layers by the
-error they add themselves, not by what they inherit from the layers before them, and
-costs one fp32 forward pass plus a few GEMMs per layer.
+Sensitivity, two ways:
+- `layer_sensitivity` (dynamic int8: MatMul/Gemm only) is measured per layer on its real
+  inputs: one fp32 run of the graph on calibration texts exposes each quantizable layer's
+  input activations, and for each layer alone the int8 product (activations per-tensor
+  asymmetric uint8, weights per-output-channel symmetric int8, as dynamic quantization
+  does) is compared with the fp32 product: the relative squared error of the layer's
+  output. It ranks layers by the error they add themselves, not by what they inherit from
+  the layers before them, and costs one fp32 forward pass plus a few GEMMs per layer.
+- `float_effect` (static int8 QDQ, where the convolutions and the ops between them are
+  quantized: a CNN) is measured on the quantized model itself: for each quantized layer,
+  how much the int8 model's output error against the fp32 model falls when that one layer
+  is float as `fp32_layers` makes it (its float weight and bias; ONNX Runtime keeps its
+  input int8). The error of a layer alone does not say this in a CNN, where the
+  activations between layers are quantized too and each layer's error travels through all
+  the layers after it. It costs one session and one run on the calibration items per
+  layer.
 """
 from __future__ import annotations
 
@@ -33,6 +42,11 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
+# ONNX Runtime's WeightBiasQuantization pass quantizes the float weight of any layer fed by
+# a DequantizeLinear, per tensor: it would undo a layer kept float (efficientnet-lite0 with
+# its depthwise convolutions kept float fell from 0.90 to 0.42 top-1 agreement). Every
+# session that runs a QDQ graph turns it off. A graph with no QDQ nodes is unaffected.
+KEEP_FLOAT_DISABLED = ["WeightBiasQuantization"]
 CONV_OPS = ("Conv",)
 ROWS_PER_BATCH = 256  # token rows per batch on which each layer's products are compared
 
@@ -229,3 +243,81 @@ def _weight(node: Any, weights: dict[str, Any], consts: dict[str, Any],
     if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
         w = w.T
     return w
+
+
+def output_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """‖out − ref‖² / ‖ref‖²: the relative squared error of a model's output (embeddings,
+    logits) against the float model's."""
+    return float(((out - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
+
+
+def float_effect(int8_path: Path, fp32_path: Path, feeds: Sequence[dict[str, np.ndarray]]
+                 ) -> dict[str, float]:
+    """Per quantized layer of the static int8 (QDQ) graph at `int8_path`: how much its
+    output error against the fp32 graph at `fp32_path` on `feeds` falls when that layer
+    alone is float, as `fp32_layers` keeps it (`_keep_float`). Highest is most sensitive;
+    layers int8 left float are left out. Both graphs are the same export, so node names
+    match."""
+    import onnx
+
+    int8, fp32 = onnx.load(str(int8_path)), onnx.load(str(fp32_path))
+    ref = _run(fp32, feeds)
+    base = output_error(_run(int8, feeds), ref)
+    float_nodes = {n.name: n for n in fp32.graph.node}
+    float_weights = {i.name: i for i in fp32.graph.initializer}
+    producers = {o: n for n in int8.graph.node for o in n.output}
+    nodes = {n.name: n for n in int8.graph.node}
+    gains: dict[str, float] = {}
+    for name in quantizable_layers(fp32):
+        node = nodes.get(name)
+        if node is None:
+            continue
+        inputs = list(node.input)
+        added = _keep_float(int8.graph, node, float_nodes[name], float_weights, producers)
+        if not added:
+            continue  # int8 left it float already
+        try:
+            gains[name] = base - output_error(_run(int8, feeds), ref)
+        finally:  # back to the int8 graph for the next layer
+            del node.input[:]
+            node.input.extend(inputs)
+            if added:  # appended last
+                del int8.graph.initializer[-len(added):]
+    return gains
+
+
+def _keep_float(graph: Any, node: Any, float_node: Any, float_weights: dict[str, Any],
+                producers: dict[str, Any]) -> list[Any]:
+    """Make `node` of the QDQ `graph` what `fp32_layers` makes it, in place: its weight
+    and bias (inputs 1, 2) the fp32 graph's initializers where a DequantizeLinear feeds
+    them. Its input stays as it is: ONNX Runtime's quantizer keeps an excluded layer's
+    input quantized (the layer before writes int8, and a ReLU/Clip between them is folded
+    into that QuantizeLinear's range). Returns the initializers added."""
+    added = []
+    for i in range(1, min(len(node.input), len(float_node.input))):
+        dq = producers.get(node.input[i])
+        src = float_weights.get(float_node.input[i])
+        if dq is None or dq.op_type != "DequantizeLinear" or src is None:
+            continue
+        init = graph.initializer.add()
+        init.CopyFrom(src)
+        init.name = f"{src.name}__float"
+        node.input[i] = init.name
+        added.append(init)
+    return added
+
+
+def _run(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """The graph's first output on `feeds`, as ONNX Runtime runs it for serving (all graph
+    optimizations, layers kept float stay float)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so,
+                                   providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=KEEP_FLOAT_DISABLED)
+    names = [i.name for i in session.get_inputs()]
+    outs = [np.asarray(session.run(None, {k: f[k] for k in names})[0], dtype=np.float64)
+            for f in feeds]
+    return np.concatenate([o.reshape(len(o), -1) for o in outs])

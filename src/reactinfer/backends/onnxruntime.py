@@ -32,6 +32,7 @@ from ..core.errors import UserError
 from ..models.onnx_file import ONNX_FILE as MODEL_FILE
 from ..models.onnx_file import write_metadata
 from .onnx_layers import (
+    KEEP_FLOAT_DISABLED,
     activation_matmuls,
     calibration_feeds,
     calibration_items,
@@ -268,12 +269,9 @@ def make_session(path: Path, threads: int | None = None, inter_op_threads: int |
                         "the onnxruntime-gpu package); use provider='cpu' or 'auto'")
     use_cuda = provider in ("auto", "cuda") and "CUDAExecutionProvider" in available
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
-    # ONNX Runtime's WeightBiasQuantization pass quantizes the float weight of any layer
-    # fed by a DequantizeLinear, per tensor: it undid `fp32_layers` (efficientnet-lite0
-    # with its depthwise convolutions kept float fell from 0.90 to 0.42 top-1 agreement).
-    # A graph with no QDQ nodes is unaffected.
+    # (KEEP_FLOAT_DISABLED: ONNX Runtime would quantize `fp32_layers` back)
     return ort.InferenceSession(str(path), so, providers=providers,
-                                disabled_optimizers=["WeightBiasQuantization"])
+                                disabled_optimizers=KEEP_FLOAT_DISABLED)
 
 
 class OrtRunner:
@@ -308,18 +306,26 @@ class OnnxRuntimeBackend(Backend):
     precision_option = "precision"
     description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
                    "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
-    layer_ranking = "by the error int8 adds to each one's output"
+    layer_ranking = ("by the error int8 adds to each one's output (dynamic int8), or by how "
+                     "much the int8 model's output error falls when each one is float "
+                     "(static int8)")
     available = staticmethod(module_available("onnxruntime"))
 
     def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
                     **opts: Any) -> dict[str, float]:
-        """Each layer's own int8 output error (onnx_layers.layer_sensitivity) in the fp32
-        export: one fp32 run, no quantized model built."""
+        """Dynamic int8: each layer's own int8 output error (onnx_layers.layer_sensitivity)
+        in the fp32 export, one fp32 run and no quantized model built. Static int8, which
+        also quantizes what lies between the layers (a CNN's convolutions and activations):
+        each layer's effect on the int8 model's output (onnx_layers.float_effect)."""
         from .convert import to_backend
-        from .onnx_layers import layer_sensitivity
+        from .onnx_layers import float_effect, layer_sensitivity
 
         fp32 = to_backend(handle, self.name, precision="fp32")
-        return layer_sensitivity(fp32.files[MODEL_FILE], calibration_feeds(fp32, items))
+        feeds = calibration_feeds(fp32, items)
+        if opts.get("precision") != "int8-static":
+            return layer_sensitivity(fp32.files[MODEL_FILE], feeds)
+        int8 = to_backend(handle, self.name, **{**opts, "fp32_layers": []})
+        return float_effect(int8.files[MODEL_FILE], fp32.files[MODEL_FILE], feeds)
 
     def why_unavailable(self) -> str:
         return "" if self.available() else "pip install onnxruntime onnx (or `make`)"

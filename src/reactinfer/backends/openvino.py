@@ -37,6 +37,7 @@ from .openvino_int8 import (
     QUANTIZE_COST,
     SMOOTH_QUANT_ALPHAS,
     check_smooth_quant,
+    input_quantizer,
     layer_ops,
     quantize_int8,
 )
@@ -121,9 +122,11 @@ def quantizable_layers(model: Any) -> list[str]:
 
 
 def is_float_layer(model: Any, name: str) -> bool:
-    """Whether the MatMul `name` of an OpenVINO model computes in float: no quantized
-    activation (FakeQuantize) and no int8 weight feeds it."""
+    """Whether the layer `name` of an OpenVINO model computes in float: no quantized
+    activation (FakeQuantize, maybe through a Pad) and no int8 weight feeds it."""
     op = layer_ops(model)[name]
+    if input_quantizer(op) is not None:
+        return False
     for value in op.input_values():
         node = value.get_node()
         if node.get_type_name() == "FakeQuantize":

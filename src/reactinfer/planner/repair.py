@@ -8,11 +8,15 @@ meets the bound.
 
 1. Rank: the candidate's backend ranks the layers it quantizes (`Backend.rank_layers`) on
    calibration items (the calibration split only, never the held-out items the trials are
-   judged on). ONNX Runtime: the error int8 adds to each layer's own output in the fp32
-   export (backends/onnx_layers.layer_sensitivity). OpenVINO: how much the int8 model's
-   output error falls when that one layer's input stays float (backends/openvino_int8):
-   NNCF's SmoothQuant moves error between layers, so only the quantized model itself says
-   which layers matter (on minilm the ONNX ranking's first layers did not move recall).
+   judged on). The layers are the MatMul/Gemm and convolutions (depthwise too) int8
+   quantizes. ONNX Runtime dynamic int8: the error int8 adds to each layer's own output in
+   the fp32 export (backends/onnx_layers.layer_sensitivity); static int8 (a CNN, whose
+   activations between layers are int8 too): how much the int8 model's output error falls
+   when that one layer is float (onnx_layers.float_effect). OpenVINO: how much the int8
+   model's output error falls when that one layer's input stays float
+   (backends/openvino_int8): NNCF's SmoothQuant moves error between layers, so only the
+   quantized model itself says which layers matter (on minilm the ONNX ranking's first
+   layers did not move recall). No rule such as "all depthwise convolutions" decides.
 2. Search k, the number of most sensitive layers kept: growing steps 1, 2, 4, ... until a
    fallback meets the bound at 95% confidence (every interval of the quality on the right
    side of its limit), then bisection between the last k that missed and the first that
@@ -57,11 +61,14 @@ SHOW_LAYERS = 4  # layers named in a Thought (the candidate and report list all)
 
 
 def short(layer: str) -> str:
-    """`/model/encoder/layer.5/output/dense/MatMul` → `layer.5/output/dense`."""
+    """`/model/encoder/layer.5/output/dense/MatMul` → `layer.5/output/dense`, and
+    `/model/blocks.1/conv_dw/Conv` → `blocks.1/conv_dw`."""
     name = layer.strip("/")
     for prefix in ("model/encoder/", "model/"):
         name = name.removeprefix(prefix)
-    return name.removesuffix("/MatMul").removesuffix("/Gemm")
+    for op in ("/MatMul", "/Gemm", "/Conv"):
+        name = name.removesuffix(op)
+    return name
 
 
 def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, float]], float, int]:
