@@ -17,6 +17,7 @@ from reactinfer.core.backend import Backend, register_backend
 from reactinfer.core.errors import UserError
 from reactinfer.core.transform import TransformConfig, register_transform
 from reactinfer.planner import Action, optimize
+from reactinfer.planner.record import Decision, Trial
 from reactinfer.planner.store import TrialStore
 from reactinfer.tasks import within_bound
 from reactinfer.testing import save_tiny_hf, tiny_texts
@@ -200,9 +201,10 @@ def test_thoughts_learn_from_observations():
     fresh = Context(hardware_profile(), "embedding", "throughput", facts, [])
     g0, why0 = _expect_prune("layers", 1 / 3)(fresh)
     assert g0 > 1.2 and "FLOPs" in why0
-    overshoot = {"action": "prune FFN 25% + distil", "family": "prune-ffn",
-                 "decision": "rolled back", "reason": "quality drop 0.0607 > bound 0.01",
-                 "observation": {"quality_drop": 0.0607}}
+    overshoot = Trial(key="k", step=1, action="prune FFN 25% + distil", thought="",
+                      parent="b", candidate={}, family="prune-ffn",
+                      decision=Decision.ROLLED_BACK, reason="quality drop 0.0607 > bound 0.01",
+                      observation={"quality_drop": 0.0607})
     seen = Context(hardware_profile(), "embedding", "throughput", facts, [overshoot])
     g1, why1 = _expect_prune("layers", 1 / 3)(seen)
     assert g1 < g0 and "0.061" in why1 and "unlikely" in why1
@@ -324,7 +326,7 @@ def test_a_failed_save_still_reports_what_was_measured(model_and_data, tmp_path,
     # the baseline, the three actions, then the two rolled back retried on the kept one
     assert len(stored) == 6
     report = json.loads((out / "report.json").read_text())
-    assert [t["key"] for t in report["trials"]] == [t["key"] for t in stored]
+    assert [t["key"] for t in report["trials"]] == [t.key for t in stored]
     assert report["best"]["action"] == "drop last layer" and report["best_artifact"] is None
     md = (out / "report.md").read_text()
     assert "not finished" in md and "not serializable" in md and "drop last layer" in md
@@ -668,8 +670,8 @@ def test_a_rollback_over_the_bound_goes_through_one_hook(model_and_data, tmp_pat
     seen = []
 
     def over_bound(self, step, action, trial, cand, best_trial):
-        seen.append((action.name, trial["decision"]))
-        return {**trial, "reason": trial["reason"] + " [hook]"}, step
+        seen.append((action.name, trial.decision))
+        return dataclasses.replace(trial, reason=trial.reason + " [hook]"), step
 
     monkeypatch.setattr(Planner, "_over_bound", over_bound)
     model, data = model_and_data
@@ -688,9 +690,10 @@ def test_a_format_over_the_bound_on_one_engine_puts_lossless_steps_first():
     ort_int8 = acts["onnxruntime int8 dynamic"].apply(torch_, kinds)
     torch_int8 = acts["int8 dynamic (per-channel)"].apply(torch_, kinds)
     ort = acts["onnxruntime fp32"].apply(torch_, kinds)
-    over = {"action": "onnxruntime int8 dynamic", "candidate": ort_int8.to_json(),
-            "decision": "rolled back", "reason": "top-10 recall 0.911 < 0.950",
-            "over_bound": True}
+    over = Trial(key="k", step=1, action="onnxruntime int8 dynamic", thought="", parent="b",
+                 candidate=ort_int8.to_json(), observation=None,
+                 decision=Decision.ROLLED_BACK, reason="top-10 recall 0.911 < 0.950",
+                 over_bound=True)
     for cpu in CPUS:
         ctx = dataclasses.replace(_ctx(CPUS[cpu], torch_, torch_int8), log=[over])
         g_int8, why = _expect_engine_format(ctx)

@@ -10,6 +10,7 @@ from reactinfer.models import vision, zoo
 from reactinfer.planner import optimize
 from reactinfer.planner.catalogue import catalogue, default_actions
 from reactinfer.planner.cnn import conv_facts, fold_expect, int8_weigh
+from reactinfer.planner.record import Decision, Trial
 from reactinfer.testing import TINY_CNN, tiny_cnn_builtin
 
 IMAGE = "image-classification"
@@ -85,8 +86,9 @@ def test_a_repair_that_could_not_rank_its_layers_does_not_stop_the_run():
 
     action = next(a for a in catalogue() if a.name == "onnxruntime int8 static (per-channel)")
     cand = Candidate(backend="onnxruntime", options=json.dumps({"precision": "int8-static"}))
-    entry = {"step": 5, "action": action.name, "decision": "failed", "parent": "k",
-             "reason": "ranking the layers failed: ValueError", "candidate": cand.to_json()}
+    entry = Trial(key="f", step=5, action=action.name, thought="", decision=Decision.FAILED,
+                  parent="k", reason="ranking the layers failed: ValueError",
+                  candidate=cand.to_json(), observation=None)
     g, note = earlier([entry], action, cand, 2.0, get_task(IMAGE), 0.01)
     assert g == pytest.approx(1.25) and "comes last" in note
 
@@ -101,11 +103,12 @@ def test_a_step_that_broke_the_model_is_not_retried_in_the_same_form():
     action = next(a for a in catalogue() if "prune channels" in a.name)
     cand = Candidate(backend="openvino", options=json.dumps({"precision": "fp32"}))
 
-    def log(agreement: float) -> list[dict]:
-        return [{"step": 4, "action": action.name, "decision": "rolled back", "parent": "k",
-                 "over_bound": True, "reason": "quality drop > bound 0.01",
-                 "candidate": Candidate(backend="torch").to_json(),
-                 "observation": {"quality": {"top1_agreement": agreement}}}]
+    def log(agreement: float) -> list[Trial]:
+        return [Trial(key="p", step=4, action=action.name, thought="",
+                      decision=Decision.ROLLED_BACK, parent="k",
+                      over_bound=True, reason="quality drop > bound 0.01",
+                      candidate=Candidate(backend="torch").to_json(),
+                      observation={"quality": {"top1_agreement": agreement}})]
 
     assert earlier(log(0.0), action, cand, 1.5, get_task(IMAGE), 0.01) is None
     g, note = earlier(log(0.98), action, cand, 1.5, get_task(IMAGE), 0.01)

@@ -15,6 +15,7 @@ from reactinfer.core.transform import config_from_dict
 from reactinfer.measure.harness import MeasurementCut, measure
 from reactinfer.planner import endplan
 from reactinfer.planner.budget import REPORT_S, SAVE_S, Budget
+from reactinfer.planner.record import Decision, Trial
 from reactinfer.testing import save_tiny_hf, tiny_handle, tiny_texts
 
 
@@ -80,13 +81,14 @@ def test_a_measurement_that_cannot_finish_in_time_is_cut_after_its_first_batch()
 # -- the plan: injected costs ----------------------------------------------------------------
 
 def _trial(key, parent, size, drop, speed, action=None, backend="torch"):
-    return {"key": key, "parent": parent, "action": action or key, "seconds": 4.0,
-            "candidate": {"transforms": [], "backend": backend, "backend_options": {}},
-            "observation": {"size_mb": size, "quality_drop": drop,
-                            "quality": {"mean_cosine": 1 - drop, "top10_recall": 1.0},
-                            "throughput": {"items_per_s": speed, "seconds": 100 / speed},
-                            "latency_ms": {"mean": 1000.0 / speed, "n": 10},
-                            "timing": {"build_s": 3.0, "measure_s": 100 / speed + 1.0}}}
+    return Trial(key=key, step=0, thought="", parent=parent, action=action or key, seconds=4.0,
+                 decision=Decision.KEPT if parent else Decision.BASELINE, reason="",
+                 candidate={"transforms": [], "backend": backend, "backend_options": {}},
+                 observation={"size_mb": size, "quality_drop": drop,
+                              "quality": {"mean_cosine": 1 - drop, "top10_recall": 1.0},
+                              "throughput": {"items_per_s": speed, "seconds": 100 / speed},
+                              "latency_ms": {"mean": 1000.0 / speed, "n": 10},
+                              "timing": {"build_s": 3.0, "measure_s": 100 / speed + 1.0}})
 
 
 def _planner(trials, total_s=600.0, left_s=None, saved=(), built=(), per_mb=None):

@@ -1,6 +1,7 @@
 """A step's cost predicted before it starts (planner/stepcost.py), builds that stop at their
 deadline (core/deadline.py), and the refusal of a budget from the sizing probe, before the
 original is measured. Costs and clocks are injected."""
+import dataclasses
 import types
 
 import numpy as np
@@ -122,12 +123,12 @@ INT8 = Action("tuned int8", "tuned-int8", lambda ctx: (2.0, "test"),
 
 def _built(backend, precision, build, decision="kept", seconds=None):
     t = _trial(f"{backend}-{precision}-{build}", "base", 50.0, 0.0, 20.0)
-    t["candidate"] = {"transforms": [], "backend": backend,
-                      "backend_options": {"precision": precision}}
-    t["observation"]["timing"]["build_s"] = build
-    t.update(decision=decision, family=f"{backend}-{precision}")
+    t.candidate = {"transforms": [], "backend": backend,
+                   "backend_options": {"precision": precision}}
+    t.observation["timing"]["build_s"] = build
+    t = dataclasses.replace(t, decision=decision, family=f"{backend}-{precision}")
     if seconds is not None:  # cut on the clock: no observation, the time it ran
-        t.update(observation=None, seconds=seconds)
+        t = dataclasses.replace(t, observation=None, seconds=seconds)
     return t
 
 

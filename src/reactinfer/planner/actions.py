@@ -15,8 +15,9 @@ from typing import Any
 
 from ..core.hardware import NATIVE_HALF, HardwareProfile, native_flags
 from . import cnn
+from .record import Trial
 
-ObservationLog = list[dict[str, Any]]
+ObservationLog = list[Trial]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,25 +69,25 @@ class Context:
     base: Candidate = Candidate()
     cand: Candidate | None = None
 
-    def family_results(self, family: str) -> list[dict[str, Any]]:
-        return [t for t in self.log if t.get("family") == family]
+    def family_results(self, family: str) -> list[Trial]:
+        return [t for t in self.log if t.family == family]
 
-    def format_overshoot(self, fmt: str) -> dict[str, Any] | None:
+    def format_overshoot(self, fmt: str) -> Trial | None:
         """The last trial in number format `fmt` (any engine) that went over the bound."""
-        over = [t for t in self.log if t.get("over_bound")
-                and number_format(Candidate.from_json(t["candidate"])) == fmt]
+        over = [t for t in self.log if t.over_bound
+                and number_format(Candidate.from_json(t.candidate)) == fmt]
         return over[-1] if over else None
 
-    def structural_overshoot(self) -> dict[str, Any] | None:
+    def structural_overshoot(self) -> Trial | None:
         """The structural trial that overshot the quality bound the most, if any."""
-        worst = None
+        worst: Trial | None = None
+        most = 0.0
         for t in self.log:
-            obs = t.get("observation")
-            if (t.get("family", "").startswith("prune-") and obs
-                    and "quality drop" in t.get("reason", "") and ">" in t["reason"]
-                    and (worst is None or obs["quality_drop"]
-                         > worst["observation"]["quality_drop"])):
-                worst = t
+            obs = t.observation
+            if (t.family.startswith("prune-") and obs
+                    and "quality drop" in t.reason and ">" in t.reason
+                    and (worst is None or obs["quality_drop"] > most)):
+                worst, most = t, obs["quality_drop"]
         return worst
 
 
@@ -199,7 +200,7 @@ def _observed(ctx: Context, family: str) -> str:
     if not done:
         return ""
     last = done[-1]
-    return f" Earlier in this family: {last['action']} was {last['decision']} ({last['reason']})."
+    return f" Earlier in this family: {last.action} was {last.decision} ({last.full_reason})."
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,8 +310,8 @@ def _expect_engine_format(ctx: Context) -> tuple[float, str]:
     over = ctx.format_overshoot(new_fmt) if new_fmt != old_fmt else None
     if over is not None and g > 1:  # what was observed outweighs the prior
         g = 1 + (g - 1) * 0.25
-        why += (f" But {new_fmt} went over the bound as {over['action']} "
-                f"({over['reason']}): it may here too, so lossless steps come first.")
+        why += (f" But {new_fmt} went over the bound as {over.action} "
+                f"({over.full_reason}): it may here too, so lossless steps come first.")
     elif new_fmt == "int8" and old_fmt != "int8" and g > 1:
         if convs:  # depthwise convolutions gain little from int8: Amdahl over their shares
             fmt = format_speed(ctx.hardware, engine, "int8")[0]
@@ -357,8 +358,9 @@ def _expect_prune(what: str, fraction: float) -> Expect:
         worst = ctx.structural_overshoot()
         if worst is not None:  # what was observed outweighs the FLOP count
             gain = 1 + (gain - 1) * 0.25
-            lost = worst["observation"]["quality_drop"]
-            return gain, (f"{worst['action']} already lost {lost:.3f} of quality, over the "
+            assert worst.observation is not None  # only measured trials overshoot
+            lost = worst.observation["quality_drop"]
+            return gain, (f"{worst.action} already lost {lost:.3f} of quality, over the "
                           "bound even after recovery training, so pruning "
                           f"{what} is unlikely to stay within it; kept for after the other "
                           "actions." + _observed(ctx, "prune-" + what.split()[0].lower()))

@@ -12,13 +12,14 @@ from typing import Any
 from ..core.artifact import read_manifest, save_artifact
 from ..core.errors import ArtifactError
 from ..core.handle import ModelHandle
+from .record import Trial
 
 TRIAL_KEY = "planner_trial"  # in the manifest's metrics: the key of the trial it holds
 
 
-def tagged_metrics(trial: dict[str, Any]) -> dict[str, Any]:
+def tagged_metrics(trial: Trial) -> dict[str, Any]:
     """The metrics an artifact of `trial` carries: its measurements and its trial key."""
-    return {**trial["observation"], TRIAL_KEY: trial["key"]}
+    return {**(trial.observation or {}), TRIAL_KEY: trial.key}
 
 
 def saved_key(path: Path) -> str | None:
@@ -56,7 +57,7 @@ def link_copy(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
 
 
-def save_trial(handle: ModelHandle, path: Path, trial: dict[str, Any],
+def save_trial(handle: ModelHandle, path: Path, trial: Trial,
                items: Sequence[Any]) -> str | None:
     """Save a trial's model as an artifact tagged with its trial; a user's plain torch
     module also gets its ONNX graph, checked on `items` (with_graph), so the artifact runs

@@ -22,6 +22,7 @@ from typing import Any
 from ..measure.sizing import MIN_LATENCY_RUNS as MIN_LATENCY_RUNS
 from ..measure.sizing import PROBE_TEXTS as PROBE_TEXTS
 from ..measure.sizing import size_search as size_search
+from .record import Trial
 
 MARGIN_SHARE = 0.10
 MARGIN_MIN_S = 10.0
@@ -82,16 +83,16 @@ def timed_total(steps: tuple[dict[str, Any], ...]) -> float:
     return float(sum(s.get("time_budget_s") or 0.0 for s in steps))
 
 
-def measure_s(trial: dict[str, Any]) -> float:
+def measure_s(trial: Trial) -> float:
     """Seconds spent measuring a trial's model (older stores: the whole trial)."""
-    obs = trial.get("observation") or {}
-    return float(obs.get("timing", {}).get("measure_s", trial.get("seconds", 0.0)))
+    obs = trial.observation or {}
+    return float(obs.get("timing", {}).get("measure_s", trial.seconds))
 
 
-def build_s(trial: dict[str, Any]) -> float:
+def build_s(trial: Trial) -> float:
     """Seconds spent building a trial's model from its recipe (older stores: the whole trial)."""
-    obs = trial.get("observation") or {}
-    return float(obs.get("timing", {}).get("build_s", trial.get("seconds", 0.0)))
+    obs = trial.observation or {}
+    return float(obs.get("timing", {}).get("build_s", trial.seconds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +139,14 @@ def _no_room(need_s: float, left_s: float) -> str:
             "budget are left before the final save, re-measure and report")
 
 
-def confirm_cost(trials: list[dict[str, Any]], n_eval: int,
+def confirm_cost(trials: list[Trial], n_eval: int,
                  latency_runs: int) -> tuple[float, float]:
     """The re-measure of `trials` (baseline and best) with `latency_runs` batch-1 runs,
     predicted from how long their own measurements (on `n_eval` texts) took: (fixed
     seconds, seconds per text)."""
     fixed = per_text = 0.0
     for t in trials:
-        obs = t.get("observation") or {}
+        obs = t.observation or {}
         thr = float(obs.get("throughput", {}).get("seconds", 0.0))
         lat = obs.get("latency_ms", {})
         run_s = float(lat.get("mean", 0.0)) / 1e3

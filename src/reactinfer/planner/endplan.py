@@ -38,6 +38,7 @@ from .budget import (
     confirm_cost,
     measure_s,
 )
+from .record import Decision, Trial
 from .report import pareto_table
 
 MAX_VARIANTS = 4
@@ -67,28 +68,29 @@ class EndPlan:
         return {"total_s": self.total_s, "text": self.describe(), "items": items}
 
 
-def ladder(pareto: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
+def ladder(pareto: list[Trial], best: Trial) -> list[Trial]:
     """Variants for the serving ladder: the Pareto set within the bound, best quality
     first; the chosen best is always one."""
-    variants = [t for t in pareto if t["within_bound"]][:MAX_VARIANTS - 1]
-    if all(t["key"] != best["key"] for t in variants):
+    variants = [t for t in pareto if t.within_bound][:MAX_VARIANTS - 1]
+    if all(t.key != best.key for t in variants):
         variants.append(best)
     return variants
 
 
 # -- saving ----------------------------------------------------------------------------------
 
-def disk_mb(planner: Any, trial: dict[str, Any]) -> float:
+def disk_mb(planner: Any, trial: Trial) -> float:
     """What saving a trial's model writes: its own size, and for another engine the torch
     weights it was made from too (an artifact keeps both)."""
-    size = float(trial["observation"]["size_mb"])
-    if trial["candidate"].get("backend", "torch") != "torch":
+    assert trial.observation is not None
+    size = float(trial.observation["size_mb"])
+    if trial.candidate.get("backend", "torch") != "torch":
         assert planner.ref_trial is not None
-        size += float(planner.ref_trial["observation"]["size_mb"])
+        size += float(planner.ref_trial.observation["size_mb"])
     return size
 
 
-def save_s(planner: Any, trial: dict[str, Any]) -> float:
+def save_s(planner: Any, trial: Trial) -> float:
     """Seconds to save a trial's model, at the speed measured on this machine (or a
     conservative constant before anything was saved)."""
     per_mb = planner.end_costs.get("save_s_per_mb", 1.0 / SAVE_MB_PER_S)
@@ -100,7 +102,7 @@ def save_early(planner: Any, path: Any) -> None:
     timing it gives this machine's save speed, which the end's plan needs. The end finds
     it on disk by its trial key and moves it into place (artifacts.saved_artifacts)."""
     ref = planner.ref_trial
-    if ref is None or ref["key"] in planner.saved or path.exists():
+    if ref is None or ref.key in planner.saved or path.exists():
         return
     t0 = time.perf_counter()
     try:
@@ -109,8 +111,8 @@ def save_early(planner: Any, path: Any) -> None:
         return
     seconds = time.perf_counter() - t0
     if note:
-        planner.save_notes.append(f"{ref['action']}: {note}")
-    planner.saved[ref["key"]] = path
+        planner.save_notes.append(f"{ref.action}: {note}")
+    planner.saved[ref.key] = path
     planner.end_costs["save_s_per_mb"] = seconds / max(disk_mb(planner, ref), 1.0)
 
 
@@ -130,23 +132,23 @@ def warm_plots(planner: Any) -> None:
 
 # -- the plan --------------------------------------------------------------------------------
 
-def predicted_ladder(planner: Any, best_trial: dict[str, Any]) -> list[dict[str, Any]]:
-    """The variants the end would save if the run stopped now."""
-    trials = [{**t, "within_bound": within_bound(planner.base.task, t["observation"]["quality"],
-                                                 planner.s.max_drop)[0]}
-              for t in planner.log if t.get("observation")]
-    best = next((t for t in trials if t["key"] == best_trial["key"]), None)
+def predicted_ladder(planner: Any, best_trial: Trial) -> list[Trial]:
+    """The variants the end would save if the run stopped now (copies of the trials: the
+    bound set on them is the prediction's, not the report's)."""
+    trials = [dataclasses.replace(t, within_bound=within_bound(
+        planner.base.task, t.observation["quality"], planner.s.max_drop)[0])
+        for t in planner.log if t.observation]
+    best = next((t for t in trials if t.key == best_trial.key), None)
     return ladder(pareto_table(trials, planner.s.objective), best or best_trial)
 
 
-def confirm_s(planner: Any, best_trial: dict[str, Any],
-              ref: dict[str, Any] | None = None) -> tuple[float, int]:
+def confirm_s(planner: Any, best_trial: Trial, ref: Trial | None = None) -> tuple[float, int]:
     """Seconds kept for re-measuring the best beside the original, and on how many texts:
     as many as asked when that fits in a share of the budget, else fewer, but never fewer
     than the search judged on (the re-measure would add nothing). None needed while the
     original is the best. `ref`: the original's trial (default: the planner's)."""
     s = planner.s
-    if not s.confirm_n_eval or not best_trial["parent"]:
+    if not s.confirm_n_eval or not best_trial.parent:
         return 0.0, 0
     ref = ref if ref is not None else planner.ref_trial
     assert ref is not None
@@ -159,21 +161,21 @@ def confirm_s(planner: Any, best_trial: dict[str, Any],
     return fixed + per_text * n, n
 
 
-def plan_end(planner: Any, best_trial: dict[str, Any]) -> EndPlan:
+def plan_end(planner: Any, best_trial: Trial) -> EndPlan:
     """The end's cost if `best_trial` stays the best: save it, the original and the ladder
     (rebuilding what is no longer at hand), re-measure, write the report and plots."""
     assert planner.ref_trial is not None
     items: list[tuple[str, float]] = []
-    saves = [best_trial, planner.ref_trial] if best_trial["parent"] else [best_trial]
+    saves = [best_trial, planner.ref_trial] if best_trial.parent else [best_trial]
     saves += [t for t in predicted_ladder(planner, best_trial)
-              if t["key"] not in {u["key"] for u in saves}]
+              if t.key not in {u.key for u in saves}]
     for t in saves:
-        if t["key"] in planner.saved:
+        if t.key in planner.saved:
             continue
         cost = save_s(planner, t)
-        if t["parent"] and t["key"] not in planner.builder.built:
+        if t.parent and t.key not in planner.builder.built:
             cost += build_s(t)
-        items.append((f"save {t['action']}", cost))
+        items.append((f"save {t.action}", cost))
     seconds, n = confirm_s(planner, best_trial)
     if seconds:
         items.append((f"side-by-side re-measure on {n} items", seconds))
@@ -184,20 +186,20 @@ def plan_end(planner: Any, best_trial: dict[str, Any]) -> EndPlan:
 
 # -- the smallest budget ---------------------------------------------------------------------
 
-def minimal_end(planner: Any, ref: dict[str, Any] | None = None) -> EndPlan:
+def minimal_end(planner: Any, ref: Trial | None = None) -> EndPlan:
     """The cheapest whole end: the original, a best and a variant in between saved (each
     sized as the original, at worst), the re-measure with a best as slow as the original,
     the report. `ref`: the original's trial (default: the planner's)."""
     ref = ref if ref is not None else planner.ref_trial
     assert ref is not None
-    like = {**ref, "parent": ref["key"], "key": ref["key"] + "+", "action": "a step"}
+    like = dataclasses.replace(ref, parent=ref.key, key=ref.key + "+", action="a step")
     confirm, _ = confirm_s(planner, like, ref)
     save = save_s(planner, ref)
     return EndPlan([("save the original, a best and a variant", 3 * save),
                     ("side-by-side re-measure", confirm), ("report and plots", REPORT_S + 2.0)])
 
 
-def predicted_ref(probe: dict[str, Any], n_texts: int, latency_runs: int) -> dict[str, Any]:
+def predicted_ref(probe: dict[str, Any], n_texts: int, latency_runs: int) -> Trial:
     """The original's trial as a probe (`measure` on a few texts, one latency run) predicts
     it: measured on `n_texts` texts with `latency_runs` batch-1 runs (the cost model of
     measure/sizing.size_search)."""
@@ -206,12 +208,13 @@ def predicted_ref(probe: dict[str, Any], n_texts: int, latency_runs: int) -> dic
     fixed = float(probe.get("prepare_s", 0.0)) + per_text * int(probe["batch_size"]) + 3 * one
     thr = per_text * n_texts
     seconds = fixed + thr + one * latency_runs
-    return {"key": "probe", "parent": None, "action": "baseline", "seconds": seconds,
-            "candidate": Candidate().to_json(),
-            "observation": {"size_mb": float(probe.get("size_mb", 0.0)),
-                            "throughput": {"seconds": thr},
-                            "latency_ms": {"mean": one * 1e3, "n": latency_runs},
-                            "timing": {"build_s": 0.0, "measure_s": seconds}}}
+    return Trial(key="probe", step=0, action="baseline", thought="", parent=None,
+                 candidate=Candidate().to_json(),
+                 observation={"size_mb": float(probe.get("size_mb", 0.0)),
+                              "throughput": {"seconds": thr},
+                              "latency_ms": {"mean": one * 1e3, "n": latency_runs},
+                              "timing": {"build_s": 0.0, "measure_s": seconds}},
+                 decision=Decision.BASELINE, reason="as the probe predicts it", seconds=seconds)
 
 
 def check_probe(planner: Any, probe: dict[str, Any]) -> None:
@@ -224,7 +227,7 @@ def check_probe(planner: Any, probe: dict[str, Any]) -> None:
     check_whole(planner, ref=ref, share=OBVIOUS_SHARE)
 
 
-def check_whole(planner: Any, action_cost: float = 1.0, ref: dict[str, Any] | None = None,
+def check_whole(planner: Any, action_cost: float = 1.0, ref: Trial | None = None,
                 share: float = 1.0) -> None:
     """Refuse a budget that cannot give a whole output: what is left must pay for one
     step (a first step of its kind, as stepcost.fit_action predicts its measurement) and

@@ -23,6 +23,7 @@ from .endplan import ladder, save_s
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
+from .record import Trial
 from .report import ITEM_NOUN, pareto_table, write_report
 
 # what saving or re-measuring a model may raise; the run's report is written regardless
@@ -33,9 +34,9 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
     """Save, re-measure and report; returns the report data."""
     s = planner.s
     for t in result["trials"]:  # the bound the loop decided with, for the table and plots
-        if t.get("observation"):
-            t["within_bound"], t["bound"] = within_bound(
-                planner.base.task, t["observation"]["quality"], s.max_drop)
+        if t.observation:
+            t.within_bound, t.bound = within_bound(
+                planner.base.task, t.observation["quality"], s.max_drop)
     pareto = pareto_table(result["trials"], s.objective)
     best = result["best"]
     state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
@@ -57,7 +58,7 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
-                                    pareto: list[dict[str, Any]], state: dict[str, Any]
+                                    pareto: list[Trial], state: dict[str, Any]
                                     ) -> dict[str, Any]:
     """Write the report and close the store, whatever happened. A report that fails while
     another error is on its way out is noted on that error rather than replacing it."""
@@ -77,37 +78,37 @@ def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
 
 # -- saving ----------------------------------------------------------------------------------
 
-def _at_hand(planner: Planner, trial: dict[str, Any]) -> ModelHandle | None:
+def _at_hand(planner: Planner, trial: Trial) -> ModelHandle | None:
     """The trial's model if it needs no rebuild: the original, or still in the cache."""
-    if not trial["parent"]:
+    if not trial.parent:
         return planner.base
-    if trial["key"] in planner.builder.built:
-        return planner.builder.build(Candidate.from_json(trial["candidate"]))
+    if trial.key in planner.builder.built:
+        return planner.builder.build(Candidate.from_json(trial.candidate))
     return None
 
 
-def _best_handle(planner: Planner, best: dict[str, Any]) -> ModelHandle:
+def _best_handle(planner: Planner, best: Trial) -> ModelHandle:
     handle = _at_hand(planner, best)
     if handle is not None:
         return handle
-    if best["key"] in planner.saved:  # saved by an earlier run: load, do not rebuild
-        return load(planner.saved[best["key"]])
-    return planner.builder.build(Candidate.from_json(best["candidate"]))
+    if best.key in planner.saved:  # saved by an earlier run: load, do not rebuild
+        return load(planner.saved[best.key])
+    return planner.builder.build(Candidate.from_json(best.candidate))
 
 
-def _save_best(planner: Planner, best: dict[str, Any], handle: ModelHandle,
+def _save_best(planner: Planner, best: Trial, handle: ModelHandle,
                state: dict[str, Any]) -> None:
     path = planner.out / "best"
-    if saved_key(path) == best["key"]:
+    if saved_key(path) == best.key:
         pass
-    elif best["key"] in planner.saved and planner.saved[best["key"]].exists():
-        link_copy(planner.saved[best["key"]], path)  # saved while the run went on
+    elif best.key in planner.saved and planner.saved[best.key].exists():
+        link_copy(planner.saved[best.key], path)  # saved while the run went on
     else:
         _save(planner, handle, path, best, state)
     state["best_artifact"] = "best"
 
 
-def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[str, Any],
+def _save_variants(planner: Planner, variants: list[Trial], best: Trial,
                    state: dict[str, Any]) -> None:
     out = planner.out
     vdir, old = out / "variants", out / ".variants.old"
@@ -124,55 +125,55 @@ def _save_variants(planner: Planner, variants: list[dict[str, Any]], best: dict[
                 saved = _save_variant(planner, t, best, path, on_disk, state)
             except _SAVE_ERRORS as e:
                 shutil.rmtree(path, ignore_errors=True)
-                state["notes"].append(f"variant {t['action']} not saved: {type(e).__name__}: {e}")
+                state["notes"].append(f"variant {t.action} not saved: {type(e).__name__}: {e}")
                 continue
             if saved:
-                t["artifact"] = str(path.relative_to(out))
-                state["variants"].append(t["artifact"])
+                t.artifact = str(path.relative_to(out))
+                state["variants"].append(t.artifact)
     finally:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _variant_name(i: int, t: dict[str, Any]) -> str:
-    return f"{i:02d}-" + t["action"].replace(" ", "_").replace("/", "-")
+def _variant_name(i: int, t: Trial) -> str:
+    return f"{i:02d}-" + t.action.replace(" ", "_").replace("/", "-")
 
 
-def _save_variant(planner: Planner, t: dict[str, Any], best: dict[str, Any], path: Any,
+def _save_variant(planner: Planner, t: Trial, best: Trial, path: Any,
                   on_disk: dict[str, Any], state: dict[str, Any]) -> bool:
-    if t["key"] == best["key"] and state["best_artifact"]:
+    if t.key == best.key and state["best_artifact"]:
         link_copy(planner.out / "best", path)
         return True
-    if t["key"] in on_disk:
-        on_disk.pop(t["key"]).rename(path)
+    if t.key in on_disk:
+        on_disk.pop(t.key).rename(path)
         return True
     handle = _at_hand(planner, t)
     need = save_s(planner, t) + (build_s(t) if handle is None else 0.0)
     left = planner.budget.left_for_end() - planner.confirm_reserve(best) - REPORT_S
     if need > left:
-        state["notes"].append(f"variant {t['action']} not saved: it needs ~{need:.0f}s, "
+        state["notes"].append(f"variant {t.action} not saved: it needs ~{need:.0f}s, "
                               f"{max(left, 0):.0f}s of the time budget are left")
         return False
     if handle is None:
-        handle = planner.builder.build(Candidate.from_json(t["candidate"]))
+        handle = planner.builder.build(Candidate.from_json(t.candidate))
     _save(planner, handle, path, t, state)
     return True
 
 
-def _save(planner: Planner, handle: ModelHandle, path: Any, trial: dict[str, Any],
+def _save(planner: Planner, handle: ModelHandle, path: Any, trial: Trial,
           state: dict[str, Any]) -> None:
     note = save_trial(handle, path, trial, planner.texts)
     if note:
-        state["notes"].append(f"{trial['action']}: {note}")
+        state["notes"].append(f"{trial.action}: {note}")
 
 
 # -- the side-by-side re-measure -------------------------------------------------------------
 
-def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
+def _confirm(planner: Planner, best: Trial, handle: ModelHandle,
              state: dict[str, Any]) -> dict[str, Any] | None:
     """Baseline and best re-measured one after the other on the held-out texts (up to
     `confirm_n_eval`, fewer when the budget is short): the figures the headline uses."""
     s = planner.s
-    if not s.confirm_n_eval or not best["parent"]:  # the original is the best: nothing to do
+    if not s.confirm_n_eval or not best.parent:  # the original is the best: nothing to do
         return None
     assert planner.ref_trial is not None
     runs = 2 * planner.latency_runs
@@ -206,35 +207,36 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
             "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}
 
 
-def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dict[str, Any],
-                             state: dict[str, Any]) -> dict[str, Any]:
+def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: Trial,
+                             state: dict[str, Any]) -> Trial:
     """The bound must hold on the larger re-measure too: a best that falls outside it there
     (a search decision near the limit, on fewer texts) gives way to the kept step it was
     built on, saved and re-measured in its place, down to the original if need be."""
     while state["confirm"] is not None and not state["confirm"]["within_bound"]:
-        prev = next((t for t in result["trials"] if t["key"] == best["parent"]), None)
-        if prev is None or not prev["parent"]:
+        prev = next((t for t in result["trials"] if t.key == best.parent), None)
+        if prev is None or not prev.parent:
             break  # the step before is the original: the report says the bound failed
         state["notes"].append(
-            f"{best['action']} was outside the bound on the {state['confirm']['n_eval']} "
+            f"{best.action} was outside the bound on the {state['confirm']['n_eval']} "
             f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')}"
             + (" the search never judged on " if state["confirm"].get("unseen") else " ")
             + f"({state['confirm']['bound']}): the best is the step it was built on, "
-            f"{prev['action']}")
-        best["within_bound"], best["bound"] = False, state["confirm"]["bound"]
-        if best.get("artifact") in state["variants"]:  # nor is it a variant to serve
-            shutil.rmtree(planner.out / best["artifact"], ignore_errors=True)
-            state["variants"].remove(best.pop("artifact"))
+            f"{prev.action}")
+        best.within_bound, best.bound = False, state["confirm"]["bound"]
+        if best.artifact and best.artifact in state["variants"]:  # nor a variant to serve
+            shutil.rmtree(planner.out / best.artifact, ignore_errors=True)
+            state["variants"].remove(best.artifact)
+            best.artifact = None
         best = result["best"] = prev
         handle = _best_handle(planner, best)
         _save_best(planner, best, handle, state)
-        if not best.get("artifact"):  # the ladder serves it too (`react serve OUT`)
+        if not best.artifact:  # the ladder serves it too (`react serve OUT`)
             path = planner.out / "variants" / _variant_name(len(state["variants"]), best)
             link_copy(planner.out / "best", path)
-            best["artifact"] = str(path.relative_to(planner.out))
-            state["variants"].append(best["artifact"])
+            best.artifact = str(path.relative_to(planner.out))
+            state["variants"].append(best.artifact)
             state["notes"] = [n for n in state["notes"]
-                              if not n.startswith(f"variant {best['action']} not saved")]
+                              if not n.startswith(f"variant {best.action} not saved")]
         state["confirm"] = _confirm(planner, best, handle, state)
     return best
 
@@ -259,19 +261,20 @@ def verdict(data: dict[str, Any]) -> str:
     return f"×{g:.2f} on {obj} within the quality bound"
 
 
-def metric_summary(best: dict[str, Any], confirm: dict[str, Any] | None, agreement: str
+def metric_summary(best: Trial, confirm: dict[str, Any] | None, agreement: str
                    ) -> dict[str, Any] | None:
     """The user's metric of the best (from the side-by-side re-measure when there is one)
     beside its agreement with the original; None when the run bounds agreement."""
-    obs = confirm["best"] if confirm else best.get("observation")
+    obs = confirm["best"] if confirm else best.observation
     quality = (obs or {}).get("quality") or {}
     if METRIC_KEY not in quality:
         return None
     return {**quality[METRIC_KEY], "agreement": {agreement: quality.get(agreement)}}
 
 
-def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str, Any]],
+def report_data(planner: Planner, result: dict[str, Any], pareto: list[Trial],
                 state: dict[str, Any]) -> dict[str, Any]:
+    """The report's data, in JSON form (trials as `Trial.to_json` gives them)."""
     s, budget = planner.s, planner.budget
     best, base = result["best"], result["baseline"]
     confirm = state["confirm"]
@@ -291,13 +294,15 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
         "reused": result["reused"], "reference_outputs": result.get("reference_outputs"),
         "search": {**planner.sizing, "n_texts": len(planner.texts),
                    "latency_runs": planner.latency_runs},
-        "gain": confirm["gain"] if confirm else gain(best["observation"], base["observation"],
+        "gain": confirm["gain"] if confirm else gain(best.observation, base.observation,
                                                      s.objective),
         "gain_from": f"side-by-side re-measure on {confirm['n_eval']} {items}"
         + (" the search never judged on" if confirm.get("unseen") else "") if confirm
         else f"the search's measurements on {len(planner.texts)} {items}",
-        "best_recipe": Candidate.from_json(best["candidate"]).describe(),
-        "baseline": base, "best": best, "trials": result["trials"], "pareto": pareto,
+        "best_recipe": Candidate.from_json(best.candidate).describe(),
+        "baseline": base.to_json(), "best": best.to_json(),
+        "trials": [t.to_json() for t in result["trials"]],
+        "pareto": [t.to_json() for t in pareto],
         "variants": state["variants"], "best_artifact": state["best_artifact"],
         "confirm": confirm, "notes": state["notes"], "errors": state["errors"],
         "left_out": planner.left_out,  # actions not offered to this model, and why

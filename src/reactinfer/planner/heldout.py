@@ -10,16 +10,29 @@ are the check.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..data import items_for
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
-    from .loop import Planner
 
 
-def confirm_items(planner: Planner, n: int) -> tuple[list[Any], bool]:
+class HeldOutHost(Protocol):
+    """What these need of the planner (loop.Planner is one)."""
+
+    s: Any  # PlanSettings
+    base: ModelHandle
+    task: Any  # the model's Task
+    texts: Sequence[Any]  # the held-out items the search judges on
+    memo: dict[Any, Any]  # what a run computes once
+
+    def compare(self, reference: dict[str, Any], results: dict[str, Any],
+                items: Sequence[Any]) -> dict[str, Any]: ...
+
+
+def confirm_items(planner: HeldOutHost, n: int) -> tuple[list[Any], bool]:
     """Up to `n` held-out items, and whether the search never judged on them: the items
     after the search's where the data has at least half of `n` of them, else the
     search's own."""
@@ -31,7 +44,7 @@ def confirm_items(planner: Planner, n: int) -> tuple[list[Any], bool]:
     return items_for(planner.base, "eval", s.data, n), False
 
 
-def unseen_quality(planner: Planner, handle: ModelHandle) -> dict[str, Any] | None:
+def unseen_quality(planner: HeldOutHost, handle: ModelHandle) -> dict[str, Any] | None:
     """`handle`'s quality against the original on the items the re-measure will use, when
     the search never judged on them (None otherwise). The original's outputs on them are
     computed once per run."""

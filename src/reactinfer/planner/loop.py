@@ -44,6 +44,7 @@ from .cnn import conv_facts
 from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
 from .objective import OBJECTIVES, gain
+from .record import Decision, Trial
 from .repair import repair
 from .stepcost import fit_action
 from .store import TrialStore
@@ -151,10 +152,10 @@ class Planner(TrialRunner):
         self.step_deadline: float | None = None
         self.sizing: dict[str, Any] = {}
         self.save_notes: list[str] = []  # what saving a model during the search said
-        self.log: list[dict[str, Any]] = []
+        self.log: list[Trial] = []
         self.ref_results: dict[str, Any] | None = None
         self.ref_info: dict[str, Any] | None = None  # how the reference outputs were had
-        self.ref_trial: dict[str, Any] | None = None
+        self.ref_trial: Trial | None = None
         # the key and model of the last trial built here (a trial reused from the store
         # builds nothing): the repair measures that model again
         self.last_built: tuple[str, ModelHandle] | None = None
@@ -162,8 +163,8 @@ class Planner(TrialRunner):
         self.reused = 0
         self.bar: Any = None
 
-    def _over_bound(self, step: int, action: Action, trial: dict[str, Any], cand: Candidate,
-                    best_trial: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def _over_bound(self, step: int, action: Action, trial: Trial, cand: Candidate,
+                    best_trial: Trial) -> tuple[Trial, int]:
         """The one place a trial rolled back for quality is handled: where the action has a
         fallback option that the candidate's engine takes (e.g. `fp32_layers` on ONNX
         Runtime and OpenVINO int8), repair.py keeps the most sensitive layers in higher
@@ -178,12 +179,12 @@ class Planner(TrialRunner):
         return trial, step
 
     # -- the budget ----------------------------------------------------------------------
-    def _reserve(self, best_trial: dict[str, Any]) -> float:
+    def reserve_s(self, best_trial: Trial) -> float:
         """Seconds the end of the run needs if `best_trial` stays the best (endplan.py)."""
         self.end_plan = plan_end(self, best_trial)
         return self.end_plan.total_s
 
-    def confirm_reserve(self, best_trial: dict[str, Any]) -> float:
+    def confirm_reserve(self, best_trial: Trial) -> float:
         """Seconds kept for re-measuring the best beside the original at the end."""
         return confirm_s(self, best_trial)[0]
 
@@ -200,7 +201,7 @@ class Planner(TrialRunner):
             try:
                 probe, _ = measure(self.base, self.texts[:PROBE_TEXTS], self.s.batch_size, 1,
                                    gen_tokens=0, progress=False)
-            except Exception:  # noqa: BLE001  the baseline trial reports why, as _trial does
+            except Exception:  # noqa: BLE001  the baseline trial reports why, as run_trial does
                 return
             n, runs = size_search(probe, len(self.texts), self.s.latency_runs,
                                   BASELINE_SHARE * self.budget.left())
@@ -224,9 +225,9 @@ class Planner(TrialRunner):
         (the Thought says how it went before), and a number format is expressed for the
         engine at hand."""
         ctx = self._context()
-        kept = {t["action"] for t in self.log if t["decision"] == "kept"}
+        kept = {t.action for t in self.log if t.decision is Decision.KEPT}
         options: list[tuple[bool, float, int, Action, Candidate, str]] = []
-        done = {t["action"] for t in self.log}
+        done = {t.action for t in self.log}
         for a in self.actions:
             if a.level > 0 and not any(b.family == a.family and b.level == a.level - 1
                                        and b.name in kept for b in self.actions):
@@ -272,12 +273,12 @@ class Planner(TrialRunner):
         base_cand = Candidate()
         bar = self.bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
         self._size_search()
-        ref_trial = self.ref_trial = self._trial(
+        ref_trial = self.ref_trial = self.run_trial(
             0, base_cand, "baseline", "baseline",
             "Measure the original model on this machine first: every later step is judged "
             "against it.", None, None)
-        if ref_trial["observation"] is None:
-            raise UserError(f"the baseline could not be measured: {ref_trial['reason']}")
+        if ref_trial.observation is None:
+            raise UserError(f"the baseline could not be measured: {ref_trial.full_reason}")
         check_whole(self)  # a budget too small for a whole output is refused here
         if self.ref_results is None:  # baseline reused from the store: quality needs results
             self._phase("baseline: the reference outputs")
@@ -288,7 +289,7 @@ class Planner(TrialRunner):
         save_early(self, self.out / "variants" / "00-baseline")
         warm_plots(self)
         bar.update(1)
-        baseline = ref_trial["observation"]
+        baseline = ref_trial.observation
         best, best_obs, best_trial = base_cand, baseline, ref_trial
         tried: set[str] = set()
         stop = "no more actions apply"
@@ -300,12 +301,12 @@ class Planner(TrialRunner):
             if self.s.target and gain(best_obs, baseline, self.s.objective) >= self.s.target:
                 stop = f"target ×{self.s.target} reached"
                 break
-            reserve = self._reserve(best_trial)
+            reserve = self.reserve_s(best_trial)
             left = self.budget.left() - reserve
             self.step_deadline = time.time() + left
-            if left <= 0 and n_trials == 0 and not ref_trial["reused"]:
+            if left <= 0 and n_trials == 0 and not ref_trial.reused:
                 stop = (f"time budget: measuring the original model took "
-                        f"{ref_trial['seconds']:.0f}s of {self.budget.total_s:.0f}s, and the "
+                        f"{ref_trial.seconds:.0f}s of {self.budget.total_s:.0f}s, and the "
                         f"end of the run needs ~{reserve:.0f}s; give a larger --budget-s or a "
                         "smaller --n-eval")
                 break
@@ -320,21 +321,21 @@ class Planner(TrialRunner):
             for s_action, s_cand, s_thought, why in skipped:
                 tried.add(s_cand.key)
                 step += 1
-                self._skip(step, s_action, s_cand, s_thought, best.key, why)
+                self.skip(step, s_action, s_cand, s_thought, best.key, why)
             # the candidate as offered and as cut to the time left are the same trial
             offered = action.apply(best, self.runtime_kinds)
             tried.update({cand.key} | ({offered.key} if offered else set()))
             step += 1
             n_trials += 1
-            trial = self._trial(step, cand, action.name, action.family, thought, best.key,
-                                best_obs)
-            trial["reserve_s"] = reserve  # the trace says what the end was kept
-            if trial["decision"] == "rolled back" and trial["over_bound"]:
+            trial = self.run_trial(step, cand, action.name, action.family, thought, best.key,
+                                   best_obs)
+            trial.reserve_s = reserve  # the trace says what the end was kept (not stored)
+            if trial.decision is Decision.ROLLED_BACK and trial.over_bound:
                 trial, step = self._over_bound(step, action, trial, cand, best_trial)
             bar.update(1)
-            if trial["decision"] == "kept":
-                best = Candidate.from_json(trial["candidate"])
-                best_obs, best_trial = trial["observation"], trial
+            if trial.decision is Decision.KEPT and trial.observation is not None:
+                best = Candidate.from_json(trial.candidate)
+                best_obs, best_trial = trial.observation, trial
         bar.close()
         self.bar = self.step_deadline = None
         end = plan_end(self, best_trial).to_json()  # the plan the end starts with (report)

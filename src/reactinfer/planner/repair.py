@@ -37,24 +37,31 @@ meets the bound.
 
 Generic over the backend: the fallback is the Action's backend option name, and the layer
 names are the exported ONNX graph's node names, which every ONNX-based backend shares.
+
+The repair talks to the planner through `RepairHost` alone: it runs, skips and revises
+trials through the planner's public methods, and what it learns about a trial goes into
+the trial's fields (`Trial.unseen`), not into text it would have to read back.
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.backend import get_backend
 from ..core.deadline import DeadlinePassed, deadline
 from ..data import items_for
 from ..tasks import bound_decided, within_bound
 from .actions import Action, Candidate
-from .heldout import unseen_quality
+from .heldout import HeldOutHost, unseen_quality
 from .objective import gain
+from .record import NEVER_JUDGED, Decision, Trial
 
 if TYPE_CHECKING:
-    from .loop import Planner
+    from ..core.handle import ModelHandle
+    from .budget import Budget
+    from .builder import Builder
 
-NEVER_JUDGED = "held-out items the search never judged on"
+__all__ = ["NEVER_JUDGED", "RepairHost", "rank_layers", "repair", "short"]
 CALIBRATION_TEXTS = 32  # enough to rank layers; the ranking costs one fp32 forward on them
 MAX_FALLBACKS = 8  # fallback trials per overshooting step (growing + bisection)
 SHOW_LAYERS = 4  # layers named in a Thought (the candidate and report list all)
@@ -71,7 +78,27 @@ def short(layer: str) -> str:
     return name
 
 
-def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, float]], float, int]:
+class RepairHost(HeldOutHost, Protocol):
+    """What the repair needs of the planner (loop.Planner is one): the run's settings,
+    model, budget and builder, and its public trial methods (trial.TrialRunner)."""
+
+    budget: Budget
+    builder: Builder
+    step_deadline: float | None
+    last_built: tuple[str, ModelHandle] | None
+
+    def run_trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
+                  parent: str | None, best_obs: dict[str, Any] | None) -> Trial: ...
+
+    def skip(self, step: int, action: Action, cand: Candidate, thought: str,
+             parent: str | None, reason: str, decision: Decision = ...) -> Trial: ...
+
+    def revise(self, trial: Trial, **changes: Any) -> Trial: ...
+
+    def reserve_s(self, best_trial: Trial) -> float: ...
+
+
+def rank_layers(planner: RepairHost, cand: Candidate) -> tuple[list[tuple[str, float]], float, int]:
     """The candidate's quantizable layers, most sensitive first, with their score, as the
     candidate's backend ranks them (`Backend.rank_layers`); the seconds the ranking took
     and the number of calibration items."""
@@ -83,30 +110,25 @@ def rank_layers(planner: Planner, cand: Candidate) -> tuple[list[tuple[str, floa
     return ranked, time.perf_counter() - t0, len(items)
 
 
-def _check_unseen(planner: Planner, t: dict[str, Any]) -> tuple[bool, bool]:
+def _check_unseen(planner: RepairHost, t: Trial) -> tuple[Trial, bool, bool]:
     """The fallback of trial `t` on the held-out items the search never judged on
-    (planner/heldout.py), where the data has them: whether it meets the bound there, and
-    whether at 95% confidence (both True where there are none). What was measured goes
-    into the trial's reason (and `unseen_quality`); a fallback outside the bound there is
-    rolled back."""
+    (planner/heldout.py), where the data has them: the trial as revised, whether it meets
+    the bound there, and whether at 95% confidence (both True where there are none). What
+    was measured goes into `unseen` and `unseen_quality` (a trial reused from the store
+    has its first run's: replaced); a fallback outside the bound there is rolled back."""
     built = planner.last_built
     # the model the trial measured, or, for a trial reused from the store, built again
-    handle = built[1] if built is not None and built[0] == t["key"] else \
-        planner.builder.build(Candidate.from_json(t["candidate"]))
+    handle = built[1] if built is not None and built[0] == t.key else \
+        planner.builder.build(Candidate.from_json(t.candidate))
     quality = unseen_quality(planner, handle)
     if quality is None:
-        return True, True
+        return t, True, True
     task, bound = planner.base.task, planner.s.max_drop
     ok, why = within_bound(task, quality, bound)
     sure = bound_decided(task, quality, bound)
-    t["unseen_quality"] = quality
-    # (a trial reused from the store has the note of its first run: replaced, not repeated)
-    t["reason"] = t["reason"].split(f"; on the {NEVER_JUDGED}")[0] + \
-        f"; on the {NEVER_JUDGED}: {why}"
-    if not ok and t["decision"] == "kept":
-        t["decision"] = "rolled back"
-    planner.store.put(t)
-    return ok, sure
+    decision = Decision.ROLLED_BACK if not ok and t.decision is Decision.KEPT else t.decision
+    t = planner.revise(t, unseen=why, unseen_quality=quality, decision=decision)
+    return t, ok, sure
 
 
 def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
@@ -117,47 +139,48 @@ def _schedule(n: int, lo: int, hi: int | None, k: int) -> int | None:
     return (lo + hi) // 2 if hi - lo > 1 else None
 
 
-def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candidate,
-           best_trial: dict[str, Any], step: int) -> tuple[dict[str, Any], Candidate, int]:
+def repair(planner: RepairHost, action: Action, trial: Trial, cand: Candidate,
+           best_trial: Trial, step: int) -> tuple[Trial, Candidate, int]:
     """Search the smallest fallback that meets the bound for a rolled-back trial of
     `action` on `cand`. Returns the trial and candidate to keep (the kept fallback with the
     fewest layers in higher precision, else the ones given) and the last step number."""
-    obs = trial.get("observation")
+    obs = trial.observation
     s, task = planner.s, planner.base.task
     if action.fallback is None or obs is None:
         return trial, cand, step
     ok, why = within_bound(task, obs["quality"], s.max_drop)
     if ok:
         return trial, cand, step  # rolled back for speed: keeping layers in float is slower
-    best_obs = best_trial["observation"]
+    best_obs = best_trial.observation
+    assert best_obs is not None  # the best was measured
     if gain(obs, best_obs, s.objective) < 1 + s.min_gain:
         return trial, cand, step  # the fully quantized model did not pay: no fallback will
-    cost = float(trial["seconds"])
-    if planner.budget.left() - planner._reserve(best_trial) < 2 * cost:
+    cost = float(trial.seconds)
+    if planner.budget.left() - planner.reserve_s(best_trial) < 2 * cost:
         return trial, cand, step  # no room to rank and try even one fallback
     rank_thought = (f"{action.name} overshot ({why}): rank its layers to keep the most "
                     "sensitive in higher precision.")
     try:
         # the ranking leaves room for one fallback: it stops between layers past that
-        with deadline(time.time() + planner.budget.left() - planner._reserve(best_trial)
+        with deadline(time.time() + planner.budget.left() - planner.reserve_s(best_trial)
                       - cost):
             ranked, rank_s, n_cal = rank_layers(planner, cand)
     except DeadlinePassed as e:  # the time budget, not the model: a skip, not a failure
-        planner._skip(step + 1, action, cand, rank_thought, trial["parent"],
-                      f"time budget: ranking the layers {e}")
+        planner.skip(step + 1, action, cand, rank_thought, trial.parent,
+                     f"time budget: ranking the layers {e}")
         return trial, cand, step + 1
     # a model whose graph cannot be ranked keeps the loop's decision, and the trace says why
     except Exception as e:  # noqa: BLE001
-        planner._skip(step + 1, action, cand, rank_thought, trial["parent"],
-                      f"ranking the layers failed: {type(e).__name__}: {e}")
-        planner.log[-1]["decision"] = "failed"  # not a skip for the time budget
+        planner.skip(step + 1, action, cand, rank_thought, trial.parent,
+                     f"ranking the layers failed: {type(e).__name__}: {e}",
+                     Decision.FAILED)  # not a skip for the time budget
         return trial, cand, step + 1
     names = [name for name, _ in ranked]
     how = get_backend(cand.backend).layer_ranking
-    met_trials: dict[int, dict[str, Any]] = {}  # k → a fallback the loop's rule kept
+    met_trials: dict[int, Trial] = {}  # k → a fallback the loop's rule kept
     sure: set[int] = set()  # k whose fallback meets the bound at 95% confidence
     lo, hi, k, tried = 0, None, 0, 0
-    parent = trial["parent"]
+    parent = trial.parent
     while tried < MAX_FALLBACKS:
         nxt = _schedule(len(names), lo, hi, k)
         if nxt is None:
@@ -177,34 +200,35 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
                       f"bisecting between {lo} (missed) and {hi} (met) layers."))
         name = f"{action.name} + {k} layer{'s' if k > 1 else ''} fp32"
         step += 1
-        left = planner.budget.left() - planner._reserve(best_trial)
+        left = planner.budget.left() - planner.reserve_s(best_trial)
         if cost > left:
-            planner._skip(step, action, fb, thought, parent,
-                          f"predicted to take ~{cost:.0f}s, but only {max(left, 0):.0f}s of "
-                          "the time budget are left before the final save, re-measure and "
-                          "report")
+            planner.skip(step, action, fb, thought, parent,
+                         f"predicted to take ~{cost:.0f}s, but only {max(left, 0):.0f}s of "
+                         "the time budget are left before the final save, re-measure and "
+                         "report")
             break
         tried += 1
         planner.step_deadline = time.time() + left  # the fallback's build and measurement
         # judged against the best before the repair: the smallest set that meets the bound
         # is the one kept (fewer float layers are faster; a speed difference between two
         # fallbacks is mostly the machine's noise)
-        t = planner._trial(step, fb, name, action.family, thought, parent, best_obs)
-        o = t.get("observation")
+        t = planner.run_trial(step, fb, name, action.family, thought, parent, best_obs)
+        o = t.observation
         if o is None:
             break  # a failed build: the trace says why; more layers will not fix it
         met, why_k = within_bound(task, o["quality"], s.max_drop)
         holds = met and bound_decided(task, o["quality"], s.max_drop)
+        unseen = False  # whether it was judged on items the search never judged on
         if holds:  # and on the items the search never judged on, where there are such
-            met, holds = _check_unseen(planner, t)
-            why_k = t["reason"]
-        if t["decision"] == "kept":
+            t, met, holds = _check_unseen(planner, t)
+            why_k, unseen = t.full_reason, t.unseen is not None
+        if t.decision is Decision.KEPT:
             met_trials[k] = t
         if holds:
             sure.add(k)
             hi = k  # then bisect below it: a smaller set is faster
         else:
-            lo, why = k, why_k if not met or NEVER_JUDGED in why_k else \
+            lo, why = k, why_k if not met or unseen else \
                 f"{why_k}, not yet at 95% confidence"
             if gain(o, best_obs, s.objective) < 1 + s.min_gain:
                 break  # already too slow to pay; keeping more layers in float is slower
@@ -213,10 +237,9 @@ def repair(planner: Planner, action: Action, trial: dict[str, Any], cand: Candid
     smallest = min((sure & set(met_trials)) or met_trials)
     for k_other, t in met_trials.items():
         if k_other != smallest:  # one kept step per repair: the smallest set
-            t["decision"] = "rolled back"
-            t["reason"] = (f"the set of {smallest} layers meets the bound "
-                           + ("at 95% confidence; " if smallest in sure else "; ")
-                           + t["reason"])
-            planner.store.put(t)
+            planner.revise(t, decision=Decision.ROLLED_BACK,
+                           reason=(f"the set of {smallest} layers meets the bound "
+                                   + ("at 95% confidence; " if smallest in sure else "; ")
+                                   + t.reason))
     chosen = met_trials[smallest]
-    return chosen, Candidate.from_json(chosen["candidate"]), step
+    return chosen, Candidate.from_json(chosen.candidate), step

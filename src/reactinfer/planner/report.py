@@ -17,6 +17,7 @@ from ..tasks import recall_floor, within_bound
 from ..tasks.metrics import METRIC_KEY, metric_text
 from .actions import FALLBACK_OPTIONS
 from .objective import OBJECTIVES, gain, objective_value
+from .record import Decision, Trial
 
 
 def bound_text(task: str, quality_name: str, max_drop: float) -> str:
@@ -30,28 +31,33 @@ def bound_text(task: str, quality_name: str, max_drop: float) -> str:
 UNITS = {"throughput": "items/s", "latency": "ms p50 @ batch 1", "size": "MiB"}
 
 
-def pareto_front(trials: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+def _drop(t: Trial) -> float:
+    assert t.observation is not None  # only measured trials are on a front
+    return float(t.observation["quality_drop"])
+
+
+def pareto_front(trials: list[Trial], objective: str) -> list[Trial]:
     """Trials not dominated on (quality drop ↓, objective ↑/↓), best quality first."""
-    pts = [t for t in trials if t.get("observation")]
+    pts = [t for t in trials if t.observation]
     better_high = OBJECTIVES[objective][1]
 
-    def obj(t: dict[str, Any]) -> float:
-        v = objective_value(t["observation"], objective)
+    def obj(t: Trial) -> float:
+        v = objective_value(t.observation or {}, objective)
         return v if better_high else -v
 
-    front: list[dict[str, Any]] = []
+    front: list[Trial] = []
     for i, t in enumerate(pts):
-        d, o = t["observation"]["quality_drop"], obj(t)
+        d, o = _drop(t), obj(t)
 
-        def beats(j: int, u: dict[str, Any], i: int = i, d: float = d, o: float = o) -> bool:
-            ud, uo = u["observation"]["quality_drop"], obj(u)
+        def beats(j: int, u: Trial, i: int = i, d: float = d, o: float = o) -> bool:
+            ud, uo = _drop(u), obj(u)
             if (ud, uo) == (d, o):
                 return j < i  # a tie: the earlier trial (simpler recipe) stands for both
             return ud <= d and uo >= o
 
         if not any(beats(j, u) for j, u in enumerate(pts) if j != i):
             front.append(t)
-    return sorted(front, key=lambda t: t["observation"]["quality_drop"])
+    return sorted(front, key=_drop)
 
 
 def in_bound(data: dict[str, Any], t: dict[str, Any]) -> tuple[bool, str]:
@@ -62,14 +68,14 @@ def in_bound(data: dict[str, Any], t: dict[str, Any]) -> tuple[bool, str]:
     return within_bound(data["task"], t["observation"]["quality"], data["max_drop"])
 
 
-def pareto_table(trials: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+def pareto_table(trials: list[Trial], objective: str) -> list[Trial]:
     """The Pareto set within the bound (`within_bound` set on each measured trial), plus the
     trials outside the bound that would be on the front if the bound were ignored, so the
     table shows what the bound cost. Best quality first."""
-    measured = [t for t in trials if t.get("observation")]
-    inside = pareto_front([t for t in measured if t["within_bound"]], objective)
-    outside = [t for t in pareto_front(measured, objective) if not t["within_bound"]]
-    return sorted(inside + outside, key=lambda t: t["observation"]["quality_drop"])
+    measured = [t for t in trials if t.observation]
+    inside = pareto_front([t for t in measured if t.within_bound], objective)
+    outside = [t for t in pareto_front(measured, objective) if not t.within_bound]
+    return sorted(inside + outside, key=_drop)
 
 
 def _quality_str(q: dict[str, Any], metric: bool = True) -> str:
@@ -93,6 +99,10 @@ def _fmt_obs(obs: dict[str, Any] | None, objective: str, baseline: dict[str, Any
                if mine else f"drop {obs['quality_drop']:.4f}"))
 
 
+# a trial's colour in the plots by its decision (red: the rest)
+COLOURS = {Decision.BASELINE: "black", Decision.KEPT: "tab:green"}
+
+
 def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     import matplotlib
 
@@ -106,7 +116,7 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     outside_label: str | None = "outside the bound (any criterion)"
     for t in trials:
         ok, why = in_bound(data, t)
-        colour = {"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red")
+        colour = COLOURS.get(t["decision"], "tab:red")
         # the y axis shows one criterion; a trial that fails another (e.g. top-10 recall)
         # may sit below the bound line, so it is drawn as a cross, never on the front
         ax.scatter(objective_value(t["observation"], objective),
@@ -140,11 +150,11 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
     base = data["baseline"]["observation"]
     xs = [t["step"] for t in trials]
     ys = [gain(t["observation"], base, objective) for t in trials]
-    cs = [{"baseline": "black", "kept": "tab:green"}.get(t["decision"], "tab:red") for t in trials]
+    cs = [COLOURS.get(t["decision"], "tab:red") for t in trials]
     ax.scatter(xs, ys, c=cs)
     best_so_far, line = 1.0, []
     for t, y in zip(trials, ys, strict=True):
-        if t["decision"] == "kept":
+        if t["decision"] == Decision.KEPT:
             best_so_far = y
         line.append(best_so_far)
     ax.step(xs, line, where="post", c="tab:green", label="best so far")
@@ -174,7 +184,7 @@ def write_report(out: Path, data: dict[str, Any],
 
 
 def _header(data: dict[str, Any]) -> list[str]:
-    trials = [t for t in data["trials"] if t["decision"] != "skipped"]
+    trials = [t for t in data["trials"] if t["decision"] != Decision.SKIPPED]
     skipped = len(data["trials"]) - len(trials)
     budget = (f" of a {data['budget_s']:.0f}s budget" if "budget_s" in data else "")
     lines = [f"# ReAct optimize: {data['model']}", "",
@@ -304,7 +314,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += _side_by_side(data, conf)
     lines += [f"Best recipe: `{data['best_recipe']}`", "",
               "## Trace (thought → action → observation)", ""]
-    by_key = {t["key"]: t for t in data["trials"] if t["decision"] != "skipped"}
+    by_key = {t["key"]: t for t in data["trials"] if t["decision"] != Decision.SKIPPED}
     for t in data["trials"]:
         reused = " *(reused from store)*" if t.get("reused") else ""
         parent = by_key.get(t.get("parent") or "")

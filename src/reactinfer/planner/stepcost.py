@@ -25,6 +25,7 @@ from typing import Any
 from ..core.backend import list_backends
 from .actions import Action, Candidate, number_format
 from .budget import FIRST_OF_KIND, Fit, build_s, fit_steps, timed_total
+from .record import Decision, Trial
 
 FLOAT_FORMATS = ("fp32", "bf16", "fp16")
 # before any conversion was timed: a conversion is at least this share of a measurement
@@ -48,25 +49,25 @@ def converts(cand: Candidate) -> bool:
     return cand.backend != _TORCH or bool(cand.backend_options())
 
 
-def engine_builds(log: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+def engine_builds(log: list[Trial]) -> list[tuple[str, str, float]]:
     """(engine, number format, seconds) of each conversion this run built: measured, or
     cut at its deadline (then the time it ran, a lower bound)."""
     seen = []
     for t in log:
-        cand = Candidate.from_json(t["candidate"])
-        if not converts(cand) or t.get("reused"):
+        cand = Candidate.from_json(t.candidate)
+        if not converts(cand) or t.reused:
             continue
-        if t.get("observation"):
+        if t.observation:
             seconds = build_s(t)
-        elif t["decision"] == "skipped" and t.get("seconds", 0.0) > 0:
-            seconds = float(t["seconds"])  # a build or measurement cut on the clock
+        elif t.decision is Decision.SKIPPED and t.seconds > 0:
+            seconds = float(t.seconds)  # a build or measurement cut on the clock
         else:
             continue
         seen.append((cand.backend, number_format(cand), seconds))
     return seen
 
 
-def predict_build(log: list[dict[str, Any]], cand: Candidate, measure_s: float) -> BuildCost:
+def predict_build(log: list[Trial], cand: Candidate, measure_s: float) -> BuildCost:
     """The build of `cand` predicted from this run's builds (`log`) and the engine's own
     estimate; `measure_s`: what measuring a model costs here (the floor before any
     conversion was timed)."""
@@ -101,8 +102,8 @@ def fit_action(planner: Any, action: Action, cand: Candidate, best: Candidate,
     m = planner._measure_s()
     measure = m * FIRST_OF_KIND * action.cost
     build = predict_build(planner.log, cand, m)
-    family = [t["seconds"] for t in planner.log
-              if t.get("family") == action.family and t["decision"] != "skipped"]
+    family = [t.seconds for t in planner.log
+              if t.family == action.family and t.decision is not Decision.SKIPPED]
     expected = max(family) if family else measure + build.full + timed_total(action.steps)
     expected = max(expected, measure + build.full)
     fit = fit_steps(action.steps, measure + build.least, expected, left)

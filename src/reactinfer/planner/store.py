@@ -1,5 +1,7 @@
 """The trial store: every trial of a planning run in SQLite, so a run can resume without
-redoing finished trials and its report can be rebuilt from the store alone."""
+redoing finished trials and its report can be rebuilt from the store alone. It writes and
+reads `Trial` records (record.py); a store written before a column was added reads as it
+was written (the missing values are None)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from .record import Decision, Trial, split_unseen
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -20,12 +23,16 @@ CREATE TABLE IF NOT EXISTS trials (
     parent TEXT,
     candidate TEXT NOT NULL,     -- JSON recipe: transforms + backend + options
     observation TEXT,            -- JSON measurements (NULL if the action failed)
-    decision TEXT NOT NULL,      -- baseline | kept | rolled back | failed
+    decision TEXT NOT NULL,      -- baseline | kept | rolled back | failed (Decision)
     reason TEXT NOT NULL,
     seconds REAL NOT NULL,
     created REAL NOT NULL
 );
 """
+# columns added since: (name, SQL type), added to an older store when it is opened
+ADDED = (("unseen", "TEXT"),)  # Trial.unseen: the repair's verdict on never-judged items
+COLUMNS = ("key", "step", "action", "thought", "parent", "candidate", "observation",
+           "decision", "reason", "seconds", "created") + tuple(c for c, _ in ADDED)
 
 
 class TrialStore:
@@ -34,6 +41,10 @@ class TrialStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path)
         self.db.executescript(SCHEMA)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(trials)")}
+        for name, kind in ADDED:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
         self.db.commit()
 
     def check_run(self, settings: dict[str, Any], resume: bool) -> None:
@@ -66,29 +77,35 @@ class TrialStore:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         self.db.commit()
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        cur = self.db.execute("SELECT * FROM trials WHERE key=?", (key,))
+    def get(self, key: str) -> Trial | None:
+        cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM trials WHERE key=?", (key,))
         row = cur.fetchone()
-        return self._row(cur, row) if row else None
+        return _trial(row) if row else None
 
-    def put(self, trial: dict[str, Any]) -> None:
+    def put(self, trial: Trial) -> None:
+        """Store a trial, or replace the stored one of the same key (a revised decision)."""
+        if trial.decision is Decision.SKIPPED:
+            raise ValueError(f"a trial skipped for the time budget is not stored: {trial.key}")
         self.db.execute(
-            "INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (trial["key"], trial["step"], trial["action"], trial["thought"], trial.get("parent"),
-             json.dumps(trial["candidate"]), json.dumps(trial.get("observation")),
-             trial["decision"], trial["reason"], trial.get("seconds", 0.0), time.time()))
+            f"INSERT OR REPLACE INTO trials ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(COLUMNS))})",
+            (trial.key, trial.step, trial.action, trial.thought, trial.parent,
+             json.dumps(trial.candidate), json.dumps(trial.observation),
+             trial.decision.value, trial.reason, trial.seconds, time.time(), trial.unseen))
         self.db.commit()  # one commit per trial: a killed run loses at most the trial in flight
 
-    def all(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT * FROM trials ORDER BY step, created")
-        return [self._row(cur, r) for r in cur.fetchall()]
-
-    @staticmethod
-    def _row(cur: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
-        d = dict(zip([c[0] for c in cur.description], row, strict=True))
-        d["candidate"] = json.loads(d["candidate"])
-        d["observation"] = json.loads(d["observation"]) if d["observation"] else None
-        return d
+    def all(self) -> list[Trial]:
+        cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM trials ORDER BY step, created")
+        return [_trial(r) for r in cur.fetchall()]
 
     def close(self) -> None:
         self.db.close()
+
+
+def _trial(row: tuple[Any, ...]) -> Trial:
+    d = dict(zip(COLUMNS, row, strict=True))
+    d["candidate"] = json.loads(d["candidate"])
+    d["observation"] = json.loads(d["observation"]) if d["observation"] else None
+    if d["unseen"] is None:  # a row from before `unseen` was stored held it in its reason
+        d["reason"], d["unseen"] = split_unseen(d["reason"])
+    return Trial(**d)

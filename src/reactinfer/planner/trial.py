@@ -2,12 +2,14 @@
 against the best (keep or roll back), measure a near miss again, and record it.
 
 `TrialRunner` is the part of the Planner (planner/loop.py) that runs one trial; the loop
-picks what to try and when to stop, repair.py runs its fallbacks through `_trial` too.
+picks what to try and when to stop. Its public methods (`run_trial`, `skip`, `revise`, and
+the Planner's `reserve_s`) are what repair.py runs its fallbacks with.
 A build runs under the step's deadline (core/deadline.py) and a measurement is cut when it
 cannot finish before it: either is recorded as skipped for the time budget, not failed.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from .actions import Action, Candidate
 from .budget import Budget, measure_s
 from .builder import Builder
 from .objective import gain
+from .record import Decision, Trial
 from .store import TrialStore
 
 # A trial within the bound that comes out at least this fraction of the best's speed, but
@@ -48,10 +51,10 @@ class TrialRunner:
     texts: Sequence[Any]
     latency_runs: int
     step_deadline: float | None
-    log: list[dict[str, Any]]
+    log: list[Trial]
     ref_results: dict[str, Any] | None
     ref_info: dict[str, Any] | None
-    ref_trial: dict[str, Any] | None
+    ref_trial: Trial | None
     last_built: tuple[str, ModelHandle] | None
     reused: int
     bar: Any
@@ -67,9 +70,10 @@ class TrialRunner:
         cut: dict[str, Any] = {}
         if self.step_deadline is not None and self.ref_trial is not None:
             cut["max_s"] = self.step_deadline - time.time()
-            thr = self.ref_trial["observation"]["throughput"]
+            assert self.ref_trial.observation is not None
+            thr = self.ref_trial.observation["throughput"]
             if thr.get("first_batch_s"):  # the original's measurement, in first batches
-                lat = self.ref_trial["observation"]["latency_ms"]
+                lat = self.ref_trial.observation["latency_ms"]
                 cut["worth"] = (thr["seconds"] + lat["mean"] * lat["n"] / 1e3) \
                     / thr["first_batch_s"]
         report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
@@ -93,20 +97,23 @@ class TrialRunner:
     def _ref_key(self) -> dict[str, Any]:
         return reference_key(self.base, self.texts, self.s.batch_size)
 
-    def _stored(self, cand: Candidate) -> dict[str, Any] | None:
+    def _stored(self, cand: Candidate) -> Trial | None:
         stored = self.store.get(cand.key)
-        if stored is not None and (stored["observation"] is not None
-                                   or stored["decision"] == "failed"):
+        if stored is not None and (stored.observation is not None
+                                   or stored.decision is Decision.FAILED):
             return stored
         return None
 
-    def _trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
-               parent: str | None, best_obs: dict[str, Any] | None) -> dict[str, Any]:
+    def run_trial(self, step: int, cand: Candidate, action: str, family: str, thought: str,
+                  parent: str | None, best_obs: dict[str, Any] | None) -> Trial:
+        """Build `cand` (the original when `parent` is None), measure it and judge it
+        against `best_obs` (None: it is the baseline); or reuse it from the store. The
+        trial is stored (unless skipped for the time budget) and appended to the log."""
         stored = self._stored(cand)
         if stored is not None:
             self.reused += 1
-            trial = {**stored, "family": family, "reused": True}
-            trial["over_bound"] = self._out_of_bound(trial)  # derived: not stored
+            trial = dataclasses.replace(stored, family=family, reused=True)
+            trial.over_bound = self._out_of_bound(trial)  # derived: not stored
             self.log.append(trial)
             return trial
         t0 = time.perf_counter()
@@ -128,36 +135,49 @@ class TrialRunner:
             obs["timing"] = {"build_s": t1 - t0, "measure_s": time.perf_counter() - t1}
         # not stored (below): a run with more time may try it
         except (MeasurementCut, DeadlinePassed) as e:
-            obs, decision, reason = None, "skipped", f"time budget: {e}"
+            obs, decision, reason = None, Decision.SKIPPED, f"time budget: {e}"
         # One bad candidate is a failed trial, not the end of the run (and of its report).
         except Exception as e:  # noqa: BLE001
-            obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
+            obs, decision, reason = None, Decision.FAILED, f"{type(e).__name__}: {e}"
         # a step that ran on the clock (a time-budgeted distillation) is recorded as run, so
         # that a rebuild (saving, a child, --resume) makes the same model (Builder.as_run)
         ran = self.builder.as_run.get(cand.key, cand)
-        trial = {"key": cand.key, "step": step, "action": action, "thought": thought,
-                 "parent": parent, "candidate": ran.to_json(), "observation": obs,
-                 "decision": decision, "reason": reason,
-                 "seconds": time.perf_counter() - t0}
-        if decision != "skipped":
+        trial = Trial(key=cand.key, step=step, action=action, thought=thought, parent=parent,
+                      candidate=ran.to_json(), observation=obs, decision=decision,
+                      reason=reason, seconds=time.perf_counter() - t0, family=family)
+        if decision is not Decision.SKIPPED:
             self.store.put(trial)
         if obs is not None and self.ref_results is None:
             raise AssertionError("the baseline must be observed first")
-        trial.update(family=family, reused=False, over_bound=self._out_of_bound(trial))
+        trial.over_bound = self._out_of_bound(trial)  # derived: not stored
         self.log.append(trial)
         return trial
 
-    def _near_miss(self, obs: dict[str, Any], best_obs: dict[str, Any], decision: str) -> bool:
+    def revise(self, trial: Trial, **changes: Any) -> Trial:
+        """`trial` with `changes` (a decision revised, the unseen check's verdict), stored
+        in its place and put in its place in the log: the one way a trial changes after it
+        was recorded, so that the store and the log always agree."""
+        new = dataclasses.replace(trial, **changes)
+        if new.decision is not Decision.SKIPPED:
+            self.store.put(new)
+        i = next((i for i, t in enumerate(self.log) if t is trial), None)
+        if i is None:
+            raise ValueError(f"trial {trial.key} (step {trial.step}) is not in this run's log")
+        self.log[i] = new
+        return new
+
+    def _near_miss(self, obs: dict[str, Any], best_obs: dict[str, Any],
+                   decision: Decision) -> bool:
         """Within the bound, but rolled back on a speed short of the best by less than
         the noise one measurement on a shared CPU shows (NEAR_MISS): measure it again."""
-        if decision != "rolled back" or self.s.objective == "size":
+        if decision is not Decision.ROLLED_BACK or self.s.objective == "size":
             return False
         if not within_bound(self.base.task, obs["quality"], self.s.max_drop)[0]:
             return False
         return gain(obs, best_obs, self.s.objective) >= NEAR_MISS
 
     def _confirm(self, handle: ModelHandle, obs: dict[str, Any], best_obs: dict[str, Any]
-                 ) -> tuple[dict[str, Any], str, str]:
+                 ) -> tuple[dict[str, Any], Decision, str]:
         """A second measurement of a near miss; the faster of the two counts (best of two,
         as benchmarks take against interference; the quality is the same model's)."""
         again = self._observe(handle)
@@ -167,36 +187,40 @@ class TrialRunner:
         return chosen, decision, (f"{reason}; measured twice, ×{first:.2f} then ×{second:.2f} "
                                   "vs best: the faster counts")
 
-    def _judge(self, obs: dict[str, Any], best_obs: dict[str, Any] | None) -> tuple[str, str]:
+    def _judge(self, obs: dict[str, Any], best_obs: dict[str, Any] | None
+               ) -> tuple[Decision, str]:
         """Keep or roll back a measured candidate: within the bound, and better than the best
         by `min_gain`."""
         if best_obs is None:
-            return "baseline", "the original model"
+            return Decision.BASELINE, "the original model"
         ok, why = within_bound(self.base.task, obs["quality"], self.s.max_drop)
         g = gain(obs, best_obs, self.s.objective)
         if not ok:
-            return "rolled back", why
+            return Decision.ROLLED_BACK, why
         if g < 1 + self.s.min_gain:
-            return "rolled back", f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})"
-        return "kept", f"{self.s.objective} ×{g:.2f} vs best; {why}"
+            return (Decision.ROLLED_BACK,
+                    f"{self.s.objective} ×{g:.2f} vs best: does not pay here ({why})")
+        return Decision.KEPT, f"{self.s.objective} ×{g:.2f} vs best; {why}"
 
-    def _out_of_bound(self, trial: dict[str, Any]) -> bool:
+    def _out_of_bound(self, trial: Trial) -> bool:
         """A measured trial whose quality is outside the bound."""
-        obs = trial.get("observation")
+        obs = trial.observation
         return obs is not None and not within_bound(self.base.task, obs["quality"],
                                                     self.s.max_drop)[0]
 
-    def _skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str,
-              reason: str) -> None:
-        """Record in the trace an action the budget leaves no time for. Not stored: a
-        resumed run with more time may still try it."""
-        self.log.append({"key": cand.key, "step": step, "action": action.name,
-                         "thought": thought, "parent": parent, "candidate": cand.to_json(),
-                         "observation": None, "decision": "skipped", "reason": reason,
-                         "seconds": 0.0, "family": action.family, "reused": False})
+    def skip(self, step: int, action: Action, cand: Candidate, thought: str, parent: str | None,
+             reason: str, decision: Decision = Decision.SKIPPED) -> Trial:
+        """Record in the trace an action that was not run: by default one the budget leaves
+        no time for; `Decision.FAILED` for one that could not start (e.g. a repair whose
+        layers could not be ranked). Not stored: a resumed run may still try it."""
+        trial = Trial(key=cand.key, step=step, action=action.name, thought=thought,
+                      parent=parent, candidate=cand.to_json(), observation=None,
+                      decision=decision, reason=reason, family=action.family)
+        self.log.append(trial)
+        return trial
 
     def _measure_s(self) -> float:
         """What measuring one model costs here: the median of this run's measurements (one
         slow outlier, a compile, does not make every later step look slow)."""
-        return float(statistics.median([measure_s(t) for t in self.log if t.get("observation")]
+        return float(statistics.median([measure_s(t) for t in self.log if t.observation]
                                        or [0.0]))
