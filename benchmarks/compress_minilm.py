@@ -18,7 +18,8 @@ from typing import Any
 from _common import RESULTS as OUT
 from _common import hardware, write_results
 
-from reactinfer import ModelHandle, load
+from reactinfer import load
+from reactinfer.core import ModelHandle
 from reactinfer.data import texts_for
 from reactinfer.tasks import get_task, tokenize
 

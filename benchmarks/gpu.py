@@ -44,6 +44,7 @@ from _common import timed, write_results
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
+from reactinfer.core import ModelHandle
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
 from reactinfer.tasks import get_task, iter_batches, tokenize
@@ -58,7 +59,7 @@ def has_gpu() -> bool:
 
 
 # -- models ----------------------------------------------------------------------------------
-def load_minilm(path: str | None) -> tuple[ri.ModelHandle, str]:
+def load_minilm(path: str | None) -> tuple[ModelHandle, str]:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -80,7 +81,7 @@ def load_minilm(path: str | None) -> tuple[ri.ModelHandle, str]:
             "these fp16-rounded values"))
 
 
-def load_llm(path: str | None) -> tuple[ri.ModelHandle, dict]:
+def load_llm(path: str | None) -> tuple[ModelHandle, dict]:
     import torch
     import transformers
 
@@ -128,7 +129,7 @@ def make_carry(dest: Path) -> None:
     transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw).save_pretrained(dest / "smollm2")
 
 
-def halved(handle: ri.ModelHandle, dtype: str) -> ri.ModelHandle:
+def halved(handle: ModelHandle, dtype: str) -> ModelHandle:
     from reactinfer.compression import CastHalf, compress
 
     return handle if dtype == "fp32" else compress(handle, [CastHalf(dtype)])
@@ -150,7 +151,7 @@ def peak_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if has_gpu() else None
 
 
-def embed_row(label: str, handle: ri.ModelHandle, texts: list[str], ref: np.ndarray | None,
+def embed_row(label: str, handle: ModelHandle, texts: list[str], ref: np.ndarray | None,
               a: argparse.Namespace) -> tuple[dict, np.ndarray]:
     from reactinfer.measure.harness import latency_batch1
 
@@ -193,7 +194,7 @@ def embed_row(label: str, handle: ri.ModelHandle, texts: list[str], ref: np.ndar
     return row, out
 
 
-def gen_row(label: str, handle: ri.ModelHandle, a: argparse.Namespace) -> dict:
+def gen_row(label: str, handle: ModelHandle, a: argparse.Namespace) -> dict:
     from reactinfer.measure.harness import generation_speed
 
     peak_reset()

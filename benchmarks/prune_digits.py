@@ -21,6 +21,7 @@ from _common import RESULTS as OUT
 from _common import median, write_results
 
 import reactinfer as ri
+from reactinfer.core import ModelHandle
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # torch and the compression package load under main(): --help
 
     from reactinfer.compression import Distill
 
-def digits_test(handle: ri.ModelHandle) -> tuple[torch.Tensor, np.ndarray]:
+def digits_test(handle: ModelHandle) -> tuple[torch.Tensor, np.ndarray]:
     """The test split as pixels (360, 1, 8, 8) and labels (360,)."""
     import torch
 
