@@ -34,11 +34,11 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     return out, time.perf_counter() - t0
 
 
-def alternate(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def alternate(steps: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
     """Each step's figures over `rounds` rounds, every step once per round in turn: the
     machine is shared and drifts, so a slow spell hits all the candidates alike (compare
     the medians)."""
-    out: dict[str, list[float]] = {k: [] for k in steps}
+    out: dict[str, list[T]] = {k: [] for k in steps}
     for _ in range(rounds):
         for k, step in steps.items():
             out[k].append(step())
