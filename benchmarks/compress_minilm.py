@@ -66,6 +66,7 @@ def measure(handle: ModelHandle, texts: list[str], ref_results: dict[str, Any] |
     from reactinfer.compression._common import effective_params
     from reactinfer.measure.harness import latency_batch1
 
+    assert handle.model is not None  # compress() keeps torch models
     task = get_task(handle.task)
     runner = handle.runner()
     runner(tokenize(handle.tokenizer, texts[:32], handle.max_length))  # warm-up

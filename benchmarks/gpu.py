@@ -188,9 +188,9 @@ def embed_row(label: str, handle: ModelHandle, texts: list[str], ref: np.ndarray
     if hasattr(runner, "warmup_s"):
         row["compile_s"] = runner.warmup_s
     row["gpu_peak_mib"] = peak_mib() if device == "cuda" else None
+    assert out is not None  # a.batches is never empty
     if ref is not None:
         row["quality"] = task.compare({"embeddings": ref}, {"embeddings": out})
-    assert out is not None  # a.batches is never empty
     return row, out
 
 
@@ -198,6 +198,7 @@ def gen_row(label: str, handle: ModelHandle, a: argparse.Namespace) -> dict:
     from reactinfer.measure.harness import generation_speed
 
     peak_reset()
+    runner: Any  # the torch backend's runner: it has .device
     runner, prep = timed(handle.runner)
     g = generation_speed(handle, runner, new_tokens=a.gen_tokens, repeats=3)
     return {"name": label, "device": runner.device,

@@ -80,6 +80,7 @@ def main() -> None:
     x, y = digits_test(h)
     t0 = time.perf_counter()
     pruned = ri.compress(h, PruneChannels(ratio=a.ratio))
+    assert pruned.model is not None and h.model is not None  # torch models
     students = [ri.compress(pruned, distill_cfg(a.steps, seed=s)).model for s in SEEDS]
     rows = [{"name": f"pruned {round(a.ratio * 100)}% + KD, seeds {SEEDS} (shared lineage)",
              **evaluate(h, students, x, y), "seconds": time.perf_counter() - t0}]

@@ -100,8 +100,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     h = ri.load("resnet18-digits")
     x, y = digits_test(h)
-    ref = logits(h.model, x).argmax(-1)
     assert h.model is not None  # a built-in torch model
+    ref = logits(h.model, x).argmax(-1)
     rows: list[dict] = []
     models: dict[str, torch.nn.Module] = {"original": h.model}
     size0 = size_of(h.model, example_input(h))
