@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models.artifact_loader import root_source
+from ..core.artifact import root_source
 from ..models.vision import model_labels
 from .batcher import Batcher
 from .cache import ResponseCache
