@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..core.backend import StepDecodingRunner
 from ..tasks.sampling import Sampling, pick_token
 from .execute import generate_stream
 from .queue import call_on
@@ -119,10 +120,9 @@ def engine_of(v: Variant, slots: int = SLOTS) -> Any:
     eng = getattr(v, "engine", None)
     if eng is None:
         runner = v.handle.runner()
-        make = getattr(runner, "decode_engine", None)
-        if make is None:
+        if not isinstance(runner, StepDecodingRunner):
             return None
-        eng = v.engine = make(slots, STEP_TOKENS)
+        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS)
         v.gen.slots = slots
     return eng
 
