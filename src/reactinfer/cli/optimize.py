@@ -5,7 +5,7 @@ import argparse
 
 from ..models.zoo import DEFAULT_MODEL
 from .loading import add_load_args, labels_kwargs, load_kwargs
-from .main import command, print_json
+from .registry import command, print_json
 
 
 @command("optimize", "Find the fastest model within a quality bound on this machine "

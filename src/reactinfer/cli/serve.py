@@ -9,7 +9,7 @@ from ..core.bounds import check_at_least
 from ..core.errors import UserError
 from ..core.images import DEFAULT_MAX_PIXELS, read_labels
 from .loading import add_load_args, loaded
-from .main import command, print_json
+from .registry import command, print_json
 
 
 @command("serve", "Serve models over HTTP (OpenAI + KServe v2 + /metrics) with dynamic "

@@ -113,6 +113,13 @@ def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any]
     return Artifact(path, manifest)
 
 
+def root_source(source: dict[str, Any]) -> dict[str, Any]:
+    """The source of the original model behind any chain of artifacts made from it."""
+    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
+        source = source["origin"]
+    return source
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     mpath = path / MANIFEST

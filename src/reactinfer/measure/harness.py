@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 from tqdm.auto import tqdm
 
-from ..core.backend import Batch, Runner
+from ..core.backend import Batch, Runner, ScoringRunner
 from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
@@ -54,7 +54,7 @@ class _Counted:
 
     def __init__(self, runner: Runner, bar: tqdm):
         self.runner, self.bar = runner, bar
-        if getattr(runner, "score", None) is not None:
+        if isinstance(runner, ScoringRunner):
             self.score = self._score
 
     def __call__(self, batch: Batch) -> np.ndarray:
@@ -85,7 +85,7 @@ class _Deadline:
         self.runner, self.t_start, self.max_s, self.worth = runner, t_start, max_s, worth
         self.n_texts, self.latency_runs = n_texts, latency_runs
         self.first_s: float | None = None
-        if getattr(runner, "score", None) is not None:
+        if isinstance(runner, ScoringRunner):
             self.score = self._score
 
     def _check(self, n: int, t0: float) -> None:

@@ -12,16 +12,9 @@ from ..core.errors import UserError
 from ..core.handle import ONNX_FILE, ModelHandle
 from ..core.images import PREPROCESS_FILE, ImagePreprocess
 from ..core.transform import compress, config_from_dict
-from .loaders import hf_from_pretrained
+from .hf import hf_from_pretrained
 
 log = logging.getLogger(__name__)
-
-
-def root_source(source: dict[str, Any]) -> dict[str, Any]:
-    """The source of the original model behind any chain of artifacts made from it."""
-    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
-        source = source["origin"]
-    return source
 
 
 def _rebuild(module: Any, task: str, transforms: list[dict[str, Any]]) -> Any:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.cache import cache_dir
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
 from ..core.handle import ModelHandle, check_task, task_names
 from ..core.images import as_preprocess
+from .hf import hf_from_pretrained
 from .zoo import BUILTINS
 
 # Never reach a model hub at run time.
@@ -57,28 +59,6 @@ def _task_from_config(config: Any, directory: Path) -> str:
     if "ForSequenceClassification" in archs:
         return "classification"
     return "embedding"
-
-
-def hf_model_class(task: str) -> Any:
-    import transformers
-
-    return {"embedding": transformers.AutoModel,
-            "causal-lm": transformers.AutoModelForCausalLM,
-            "classification": transformers.AutoModelForSequenceClassification}[task]
-
-
-def hf_from_pretrained(task: str, directory: Path, **kw: Any) -> Any:
-    """`from_pretrained` for `task`; models whose config records a structure transformers
-    cannot express (a head-pruned BERT: `react_structure`) are rebuilt by their family
-    adapter (models.arch)."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
-    if getattr(config, "react_structure", None):
-        from .arch import from_pretrained_restructured
-
-        return from_pretrained_restructured(hf_model_class(task), directory, config)
-    return hf_model_class(task).from_pretrained(directory, **kw)
 
 
 def _max_length(directory: Path, task: str, config: Any) -> int:
@@ -179,8 +159,6 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
     the sha256 of each file in `hashes.json`, verified on every load) and read back with
     `PreTrainedTokenizerFast` in about 0.3 s, without torch."""
     import transformers
-
-    from .vision import cache_dir
 
     cached = cache_dir() / "tokenizers" / sha256
     hashes = cached / "hashes.json"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.backend import ScoringRunner
 from .base import Results, iter_batches, register_task
 from .stats import CI_KEY, ratio_ci
 
@@ -110,9 +111,8 @@ def next_token_scores(runner: Any, batch: dict[str, np.ndarray]
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per position NLL and argmax from the runner: in the engine, by blocks, when it
     offers `score(batch)`; otherwise from its full logits, by blocks."""
-    score = getattr(runner, "score", None)
-    if score is not None:
-        return score(batch)  # type: ignore[no-any-return]
+    if isinstance(runner, ScoringRunner):
+        return runner.score(batch)
     return scores_from_logits(runner(batch), batch["input_ids"])
 
 
