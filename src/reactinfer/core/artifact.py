@@ -155,7 +155,7 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
             raise ArtifactError(f"manifest lists {name!r}, which is outside the artifact")
         if not f.is_file():
             raise ArtifactError(f"{path} is incomplete: {name} is missing")
-        if sha256_file(f) != digest:
+        if sha256_file(f, cached=False) != digest:
             raise ArtifactError(f"{name} in {path} does not match its sha256 in the manifest: "
                                 "the file is corrupt or was tampered with")
     return manifest

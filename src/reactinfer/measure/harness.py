@@ -22,7 +22,7 @@ from ..data import model_label2id, texts_for
 from ..models import load
 from ..tasks import count_tokens, get_task, quality_drop, tokenize
 from ..tasks.causal_lm import GEN_PROMPT
-from ..tasks.metrics import check_labelled, metric_value, resolve_metric, with_metric
+from ..tasks.metrics import Metric, check_labelled, metric_value, resolve_metric, with_metric
 from .sizing import PROBE_TEXTS, size_search
 
 # Below this many held-out texts, quality (a mean over texts) and throughput are too
@@ -368,15 +368,9 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         raise UserError(f"--time-budget-s must be positive, got {time_budget_s}")
     t_start = time.perf_counter()
     original = load(model)
-    task = get_task(original.task)
     if time_budget_s is not None and n_eval is None:
         n_eval = "all"  # the budget sizes the sample
-    mine = resolve_metric(metric, original.task)
-    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer,
-                                 model_label2id(original.model))
-    if not texts:
-        raise UserError("the evaluation data is empty")
-    check_labelled(mine, texts, data)
+    mine, texts, sample = _bench_sample(original, data, n_eval, eval_texts, metric)
     if latency_runs is None:
         latency_runs = DEFAULT_LATENCY_RUNS[original.task]
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
@@ -392,46 +386,78 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
     if mine is not None:
+        primary = get_task(original.task).primary_output
         report["metric"] = {"name": mine.name,
-                            "value": metric_value(mine, task.primary_output, results, texts)}
-    if sizing is not None:
-        report["time_budget"] = sizing
-    if selection is not None:
-        report["backend_selection"] = selection
-    warning = small_sample_warning(len(texts))
-    if warning:
-        report["eval_warning"] = warning
-
-    ref_handle: ModelHandle | None
-    if reference is not None:
-        ref_handle = load(reference)
-    elif handle is not original and original.model is not None:  # converted here
-        ref_handle = reference_for(original) or original  # the model before conversion
-    else:
-        ref_handle = reference_for(handle)
-    if ref_handle is None and handle.source.get("kind") == "artifact":
-        report["quality"] = None
-        report["quality_note"] = "the source model could not be reloaded here; no reference"
-    else:
-        if ref_handle is None:
-            ref_results, ref_name = results, f"{handle.name} (itself)"
-        else:
-            with _bar(progress, f"reference {ref_handle.name} [{ref_handle.backend}] eval",
-                      len(texts), "text") as bar:
-                ref_results = task.evaluate(_Counted(ref_handle.runner(), bar),
-                                            ref_handle.tokenizer, texts, report["batch_size"],
-                                            ref_handle.max_length)
-            ref_name = ref_handle.name
-        quality = with_metric(task.compare(ref_results, results), mine, task.primary_output,
-                              ref_results, results, texts)
-        report["quality"] = quality
-        report["quality_drop"] = quality_drop(handle.task, quality)
-        report["reference"] = ref_name
+                            "value": metric_value(mine, primary, results, texts)}
+    _note_choices(report, sizing, selection, len(texts))
+    ref_handle = _reference_handle(original, handle, reference)
+    report.update(_reference_quality(handle, ref_handle, results, texts, report["batch_size"],
+                                     mine, progress))
     report["hardware"] = hardware_profile().to_dict()
     report["versions"] = package_versions()
     if sizing is not None:
         sizing["seconds"] = time.perf_counter() - t_start
     return report
+
+
+def _bench_sample(original: ModelHandle, data: str | None, n_eval: int | str | None,
+                  eval_texts: Sequence[str] | None, metric: Any
+                  ) -> tuple[Metric | None, list[Any], dict[str, Any]]:
+    """bench's first stage: the user's metric, and the items to evaluate on (checked to
+    carry labels when the metric needs them)."""
+    mine = resolve_metric(metric, original.task)
+    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer,
+                                 model_label2id(original.model))
+    if not texts:
+        raise UserError("the evaluation data is empty")
+    check_labelled(mine, texts, data)
+    return mine, texts, sample
+
+
+def _note_choices(report: dict[str, Any], sizing: dict[str, Any] | None,
+                  selection: dict[str, Any] | None, n: int) -> None:
+    """What the report says about how the budget, the backend and the sample were chosen."""
+    if sizing is not None:
+        report["time_budget"] = sizing
+    if selection is not None:
+        report["backend_selection"] = selection
+    warning = small_sample_warning(n)
+    if warning:
+        report["eval_warning"] = warning
+
+
+def _reference_handle(original: ModelHandle, handle: ModelHandle, reference: Any
+                      ) -> ModelHandle | None:
+    """What quality is judged against: the caller's reference, the model before this bench
+    converted it, or the model an artifact was made from (None: the model itself)."""
+    if reference is not None:
+        return load(reference)
+    if handle is not original and original.model is not None:  # converted here
+        return reference_for(original) or original  # the model before conversion
+    return reference_for(handle)
+
+
+def _reference_quality(handle: ModelHandle, ref_handle: ModelHandle | None,
+                       results: dict[str, Any], texts: Sequence[Any], batch_size: int,
+                       mine: Metric | None, progress: bool) -> dict[str, Any]:
+    """The report's quality entries: the reference's outputs on the same items, compared."""
+    if ref_handle is None and handle.source.get("kind") == "artifact":
+        return {"quality": None,
+                "quality_note": "the source model could not be reloaded here; no reference"}
+    task = get_task(handle.task)
+    if ref_handle is None:
+        ref_results, ref_name = results, f"{handle.name} (itself)"
+    else:
+        with _bar(progress, f"reference {ref_handle.name} [{ref_handle.backend}] eval",
+                  len(texts), "text") as bar:
+            ref_results = task.evaluate(_Counted(ref_handle.runner(), bar),
+                                        ref_handle.tokenizer, texts, batch_size,
+                                        ref_handle.max_length)
+        ref_name = ref_handle.name
+    quality = with_metric(task.compare(ref_results, results), mine, task.primary_output,
+                          ref_results, results, texts)
+    return {"quality": quality, "quality_drop": quality_drop(handle.task, quality),
+            "reference": ref_name}
 
 
 def fit_to_budget(handle: ModelHandle, texts: Sequence[str], batch_size: int,

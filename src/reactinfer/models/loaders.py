@@ -21,10 +21,6 @@ from ..core.images import as_preprocess
 from .hf import hf_from_pretrained
 from .zoo import BUILTINS
 
-# Never reach a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 # load()'s keyword arguments that say how to load a model: the verbs that take anything
 # load() takes (optimize, serve, compress) pass these on to it
 LOAD_KEYS = ("task", "tokenizer", "preprocess", "max_length", "name", "module", "labels")
@@ -164,7 +160,7 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
     hashes = cached / "hashes.json"
     if hashes.is_file():
         want = json.loads(hashes.read_text())
-        if all(sha256_file(cached / f) == h for f, h in want.items()):
+        if all(sha256_file(cached / f, cached=False) == h for f, h in want.items()):
             return transformers.PreTrainedTokenizerFast.from_pretrained(
                 cached, local_files_only=True)
     try:

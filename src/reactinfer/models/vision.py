@@ -48,7 +48,7 @@ def imagenet_labels() -> list[str]:
 def _read_verified(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    got = sha256_file(path)
+    got = sha256_file(path, cached=False)
     if got != sha256:
         raise UserError(f"{path}: sha256 {got[:12]}… does not match the expected "
                         f"{sha256[:12]}…; the file is damaged or was replaced")

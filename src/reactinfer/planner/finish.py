@@ -29,14 +29,17 @@ from .report import ITEM_NOUN, pareto_table, write_report
 _SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
 
 
-def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
-    """Save, re-measure and report; returns the report data."""
-    s = planner.s
+def _pareto(planner: Planner, result: dict[str, Any]) -> list[dict[str, Any]]:
     for t in result["trials"]:  # the bound the loop decided with, for the table and plots
         if t.get("observation"):
             t["within_bound"], t["bound"] = within_bound(
-                planner.base.task, t["observation"]["quality"], s.max_drop)
-    pareto = pareto_table(result["trials"], s.objective)
+                planner.base.task, t["observation"]["quality"], planner.s.max_drop)
+    return pareto_table(result["trials"], planner.s.objective)
+
+
+def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
+    """Save, re-measure and report; returns the report data."""
+    pareto = _pareto(planner, result)
     best = result["best"]
     state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
                              "notes": list(planner.save_notes), "errors": []}
@@ -54,6 +57,26 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
     finally:
         data = _write_report_keeping_the_error(planner, result, pareto, state)
     return data
+
+
+def report_stopped(planner: Planner, error: BaseException) -> None:
+    """A run that a bug of ours stopped after the baseline: the report of the trials
+    measured so far is written (nothing is saved: the state the bug left is not trusted),
+    and the error, raised by the caller, says where it is."""
+    kept = [t for t in planner.log if t["decision"] == "kept"]
+    best = kept[-1] if kept else planner.ref_trial
+    assert best is not None, "report_stopped is for a run whose baseline was measured"
+    result = {"stop": f"stopped by an error in ReAct itself: {type(error).__name__}: {error}",
+              "end_plan": None, "baseline": planner.ref_trial, "best": best,
+              "trials": planner.log, "reused": planner.reused,
+              "reference_outputs": planner.ref_info, "seconds": planner.budget.elapsed()}
+    state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
+                             "notes": list(planner.save_notes),
+                             "errors": [f"{type(error).__name__}: {error}"]}
+    # called while `error` is in flight: a report that fails too is noted on it
+    _write_report_keeping_the_error(planner, result, _pareto(planner, result), state)
+    error.add_note(f"the report of the measured trials is in {planner.out / 'report.md'}, "
+                   f"the trials in {planner.out / STORE_NAME}")
 
 
 def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
