@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.errors import UserError, is_our_bug
 from ..core.handle import ModelHandle
-from ..models import LOAD_KEYS, load
+from ..models import DEFAULT_MODEL, LOAD_KEYS, load
 from .actions import Action
 from .budget import Budget
 from .catalogue import default_actions, unavailable_actions
@@ -18,7 +18,7 @@ from .finish import finish, report_stopped
 from .loop import Planner, PlanSettings
 
 
-def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: float = 0.01,
+def optimize(model: Any = DEFAULT_MODEL, objective: str = "throughput", max_drop: float = 0.01,
              budget_s: float = 900.0, data: str | None = None, out: str | Path | None = None,
              resume: bool = False, actions: Sequence[Action] | None = None,
              progress: bool = True, confirm_n_eval: int | None = 1000,
