@@ -21,6 +21,7 @@ from ..core.hardware import hardware_profile, package_versions
 from ..data import model_label2id, texts_for
 from ..models import load
 from ..tasks import count_tokens, get_task, quality_drop, tokenize
+from ..tasks import eval_batch as eval_batch_of
 from ..tasks.causal_lm import GEN_PROMPT
 from ..tasks.metrics import Metric, check_labelled, metric_value, resolve_metric, with_metric
 from .sizing import PROBE_TEXTS, size_search
@@ -29,17 +30,8 @@ from .sizing import PROBE_TEXTS, size_search
 # noisy to trust: a report says so rather than printing them as if they were solid.
 MIN_EVAL_TEXTS = 50
 
-# The evaluation sample when the caller does not choose one (n_eval=None). A causal LM
-# costs a full-vocabulary forward per text (about 0.3-1 s per text for smollm2 on 2 CPU
-# cores), so its default is a sample that keeps `react bench smollm2` to a few minutes;
-# n_eval="all" (--n-eval all) evaluates every held-out text. Encoders evaluate all of them
-# in seconds. A fixed count, not a time budget: the same command measures the same texts
-# on every machine.
-DEFAULT_N_EVAL: dict[str, int | None] = {"embedding": None, "classification": None,
-                                         "causal-lm": 64, "image-classification": None}
-# Batch-1 latency samples when the caller does not choose (latency_runs=None).
-DEFAULT_LATENCY_RUNS = {"embedding": 50, "classification": 50, "causal-lm": 20,
-                        "image-classification": 50}
+# The evaluation sample and the batch-1 latency samples when the caller does not choose
+# (n_eval=None, latency_runs=None) are the task's: `Task.default_n_eval`, `latency_runs`.
 LATENCY_WARMUP = 3  # untimed batch-1 calls before the timed ones
 
 
@@ -195,8 +187,7 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
     if not texts:
         raise UserError("the evaluation data is empty")
     task = get_task(handle.task)
-    # full-vocabulary LM logits are large (B, T, 49k): keep LM batches small
-    eval_batch = min(batch_size, 8) if handle.task == "causal-lm" else batch_size
+    eval_batch = eval_batch_of(handle.task, batch_size)  # LMs: (B, T, 49k) logits, small
     what = f"bench {handle.name} [{handle.backend}]"
     with _bar(progress, f"{what} prepare + warm-up", 2, "step") as bar:
         t0 = time.perf_counter()
@@ -228,7 +219,7 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
         report["throughput"]["tokens_per_s"] = n_tokens / elapsed
     with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP, "run") as bar:
         report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
-    if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
+    if task.generates and hasattr(runner, "generate") and gen_tokens > 0:
         repeats = 3
         with _bar(progress, f"{what} generation ({gen_tokens} tokens, warm-up + {repeats})",
                   repeats + 1, "run") as bar:
@@ -263,7 +254,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
         raise UserError("backend options (--backend-opt) need a named backend: add "
                         "--backend NAME (see `react backends`)")
     if backend == "auto":
-        sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
+        sample = texts[:16] if get_task(handle.task).generates else texts[:64]  # a quick look
         return choose_backend(handle, sample, batch_size, threads=threads,
                               precision=precision, max_drop=max_drop, device=device,
                               progress=progress)
@@ -320,7 +311,8 @@ def _eval_sample(task: str, data: str | None, n_eval: int | str | None,
         return texts, {"n_eval_available": len(texts), "n_eval_default": False}
     # images: the model's preprocess; texts' label names: the model's class names
     available = texts_for("eval", data, preprocess=preprocess, label2id=label2id)
-    limit = DEFAULT_N_EVAL[task] if n_eval is None else None if n_eval == "all" else int(n_eval)
+    limit = (get_task(task).default_n_eval if n_eval is None
+             else None if n_eval == "all" else int(n_eval))
     texts = available[:limit]
     return texts, {"n_eval_available": len(available),
                    "n_eval_default": n_eval is None and len(texts) < len(available)}
@@ -339,7 +331,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
 
     Evaluation texts: the held-out part of `data` (or of the built-in corpus); `n_eval`
     takes the first N of them, or "all"; by default (None) every one for encoders and
-    classifiers, and the first `DEFAULT_N_EVAL["causal-lm"]` (64) for causal LMs, whose
+    classifiers, and the first `Task.default_n_eval` (64) for causal LMs, whose
     evaluation costs a full-vocabulary forward per text. `eval_texts` gives the texts
     directly instead. The report records `n_eval` (texts used), `n_eval_available` and
     `n_eval_default` (whether the default sample cut the set short).
@@ -372,7 +364,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         n_eval = "all"  # the budget sizes the sample
     mine, texts, sample = _bench_sample(original, data, n_eval, eval_texts, metric)
     if latency_runs is None:
-        latency_runs = DEFAULT_LATENCY_RUNS[original.task]
+        latency_runs = get_task(original.task).latency_runs
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
                                     max_drop, device, progress, backend_options or {})
     sizing = None

@@ -16,7 +16,7 @@ from typing import Any
 from ..core.cache import cache_dir
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
-from ..core.handle import ModelHandle, check_task, task_names
+from ..core.handle import ModelHandle, check_task, takes_images, task_names
 from ..core.images import as_preprocess
 from .hf import hf_from_pretrained
 from .zoo import BUILTINS
@@ -258,7 +258,7 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
         raise UserError(f"built-in {name!r} is a {spec.task} model, not {kw['task']}")
     weights = path if path.is_file() else next(path.glob("*.safetensors"))
     source = {"kind": "builtin", "ref": name, "sha256": sha256_file(weights)}
-    if spec.task == "image-classification":
+    if takes_images(spec.task):
         from .vision import CNN_BUILTINS
 
         cnn = CNN_BUILTINS[name]
@@ -321,7 +321,7 @@ def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str
 
     if task is None:
         raise UserError(f"loading a torch.nn.Module needs task= ({', '.join(task_names())})")
-    if task == "image-classification":
+    if takes_images(task):
         if preprocess is None:
             raise UserError("an image model needs preprocess= (an ImagePreprocess or a dict: "
                             "size, resize, mean, std, channels)")

@@ -103,11 +103,11 @@ def named_classes(base: ModelHandle, data: str | None) -> ModelHandle:
     """An image model without class names takes its --data folder's class subfolders as
     names when there is one per class the model gives (a folder of some classes only names
     nothing: ids are not names); they are kept in every artifact the run saves."""
-    from ..core.images import IMAGE_TASK
+    from ..core.handle import takes_images
     from ..data import image_classes
     from ..models.image_checks import model_classes, with_labels
 
-    if base.task != IMAGE_TASK or data is None or getattr(base.tokenizer, "labels", None):
+    if not takes_images(base.task) or data is None or getattr(base.tokenizer, "labels", None):
         return base
     names = image_classes(data)
     return with_labels(base, names) if names and len(names) == model_classes(base) else base

@@ -23,7 +23,7 @@ from .endplan import ladder, save_s
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
-from .report import ITEM_NOUN, pareto_table, write_report
+from .report import item_noun, pareto_table, write_report
 
 # what saving or re-measuring a model may raise; the run's report is written regardless
 _SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
@@ -208,7 +208,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     if n < floor:
         state["notes"].append(
             f"no side-by-side re-measure: on {floor} "
-            f"{ITEM_NOUN.get(planner.base.task, 'texts')} it would take "
+            f"{item_noun(planner.base.task)} it would take "
             f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
             "are left; the figures are the search's")
         return None
@@ -240,7 +240,7 @@ def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dic
             break  # the step before is the original: the report says the bound failed
         state["notes"].append(
             f"{best['action']} was outside the bound on the {state['confirm']['n_eval']} "
-            f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')}"
+            f"re-measured {item_noun(planner.base.task)}"
             + (" the search never judged on " if state["confirm"].get("unseen") else " ")
             + f"({state['confirm']['bound']}): the best is the step it was built on, "
             f"{prev['action']}")
@@ -299,7 +299,7 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
     best, base = result["best"], result["baseline"]
     confirm = state["confirm"]
     hw = hardware_profile()
-    items = ITEM_NOUN.get(planner.base.task, "texts")
+    items = item_noun(planner.base.task)
     data = {
         "model": s.model, "task": planner.base.task, "objective": s.objective,
         "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,

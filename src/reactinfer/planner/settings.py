@@ -67,6 +67,8 @@ def default_n_eval(task: str, settings: PlanSettings) -> int:
     """Held-out items per trial when not asked: 400; for embeddings the final re-measure's
     number (1,000), because top-10 recall falls as the corpus grows (minilm int8: 0.945 on
     400 texts, 0.939 on 1,000), so a trial judged on fewer passes what the re-measure fails."""
-    if task == "embedding":
+    from ..tasks import get_task  # here: the CLI builds its parser without torch
+
+    if get_task(task).bounds_recall:
         return max(DEFAULT_N_EVAL, settings.confirm_n_eval or 0)
     return DEFAULT_N_EVAL

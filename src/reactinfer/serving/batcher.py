@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import IMAGE_TASK
+from ..tasks import get_task
 from .admission import Admission
 from .config import ServeConfig
 from .decode import DecodeLoop
@@ -108,7 +108,7 @@ class Batcher:
         """Would the smallest request (one item, or one new token) with `deadline` be
         refused? If so it is counted as refused and the refusal is returned: the caller
         answers it (shedding before the body is read, see shed.py)."""
-        job = Job(deadline, items=1, new_tokens=1 if self.task == "causal-lm" else 0)
+        job = Job(deadline, items=1, new_tokens=1 if get_task(self.task).generates else 0)
         with self.queue:
             return self._refusal(job, now)[0]
 
@@ -142,7 +142,7 @@ class Batcher:
 
     # -- worker thread ------------------------------------------------------------------
     def _loop(self) -> None:
-        if self.task == "causal-lm":  # generations: continuous batching (decode.py)
+        if get_task(self.task).generates:  # generations: continuous batching (decode.py)
             DecodeLoop(self).run()
             return
         while True:
@@ -256,9 +256,9 @@ class Batcher:
         estimate (e.g. from a slow spell) can recover, then let the ladder re-decide."""
         v = self.ladder.variants[level]
         try:
-            if self.task == "causal-lm":
+            if get_task(self.task).generates:
                 measure_generation(v, [1, 2, 3])
-            elif self.task == IMAGE_TASK:
+            elif get_task(self.task).takes_images:
                 self._run_pixels(v, probe_pixels(v.handle.tokenizer))
             else:
                 self._run_encoder(v, ["probe"])
@@ -297,7 +297,7 @@ class Batcher:
         start = time.monotonic()
         for r in batch:
             self.metrics.queue_seconds.observe(start - r.arrival, model=self.model)
-        if self.task == IMAGE_TASK:  # one input per image, no tokens
+        if get_task(self.task).takes_images:  # one input per image, no tokens
             y = self._run_pixels(v, np.concatenate([r.pixels for r in batch]))  # (N, C)
             counts = np.zeros(len(y), dtype=np.int64)
         else:
