@@ -199,7 +199,9 @@ class LlamaCppBackend(Backend):
                 "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
-        if handle.task != "causal-lm":
+        from ..tasks import get_task
+
+        if not get_task(handle.task).generates:
             return False
         if unchanged_gguf(handle) is not None:
             return True

@@ -276,7 +276,9 @@ class OpenVinoBackend(Backend):
                 "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
 
     def supports(self, handle: ModelHandle) -> bool:
-        return handle.task != "causal-lm" and (XML_FILE in handle.files or
+        from ..tasks import get_task
+
+        return not get_task(handle.task).generates and (XML_FILE in handle.files or
                                                handle.model is not None or float_graph(handle))
 
     def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:

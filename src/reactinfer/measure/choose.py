@@ -19,11 +19,6 @@ from ..core.errors import UserError
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-# Largest quality drop `task.drop` may report for a candidate to be eligible:
-# 1 - mean cosine for embeddings, perplexity ratio - 1 for LMs, 1 - top-1 agreement.
-MAX_DROP = {"embedding": 0.005, "causal-lm": 0.01, "classification": 0.01,
-            "image-classification": 0.01}
-
 # What each backend is tried with, per task (precision first, then other options).
 _GRID: dict[str, dict[str, list[dict[str, Any]]]] = {
     "torch": {"*": [{}]},
@@ -51,6 +46,7 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
     """(backend, options) pairs worth measuring here, and the ones skipped with why."""
     from ..backends.llamacpp import unchanged_gguf
     from ..core.hardware import hardware_profile, native_bf16
+    from ..tasks import get_task
 
     if handle.model is None:  # a runtime-only model (an .onnx file): nothing to convert
         return [(handle.backend, dict(handle.backend_options))], []
@@ -71,7 +67,7 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
         if slow and name not in include:
             skipped.append({"backend": name, "why": slow})
             continue
-        if name == "onnxruntime" and handle.task == "causal-lm":
+        if name == "onnxruntime" and get_task(handle.task).generates:
             options = [{"precision": "fp32"}]
         if name == "openvino" and not native_bf16(hardware_profile().isa):
             skipped.append({"backend": name, "options": {"precision": "bf16"},
@@ -102,12 +98,12 @@ def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
     facts: dict[str, Any] = {"prepare_s": time.perf_counter() - t0}
     # best of a few runs: on a shared machine the fastest run is the least disturbed one
     secs = []
-    for _ in range(1 if handle.task == "causal-lm" else 2):
+    for _ in range(1 if task.generates else 2):
         t0 = time.perf_counter()
         results = task.evaluate(runner, handle.tokenizer, texts, batch_size, handle.max_length)
         secs.append(time.perf_counter() - t0)
     facts["eval_items_per_s"] = len(texts) / min(secs)
-    if handle.task == "causal-lm":
+    if task.generates:
         prompt = handle.tokenizer(GEN_PROMPT)["input_ids"]
         generator = cast(GenerativeRunner, runner)  # causal-LM runners generate
         generator.generate(prompt, 2)
@@ -132,15 +128,14 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     from tqdm.auto import tqdm
 
     from ..backends.convert import to_backend
-    from ..tasks import get_task, within_bound
+    from ..tasks import eval_batch, get_task, within_bound
 
     check_max_drop(max_drop)
     if not texts:
         raise UserError("backend selection needs some evaluation texts")
     task = get_task(handle.task)
-    bound = MAX_DROP[handle.task] if max_drop is None else max_drop
-    if handle.task == "causal-lm":
-        batch_size = min(batch_size, 8)  # (B, T, V) logits are large
+    bound = task.default_max_drop if max_drop is None else max_drop
+    batch_size = eval_batch(handle.task, batch_size)  # LMs: (B, T, V) logits are large
     grid, skipped = candidate_grid(handle, precision, include)
     ref_results = None
     rows: list[dict[str, Any]] = []
