@@ -37,7 +37,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/mypy src
+	$(BIN)/mypy src benchmarks
 
 # Benchmarks only: sentence-transformers' ONNX and OpenVINO backends need optimum and
 # optimum-intel, which pin an older transformers, so the anchor lives in its own environment.

@@ -17,29 +17,21 @@ noisy: compare the ratios measured here, side by side, not absolute figures acro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import traceback
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+from _common import RESULTS as OUT
+from _common import hardware, timed, write_results
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
-from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
-from reactinfer.measure import choose_backend, tune_threads
-from reactinfer.measure.harness import GEN_PROMPT, latency_batch1
 from reactinfer.models.zoo import BUILTINS
 from reactinfer.tasks import get_task, tokenize
 
-OUT = Path(__file__).parent / "results"
-
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
+# reactinfer.measure imports torch: it is imported where it is used, so --help stays fast
 
 
 # -- minilm -----------------------------------------------------------------------------
@@ -59,6 +51,8 @@ def st_rows(texts, ref, n_lat):
 
 
 def react_row(label, handle, texts, ref, n_lat, convert_s=None):
+    from reactinfer.measure.harness import latency_batch1
+
     task = get_task("embedding")
     runner, prep = timed(handle.runner)
     _, warm = timed(runner, tokenize(handle.tokenizer, texts[:32], handle.max_length))
@@ -104,6 +98,8 @@ def padding_rows(handle, texts, label):
 
 
 def bench_minilm(n_texts, n_lat, with_compile):
+    from reactinfer.measure import choose_backend, tune_threads
+
     texts = texts_for("eval", limit=n_texts)
     base = ri.load("minilm")
     ref = get_task("embedding").evaluate(base.runner(), base.tokenizer, texts, 32,
@@ -133,14 +129,15 @@ def bench_minilm(n_texts, n_lat, with_compile):
 
 
 # -- smollm2 ----------------------------------------------------------------------------
-def gen_speed(runner, prompt, n, repeats=3, **kw):
-    """Best of `repeats` (the machine is shared: the fastest run is the least disturbed)."""
+def gen_speed(runner: Any, prompt: list[int], n: int, repeats: int = 3, **kw: Any
+              ) -> dict[str, Any]:
+    """Best of `repeats` (the machine is shared: the fastest run is the least disturbed).
+    Not harness.generation_speed (the median, from a handle): this one also times a raw
+    llama-cpp-python model and passes `reuse_cache`."""
     runner.generate(prompt, 2, **kw)  # warm-up
-    secs = []
-    for _ in range(repeats):
-        out, s = timed(runner.generate, prompt, n, **kw)
-        secs.append(s)
-    return {"tokens_per_s": len(out) / min(secs), "seconds": min(secs), "new_tokens": len(out),
+    runs = [timed(runner.generate, prompt, n, **kw) for _ in range(repeats)]
+    out, best = runs[-1][0], min(s for _, s in runs)
+    return {"tokens_per_s": len(out) / best, "seconds": best, "new_tokens": len(out),
             "repeats": repeats}
 
 
@@ -166,6 +163,9 @@ class RawLlamaCpp:
 
 
 def bench_smollm2(n_new, n_ppl, ppl_len):
+    from reactinfer.measure import choose_backend
+    from reactinfer.measure.harness import GEN_PROMPT
+
     texts = texts_for("eval", limit=n_ppl)
     base, load_s = timed(ri.load, "smollm2")
     task = get_task("causal-lm")
@@ -266,17 +266,13 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    res = {"hardware": hardware_profile().to_dict(), "versions": package_versions(),
-           "hardware_summary": hardware_profile().summary()}
+    res = hardware()
     res["minilm"] = bench_minilm(64 if a.quick else 128, 10 if a.quick else 20,
                                  with_compile=not (a.quick or a.no_compile))
     res["smollm2"] = bench_smollm2(16 if a.quick else 64, 4 if a.quick else 8,
                                    128 if a.quick else 256)
     res["seconds"] = time.perf_counter() - t0
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "backends.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (OUT / "backends.md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(OUT / "backends", res, markdown(res))
 
 
 if __name__ == "__main__":

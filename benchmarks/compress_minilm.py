@@ -13,33 +13,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
+from typing import Any
 
-import torch
+from _common import RESULTS as OUT
+from _common import hardware, write_results
 
-from reactinfer import compress, load
-from reactinfer.compression import (
-    CastHalf,
-    Distill,
-    DropLayers,
-    Prune2of4,
-    PruneFFN,
-    PruneHeads,
-    PruneMagnitude,
-    QuantizeDynamicInt8,
-    QuantizeStaticInt8,
-    QuantizeWeightOnly,
-)
-from reactinfer.compression._common import effective_params
-from reactinfer.core.hardware import hardware_profile, package_versions
+from reactinfer import load
+from reactinfer.core import ModelHandle
 from reactinfer.data import texts_for
-from reactinfer.measure.harness import latency_batch1
 from reactinfer.tasks import get_task, tokenize
-
-OUT = Path(__file__).parent / "results"
 
 
 def techniques(distill_seconds: float) -> list[tuple[str, list]]:
+    from reactinfer.compression import (  # imports torch: under main(), --help stays fast
+        CastHalf,
+        Distill,
+        DropLayers,
+        Prune2of4,
+        PruneFFN,
+        PruneHeads,
+        PruneMagnitude,
+        QuantizeDynamicInt8,
+        QuantizeStaticInt8,
+        QuantizeWeightOnly,
+    )
+
     return [
         ("baseline fp32", []),
         ("dynamic int8 per-tensor", [QuantizeDynamicInt8()]),
@@ -63,7 +61,12 @@ def techniques(distill_seconds: float) -> list[tuple[str, list]]:
     ]
 
 
-def measure(handle, texts, ref_results, latency_runs: int) -> dict:
+def measure(handle: ModelHandle, texts: list[str], ref_results: dict[str, Any] | None,
+            latency_runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    from reactinfer.compression._common import effective_params
+    from reactinfer.measure.harness import latency_batch1
+
+    assert handle.model is not None  # compress() keeps torch models
     task = get_task(handle.task)
     runner = handle.runner()
     runner(tokenize(handle.tokenizer, texts[:32], handle.max_length))  # warm-up
@@ -71,9 +74,10 @@ def measure(handle, texts, ref_results, latency_runs: int) -> dict:
     results = task.evaluate(runner, handle.tokenizer, texts, 32, handle.max_length)
     seconds = time.perf_counter() - t0
     lat = latency_batch1(handle, runner, texts, latency_runs)
-    row = {"size_mb": handle.size_bytes() / 2**20, "params": effective_params(handle.model),
-           "latency_b1_p50_ms": lat["p50"], "latency_b1_p95_ms": lat["p95"],
-           "throughput_b32_items_s": len(texts) / seconds}
+    row: dict[str, Any] = {
+        "size_mb": handle.size_bytes() / 2**20, "params": effective_params(handle.model),
+        "latency_b1_p50_ms": lat["p50"], "latency_b1_p95_ms": lat["p95"],
+        "throughput_b32_items_s": len(texts) / seconds}
     row["quality"] = task.compare(ref_results, results) if ref_results is not None else None
     return row, results
 
@@ -91,6 +95,10 @@ def main() -> None:
         report = json.loads((OUT / "compress_minilm.json").read_text())
         (OUT / "compress_minilm.md").write_text(markdown(report))
         return
+    import torch
+
+    from reactinfer import compress
+
     torch.set_num_threads(a.threads)
     base = load("minilm")
     texts = texts_for("eval", limit=a.n_eval)
@@ -114,13 +122,11 @@ def main() -> None:
               f"  r@10 {row['quality']['top10_recall']:.3f}", flush=True)
     report = {"model": "minilm", "n_eval": len(texts), "threads": a.threads,
               "latency_runs": a.latency_runs, "rows": rows,
-              "hardware": hardware_profile().to_dict(), "versions": package_versions(),
+              **hardware(),
               "command": f"PYTHONPATH=src python benchmarks/compress_minilm.py --n-eval "
                          f"{a.n_eval} --threads {a.threads} --latency-runs {a.latency_runs} "
                          f"--distill-seconds {a.distill_seconds}"}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "compress_minilm.json").write_text(json.dumps(report, indent=2, default=str))
-    (OUT / "compress_minilm.md").write_text(markdown(report))
+    write_results(OUT / "compress_minilm", report, markdown(report), echo=False)
 
 
 def markdown(r: dict) -> str:

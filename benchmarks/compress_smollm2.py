@@ -9,29 +9,28 @@ Writes benchmarks/results/compress_smollm2.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+from typing import Any
 
-import torch
+from _common import RESULTS as OUT
+from _common import hardware, table_head, write_results
 
-from reactinfer import compress, load
-from reactinfer.compression import QuantizeDynamicInt8, QuantizeWeightOnly
-from reactinfer.core.hardware import hardware_profile, package_versions
+from reactinfer import load
 from reactinfer.data import texts_for
-from reactinfer.measure.harness import generation_speed
 from reactinfer.tasks import get_task
 
-OUT = Path(__file__).parent / "results"
 
-TECHNIQUES = [
-    ("fp32", []),
-    ("weight-only int8 per-channel", [QuantizeWeightOnly(bits=8, group_size=None)]),
-    ("weight-only int8 g32", [QuantizeWeightOnly(bits=8, group_size=32)]),
-    ("weight-only int4 g32", [QuantizeWeightOnly(bits=4, group_size=32)]),
-    ("weight-only int4 g64", [QuantizeWeightOnly(bits=4, group_size=64)]),
-    ("dynamic int8 per-channel", [QuantizeDynamicInt8(per_channel=True)]),
-]
+def techniques() -> list[tuple[str, list[Any]]]:
+    from reactinfer.compression import QuantizeDynamicInt8, QuantizeWeightOnly
+
+    return [
+        ("fp32", []),
+        ("weight-only int8 per-channel", [QuantizeWeightOnly(bits=8, group_size=None)]),
+        ("weight-only int8 g32", [QuantizeWeightOnly(bits=8, group_size=32)]),
+        ("weight-only int4 g32", [QuantizeWeightOnly(bits=4, group_size=32)]),
+        ("weight-only int4 g64", [QuantizeWeightOnly(bits=4, group_size=64)]),
+        ("dynamic int8 per-channel", [QuantizeDynamicInt8(per_channel=True)]),
+    ]
 
 
 def main() -> None:
@@ -41,13 +40,18 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--max-length", type=int, default=128)
     a = ap.parse_args()
+    import torch  # here, not above: --help stays fast
+
+    from reactinfer import compress
+    from reactinfer.measure.harness import generation_speed
+
     torch.set_num_threads(a.threads)
     base = load("smollm2")
     base = base.derive(max_length=a.max_length)
     task = get_task("causal-lm")
     texts = texts_for("eval", limit=a.n_eval)
     rows, ref = [], None
-    for name, recipe in TECHNIQUES:
+    for name, recipe in techniques():
         h = compress(base, recipe)
         runner = h.runner()
         t0 = time.perf_counter()
@@ -67,26 +71,23 @@ def main() -> None:
               f"size {row['size_mb']:.0f} MB", flush=True)
     report = {"model": "smollm2", "n_eval": len(texts), "threads": a.threads,
               "max_length": a.max_length, "new_tokens": a.new_tokens, "rows": rows,
-              "hardware": hardware_profile().to_dict(), "versions": package_versions(),
+              **hardware(),
               "command": f"PYTHONPATH=src python benchmarks/compress_smollm2.py --n-eval "
                          f"{a.n_eval} --threads {a.threads} --new-tokens {a.new_tokens} "
                          f"--max-length {a.max_length}"}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "compress_smollm2.json").write_text(json.dumps(report, indent=2, default=str))
     hw = report["hardware"]
     lines = [f"# smollm2 weight-only quantization: measured, {len(texts)} eval texts "
              f"(max {a.max_length} tokens), {a.threads} thread(s)", "",
              f"Command: `{report['command']}`  ",
              f"CPU: {hw.get('cpu_model')}; torch {report['versions'].get('torch')}", "",
-             "| technique | size MB (in memory) | perplexity | ppl ratio | greedy-token "
-             "agreement | generation tok/s | speed vs fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             *table_head("technique", "size MB (in memory)", "perplexity", "ppl ratio",
+                         "greedy-token agreement", "generation tok/s", "speed vs fp32")]
     for r in rows:
         lines.append(f"| {r['name']} | {r['size_mb']:.0f} | {r['perplexity']:.3f} | "
                      f"{r['perplexity_ratio']:.4f} | {r['token_agreement']:.3f} | "
                      f"{r['gen_tokens_per_s']:.1f} | "
                      f"{r['gen_tokens_per_s'] / rows[0]['gen_tokens_per_s']:.2f}x |")
-    (OUT / "compress_smollm2.md").write_text("\n".join(lines) + "\n")
+    write_results(OUT / "compress_smollm2", report, "\n".join(lines) + "\n", echo=False)
 
 
 if __name__ == "__main__":

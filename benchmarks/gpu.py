@@ -36,30 +36,31 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
+from _common import RESULTS as OUT
+from _common import timed, write_results
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
-from reactinfer.compression import CastHalf, compress
+from reactinfer.core import ModelHandle
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
-from reactinfer.measure.harness import generation_speed, latency_batch1
 from reactinfer.tasks import get_task, iter_batches, tokenize
 
-OUT = Path(__file__).parent / "results"
-HAS_GPU = torch.cuda.is_available()
+# torch, and what imports it, is imported where it is used: `--help` stays fast
 
 
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
+def has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 # -- models ----------------------------------------------------------------------------------
-def load_minilm(path: str | None) -> tuple[ri.ModelHandle, str]:
+def load_minilm(path: str | None) -> tuple[ModelHandle, str]:
+    import torch
     from safetensors.torch import load_file, save_file
 
     if path is None:
@@ -80,7 +81,8 @@ def load_minilm(path: str | None) -> tuple[ri.ModelHandle, str]:
             "these fp16-rounded values"))
 
 
-def load_llm(path: str | None) -> tuple[ri.ModelHandle, dict]:
+def load_llm(path: str | None) -> tuple[ModelHandle, dict]:
+    import torch
     import transformers
 
     if path is None:
@@ -127,24 +129,32 @@ def make_carry(dest: Path) -> None:
     transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw).save_pretrained(dest / "smollm2")
 
 
-def halved(handle: ri.ModelHandle, dtype: str) -> ri.ModelHandle:
+def halved(handle: ModelHandle, dtype: str) -> ModelHandle:
+    from reactinfer.compression import CastHalf, compress
+
     return handle if dtype == "fp32" else compress(handle, [CastHalf(dtype)])
 
 
 # -- measurements ----------------------------------------------------------------------------
 def peak_reset() -> None:
-    if HAS_GPU:
+    import torch
+
+    if has_gpu():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
 def peak_mib() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if HAS_GPU else None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if has_gpu() else None
 
 
-def embed_row(label: str, handle: ri.ModelHandle, texts: list[str], ref: np.ndarray | None,
+def embed_row(label: str, handle: ModelHandle, texts: list[str], ref: np.ndarray | None,
               a: argparse.Namespace) -> tuple[dict, np.ndarray]:
+    from reactinfer.measure.harness import latency_batch1
+
     task = get_task("embedding")
     peak_reset()
     runner, prep = timed(handle.runner)
@@ -160,7 +170,7 @@ def embed_row(label: str, handle: ri.ModelHandle, texts: list[str], ref: np.ndar
            "device": device, "transforms": [t["type"] + "(" + t.get("dtype", "") + ")"
                                             for t in handle.transforms],
            "prepare_s": prep, "warmup_s": warm, "throughput": {}, "model_only": {}}
-    out = None
+    out: np.ndarray | None = None
     for bs in a.batches:
         secs = []
         for _ in range(repeats):
@@ -178,13 +188,17 @@ def embed_row(label: str, handle: ri.ModelHandle, texts: list[str], ref: np.ndar
     if hasattr(runner, "warmup_s"):
         row["compile_s"] = runner.warmup_s
     row["gpu_peak_mib"] = peak_mib() if device == "cuda" else None
+    assert out is not None  # a.batches is never empty
     if ref is not None:
         row["quality"] = task.compare({"embeddings": ref}, {"embeddings": out})
     return row, out
 
 
-def gen_row(label: str, handle: ri.ModelHandle, a: argparse.Namespace) -> dict:
+def gen_row(label: str, handle: ModelHandle, a: argparse.Namespace) -> dict:
+    from reactinfer.measure.harness import generation_speed
+
     peak_reset()
+    runner: Any  # the torch backend's runner: it has .device
     runner, prep = timed(handle.runner)
     g = generation_speed(handle, runner, new_tokens=a.gen_tokens, repeats=3)
     return {"name": label, "device": runner.device,
@@ -195,15 +209,16 @@ def gen_row(label: str, handle: ri.ModelHandle, a: argparse.Namespace) -> dict:
 
 # -- run -------------------------------------------------------------------------------------
 def environment() -> dict:
+    import torch
     import transformers
 
     hw = hardware_profile()
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "transformers": transformers.__version__,
-           "cpu": hw.cpu_model, "cores_logical": hw.cores_logical,
-           "torch_cpu_threads": torch.get_num_threads(), "gpu": hw.gpu_name,
-           "gpu_memory_gb": hw.gpu_memory_gb,
-           "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "cuda": torch.version.cuda, "transformers": transformers.__version__,
+                           "cpu": hw.cpu_model, "cores_logical": hw.cores_logical,
+                           "torch_cpu_threads": torch.get_num_threads(), "gpu": hw.gpu_name,
+                           "gpu_memory_gb": hw.gpu_memory_gb,
+                           "float32_matmul_precision": torch.get_float32_matmul_precision()}
     try:
         import onnxruntime as ort
 
@@ -221,7 +236,7 @@ def environment() -> dict:
     return env
 
 
-def guarded(results: dict, key: str, label: str, fn, *args) -> object:
+def guarded(results: dict, key: str, label: str, fn, *args) -> Any:
     """Run one row; an error is recorded in the results, and the rest still run."""
     print(f"[{time.strftime('%H:%M:%S')}] {key}: {label}", flush=True)
     try:
@@ -233,7 +248,9 @@ def guarded(results: dict, key: str, label: str, fn, *args) -> object:
         return None
     finally:
         gc.collect()
-        if HAS_GPU:
+        if has_gpu():
+            import torch
+
             torch.cuda.empty_cache()
 
 
@@ -260,6 +277,8 @@ def minilm_cuda(results: dict, save, ctx: dict, backend: str, a: argparse.Namesp
         plan.append(("fp32", True))
     for dtype, tf32 in plan:
         def one(dtype=dtype, tf32=tf32):
+            import torch
+
             torch.set_float32_matmul_precision("high" if tf32 else "highest")
             try:
                 h = to_backend(halved(ctx["base"], dtype), backend, device="cuda")
@@ -302,7 +321,7 @@ def run_llm(results: dict, save, a: argparse.Namespace) -> None:
     results["llm_shape"] = shape
     rows = results["llm"] = []
     plan = [("cpu", "fp32")] + ([("cuda", dt) for dt in ("fp32", "fp16", "bf16")]
-                                if HAS_GPU else [])
+                                if has_gpu() else [])
     for device, dtype in plan:
         def one(device=device, dtype=dtype):
             r = gen_row("torch eager generate", to_backend(halved(base, dtype), "torch",
@@ -465,21 +484,20 @@ def main() -> None:
 
     def save() -> None:
         results["seconds"] = time.time() - t0
-        (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str))
-        (out / "gpu.md").write_text(markdown(results))
+        write_results(out / "gpu", results, markdown(results), indent=1, echo=False)
 
     print(json.dumps(results["environment"]), flush=True)
     # cheapest first: compiling comes last, so a run cut short keeps the rest
     ctx = None
     if "minilm" not in a.skip:
         ctx = guarded(results, "minilm", "cpu torch fp32", minilm_setup, results, save, a)
-    if ctx is not None and HAS_GPU:
+    if ctx is not None and has_gpu():
         minilm_cuda(results, save, ctx, "torch", a)
     if "llm" not in a.skip:
         guarded(results, "llm", "load", run_llm, results, save, a)
     if ctx is not None and not a.no_ort:
         minilm_ort(results, save, ctx, a)
-    if ctx is not None and HAS_GPU and not a.no_compile:
+    if ctx is not None and has_gpu() and not a.no_compile:
         minilm_cuda(results, save, ctx, "torch-compile", a)
     save()
     print(markdown(results))

@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
+from _common import write_results
 from gpu import OUT, halved, load_minilm
 
 from reactinfer.backends import to_backend
 from reactinfer.data import texts_for
-from reactinfer.measure.harness import latency_batch1
 from reactinfer.tasks import iter_batches, tokenize
 
 
@@ -33,6 +31,8 @@ def main() -> None:
     ap.add_argument("--minilm", help="HF directory of all-MiniLM-L6-v2 (fp16 is upcast)")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()
+    from reactinfer.measure.harness import latency_batch1  # imports torch: after --help
+
     base, _ = load_minilm(a.minilm)
     texts = texts_for("eval")
     out: dict = {"command": "PYTHONPATH=src python benchmarks/gpu_probe.py "
@@ -51,8 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         n = sum(len(i) for i, _ in iter_batches(base.tokenizer, texts, bs, 256))
         out[f"tokenize_only_items_per_s@{bs}"] = n / (time.perf_counter() - t0)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "gpu_probe.json").write_text(json.dumps(out, indent=1))
+    write_results(Path(a.out) / "gpu_probe", out, indent=1)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
             h, a.engine, **opts, fp32_layers=dw)
     items = texts_for("eval", preprocess=h.tokenizer)
     task = get_task("image-classification")
-    ref = task.evaluate(h.runner(), h.tokenizer, items, a.batch)
+    ref = task.evaluate(h.runner(), h.tokenizer, items, a.batch, 0)
     runners = {k: v.runner() for k, v in handles.items()}
     batch = tokenize(h.tokenizer, (items * (a.batch // len(items) + 1))[:a.batch], 0)
     secs: dict[str, list[float]] = {k: [] for k in runners}
@@ -77,7 +77,7 @@ def main() -> None:
     base = np.asarray(secs[f"{a.engine} fp32"])
     rows = []
     for k, r in runners.items():
-        q = task.compare(ref, task.evaluate(r, h.tokenizer, items, a.batch))
+        q = task.compare(ref, task.evaluate(r, h.tokenizer, items, a.batch, 0))
         hits = round(q["top1_agreement"] * len(items))  # Wilson: 78 images leave it wide
         ci = proportion_ci(np.r_[np.ones(hits), np.zeros(len(items) - hits)])
         rows.append({"variant": k, "images_per_s": a.batch / float(np.median(secs[k])),

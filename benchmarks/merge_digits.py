@@ -19,17 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from _common import write_results
 from prune_digits import OUT, accuracy, cpu_line, digits_test, distill_cfg, logits
 
 import reactinfer as ri
-from reactinfer.compression import EnsembleRunner, PruneChannels, RecalibrateBatchNorm
-from reactinfer.compression.merge import merge_models
 from reactinfer.core.hardware import hardware_profile
-from reactinfer.data.images import digits_split, load_digits
-from reactinfer.models.vision import train_resnet_digits
+
+if TYPE_CHECKING:  # torch and the compression package load under main(): --help stays fast
+    import torch
 
 SEEDS = (1, 2, 3)
 
@@ -37,6 +37,11 @@ SEEDS = (1, 2, 3)
 def evaluate(h, students: list[torch.nn.Module], x: torch.Tensor, y: np.ndarray) -> dict:
     """Each student's accuracy, the recursive merge's (raw and BN-recalibrated), and the
     mean-of-logits ensemble's."""
+    import torch
+
+    from reactinfer.compression import EnsembleRunner, RecalibrateBatchNorm
+    from reactinfer.compression.merge import merge_models
+
     merged = merge_models(students, tree=True)  # ((s1), (s2, s3)): the recursive merge
     recal = ri.compress(h.derive(model=merged), RecalibrateBatchNorm()).model
 
@@ -64,11 +69,18 @@ def main() -> None:
         report = json.loads((OUT / "merge_digits.json").read_text())
         (OUT / "merge_digits.md").write_text(markdown(report))
         return
+    import torch
+
+    from reactinfer.compression import PruneChannels
+    from reactinfer.data.images import digits_split, load_digits
+    from reactinfer.models.vision import train_resnet_digits
+
     torch.set_num_threads(a.threads)
     h = ri.load("resnet18-digits")
     x, y = digits_test(h)
     t0 = time.perf_counter()
     pruned = ri.compress(h, PruneChannels(ratio=a.ratio))
+    assert pruned.model is not None and h.model is not None  # torch models
     students = [ri.compress(pruned, distill_cfg(a.steps, seed=s)).model for s in SEEDS]
     rows = [{"name": f"pruned {round(a.ratio * 100)}% + KD, seeds {SEEDS} (shared lineage)",
              **evaluate(h, students, x, y), "seconds": time.perf_counter() - t0}]
@@ -88,10 +100,7 @@ def main() -> None:
               "cpu": hardware_profile().to_dict(), "torch": torch.__version__,
               "teacher_accuracy": accuracy(h.model, x, y),
               "pruned_accuracy": accuracy(pruned.model, x, y), "rows": rows}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "merge_digits.json").write_text(json.dumps(report, indent=2, default=str))
-    (OUT / "merge_digits.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(OUT / "merge_digits", report, markdown(report))
 
 
 def markdown(r: dict) -> str:

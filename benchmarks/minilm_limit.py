@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import write_results
 
 OUT = Path(__file__).parent / "results" / "minilm_limit"
 GROUPS = ("gemm", "attention", "mask", "fused subgraph", "norm+elementwise", "layout+convert",
@@ -75,15 +76,18 @@ def padding_stats(tok: Any, texts: list[str], bs: int, max_length: int) -> dict[
 
 
 # -- 2. engines ---------------------------------------------------------------------------
-def ov_runner(handle: Any, precision: str, profiling: bool = False) -> Any:
-    """The backend's runner, compiled with the float ops in `precision` (fp32 / bf16)."""
+def ov_runner(handle: Any, precision: str, profiling: bool = False, rest: str = "fp32") -> Any:
+    """The backend's runner, compiled with the float ops in `precision` (fp32 / bf16; or
+    int8 with the float ops in `rest`); `profiling` turns OpenVINO's per-op counters on,
+    which the backend's own prepare() does not."""
     import openvino as ov
 
     from reactinfer.backends.openvino import BIN_FILE, XML_FILE, OvRunner, compile_config
 
     core = ov.Core()
     model = core.read_model(str(handle.files[XML_FILE]), str(handle.files[BIN_FILE]))
-    config = compile_config(precision, handle.backend_options.get("hint", "throughput"), None)
+    config = compile_config(precision, handle.backend_options.get("hint", "throughput"), None,
+                            rest)
     if profiling:
         config["PERF_COUNT"] = True  # ov::enable_profiling
     return OvRunner(handle, core.compile_model(model, "CPU", config))
@@ -455,9 +459,7 @@ def bounds(result: dict[str, Any]) -> dict[str, Any]:
 
 def write(result: dict[str, Any], out: Path) -> None:
     result["bound"] = bounds(result)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(out.with_suffix(".md").read_text())
+    write_results(out, result, markdown(result), indent=1)
 
 
 def markdown(r: dict[str, Any]) -> str:

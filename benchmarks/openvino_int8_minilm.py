@@ -15,12 +15,13 @@ reference speed. Writes results/openvino_int8_minilm.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import write_results
 
 OUT = Path(__file__).parent / "results" / "openvino_int8_minilm"
 
@@ -32,11 +33,12 @@ def main() -> None:
     a = ap.parse_args()
 
     import openvino as ov
+    from minilm_limit import ov_runner
 
     import reactinfer as ri
     from reactinfer.backends import to_backend
     from reactinfer.backends.onnx_layers import calibration_feeds, calibration_items
-    from reactinfer.backends.openvino import BIN_FILE, XML_FILE, OvRunner, compile_config
+    from reactinfer.backends.openvino import BIN_FILE, XML_FILE
     from reactinfer.backends.openvino_int8 import (
         SMOOTH_QUANT_ALPHAS,
         float_outputs,
@@ -61,14 +63,9 @@ def main() -> None:
     cal = calibration_feeds(fp32, calibration_items(fp32, 128), names=names)
     cal_ref = float_outputs(fp32_model, cal)
 
-    def runner(h: Any, precision: str) -> Any:
-        model = core.read_model(str(h.files[XML_FILE]), str(h.files[BIN_FILE]))
-        return OvRunner(h, core.compile_model(model, "CPU", compile_config(
-            precision, "throughput", None, rest)))
-
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Any] = {f"openvino {'bf16' if rest == 'bf16' else 'fp32'}":
-                               runner(fp32, "bf16" if rest == "bf16" else "fp32")}
+                               ov_runner(fp32, "bf16" if rest == "bf16" else "fp32")}
     rows[next(iter(runners))] = {"alpha": None, "fp32_layers": []}
 
     def add(label: str, **opts: Any) -> Any:
@@ -79,7 +76,7 @@ def main() -> None:
                        "fp32_layers": list(opts.get("fp32_layers", [])),
                        "build_s": time.perf_counter() - t0,
                        "calibration_error": output_error(float_outputs(model, cal), cal_ref)}
-        runners[label] = runner(h, "int8")
+        runners[label] = ov_runner(h, "int8", rest=rest)
         print(label, rows[label], file=sys.stderr, flush=True)
         return h
 
@@ -117,10 +114,7 @@ def main() -> None:
               "rest": rest, "auto_alpha": chosen, "ranking_s": rank_s,
               "ranked_first": ranked[:8], "rows": rows,
               "hardware": hw.to_dict(), "versions": package_versions()}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    OUT.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(OUT, result, markdown(result))
 
 
 def markdown(r: dict[str, Any]) -> str:

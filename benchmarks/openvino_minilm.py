@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
+from functools import partial
+from typing import Any
+
+from _common import alternate, median
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
@@ -48,7 +51,8 @@ def main() -> None:
     cands = [(n, o) for n, o in CANDIDATES if a.only in (None, n) or n == "torch"]
     if not native_bf16(hardware_profile().isa):
         cands = [(n, o) for n, o in cands if o.get("precision") != "bf16"]
-    handles, rows = [], []
+    handles: list[Any] = []
+    rows: list[dict[str, Any]] = []
     for name, opts in cands:
         t0 = time.perf_counter()
         h = base if name == "torch" else to_backend(base, name, **opts)
@@ -62,14 +66,19 @@ def main() -> None:
         results = task.evaluate(h.runner(), h.tokenizer, texts, a.batch_size, h.max_length)
         q = task.compare(ref, results)
         row.update(mean_cosine=round(q["mean_cosine"], 5), top10_recall=round(q["top10_recall"], 4))
-    for _ in range(a.rounds):  # alternate: every candidate once per round
-        for h, row in zip(handles, rows, strict=True):
-            t0 = time.perf_counter()
-            task.evaluate(h.runner(), h.tokenizer, texts, a.batch_size, h.max_length)
-            row["items_per_s"].append(len(texts) / (time.perf_counter() - t0))
-    torch_speed = statistics.median(rows[0]["items_per_s"])
+
+    def speed(h: Any) -> float:
+        t0 = time.perf_counter()
+        task.evaluate(h.runner(), h.tokenizer, texts, a.batch_size, h.max_length)
+        return len(texts) / (time.perf_counter() - t0)
+
+    # every candidate once per round
+    speeds = alternate({str(i): partial(speed, h) for i, h in enumerate(handles)}, a.rounds)
+    for i, row in enumerate(rows):
+        row["items_per_s"] = speeds[str(i)]
+    torch_speed = median(rows[0]["items_per_s"])
     for row in rows:
-        row["median_items_per_s"] = round(statistics.median(row["items_per_s"]), 1)
+        row["median_items_per_s"] = round(median(row["items_per_s"]), 1)
         row["x_torch"] = round(row["median_items_per_s"] / torch_speed, 2)
         row["items_per_s"] = [round(x, 1) for x in row["items_per_s"]]
     print(json.dumps({"hardware": hardware_profile().summary(), "versions": package_versions(),

@@ -26,7 +26,6 @@ from reactinfer.backends import to_backend
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
 from reactinfer.tasks import iter_batches
-from reactinfer.tasks.causal_lm import _per_row, next_token_scores
 
 
 def _full_logits_stats(logits: np.ndarray, input_ids: np.ndarray, mask: np.ndarray
@@ -72,6 +71,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out")
     a = ap.parse_args()
+    from reactinfer.tasks.causal_lm import _per_row, next_token_scores  # torch: after --help
+
     h = ri.load(a.model)
     if a.backend != "torch":
         h = to_backend(h, a.backend)

@@ -18,12 +18,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from _common import RESULTS as OUT
+from _common import ROOT, alternate, hardware, write_results
 from anchor_st import run_st_anchor
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = Path(__file__).parent / "results"
 
 
 def react_engine(label: str, handle, texts: list[str], rounds: int) -> dict:
@@ -45,7 +45,6 @@ def main() -> None:
     a = p.parse_args()
 
     import reactinfer as ri
-    from reactinfer.core.hardware import hardware_profile, package_versions
     from reactinfer.data import texts_for
     from reactinfer.models.zoo import BUILTINS
     from reactinfer.planner import optimize
@@ -60,21 +59,17 @@ def main() -> None:
     model_dir = str(BUILTINS["minilm"].path())
 
     base, best = ri.load("minilm"), ri.load(run / "best")
-    engines = {}
-    for _ in range(a.rounds):  # alternate engines round by round: the machine drifts
-        for name, fn in (
-            ("st-torch", lambda: run_st_anchor("torch", texts, model_dir)),
-            ("st-onnx", lambda: run_st_anchor("onnx", texts, model_dir)),
-            ("st-openvino", lambda: run_st_anchor("openvino", texts, model_dir)),
-            ("react-baseline", lambda: react_engine("ReAct baseline (torch eager)", base,
-                                                    texts, 1)),
-            ("react-best", lambda: react_engine(f"ReAct best: {plan['best_recipe']}", best,
-                                                texts, 1)),
-        ):
-            engines.setdefault(name, []).append(fn())
+    engines = alternate({  # engines round by round: the machine drifts
+        "st-torch": lambda: run_st_anchor("torch", texts, model_dir),
+        "st-onnx": lambda: run_st_anchor("onnx", texts, model_dir),
+        "st-openvino": lambda: run_st_anchor("openvino", texts, model_dir),
+        "react-baseline": lambda: react_engine("ReAct baseline (torch eager)", base, texts, 1),
+        "react-best": lambda: react_engine(f"ReAct best: {plan['best_recipe']}", best, texts,
+                                           1),
+    }, a.rounds)
     task = get_task("embedding")
     ref = engines["react-baseline"][-1]["embeddings"]
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name, runs in engines.items():
         ok = [x for x in runs if "error" not in x]
         if not ok:
@@ -107,11 +102,8 @@ def main() -> None:
                   "mean_cosine": q_unseen["mean_cosine"],
                   "top10_recall": q_unseen["top10_recall"], "ci95": q_unseen.get("ci95")},
               "plan": {k: plan[k] for k in ("verdict", "best_recipe", "stop", "seconds")},
-              "hardware": hardware_profile().to_dict(), "versions": package_versions()}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "planner_minilm.json").write_text(json.dumps(result, indent=2) + "\n")
-    (OUT / "planner_minilm.md").write_text(markdown(result))
-    print(markdown(result))
+              **hardware()}
+    write_results(OUT / "planner_minilm", result, markdown(result))
 
 
 def markdown(r: dict) -> str:

@@ -13,30 +13,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from _common import RESULTS as OUT
+from _common import median, write_results
 
 import reactinfer as ri
-from reactinfer.compression import Distill, PruneChannels, RecalibrateBatchNorm
-from reactinfer.compression.channels import example_input, size_of
+from reactinfer.core import ModelHandle
 from reactinfer.core.hardware import hardware_profile
 from reactinfer.data import texts_for
 
-OUT = Path(__file__).parent / "results"
+if TYPE_CHECKING:  # torch and the compression package load under main(): --help stays fast
+    import torch
 
+    from reactinfer.compression import Distill
 
-def digits_test(handle) -> tuple[torch.Tensor, np.ndarray]:
+def digits_test(handle: ModelHandle) -> tuple[torch.Tensor, np.ndarray]:
     """The test split as pixels (360, 1, 8, 8) and labels (360,)."""
+    import torch
+
     items = texts_for("eval", None, preprocess=handle.tokenizer)
     x = torch.from_numpy(handle.tokenizer(items)["pixel_values"])
     return x, np.asarray([it.label for it in items])
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    import torch
+
     with torch.inference_mode():
         return model.eval()(x).numpy()
 
@@ -48,6 +53,8 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
 def throughput(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int,
                seconds: float = 1.0) -> dict[str, float]:
     """Items/s of each model on batch `x`, rounds alternating between the models."""
+    import torch
+
     runs: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():
@@ -59,12 +66,14 @@ def throughput(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int,
                     m(x)
                     n += 1
                 runs[k].append(n * len(x) / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return {k: median(v) for k, v in runs.items()}
 
 
 def distill_cfg(steps: int, seed: int = 0) -> Distill:
     """Logit KD from the original (T = 2) plus the digits' labels (alpha 0.5), AdamW with
     warm-up and cosine decay; best of the validation slice of the train split kept."""
+    from reactinfer.compression import Distill
+
     return Distill(steps=steps, batch_size=64, lr=2e-3, alpha=0.5, temperature=2.0,
                    eval_every=50, patience=100, seed=seed, progress=False)
 
@@ -82,12 +91,19 @@ def main() -> None:
         report = json.loads((OUT / "prune_digits.json").read_text())
         (OUT / "prune_digits.md").write_text(markdown(report))
         return
+    import torch
+
+    from reactinfer.compression import PruneChannels, RecalibrateBatchNorm
+    from reactinfer.compression.channels import example_input, size_of
+
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
     h = ri.load("resnet18-digits")
     x, y = digits_test(h)
+    assert h.model is not None  # a built-in torch model
     ref = logits(h.model, x).argmax(-1)
-    rows, models = [], {"original": h.model}
+    rows: list[dict] = []
+    models: dict[str, torch.nn.Module] = {"original": h.model}
     size0 = size_of(h.model, example_input(h))
     for ratio in a.ratios:
         t0 = time.perf_counter()
@@ -97,6 +113,7 @@ def main() -> None:
         bn_only = ri.compress(pruned, RecalibrateBatchNorm())
         secs = time.perf_counter() - t0
         name = f"pruned {round(ratio * 100)}%"
+        assert pruned.model and kd.model and recal.model and bn_only.model
         models[name] = recal.model
         rows.append({"name": name, "ratio": ratio, **{
             k: pruned.metrics["prune_channels"][f"{k}_after"] for k in ("params", "macs")},
@@ -116,10 +133,7 @@ def main() -> None:
               "original": {**size0, "accuracy": accuracy(h.model, x, y),
                            "items_per_s": speed["original"]},
               "rows": rows}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "prune_digits.json").write_text(json.dumps(report, indent=2, default=str))
-    (OUT / "prune_digits.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(OUT / "prune_digits", report, markdown(report))
 
 
 def cpu_line(r: dict) -> str:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-OUT = Path(__file__).parent / "results"
+from _common import RESULTS as OUT
+from _common import alternate, table_head, write_results
 
 
 def main() -> None:
@@ -63,11 +65,12 @@ def main() -> None:
     handles = [(name, to_backend(base, "onnxruntime", **opts)) for name, opts in variants]
     quality = {name: task.compare(ref, measure(h, texts, 32, latency_runs=1, progress=False)[1])
                for name, h in handles}
-    speed: dict[str, list[float]] = {name: [] for name, _ in handles}
-    for _ in range(args.rounds):  # alternating rounds: the machine's noise hits all alike
-        for name, h in handles:
-            rep, _ = measure(h, texts[:args.n_remeasure], 32, latency_runs=1, progress=False)
-            speed[name].append(rep["throughput"]["items_per_s"])
+    def items_per_s(h: Any) -> float:
+        rep, _ = measure(h, texts[:args.n_remeasure], 32, latency_runs=1, progress=False)
+        return float(rep["throughput"]["items_per_s"])
+
+    # alternating rounds: the machine's noise hits all alike
+    speed = alternate({name: partial(items_per_s, h) for name, h in handles}, args.rounds)
     rows = [{"variant": name, "fp32_layers": len(opts.get("fp32_layers", [])),
              "items_per_s": float(np.median(speed[name])), "rounds": speed[name],
              "mean_cosine": quality[name]["mean_cosine"],
@@ -80,8 +83,8 @@ def main() -> None:
              f"throughput at batch 32 on {min(len(texts), args.n_remeasure)} held-out texts, "
              f"median of {args.rounds} alternating rounds; quality against the original "
              f"(torch fp32) on {len(texts)}", "",
-             "| variant | layers in fp32 | items/s | × ORT fp32 | mean cosine | top-10 recall |",
-             "|---|---|---|---|---|---|"]
+             *table_head("variant", "layers in fp32", "items/s", "× ORT fp32", "mean cosine",
+                         "top-10 recall")]
     for row in rows:
         lines.append(f"| {row['variant']} | {row['fp32_layers']} | {row['items_per_s']:.1f} | "
                      f"×{row['items_per_s'] / fp32:.2f} | {row['mean_cosine']:.4f} | "
@@ -91,12 +94,8 @@ def main() -> None:
     smallest = min(met, key=lambda row: row["fp32_layers"], default=None)
     lines += ["", f"planner best: {r['best']['action']}; smallest fallback within the bound: "
               + (f"{smallest['fp32_layers']} layers in fp32" if smallest else "none"), ""]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "repair_minilm.json").write_text(json.dumps({"rows": rows, "best": r["best"]["action"],
-                                                        "trials": r["trials"]}, indent=2,
-                                                       default=str))
-    (OUT / "repair_minilm.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT / "repair_minilm", {"rows": rows, "best": r["best"]["action"],
+                                          "trials": r["trials"]}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

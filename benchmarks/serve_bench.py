@@ -30,26 +30,25 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import psutil
+from _common import ROOT, hardware, serving, write_results
 
 import reactinfer as ri
 from reactinfer.core.artifact import Artifact
-from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.data import texts_for
 from reactinfer.serving.loadtest import run_loadtest
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPUS: set[int] | None = None  # --server-cpus: the server processes' affinity
 THREADS = 1  # --threads: the servers' torch threads
 
@@ -86,10 +85,10 @@ def build_variants(work: Path, n_eval: int, minilm: str | None = None) -> dict[s
     base, _ = load_minilm(minilm)
     out = {"fp32": {"path": str(work / "minilm-fp32"), "quality": {"mean_cosine": 1.0}}}
     Artifact.save(base, work / "minilm-fp32")
-    recipes = {"int8": [QuantizeDynamicInt8(per_channel=True)],
-               "3l-int8": [DropLayers(keep=0.5), Distill(steps=400, time_budget_s=120,
-                                                         progress=False),
-                           QuantizeDynamicInt8(per_channel=True)]}
+    recipes: dict[str, list[Any]] = {
+        "int8": [QuantizeDynamicInt8(per_channel=True)],
+        "3l-int8": [DropLayers(keep=0.5), Distill(steps=400, time_budget_s=120, progress=False),
+                    QuantizeDynamicInt8(per_channel=True)]}
     for name, recipe in recipes.items():
         h = ri.compress(base, recipe)
         report = ri.bench(h, n_eval=n_eval, latency_runs=3, progress=False, reference=base)
@@ -101,39 +100,16 @@ def build_variants(work: Path, n_eval: int, minilm: str | None = None) -> dict[s
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def server(models: list[str], *flags: str, src: Path = ROOT / "src"):
+def server(models: list[str], *flags: str, src: Path = ROOT / "src"
+           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`react serve` of `models` from the package in `src`, until the block ends."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(src))
-    proc = subprocess.Popen([sys.executable, "-m", "reactinfer", "serve", *models, "--port",
-                             str(port), "--threads", str(THREADS), "--cache-size", "0", *flags],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, SERVER_CPUS))
-                            if SERVER_CPUS else None)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1200):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/v2/health/ready").status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode())
-            time.sleep(0.1)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    cpus = SERVER_CPUS
+    with serving([sys.executable, "-m", "reactinfer", "serve", *models, "--threads",
+                  str(THREADS), "--cache-size", "0", *flags], "/v2/health/ready",
+                 dict(os.environ, PYTHONPATH=str(src)), timeout_s=120,
+                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None) as up:
+        yield up
 
 
 def metric(base: str, name: str, **labels: str) -> float:
@@ -327,6 +303,7 @@ def drain(variants: dict, texts: list[str], sat: float, a: argparse.Namespace) -
         rc = proc.wait(120)
         exit_s = time.perf_counter() - t0
         t.join()
+        assert proc.stderr is not None  # serving() pipes it when given no log
         closing = [ln for ln in proc.stderr.read().decode().splitlines() if "drained;" in ln]
     errors = result.get("client_errors", {})
     # ConnectError: refused (listener closed). ClosedBeforeResponse: a keep-alive connection
@@ -472,12 +449,13 @@ def main() -> None:
             variants = build_variants(work, a.n_eval, a.minilm)
             cached.write_text(json.dumps(variants, default=str))
         print("variants ready", round(time.time() - t0), "s", flush=True)
-        if a.client_cpus:
-            os.sched_setaffinity(0, cpu_list(a.client_cpus))
+        client_cpus = cpu_list(a.client_cpus)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
         r: dict[str, Any] = {"args": vars(a), "variants": variants}
-        sections = {"batching": batching, "ladder": ladder, "overload": overload,
-                    "drain": drain}
-        for name in (a.only.split(",") if a.only else sections):
+        sections: dict[str, Callable[..., dict]] = {
+            "ladder": ladder, "overload": overload, "drain": drain}
+        for name in (a.only.split(",") if a.only else ["batching", *sections]):
             if name == "batching":
                 r["batching"] = batching(variants, texts, a)
                 r["saturation_rate_fp32"] = r["batching"]["on"]["closed_loop"]["items_per_s"]
@@ -491,14 +469,9 @@ def main() -> None:
         print(json.dumps({k: r[k] for k in a.only.split(",")}, indent=1, default=str))
         return
     r["command"] = "PYTHONPATH=src python benchmarks/serve_bench.py " + " ".join(sys.argv[1:])
-    r["hardware"] = hardware_profile().to_dict()
-    r["versions"] = package_versions()
+    r.update(hardware())
     r["wall_s"] = time.time() - t0
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.stem}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    (out / f"{a.stem}.md").write_text(markdown(r) + "\n")
-    print(markdown(r))
+    write_results(Path(a.out) / a.stem, r, markdown(r) + "\n")
 
 
 if __name__ == "__main__":

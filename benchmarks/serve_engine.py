@@ -21,22 +21,18 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anchor_st import run_st_anchor  # noqa: E402
-from serve_bench import server, short_texts  # noqa: E402
+from _common import ROOT, hardware, write_results
+from anchor_st import run_st_anchor
+from serve_bench import server, short_texts
 
-import reactinfer as ri  # noqa: E402
-from reactinfer.core.hardware import hardware_profile, package_versions  # noqa: E402
-from reactinfer.serving.rawhttp import RawClient  # noqa: E402
-from reactinfer.tasks import iter_batches, tokenize  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+import reactinfer as ri
+from reactinfer.serving.rawhttp import RawClient
+from reactinfer.tasks import iter_batches, tokenize
 
 
 def make_artifact(path: Path) -> Path:
@@ -214,9 +210,7 @@ def main() -> None:
     if a.render:
         result = json.loads((out / f"{a.stem}.json").read_text())
         result["summary"] = summarise(result["rounds"])
-        (out / f"{a.stem}.json").write_text(json.dumps(result, indent=1, default=str))
-        (out / f"{a.stem}.md").write_text(markdown(result))
-        print(markdown(result))
+        write_results(out / a.stem, result, markdown(result), indent=1)
         return
 
     from reactinfer.models.zoo import BUILTINS
@@ -247,10 +241,8 @@ def main() -> None:
              f"{json.dumps(manifest.get('backend_options', {}))}"
     result = {"args": vars(a), "artifact": str(artifact), "rounds": rounds, "engine": engine,
               "summary": summarise(rounds), "note": a.note,
-              "hardware": hardware_profile().to_dict(), "versions": package_versions()}
-    (out / f"{a.stem}.json").write_text(json.dumps(result, indent=1, default=str))
-    (out / f"{a.stem}.md").write_text(markdown(result))
-    print(markdown(result))
+              **hardware()}
+    write_results(out / a.stem, result, markdown(result), indent=1)
 
 
 if __name__ == "__main__":

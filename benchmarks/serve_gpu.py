@@ -13,22 +13,19 @@ gpu_serve.json and gpu_serve.md to --out (default benchmarks/results).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
+from _common import RESULTS as OUT
+from _common import write_results
 from gpu import load_minilm
 from serve_bench import batching, short_texts
 
 from reactinfer.core.artifact import Artifact
 from reactinfer.core.hardware import hardware_profile
-
-OUT = Path(__file__).parent / "results"
 
 
 def run(label: str, device: str, max_batch: int, variants: dict, texts: list[str],
@@ -93,7 +90,6 @@ def main() -> None:
     if a.quick:
         a.duration, plan = 1.0, plan[-1:]
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     r: dict = {"command": "PYTHONPATH=src python benchmarks/serve_gpu.py " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
                "hardware": hardware_profile().to_dict(), "rows": []}
@@ -108,8 +104,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - record it, run the rest
                 r.setdefault("errors", []).append(f"{label} max batch {mb}: "
                                                   f"{type(e).__name__}: {e}"[:500])
-            (out / "gpu_serve.json").write_text(json.dumps(r, indent=1, default=str))
-            (out / "gpu_serve.md").write_text(markdown(r))
+            write_results(out / "gpu_serve", r, markdown(r), indent=1, echo=False)
     print(markdown(r))
 
 

@@ -29,22 +29,20 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from _common import ROOT, serving, write_results
 
 from reactinfer.core.hardware import hardware_profile, package_versions
 from reactinfer.models.zoo import BUILTINS
 
-ROOT = Path(__file__).resolve().parents[1]
 THREADS = os.cpu_count() or 1
 QUESTIONS = ["Write a short story about a lighthouse keeper.",
              "Explain how a bicycle works, step by step.",
@@ -56,43 +54,16 @@ QUESTIONS = ["Write a short story about a lighthouse keeper.",
              "Tell a story about a cat who learns to fly."]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def process(cmd: list[str], ready_path: str, timeout_s: float = 600, src: Path = ROOT):
+def process(cmd: list[str], ready_path: str, timeout_s: float = 600, src: Path = ROOT
+            ) -> Iterator[tuple[str, float]]:
     """Run a server until the block ends; yield its base URL and its start-up time (from
     the launch until `ready_path` answers 200). `src`: the checkout whose src/ it runs."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(src / "src"))
     t0 = time.monotonic()
-    log = tempfile.TemporaryFile()  # not a pipe: a chatty server would fill it and block
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + ready_path).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(log.read().decode(errors="replace")[-2000:])
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"{cmd[:4]} not ready after {timeout_s} s")
+    with tempfile.TemporaryFile() as log, \
+            serving(cmd, ready_path, dict(os.environ, PYTHONPATH=str(src / "src")),
+                    timeout_s=timeout_s, poll_s=0.2, log=log) as (base, _):
         yield base, time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
 
 
 async def one_chat(client: httpx.AsyncClient, model: str, question: str, max_tokens: int
@@ -149,7 +120,7 @@ def roofline(path: Path, tokens: int) -> list[dict[str, Any]]:
     llm = Llama(model_path=str(path), n_ctx=256, n_threads=THREADS, verbose=False)
     eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 512, 8, 64)
     prompt = llm.tokenize(b"Once upon a time")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in (1, 4, 8, 1, 4, 8):  # twice, alternating: the better of the two counts
         sids = [eng.start(prompt, tokens) for _ in range(b)]
         out = eng.step().logits  # the prompts
@@ -192,7 +163,8 @@ def burst(handle: Any, budgets: tuple[int, ...] = (128, 512), tokens: int = 16,
     for _ in range(rounds):
         for b, eng in engines.items():
             sids = [eng.start(p, tokens) for p in prompts]
-            t0, firsts, steps = time.perf_counter(), {}, []
+            t0, steps = time.perf_counter(), []
+            firsts: dict[int, float] = {}
             while len(firsts) < len(sids):
                 ts = time.perf_counter()
                 out = eng.step()
@@ -349,11 +321,7 @@ def main() -> None:
     handle = gguf_on_llamacpp("smollm2")
     assert handle is not None
     r["burst"], r["step_profile"] = burst(handle), step_profile(handle)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_llm.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    (out / "serve_llm.md").write_text(markdown(r) + "\n")
-    print(markdown(r))
+    write_results(Path(a.out) / "serve_llm", r, markdown(r) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import psutil
 import serve_bench as sb
+from _common import ROOT, table_head, write_results
 
 from reactinfer.serving.loadtest import run_loadtest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def loop_cpu(src: Path, paths: list[str], texts: list[str], rate: float, seconds: float
@@ -77,18 +76,15 @@ def main() -> None:
              f"Command: `PYTHONPATH=src python benchmarks/serve_loop_cpu.py "
              f"{' '.join(sys.argv[1:])}`. Poisson {a.rate:g} req/s for {a.seconds:g} s, "
              "alternating pairs in one run; the load generator shares the machine.", "",
-             "| pair | code | loop CPU µs / request | 429 round trip p99 ms | statuses |",
-             "|---|---|---|---|---|"]
+             *table_head("pair", "code", "loop CPU µs / request", "429 round trip p99 ms",
+                         "statuses")]
     lines += [f"| {r['pair']} | {r['code']} | {r['loop_cpu_us_per_request']:.0f} | "
               f"{r['shed_round_trip_ms']['p99'] or 0:.1f} | {r['status_counts']} |" for r in rows]
     base_mean, new_mean = mean.values()
     lines += ["", f"Mean: base {base_mean:.0f} µs, this tree {new_mean:.0f} µs "
               f"({100 * (new_mean / base_mean - 1):+.0f} %)."]
-    out = Path(a.out)
-    (out / "serve_loop_cpu.json").write_text(json.dumps({"args": vars(a), "rows": rows},
-                                                        indent=1) + "\n")
-    (out / "serve_loop_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(Path(a.out) / "serve_loop_cpu", {"args": vars(a), "rows": rows},
+                  "\n".join(lines) + "\n", indent=1)
 
 
 if __name__ == "__main__":

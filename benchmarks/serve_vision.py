@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import shlex
 import statistics
 import sys
@@ -26,16 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ROOT, hardware, write_results
+from serve_bench import closed_loop_bodies, server
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import closed_loop_bodies, server  # noqa: E402
+import reactinfer as ri
+from reactinfer.backends.torch_eager import set_threads
+from reactinfer.data.images import photo_path
 
-import reactinfer as ri  # noqa: E402
-from reactinfer.backends.torch_eager import set_threads  # noqa: E402
-from reactinfer.core.hardware import hardware_profile, package_versions  # noqa: E402
-from reactinfer.data.images import photo_path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right", "china",
           "flower", "grace_hopper")
 PATH = "/v2/models/efficientnet-lite0/infer"
@@ -132,13 +128,10 @@ def main() -> None:
               "concurrency": a.concurrency, "note": a.note,
               "mean_file_kb": float(np.mean([f.stat().st_size for f in files]) / 1e3),
               "per_round": per, "median": {k: statistics.median(v) for k, v in per.items()},
-              "machine": hardware_profile().summary(),
-              "hardware": hardware_profile().to_dict(), "packages": package_versions()}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+              **hardware()}
+    result["machine"] = result["hardware_summary"]  # the names serve_vision.md was written with
+    result["packages"] = result.pop("versions")
+    write_results(Path(a.out), result, markdown(result), indent=1)
 
 
 if __name__ == "__main__":

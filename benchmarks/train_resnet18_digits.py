@@ -12,12 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
 
 from reactinfer.core.files import sha256_file
 from reactinfer.data.images import digits_split, load_digits
-from reactinfer.models.vision import train_resnet_digits
 
 DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "src" / "reactinfer" / "models" / "weights"
                / "resnet18-digits.safetensors")
@@ -29,6 +26,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = ap.parse_args()
+    import torch  # here, not above: --help stays fast
+    from safetensors.torch import save_file
+
+    from reactinfer.models.vision import train_resnet_digits
+
     torch.set_num_threads(1)  # small convolutions: a second thread costs more than it gives
     images, labels = load_digits()
     split = digits_split()

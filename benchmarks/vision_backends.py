@@ -16,29 +16,29 @@ names other files).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
+from _common import RESULTS as OUT
+from _common import alternate, hardware, write_results
 
 import reactinfer as ri
 from reactinfer.backends import to_backend
 from reactinfer.backends.onnx_layers import depthwise_convs
 from reactinfer.core.backend import list_backends
-from reactinfer.core.hardware import hardware_profile, native_bf16, package_versions
+from reactinfer.core.hardware import hardware_profile, native_bf16
 from reactinfer.data import texts_for
 from reactinfer.tasks import get_task, tokenize
 
-OUT = Path(__file__).parent / "results"
 MIN_ROUND_S = 0.3
 
 
 def engines(h: Any, threads: int) -> dict[str, Any]:
     """name → handle on its backend (skipping what this machine cannot run)."""
     out = {"torch eager fp32": to_backend(h, "torch", threads=threads)}
-    ort = {"threads": threads}
+    ort: dict[str, Any] = {"threads": threads}
     fp32 = to_backend(h, "onnxruntime", precision="fp32", **ort)
     out["onnxruntime fp32"] = fp32
     out["onnxruntime int8-static"] = to_backend(h, "onnxruntime", precision="int8-static",
@@ -75,14 +75,13 @@ def run_model(name: str, batch_size: int, rounds: int, threads: int) -> dict[str
     convert_s = time.perf_counter() - t0
     runners = {k: v.runner() for k, v in handles.items()}
     task = get_task("image-classification")
-    results = {k: task.evaluate(r, h.tokenizer, items, batch_size) for k, r in runners.items()}
+    results = {k: task.evaluate(r, h.tokenizer, items, batch_size, 0)
+               for k, r in runners.items()}
     ref = results["torch eager fp32"]
     # small batches (8×8 digits) take a millisecond: repeat them to about MIN_ROUND_S
     reps = {k: max(1, int(MIN_ROUND_S / max(_timed(r, batch), 1e-6))) for k, r in runners.items()}
-    secs: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):  # alternate: each round times every engine once
-        for k, r in runners.items():
-            secs[k].append(_timed(r, batch, reps[k]))
+    # each round times every engine once
+    secs = alternate({k: partial(_timed, r, batch, reps[k]) for k, r in runners.items()}, rounds)
     base = np.asarray(secs["torch eager fp32"])
     rows = []
     for k in runners:
@@ -95,8 +94,6 @@ def run_model(name: str, batch_size: int, rounds: int, threads: int) -> dict[str
 
 
 def write(res: dict[str, Any], name: str) -> None:
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = ["# Image models on every CPU engine", "",
              f"{res['hardware_summary']}  ",
              "one process, rounds alternate between engines; the CPU is shared with other "
@@ -114,7 +111,7 @@ def write(res: dict[str, Any], name: str) -> None:
                          f"{r['top1_agreement']:.4f} | {r['top5_overlap']:.4f} | "
                          f"{r['kl_divergence']:.2e} | {acc} |")
         lines.append("")
-    (OUT / f"{name}.md").write_text("\n".join(lines))
+    write_results(OUT / name, res, "\n".join(lines), echo=False)
 
 
 def main() -> None:
@@ -125,9 +122,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["resnet18-digits", "efficientnet-lite0"])
     ap.add_argument("--out", default="vision_backends", help="results file name (no suffix)")
     a = ap.parse_args()
-    hw = hardware_profile()
-    res: dict[str, Any] = {"hardware": hw.to_dict(), "hardware_summary": hw.summary(),
-                           "versions": package_versions(), "models": []}
+    res: dict[str, Any] = {**hardware(), "models": []}
     for name in a.models:
         m = run_model(name, a.batch, a.rounds, a.threads)
         res["models"].append(m)

@@ -236,11 +236,11 @@ def test_tpot_objective_holds_new_sequences_back_and_is_reported(tiny_gguf):
                     "/v1/completions", json=sampled("read the data", 1, 4))))
                 t.start()
                 for _ in range(500):  # bounded: until the request is in the queue
-                    if batcher._queue:
+                    if batcher.queue.items:
                         break
                     time.sleep(0.01)
                 content(lines, 3)  # more steps of the first: the second still waits
-                assert len(batcher._queue) == 1 and eng.running == 1
+                assert len(batcher.queue.items) == 1 and eng.running == 1
                 list(lines)
             t.join(60)
         finally:

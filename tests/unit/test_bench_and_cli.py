@@ -155,18 +155,20 @@ def test_bench_default_eval_sample_is_small_for_lms_and_recorded(tmp_path):
     # issue #14: `react bench smollm2` evaluated all 1,000 texts by default (~25 min)
     from reactinfer.data import texts_for
     from reactinfer.measure import format_report
-    from reactinfer.measure.harness import DEFAULT_LATENCY_RUNS, DEFAULT_N_EVAL
+    from reactinfer.tasks import get_task
+
+    lm = get_task("causal-lm")
 
     data = tmp_path / "d.txt"
     data.write_text("\n".join(f"open the archive and close it when done {i}"
                               for i in range(800)))
     available = len(texts_for("eval", str(data)))
-    assert available > DEFAULT_N_EVAL["causal-lm"]
+    assert available > lm.default_n_eval
     kw = {"batch_size": 8, "data": str(data), "gen_tokens": 0, "progress": False}
     r = ri.bench(tiny_handle("causal-lm"), **kw)
-    assert r["n_eval"] == DEFAULT_N_EVAL["causal-lm"] == 64
+    assert r["n_eval"] == lm.default_n_eval == 64
     assert r["n_eval_available"] == available and r["n_eval_default"] is True
-    assert r["latency_ms"]["n"] == DEFAULT_LATENCY_RUNS["causal-lm"]
+    assert r["latency_ms"]["n"] == lm.latency_runs
     assert f"64 of {available}" in format_report(r) and "--n-eval all" in format_report(r)
     r = ri.bench(tiny_handle("causal-lm"), n_eval="all", latency_runs=2, **kw)
     assert r["n_eval"] == available and r["n_eval_default"] is False

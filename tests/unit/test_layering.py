@@ -93,3 +93,105 @@ def test_core_names_only_the_plugin_packages_it_loads():
     for kind, modules in plugins.BUILTIN.items():
         for m in modules:
             assert m.split(".")[1] in LEVEL and LEVEL[m.split(".")[1]] > LEVEL["core"], kind
+
+
+# -- inside a subpackage: files form no circle ------------------------------------------------
+# Counted like the layers (imports inside functions too), except imports under
+# `if TYPE_CHECKING:`, which annotations need and which never run. When two files need each
+# other, the shared part goes to a third file below both (DESIGN.md).
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks (not their `else`)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for stmt in node.body:
+                skip.update(id(n) for n in ast.walk(stmt))
+    return skip
+
+
+def _module_file(root: Path, parts: list[str]) -> Path | None:
+    """The file of module `parts` under `root` (longest prefix that is a module), or None
+    for the package itself."""
+    while parts:
+        base = root.joinpath(*parts)
+        for f in (base.with_suffix(".py"), base / "__init__.py"):
+            if f.is_file():
+                return f
+        parts = parts[:-1]
+    return None
+
+
+def imported_modules(path: Path, root: Path = ROOT) -> set[Path]:
+    """Files of the package at `root` that `path` imports when it runs."""
+    here = path.relative_to(root).with_suffix("").parts[:-1]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_only(tree)
+    targets: list[list[str]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(here):
+                    continue
+                mod = list(here[:len(here) - node.level + 1])
+            elif node.module and node.module.split(".")[0] == root.name:
+                mod = []
+            else:
+                continue
+            mod += node.module.split(".")[1 if not node.level else 0:] if node.module else []
+            targets += [mod + [a.name] for a in node.names]  # a name or a submodule
+        elif isinstance(node, ast.Import):
+            targets += [a.name.split(".")[1:] for a in node.names
+                        if a.name.split(".")[0] == root.name]
+    found = {_module_file(root, t) for t in targets}
+    return {f for f in found if f is not None and f != path}
+
+
+def file_circles(root: Path = ROOT) -> list[list[str]]:
+    """Sets of files of one subpackage that import each other round (each sorted)."""
+    graph: dict[Path, set[Path]] = {}
+    for path in root.rglob("*.py"):
+        pkg = path.relative_to(root).parts
+        if len(pkg) > 1:  # top-level modules are the facade
+            graph[path] = {f for f in imported_modules(path, root)
+                           if f.relative_to(root).parts[0] == pkg[0]}
+
+    def reach(start: Path) -> set[Path]:
+        seen: set[Path] = set()
+        todo = list(graph.get(start, ()))
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo += graph.get(n, ())
+        return seen
+
+    reaches = {p: reach(p) for p in graph}
+    circles = {frozenset(q for q in reaches[p] if p in reaches[q])  # p's circle
+               for p in graph if p in reaches[p]}
+    return sorted(sorted(str(f.relative_to(root)) for f in c) for c in circles)
+
+
+def test_no_circle_among_the_files_of_a_subpackage():
+    circles = file_circles()
+    assert not circles, "files that import each other round (move the shared part to a " \
+        "file below them):\n" + "\n".join(", ".join(c) for c in circles)
+
+
+def test_the_file_checker_sees_circles_through_functions_but_not_type_checking(tmp_path):
+    sub = tmp_path / "reactinfer" / "sub"
+    sub.mkdir(parents=True)
+    (tmp_path / "reactinfer" / "__init__.py").write_text("")
+    (sub / "__init__.py").write_text("")
+    (sub / "a.py").write_text("from .b import f\nfrom . import c\n")
+    (sub / "b.py").write_text("def f():\n    from reactinfer.sub.a import g\n")
+    (sub / "c.py").write_text("from typing import TYPE_CHECKING\n"
+                              "if TYPE_CHECKING:\n    from .a import g\n")
+    (sub / "d.py").write_text("import reactinfer.sub.c\n")
+    root = tmp_path / "reactinfer"
+    assert imported_modules(sub / "a.py", root) == {sub / "b.py", sub / "c.py"}
+    assert imported_modules(sub / "c.py", root) == set()
+    assert imported_modules(sub / "d.py", root) == {sub / "c.py"}
+    assert file_circles(root) == [["sub/a.py", "sub/b.py"]]

@@ -208,7 +208,7 @@ def test_bound_decided_needs_every_interval_on_the_right_side():
 
 
 def test_embeddings_are_judged_on_the_re_measure_corpus_by_default():
-    from reactinfer.planner.loop import DEFAULT_N_EVAL, PlanSettings, default_n_eval
+    from reactinfer.planner.settings import DEFAULT_N_EVAL, PlanSettings, default_n_eval
 
     s = PlanSettings(model="minilm")
     assert default_n_eval("embedding", s) == s.confirm_n_eval == 1000

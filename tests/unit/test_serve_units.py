@@ -107,7 +107,7 @@ def test_a_batch_gathers_beyond_max_batch_only_when_the_earliest_deadline_allows
             ladder = _ladder()
             b = Batcher("m", ladder, ServeConfig(max_batch=4, max_delay_ms=0), Metrics())
             for _ in range(GATHER * 4):
-                b._queue.append(Request("encode", Job(time.monotonic() + deadline_s, items=1),
+                b.queue.items.append(Request("encode", Job(time.monotonic() + deadline_s, items=1),
                                         loop, loop.create_future(), texts=["x"]))
             batch, _ = b._next()
             assert sum(r.job.items for r in batch) == most
@@ -137,11 +137,11 @@ def test_admission_memo_follows_the_queue_and_the_worker():
         second = admit(4)  # the queue changed: predicted anew, and later
         assert len(calls) == 2 and second > first
         batch, _ = b._next()  # the worker takes a batch: busy now, the queue shorter
-        assert sum(r.job.items for r in batch) <= GATHER * 4 and len(b._queue) < 2
+        assert sum(r.job.items for r in batch) <= GATHER * 4 and len(b.queue.items) < 2
         now = time.monotonic()
         job = Job(now + 1.0, items=1)
         predicted = b._least_finish(job, max(0.0, b._busy_until - now))
-        edf = sorted((r.job for r in b._queue), key=lambda j: j.deadline)
+        edf = sorted((r.job for r in b.queue.items), key=lambda j: j.deadline)
         assert predicted == pytest.approx(real(edf, job, max(0.0, b._busy_until - now)))
         assert len(calls) == 3
     finally:
@@ -179,7 +179,7 @@ def test_admission_scales_its_prediction_by_the_calibration():
                             loop.create_future(), texts=["x"]))
 
         ask(3)  # 2 ms predicted, 3 ms left: admitted
-        b._queue.clear()
+        b.queue.items.clear()
         ask(10_000)  # one request with a late deadline waits (EDF: behind the next ones)
         for _ in range(60):  # answers have been taking 4x their prediction
             b.calibration.observe(0.010, 0.040)
@@ -188,9 +188,9 @@ def test_admission_scales_its_prediction_by_the_calibration():
             ask(3)  # 2 ms x 4 = 8 ms > 3 ms left
         assert "predicted 8 ms" in str(e.value)
         ask(20)
-        assert b._queue[-1].predicted == pytest.approx(0.002)  # stored uncalibrated
+        assert b.queue.items[-1].predicted == pytest.approx(0.002)  # stored uncalibrated
         # idle and still refusing: the factor from a slow spell is forgotten, not kept
-        b._queue.clear()
+        b.queue.items.clear()
         with pytest.raises(Rejected):
             ask(3)
         assert b.calibration.factor == 1.0
@@ -420,7 +420,7 @@ def test_without_an_slo_requests_have_no_deadline_and_queue_up_to_the_bound():
                                            items=16), loop, loop.create_future(),
                              texts=["x"] * 16))
         # the ladder keeps the best variant when nothing has a deadline
-        assert ladder.update([r.job for r in b._queue], time.monotonic()) == 0
+        assert ladder.update([r.job for r in b.queue.items], time.monotonic()) == 0
     finally:
         loop.close()
 
@@ -518,3 +518,26 @@ def test_the_server_runs_onnx_runtime_without_spinning_threads_unless_the_artifa
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     chosen = o.derive(backend_options={**o.backend_options, "spinning": True})
     assert for_serving(chosen) is chosen
+
+
+def test_a_failing_probe_is_logged_and_counted(caplog):
+    """An idle probe of the better variant that fails leaves the ladder stepped down: the
+    failure must show (a log line with the traceback, react_probe_errors_total), not pass
+    unseen; the worker keeps running."""
+    import logging
+
+    def broken_runner():
+        raise RuntimeError("the engine fell over")
+
+    ladder = _ladder()
+    ladder.variants[0].handle.runner = broken_runner  # what the probe calls first
+    metrics = Metrics()
+    b = Batcher("m", ladder, ServeConfig(max_batch=4, max_delay_ms=0), metrics)
+    with caplog.at_level(logging.WARNING, logger="reactinfer.serving.batcher"):
+        b._probe(0)
+        b._probe(0)
+    name = ladder.variants[0].name
+    assert metrics.probe_errors.get(model="m", variant=name) == 2
+    assert f'react_probe_errors_total{{model="m",variant="{name}"}} 2' in metrics.render()
+    failed = [r for r in caplog.records if "probe" in r.getMessage()]
+    assert len(failed) == 2 and "the engine fell over" in str(failed[0].exc_info[1])

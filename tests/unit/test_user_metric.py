@@ -15,7 +15,7 @@ from reactinfer.measure import format_report
 from reactinfer.models import vision, zoo
 from reactinfer.planner import optimize
 from reactinfer.planner.catalogue import default_actions
-from reactinfer.planner.loop import PlanSettings
+from reactinfer.planner.settings import PlanSettings
 from reactinfer.tasks import bound_decided, quality_drop, within_bound
 from reactinfer.tasks.metrics import (
     METRIC_KEY,

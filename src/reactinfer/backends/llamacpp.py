@@ -211,7 +211,9 @@ class LlamaCppBackend(Backend):
                 config("q4_0", "llama.cpp q4_0", family="llamacpp", level=1)]
 
     def supports(self, handle: ModelHandle) -> bool:
-        if handle.task != "causal-lm":
+        from ..tasks import get_task
+
+        if not get_task(handle.task).generates:
             return False
         if unchanged_gguf(handle) is not None:
             return True

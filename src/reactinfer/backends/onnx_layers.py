@@ -180,12 +180,12 @@ def calibration_feeds(handle: ModelHandle, items: Sequence[Any], batch: int = 8,
     the handle's own preprocessing: tokenized texts (token_type_ids zeros where the
     tokenizer gives none, except for causal LMs), or images as pixel_values. `names`: keep
     only those inputs (the graph's)."""
-    from ..tasks import iter_batches
+    from ..tasks import get_task, iter_batches
 
     feeds = []
     for _, b in iter_batches(handle.tokenizer, list(items), batch, min(handle.max_length, 128)):
         feed = dict(b)
-        if "input_ids" in feed and handle.task != "causal-lm":
+        if "input_ids" in feed and not get_task(handle.task).generates:
             feed.setdefault("token_type_ids", np.zeros_like(b["input_ids"]))
         feeds.append(feed if names is None else graph_feed(list(names), feed, "ONNX"))
     return feeds

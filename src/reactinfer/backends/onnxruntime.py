@@ -94,11 +94,11 @@ def float_graph(handle: ModelHandle, opts: dict[str, Any] | None = None) -> bool
 
 
 def input_names(handle: ModelHandle) -> list[str]:
-    from ..tasks import sample_batch
+    from ..tasks import get_task, sample_batch
 
     if handle.model is None and MODEL_FILE in handle.files:  # the graph's own inputs
         return graph_inputs(handle.files[MODEL_FILE])
-    if handle.task == "causal-lm":
+    if get_task(handle.task).generates:
         return ["input_ids", "attention_mask"]
     return list(sample_batch(handle.tokenizer, handle.max_length))
 
@@ -127,7 +127,7 @@ def export_onnx(handle: ModelHandle, path: Path, opset: int = 17) -> Path:
     # images: only the batch varies (the preprocessing fixes the size)
     axes = {n: {0: "batch"} if n == "pixel_values" else {0: "batch", 1: "sequence"}
             for n in names}
-    axes[out] = {0: "batch", 1: "sequence"} if handle.task == "causal-lm" else {0: "batch"}
+    axes[out] = {0: "batch", 1: "sequence"} if get_task(handle.task).generates else {0: "batch"}
     import warnings
 
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
@@ -146,9 +146,11 @@ def _eager_attention(handle: ModelHandle) -> Iterator[None]:
     writes a masked_fill (Where on IsNaN over [B, heads, T, T]) that took 5-8% of the
     engines' time (benchmarks/results/minilm_limit.md). Same numbers; the model is restored
     afterwards. Causal LMs keep their own attention."""
+    from ..tasks import get_task
+
     config = getattr(handle.model, "config", None)
     impl = getattr(config, "_attn_implementation", None)
-    if handle.task == "causal-lm" or impl != "sdpa":
+    if get_task(handle.task).generates or impl != "sdpa":
         yield
         return
     config._attn_implementation = "eager"  # type: ignore[union-attr]
@@ -292,7 +294,9 @@ class OrtRunner:
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
     def decode(self, prompt_ids: list[int]) -> Decoding:
-        if self.handle.task != "causal-lm":
+        from ..tasks import get_task
+
+        if not get_task(self.handle.task).generates:
             raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
         return decode_by_recompute(self, prompt_ids)
 

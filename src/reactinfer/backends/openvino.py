@@ -297,7 +297,9 @@ class OpenVinoBackend(Backend):
                        fallback="fp32_layers", family="openvino-int8")]
 
     def supports(self, handle: ModelHandle) -> bool:
-        return handle.task != "causal-lm" and (XML_FILE in handle.files or
+        from ..tasks import get_task
+
+        return not get_task(handle.task).generates and (XML_FILE in handle.files or
                                                handle.model is not None or float_graph(handle))
 
     def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:

@@ -34,6 +34,7 @@ import numpy as np
 from ..core.deadline import check as check_deadline
 from ..core.deadline import seconds_left
 from ..core.errors import UserError
+from ..core.handle import takes_images
 from .onnx_layers import calibration_feeds, calibration_items, output_error
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
     scope = (nncf.IgnoredScope(names=[ops[n].get_friendly_name() for n in fp32_layers],
                                validate=True) if fp32_layers else None)
 
-    image = handle.task == "image-classification"  # NNCF's CNN scheme: no SmoothQuant
+    image = takes_images(handle.task)  # NNCF's CNN scheme: no SmoothQuant
 
     def run(alpha: Any) -> Any:
         params: dict[str, Any] = {"overflow_fix": nncf.OverflowFix(overflow_fix)}

@@ -66,7 +66,9 @@ class TorchRunner:
         """With the KV cache: the prompt once, then one new token per step."""
         import torch
 
-        if self.handle.task != "causal-lm":
+        from ..tasks import get_task
+
+        if not get_task(self.handle.task).generates:
             raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([list(prompt_ids)], device=self.device),
@@ -80,7 +82,9 @@ class TorchRunner:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         import torch
 
-        if self.handle.task != "causal-lm":
+        from ..tasks import get_task
+
+        if not get_task(self.handle.task).generates:
             raise UserError(f"generate needs a causal-lm model, this is {self.handle.task}")
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         tok = self.handle.tokenizer

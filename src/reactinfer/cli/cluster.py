@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .loading import add_load_args, loaded
-from .main import command, print_json
+from .registry import command, print_json
 
 
 @command("batch", "Run a model or artifact over a file (text lines, JSONL or Parquet) or a "

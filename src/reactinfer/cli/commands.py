@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .loading import add_load_args, loaded
-from .main import command, print_json
+from .registry import command, print_json
 
 
 @command("models", "List the built-in models (they load with no network).")

@@ -9,7 +9,7 @@ from typing import Any
 from ..core.bounds import check_at_least
 from ..core.errors import UserError
 from .loading import add_load_args, load_kwargs
-from .main import command, print_json
+from .registry import command, print_json
 
 
 def with_data(cfgs: list[Any], data: str | None) -> list[Any]:

@@ -1,39 +1,20 @@
 """`react`: a thin command line over the public API.
 
-Each subcommand registers itself with `@command(...)`; user errors print one line and
-exit with code 2, never a traceback.
+Each subcommand registers itself with `@command(...)` in registry.py; this module imports
+the command modules to fill the table. User errors print one line and exit with code 2,
+never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from ..core.errors import UserError
-
-Handler = Callable[[argparse.Namespace], int | None]
-Setup = Callable[[argparse.ArgumentParser], Handler]
-_COMMANDS: dict[str, tuple[str, Setup]] = {}
-
-
-def command(name: str, help: str) -> Callable[[Setup], Setup]:
-    """Register `react NAME`: the decorated function adds its arguments to the parser and
-    returns the handler that runs the command."""
-
-    def deco(setup: Setup) -> Setup:
-        _COMMANDS[name] = (help, setup)
-        return setup
-
-    return deco
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+from .registry import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="react", description="ReAct: fast, cheap inference with measured quality.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_, setup) in _COMMANDS.items():
+    for name, (help_, setup) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_handler=setup(sp))
     return parser
@@ -113,9 +94,5 @@ def _without_prefix(message: str, command: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-if __name__ == "__main__":
-    # run as `python -m reactinfer.cli.main`: the commands register on the imported module,
-    # not on this __main__ copy of it, so hand over to that one
-    from reactinfer.cli.main import main as _main
-
-    sys.exit(_main())
+if __name__ == "__main__":  # `python -m reactinfer.cli.main`
+    sys.exit(main())

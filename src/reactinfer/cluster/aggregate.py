@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError
+from ..tasks import get_task
 
 
 # -- ordered gather ------------------------------------------------------------------------
@@ -52,14 +53,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _mean(outputs: Sequence[np.ndarray], task: str) -> np.ndarray:
-    if task == "classification":
+    if get_task(task).votes:
         return np.mean([_softmax(o) for o in outputs], axis=0)  # (N, C) probabilities
     m = np.mean(np.stack(outputs), axis=0)  # (N, D)
     return m / np.linalg.norm(m, axis=-1, keepdims=True).clip(1e-12)
 
 
 def _vote(outputs: Sequence[np.ndarray], task: str) -> np.ndarray:
-    if task != "classification":
+    if not get_task(task).votes:
         raise UserError("vote needs classification models (labels to vote on); use mean "
                         "for embeddings")
     n_cls = outputs[0].shape[-1]

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.images import IMAGE_TASK
+from ..core.handle import takes_images
 from . import ray_api
 from .worker import OUTPUTS, ModelSource, resolve, run_rows, variant_of
 
@@ -335,7 +335,7 @@ def run_batch(model: ModelSource, input_path: str | Path, output: str | Path | N
     variant = variant_of(handle)  # and the variant what "resume" means
     paths: list[str] | None = None
     skipped = 0
-    if handle.task == IMAGE_TASK:
+    if takes_images(handle.task):
         texts, paths, skipped = read_images(input_path)
         errors: list[str | None] = [None] * len(texts)
         digest = file_digest(input_path, [Path(t) for t in texts if t is not None])

@@ -123,7 +123,9 @@ class StageWorker:
 
 
 def split_stages(handle: ModelHandle, n_stages: int) -> list[Any]:
-    if handle.task != "embedding" or handle.model is None:
+    from ..tasks import get_task
+
+    if get_task(handle.task).primary_output != "embeddings" or handle.model is None:
         raise UserError("pipeline parallelism supports torch embedding encoders "
                         f"(BERT family); this model is {handle.task}")
     arch = find_adapter(handle.model)

@@ -41,12 +41,11 @@ def init(address: str | None = None, num_cpus: int | None = None,
          object_store_mb: int = LOCAL_OBJECT_STORE_MB, num_gpus: int | None = None) -> None:
     """Start a local Ray instance (address None) or join a running cluster."""
     ray = _ray()
-    # Our actors pick their own thread counts; keep tokenizers from oversubscribing.
+    # Our actors pick their own thread counts; keep tokenizers from oversubscribing. The
+    # workers get these (the caller's own values win); the caller's process is left as is.
     env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": {k: os.environ[k] for k in env}}
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
     if os.environ.get("PYTHONPATH"):  # workers must import the same reactinfer as the driver
         runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
             os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)

@@ -98,10 +98,10 @@ def model_batches(handle: ModelHandle, texts: Sequence[str], batch_size: int = 1
     """Tokenized torch batches the HF model's forward accepts."""
     import torch
 
-    from ..tasks import iter_batches
+    from ..tasks import get_task, iter_batches
 
     tok = handle.tokenizer
-    if handle.task == "causal-lm" and getattr(tok, "pad_token", None) is None:
+    if get_task(handle.task).generates and getattr(tok, "pad_token", None) is None:
         tok.pad_token = tok.eos_token
     for _, batch in iter_batches(tok, texts, batch_size, handle.max_length):
         yield {k: torch.from_numpy(v) for k, v in batch.items()}

@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core import deadline
 from ..core.errors import UserError
+from ..core.handle import takes_images
 from ..core.transform import TransformConfig, config_from_dict, register_transform
 from ._common import check_choice, clone, need_model
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 SCHEDULES = ("cosine", "error")
-IMAGE_TASK = "image-classification"
 _RUN_ONLY = ("progress", "time_budget_s", "checkpoint_dir")  # do not change the result
 
 
@@ -130,9 +130,12 @@ def lr_at(cfg: Distill, step: int, error: float | None) -> float:
 # -- losses ------------------------------------------------------------------------------------
 
 def _forward(model: torch.nn.Module, task: str, batch: dict[str, torch.Tensor]) -> Any:
-    if task == "causal-lm":
+    from ..tasks import get_task
+
+    spec = get_task(task)
+    if spec.generates:
         return model(**batch, use_cache=False)
-    if task == IMAGE_TASK:  # a plain CNN takes the pixels; labels are the loss's
+    if spec.takes_images:  # a plain CNN takes the pixels; labels are the loss's
         return model(batch["pixel_values"])
     return model(**batch)
 
@@ -155,11 +158,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def distill_loss(task: str, cfg: Distill, s_out: Any, t_out: Any,
                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    if task == IMAGE_TASK:  # logits (B, C) of a plain CNN, or an output with .logits
+    from ..tasks import get_task
+
+    spec = get_task(task)  # the loss follows what the task's model outputs
+    if spec.takes_images:  # logits (B, C) of a plain CNN, or an output with .logits
         s, t = (getattr(o, "logits", o) for o in (s_out, t_out))
         return kd_loss(s, t, cfg.temperature, cfg.alpha, batch.get("labels"))
     mask = batch["attention_mask"]
-    if task == "embedding":
+    if spec.primary_output == "embeddings":  # hidden states, mean-pooled as the task pools
         hs, ht = s_out[0], t_out[0]  # (B, T, D)
         ps, pt = _pooled(hs, mask), _pooled(ht, mask)
         loss = F.mse_loss(ps, pt) + (1 - F.cosine_similarity(ps, pt, dim=-1)).mean()
@@ -168,7 +174,7 @@ def distill_loss(task: str, cfg: Distill, s_out: Any, t_out: Any,
             loss = loss + cfg.hidden_weight * ((hs - ht) ** 2 * m).sum() / (
                 m.sum() * hs.shape[-1]).clamp(min=1)
         return loss
-    if task == "classification":
+    if not spec.generates:
         return kd_loss(s_out.logits, t_out.logits, cfg.temperature, cfg.alpha)
     # causal LM: every real position predicts the next token
     valid = (mask[:, 1:] * mask[:, :-1]).bool()  # (B, T-1)
@@ -222,7 +228,7 @@ def _recalibrate(handle: ModelHandle, cfg: RecalibrateBatchNorm) -> ModelHandle:
     from ..data import items_for
 
     model = need_model(handle, "RecalibrateBatchNorm")
-    if handle.task != IMAGE_TASK:
+    if not takes_images(handle.task):
         raise UserError(f"RecalibrateBatchNorm: calibration batches are built for image "
                         f"models; {handle.name} is a {handle.task} model")
     new = clone(model)
@@ -282,7 +288,7 @@ def _batches(handle: ModelHandle, texts: list[Any], idx: list[int],
              gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     from ..tasks import tokenize
 
-    if handle.task == IMAGE_TASK:
+    if takes_images(handle.task):
         return _image_batch(handle, [texts[i] for i in idx], gen or torch.Generator())
     b = tokenize(handle.tokenizer, [texts[i] for i in idx], handle.max_length)
     return {k: torch.from_numpy(v) for k, v in b.items()}

@@ -13,6 +13,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.transform import TransformConfig, register_transform
+from ..tasks import get_task
 from ._common import clone, need_model
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class EnsembleRunner:
         if mode not in ENSEMBLE_MODES:
             raise UserError(f"ensemble mode must be one of {', '.join(ENSEMBLE_MODES)}, "
                             f"got {mode!r}")
-        if mode == "vote" and task != "classification":
+        if mode == "vote" and not get_task(task).votes:
             raise UserError(f"majority vote needs classification models; this is {task}: "
                             "use mode='mean'")
         self.weights = list(weights) if weights is not None else [1 / len(runners)] * len(
@@ -198,13 +199,13 @@ class EnsembleRunner:
                         for w, o in zip(self.weights, outs, strict=True))
             return (votes + 1e-3 * mean_p).astype(np.float32)  # (B, C)
         mean = sum(w * o.astype(np.float64) for w, o in zip(self.weights, outs, strict=True))
-        if self.task == "embedding":
+        if get_task(self.task).primary_output == "embeddings":  # unit vectors stay unit
             mean = mean / np.linalg.norm(mean, axis=-1, keepdims=True).clip(1e-12)
         return np.asarray(mean, dtype=np.float32)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding on the mean logits (no KV cache: each step reruns the prefix)."""
-        if self.task != "causal-lm":
+        if not get_task(self.task).generates:
             raise UserError(f"generate needs causal-lm models, this ensemble is {self.task}")
         ids = list(prompt_ids)
         for _ in range(max_new_tokens):

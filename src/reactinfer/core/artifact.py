@@ -113,6 +113,13 @@ def save_artifact(handle: ModelHandle, path: str | Path, metrics: dict[str, Any]
     return Artifact(path, manifest)
 
 
+def root_source(source: dict[str, Any]) -> dict[str, Any]:
+    """The source of the original model behind any chain of artifacts made from it."""
+    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
+        source = source["origin"]
+    return source
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     mpath = path / MANIFEST
@@ -148,7 +155,7 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
             raise ArtifactError(f"manifest lists {name!r}, which is outside the artifact")
         if not f.is_file():
             raise ArtifactError(f"{path} is incomplete: {name} is missing")
-        if sha256_file(f) != digest:
+        if sha256_file(f, cached=False) != digest:
             raise ArtifactError(f"{name} in {path} does not match its sha256 in the manifest: "
                                 "the file is corrupt or was tampered with")
     return manifest

@@ -51,6 +51,38 @@ class GenerativeRunner(Runner, Protocol):
         ...
 
 
+# What some runners offer beyond the Runner protocol. Callers ask with isinstance against
+# these, never getattr by name: a renamed method then fails the protocol tests
+# (tests/unit/test_runner_protocols.py) instead of silently dropping the capability.
+
+@runtime_checkable
+class ScoringRunner(Protocol):
+    """Scores a causal LM in the engine: per position (B, T-1), the NLL of the next token
+    and the argmax, with no (B, T, V) logits (tasks/causal_lm.next_token_scores)."""
+
+    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class StepDecodingRunner(Protocol):
+    """Offers a continuous-batching decode engine: `slots` sequences decoded together, one
+    step at a time, of at most `step_tokens` tokens per step; sequences join and leave
+    between steps (start / can_start / feed / step / release / running; see
+    backends/llamacpp_engine.DecodeEngine). The server batches generations on it; a
+    generative runner without one serves one request at a time."""
+
+    def decode_engine(self, slots: int, step_tokens: int = 512) -> Any: ...
+
+
+@runtime_checkable
+class ServingContextRunner(Protocol):
+    """Says how many tokens (prompt + answer) one served sequence may hold, when that is
+    less than the model's own limit (a KV cache shared by the engine's slots)."""
+
+    @property
+    def serve_context(self) -> int: ...
+
+
 def decode_by_recompute(runner: Runner, prompt_ids: list[int]) -> Decoding:
     """`Decoding` for a runner without a KV cache (an exported graph): every step runs
     the whole sequence so far and keeps the last position's logits."""

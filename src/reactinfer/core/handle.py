@@ -16,11 +16,24 @@ if TYPE_CHECKING:
 ONNX_FILE = "model.onnx"  # the name a handle's ONNX graph travels under in handle.files
 TASKS = ("embedding", "causal-lm", "classification", "image-classification")
 _REGISTERED: list[str] = []  # filled by tasks.register_task (the task registry)
+_IMAGE_TASKS: set[str] = set()  # the registered tasks whose Task says `takes_images`
 
 
-def register_task_name(name: str) -> None:
+def register_task_name(name: str, takes_images: bool = False) -> None:
     if name not in _REGISTERED:
         _REGISTERED.append(name)
+    if takes_images:
+        _IMAGE_TASKS.add(name)
+
+
+def takes_images(task: str | None) -> bool:
+    """Whether `task`'s items are images (its Task's `takes_images`). For the layers that
+    may not import the task registry (models/, core): they ask here, by name."""
+    if task is not None and task not in _REGISTERED:
+        from .plugins import load_builtin
+
+        load_builtin("tasks")
+    return task in _IMAGE_TASKS
 
 
 def task_names() -> tuple[str, ...]:

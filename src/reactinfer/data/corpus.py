@@ -18,6 +18,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from ..core.cache import cache_dir
 from ..core.errors import UserError
 
 PARTS = ("calibration", "train", "eval")
@@ -88,7 +89,7 @@ def build_corpus() -> dict[str, list[str]]:
 
 
 def _cache_path() -> Path:
-    base = Path(os.environ.get("REACT_CACHE_DIR") or Path.home() / ".cache" / "reactinfer")
+    base = cache_dir()
     tag = f"{sys.implementation.cache_tag}-{sys.version_info.micro}"
     return base / f"corpus-v2-{tag}.json"  # v2: the eval part holds up to 2,000
 

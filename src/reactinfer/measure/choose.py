@@ -20,11 +20,6 @@ from ..core.hardware import NATIVE_HALF
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-# Largest quality drop `task.drop` may report for a candidate to be eligible:
-# 1 - mean cosine for embeddings, perplexity ratio - 1 for LMs, 1 - top-1 agreement.
-MAX_DROP = {"embedding": 0.005, "causal-lm": 0.01, "classification": 0.01,
-            "image-classification": 0.01}
-
 
 def auto_grid(task: str, isa: dict[str, bool], include: Sequence[str] = ()
               ) -> tuple[list[EngineConfig], list[dict[str, Any]]]:
@@ -96,12 +91,12 @@ def _measure(handle: ModelHandle, texts: Sequence[str], batch_size: int,
     facts: dict[str, Any] = {"prepare_s": time.perf_counter() - t0}
     # best of a few runs: on a shared machine the fastest run is the least disturbed one
     secs = []
-    for _ in range(1 if handle.task == "causal-lm" else 2):
+    for _ in range(1 if task.generates else 2):
         t0 = time.perf_counter()
         results = task.evaluate(runner, handle.tokenizer, texts, batch_size, handle.max_length)
         secs.append(time.perf_counter() - t0)
     facts["eval_items_per_s"] = len(texts) / min(secs)
-    if handle.task == "causal-lm":
+    if task.generates:
         prompt = handle.tokenizer(GEN_PROMPT)["input_ids"]
         generator = cast(GenerativeRunner, runner)  # causal-LM runners generate
         generator.generate(prompt, 2)
@@ -126,15 +121,14 @@ def choose_backend(handle: ModelHandle, texts: Sequence[str], batch_size: int = 
     from tqdm.auto import tqdm
 
     from ..backends.convert import to_backend
-    from ..tasks import get_task, within_bound
+    from ..tasks import eval_batch, get_task, within_bound
 
     check_max_drop(max_drop)
     if not texts:
         raise UserError("backend selection needs some evaluation texts")
     task = get_task(handle.task)
-    bound = MAX_DROP[handle.task] if max_drop is None else max_drop
-    if handle.task == "causal-lm":
-        batch_size = min(batch_size, 8)  # (B, T, V) logits are large
+    bound = task.default_max_drop if max_drop is None else max_drop
+    batch_size = eval_batch(handle.task, batch_size)  # LMs: (B, T, V) logits are large
     grid, skipped = candidate_grid(handle, precision, include)
     ref_results = None
     rows: list[dict[str, Any]] = []

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 from tqdm.auto import tqdm
 
-from ..core.backend import Batch, Runner
+from ..core.backend import Batch, Runner, ScoringRunner
 from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
@@ -21,25 +21,17 @@ from ..core.hardware import hardware_profile, package_versions
 from ..data import model_label2id, texts_for
 from ..models import load
 from ..tasks import count_tokens, get_task, quality_drop, tokenize
+from ..tasks import eval_batch as eval_batch_of
 from ..tasks.causal_lm import GEN_PROMPT
-from ..tasks.metrics import check_labelled, metric_value, resolve_metric, with_metric
+from ..tasks.metrics import Metric, check_labelled, metric_value, resolve_metric, with_metric
 from .sizing import PROBE_TEXTS, size_search
 
 # Below this many held-out texts, quality (a mean over texts) and throughput are too
 # noisy to trust: a report says so rather than printing them as if they were solid.
 MIN_EVAL_TEXTS = 50
 
-# The evaluation sample when the caller does not choose one (n_eval=None). A causal LM
-# costs a full-vocabulary forward per text (about 0.3-1 s per text for smollm2 on 2 CPU
-# cores), so its default is a sample that keeps `react bench smollm2` to a few minutes;
-# n_eval="all" (--n-eval all) evaluates every held-out text. Encoders evaluate all of them
-# in seconds. A fixed count, not a time budget: the same command measures the same texts
-# on every machine.
-DEFAULT_N_EVAL: dict[str, int | None] = {"embedding": None, "classification": None,
-                                         "causal-lm": 64, "image-classification": None}
-# Batch-1 latency samples when the caller does not choose (latency_runs=None).
-DEFAULT_LATENCY_RUNS = {"embedding": 50, "classification": 50, "causal-lm": 20,
-                        "image-classification": 50}
+# The evaluation sample and the batch-1 latency samples when the caller does not choose
+# (n_eval=None, latency_runs=None) are the task's: `Task.default_n_eval`, `latency_runs`.
 LATENCY_WARMUP = 3  # untimed batch-1 calls before the timed ones
 
 
@@ -54,7 +46,7 @@ class _Counted:
 
     def __init__(self, runner: Runner, bar: tqdm):
         self.runner, self.bar = runner, bar
-        if getattr(runner, "score", None) is not None:
+        if isinstance(runner, ScoringRunner):
             self.score = self._score
 
     def __call__(self, batch: Batch) -> np.ndarray:
@@ -85,7 +77,7 @@ class _Deadline:
         self.runner, self.t_start, self.max_s, self.worth = runner, t_start, max_s, worth
         self.n_texts, self.latency_runs = n_texts, latency_runs
         self.first_s: float | None = None
-        if getattr(runner, "score", None) is not None:
+        if isinstance(runner, ScoringRunner):
             self.score = self._score
 
     def _check(self, n: int, t0: float) -> None:
@@ -195,8 +187,7 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
     if not texts:
         raise UserError("the evaluation data is empty")
     task = get_task(handle.task)
-    # full-vocabulary LM logits are large (B, T, 49k): keep LM batches small
-    eval_batch = min(batch_size, 8) if handle.task == "causal-lm" else batch_size
+    eval_batch = eval_batch_of(handle.task, batch_size)  # LMs: (B, T, 49k) logits, small
     what = f"bench {handle.name} [{handle.backend}]"
     with _bar(progress, f"{what} prepare + warm-up", 2, "step") as bar:
         t0 = time.perf_counter()
@@ -228,7 +219,7 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
         report["throughput"]["tokens_per_s"] = n_tokens / elapsed
     with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP, "run") as bar:
         report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
-    if handle.task == "causal-lm" and hasattr(runner, "generate") and gen_tokens > 0:
+    if task.generates and hasattr(runner, "generate") and gen_tokens > 0:
         repeats = 3
         with _bar(progress, f"{what} generation ({gen_tokens} tokens, warm-up + {repeats})",
                   repeats + 1, "run") as bar:
@@ -263,7 +254,7 @@ def _on_backend(handle: ModelHandle, texts: Sequence[str], backend: str | None,
         raise UserError("backend options (--backend-opt) need a named backend: add "
                         "--backend NAME (see `react backends`)")
     if backend == "auto":
-        sample = texts[:16] if handle.task == "causal-lm" else texts[:64]  # a quick look
+        sample = texts[:16] if get_task(handle.task).generates else texts[:64]  # a quick look
         return choose_backend(handle, sample, batch_size, threads=threads,
                               precision=precision, max_drop=max_drop, device=device,
                               progress=progress)
@@ -320,7 +311,8 @@ def _eval_sample(task: str, data: str | None, n_eval: int | str | None,
         return texts, {"n_eval_available": len(texts), "n_eval_default": False}
     # images: the model's preprocess; texts' label names: the model's class names
     available = texts_for("eval", data, preprocess=preprocess, label2id=label2id)
-    limit = DEFAULT_N_EVAL[task] if n_eval is None else None if n_eval == "all" else int(n_eval)
+    limit = (get_task(task).default_n_eval if n_eval is None
+             else None if n_eval == "all" else int(n_eval))
     texts = available[:limit]
     return texts, {"n_eval_available": len(available),
                    "n_eval_default": n_eval is None and len(texts) < len(available)}
@@ -339,7 +331,7 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
 
     Evaluation texts: the held-out part of `data` (or of the built-in corpus); `n_eval`
     takes the first N of them, or "all"; by default (None) every one for encoders and
-    classifiers, and the first `DEFAULT_N_EVAL["causal-lm"]` (64) for causal LMs, whose
+    classifiers, and the first `Task.default_n_eval` (64) for causal LMs, whose
     evaluation costs a full-vocabulary forward per text. `eval_texts` gives the texts
     directly instead. The report records `n_eval` (texts used), `n_eval_available` and
     `n_eval_default` (whether the default sample cut the set short).
@@ -368,17 +360,11 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
         raise UserError(f"--time-budget-s must be positive, got {time_budget_s}")
     t_start = time.perf_counter()
     original = load(model)
-    task = get_task(original.task)
     if time_budget_s is not None and n_eval is None:
         n_eval = "all"  # the budget sizes the sample
-    mine = resolve_metric(metric, original.task)
-    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer,
-                                 model_label2id(original.model))
-    if not texts:
-        raise UserError("the evaluation data is empty")
-    check_labelled(mine, texts, data)
+    mine, texts, sample = _bench_sample(original, data, n_eval, eval_texts, metric)
     if latency_runs is None:
-        latency_runs = DEFAULT_LATENCY_RUNS[original.task]
+        latency_runs = get_task(original.task).latency_runs
     handle, selection = _on_backend(original, texts, backend, threads, precision, batch_size,
                                     max_drop, device, progress, backend_options or {})
     sizing = None
@@ -392,46 +378,78 @@ def bench(model: Any, batch_size: int = 32, data: str | None = None,
     report, results = measure(handle, texts, batch_size, latency_runs, gen_tokens, progress)
     report.update(sample)
     if mine is not None:
+        primary = get_task(original.task).primary_output
         report["metric"] = {"name": mine.name,
-                            "value": metric_value(mine, task.primary_output, results, texts)}
-    if sizing is not None:
-        report["time_budget"] = sizing
-    if selection is not None:
-        report["backend_selection"] = selection
-    warning = small_sample_warning(len(texts))
-    if warning:
-        report["eval_warning"] = warning
-
-    ref_handle: ModelHandle | None
-    if reference is not None:
-        ref_handle = load(reference)
-    elif handle is not original and original.model is not None:  # converted here
-        ref_handle = reference_for(original) or original  # the model before conversion
-    else:
-        ref_handle = reference_for(handle)
-    if ref_handle is None and handle.source.get("kind") == "artifact":
-        report["quality"] = None
-        report["quality_note"] = "the source model could not be reloaded here; no reference"
-    else:
-        if ref_handle is None:
-            ref_results, ref_name = results, f"{handle.name} (itself)"
-        else:
-            with _bar(progress, f"reference {ref_handle.name} [{ref_handle.backend}] eval",
-                      len(texts), "text") as bar:
-                ref_results = task.evaluate(_Counted(ref_handle.runner(), bar),
-                                            ref_handle.tokenizer, texts, report["batch_size"],
-                                            ref_handle.max_length)
-            ref_name = ref_handle.name
-        quality = with_metric(task.compare(ref_results, results), mine, task.primary_output,
-                              ref_results, results, texts)
-        report["quality"] = quality
-        report["quality_drop"] = quality_drop(handle.task, quality)
-        report["reference"] = ref_name
+                            "value": metric_value(mine, primary, results, texts)}
+    _note_choices(report, sizing, selection, len(texts))
+    ref_handle = _reference_handle(original, handle, reference)
+    report.update(_reference_quality(handle, ref_handle, results, texts, report["batch_size"],
+                                     mine, progress))
     report["hardware"] = hardware_profile().to_dict()
     report["versions"] = package_versions()
     if sizing is not None:
         sizing["seconds"] = time.perf_counter() - t_start
     return report
+
+
+def _bench_sample(original: ModelHandle, data: str | None, n_eval: int | str | None,
+                  eval_texts: Sequence[str] | None, metric: Any
+                  ) -> tuple[Metric | None, list[Any], dict[str, Any]]:
+    """bench's first stage: the user's metric, and the items to evaluate on (checked to
+    carry labels when the metric needs them)."""
+    mine = resolve_metric(metric, original.task)
+    texts, sample = _eval_sample(original.task, data, n_eval, eval_texts, original.tokenizer,
+                                 model_label2id(original.model))
+    if not texts:
+        raise UserError("the evaluation data is empty")
+    check_labelled(mine, texts, data)
+    return mine, texts, sample
+
+
+def _note_choices(report: dict[str, Any], sizing: dict[str, Any] | None,
+                  selection: dict[str, Any] | None, n: int) -> None:
+    """What the report says about how the budget, the backend and the sample were chosen."""
+    if sizing is not None:
+        report["time_budget"] = sizing
+    if selection is not None:
+        report["backend_selection"] = selection
+    warning = small_sample_warning(n)
+    if warning:
+        report["eval_warning"] = warning
+
+
+def _reference_handle(original: ModelHandle, handle: ModelHandle, reference: Any
+                      ) -> ModelHandle | None:
+    """What quality is judged against: the caller's reference, the model before this bench
+    converted it, or the model an artifact was made from (None: the model itself)."""
+    if reference is not None:
+        return load(reference)
+    if handle is not original and original.model is not None:  # converted here
+        return reference_for(original) or original  # the model before conversion
+    return reference_for(handle)
+
+
+def _reference_quality(handle: ModelHandle, ref_handle: ModelHandle | None,
+                       results: dict[str, Any], texts: Sequence[Any], batch_size: int,
+                       mine: Metric | None, progress: bool) -> dict[str, Any]:
+    """The report's quality entries: the reference's outputs on the same items, compared."""
+    if ref_handle is None and handle.source.get("kind") == "artifact":
+        return {"quality": None,
+                "quality_note": "the source model could not be reloaded here; no reference"}
+    task = get_task(handle.task)
+    if ref_handle is None:
+        ref_results, ref_name = results, f"{handle.name} (itself)"
+    else:
+        with _bar(progress, f"reference {ref_handle.name} [{ref_handle.backend}] eval",
+                  len(texts), "text") as bar:
+            ref_results = task.evaluate(_Counted(ref_handle.runner(), bar),
+                                        ref_handle.tokenizer, texts, batch_size,
+                                        ref_handle.max_length)
+        ref_name = ref_handle.name
+    quality = with_metric(task.compare(ref_results, results), mine, task.primary_output,
+                          ref_results, results, texts)
+    return {"quality": quality, "quality_drop": quality_drop(handle.task, quality),
+            "reference": ref_name}
 
 
 def fit_to_budget(handle: ModelHandle, texts: Sequence[str], batch_size: int,

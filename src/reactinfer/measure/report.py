@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.hardware import isa_text
+from ..tasks import get_task
 
 
 def _fmt(v: Any) -> str:
@@ -39,8 +40,7 @@ def format_report(r: dict[str, Any]) -> str:
                   + (f" [{opts}]" if opts else "")
                   + (f" ({r['device']})" if r.get("device") else "")),
         ("transforms", ", ".join(t["type"] for t in r["transforms"]) or "none"),
-        ("eval images" if r["task"] == "image-classification" else "eval texts",
-         _eval_texts(r)),
+        (f"eval {get_task(r['task']).item_noun}", _eval_texts(r)),
     ]
     lat = r["latency_ms"]
     rows.append(("latency @ batch 1",

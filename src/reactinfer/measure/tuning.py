@@ -64,8 +64,11 @@ def tune_batch_size(handle: ModelHandle, texts: Sequence[str] | None = None,
                     sizes: Sequence[int] = (1, 4, 8, 16, 32, 64),
                     n_texts: int = 128) -> dict[str, Any]:
     """Throughput per batch size (LMs are capped at 8: their logits are (B, T, V))."""
-    if handle.task == "causal-lm":
-        sizes = [s for s in sizes if s <= 8] or [1]
+    from ..tasks import get_task
+
+    cap = get_task(handle.task).max_eval_batch
+    if cap is not None:
+        sizes = [s for s in sizes if s <= cap] or [1]
     sample = _texts(texts, n_texts)
     handle = handle.derive()  # one runner for all sizes
     rows = [{"batch_size": int(s), "items_per_s": _throughput(handle, sample, int(s))}

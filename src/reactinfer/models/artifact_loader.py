@@ -9,19 +9,12 @@ from typing import Any
 
 from ..core.artifact import verify_artifact
 from ..core.errors import UserError
-from ..core.handle import ONNX_FILE, ModelHandle
+from ..core.handle import ONNX_FILE, ModelHandle, takes_images
 from ..core.images import PREPROCESS_FILE, ImagePreprocess
 from ..core.transform import compress, config_from_dict
-from .loaders import hf_from_pretrained
+from .hf import hf_from_pretrained
 
 log = logging.getLogger(__name__)
-
-
-def root_source(source: dict[str, Any]) -> dict[str, Any]:
-    """The source of the original model behind any chain of artifacts made from it."""
-    while source.get("kind") == "artifact" and isinstance(source.get("origin"), dict):
-        source = source["origin"]
-    return source
 
 
 def _rebuild(module: Any, task: str, transforms: list[dict[str, Any]]) -> Any:
@@ -50,7 +43,7 @@ def load_artifact(path: str | Path, module: Any = None, **_: Any) -> ModelHandle
     elif (path / PREPROCESS_FILE).exists():  # an image model: its preprocessing
         tokenizer = ImagePreprocess.from_dir(path)
     origin = manifest.get("source", {})
-    if module is None and origin.get("kind") == "builtin" and task == "image-classification":
+    if module is None and origin.get("kind") == "builtin" and takes_images(task):
         from .vision import CNN_BUILTINS  # the architecture of a built-in CNN is known
 
         module = CNN_BUILTINS[origin["ref"]].arch()

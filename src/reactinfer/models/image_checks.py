@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.images import CHANNELS, IMAGE_TASK, ImagePreprocess, check_labels
+from ..core.handle import takes_images
+from ..core.images import CHANNELS, ImagePreprocess, check_labels
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -55,7 +56,8 @@ def check_module_output(module: Any, task: str, preprocess: ImagePreprocess | No
     # the sample goes where the weights are, in their type (a module on a GPU, in bf16)
     weight = next((t for t in module.parameters() if t.is_floating_point()), None)
     device = weight.device if weight is not None else torch.device("cpu")
-    if task == IMAGE_TASK:
+    images = takes_images(task)
+    if images:
         assert preprocess is not None
         x = torch.from_numpy(sample_pixels(preprocess)).to(  # (2, C, S, S)
             device, weight.dtype if weight is not None else torch.float32)
@@ -74,9 +76,9 @@ def check_module_output(module: Any, task: str, preprocess: ImagePreprocess | No
             out = call()
     except Exception as e:  # noqa: BLE001  (the user's forward: whatever it raises, the input does not fit)
         hint = ("set preprocess= to the input the model takes (size, channels)"
-                if task == IMAGE_TASK else "check that tokenizer= is the model's own")
+                if images else "check that tokenizer= is the model's own")
         raise UserError(f"the model fails on {what}: {_first_line(e)}; {hint}") from None
-    n = 2 if task == IMAGE_TASK else len(enc["input_ids"])
+    n = 2 if images else len(enc["input_ids"])
     logits = getattr(out, "logits", out)
     if not isinstance(logits, torch.Tensor):
         raise UserError(f"the model returns {type(logits).__name__} for {what}; {task} needs "
@@ -180,7 +182,7 @@ def model_classes(handle: ModelHandle) -> int:
 def with_labels(handle: ModelHandle, labels: Any, classes: int | None = None) -> ModelHandle:
     """`handle` with class names (index = class id) in its preprocessing, so every variant
     and artifact made from it keeps them; the count must be the model's classes."""
-    if handle.task != IMAGE_TASK or not isinstance(handle.tokenizer, ImagePreprocess):
+    if not takes_images(handle.task) or not isinstance(handle.tokenizer, ImagePreprocess):
         raise UserError(f"class names (labels=, --labels) are for image-classification "
                         f"models; {handle.name!r} is a {handle.task} model")
     names = check_labels(labels)

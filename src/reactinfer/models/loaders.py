@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.cache import cache_dir
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
-from ..core.handle import ModelHandle, check_task, task_names
+from ..core.handle import ModelHandle, check_task, takes_images, task_names
 from ..core.images import as_preprocess
+from .hf import hf_from_pretrained
 from .zoo import BUILTINS
-
-# Never reach a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # load()'s keyword arguments that say how to load a model: the verbs that take anything
 # load() takes (optimize, serve, compress) pass these on to it
@@ -57,28 +55,6 @@ def _task_from_config(config: Any, directory: Path) -> str:
     if "ForSequenceClassification" in archs:
         return "classification"
     return "embedding"
-
-
-def hf_model_class(task: str) -> Any:
-    import transformers
-
-    return {"embedding": transformers.AutoModel,
-            "causal-lm": transformers.AutoModelForCausalLM,
-            "classification": transformers.AutoModelForSequenceClassification}[task]
-
-
-def hf_from_pretrained(task: str, directory: Path, **kw: Any) -> Any:
-    """`from_pretrained` for `task`; models whose config records a structure transformers
-    cannot express (a head-pruned BERT: `react_structure`) are rebuilt by their family
-    adapter (models.arch)."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
-    if getattr(config, "react_structure", None):
-        from .arch import from_pretrained_restructured
-
-        return from_pretrained_restructured(hf_model_class(task), directory, config)
-    return hf_model_class(task).from_pretrained(directory, **kw)
 
 
 def _max_length(directory: Path, task: str, config: Any) -> int:
@@ -180,13 +156,11 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
     `PreTrainedTokenizerFast` in about 0.3 s, without torch."""
     import transformers
 
-    from .vision import cache_dir
-
     cached = cache_dir() / "tokenizers" / sha256
     hashes = cached / "hashes.json"
     if hashes.is_file():
         want = json.loads(hashes.read_text())
-        if all(sha256_file(cached / f) == h for f, h in want.items()):
+        if all(sha256_file(cached / f, cached=False) == h for f, h in want.items()):
             return transformers.PreTrainedTokenizerFast.from_pretrained(
                 cached, local_files_only=True)
     try:
@@ -284,7 +258,7 @@ def load_builtin(name: str, **kw: Any) -> ModelHandle:
         raise UserError(f"built-in {name!r} is a {spec.task} model, not {kw['task']}")
     weights = path if path.is_file() else next(path.glob("*.safetensors"))
     source = {"kind": "builtin", "ref": name, "sha256": sha256_file(weights)}
-    if spec.task == "image-classification":
+    if takes_images(spec.task):
         from .vision import CNN_BUILTINS
 
         cnn = CNN_BUILTINS[name]
@@ -347,7 +321,7 @@ def _from_module(module: Any, task: str | None, tokenizer: Any = None, name: str
 
     if task is None:
         raise UserError(f"loading a torch.nn.Module needs task= ({', '.join(task_names())})")
-    if task == "image-classification":
+    if takes_images(task):
         if preprocess is None:
             raise UserError("an image model needs preprocess= (an ImagePreprocess or a dict: "
                             "size, resize, mean, std, channels)")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.files import sha256_file
-from ..core.handle import ONNX_FILE, ModelHandle, check_task, task_names
+from ..core.handle import ONNX_FILE, ModelHandle, check_task, takes_images, task_names
 from ..core.images import (
     IMAGE_TASK,
     PREPROCESS_FILE,
@@ -60,7 +60,7 @@ def load_onnx(path: Path, task: str | None = None, name: str | None = None,
         raise UserError(f"{path} does not say which task it runs (no ReAct metadata): pass "
                         f"task= (--task: {', '.join(task_names())})")
     check_task(task)
-    if task == IMAGE_TASK:
+    if takes_images(task):
         tokenizer = _image_preprocess(path, preprocess)
         check_onnx_image(path, tokenizer)
     elif preprocess is not None:

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.artifact import root_source
+from ..core.cache import cache_dir
 from ..core.errors import UserError
 from ..core.files import sha256_file
 from ..core.images import ImagePreprocess
@@ -35,10 +36,6 @@ DIGITS_PREPROCESS = ImagePreprocess(size=8, resize=None, mean=(0.0,), std=(255.0
 RESNET_DIGITS_SHA256 = "82093b944886a125ef55faa6f09c072243a7ac3ec7cfcbef89ec4d356a7d058c"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("REACT_CACHE_DIR") or Path.home() / ".cache" / "reactinfer")
-
-
 @lru_cache(maxsize=1)
 def imagenet_labels() -> list[str]:
     """The 1,000 ImageNet-1k class names, index = class id (shipped in this package)."""
@@ -51,7 +48,7 @@ def imagenet_labels() -> list[str]:
 def _read_verified(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    got = sha256_file(path)
+    got = sha256_file(path, cached=False)
     if got != sha256:
         raise UserError(f"{path}: sha256 {got[:12]}… does not match the expected "
                         f"{sha256[:12]}…; the file is damaged or was replaced")
@@ -133,8 +130,6 @@ def model_labels(handle: Any) -> list[str] | None:
 def class_labels(source: dict[str, Any]) -> list[str] | None:
     """The class names of the image built-in a model comes from (through any artifacts
     made of it), or None: a user's model has no names, and callers use the class ids."""
-    from .artifact_loader import root_source
-
     root = root_source(source)
     builtin = CNN_BUILTINS.get(str(root.get("ref"))) if root.get("kind") == "builtin" else None
     return None if builtin is None or builtin.labels is None else builtin.labels()

@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UserError
+from ..core.errors import UserError, is_our_bug
 from ..core.handle import ModelHandle
-from ..models import LOAD_KEYS, load
+from ..models import DEFAULT_MODEL, LOAD_KEYS, load
 from .actions import Action
 from .budget import Budget
 from .catalogue import default_actions, unavailable_actions
-from .finish import finish
+from .finish import finish, report_stopped
 from .loop import Planner, PlanSettings
 
 
-def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: float = 0.01,
+def optimize(model: Any = DEFAULT_MODEL, objective: str = "throughput", max_drop: float = 0.01,
              budget_s: float = 900.0, data: str | None = None, out: str | Path | None = None,
              resume: bool = False, actions: Sequence[Action] | None = None,
              progress: bool = True, confirm_n_eval: int | None = 1000,
@@ -68,6 +68,12 @@ def optimize(model: Any = "minilm", objective: str = "throughput", max_drop: flo
         planner.left_out = {**unavailable_actions(task=planner.base.task), **planner.left_out}
     try:
         result = planner.run()
+    except Exception as e:  # a bug of ours after the baseline: report what was measured
+        if is_our_bug(e) and planner.ref_trial is not None \
+                and planner.ref_trial["observation"] is not None:
+            report_stopped(planner, e)
+        planner.store.close()
+        raise
     except BaseException:
         planner.store.close()
         raise
@@ -97,11 +103,11 @@ def named_classes(base: ModelHandle, data: str | None) -> ModelHandle:
     """An image model without class names takes its --data folder's class subfolders as
     names when there is one per class the model gives (a folder of some classes only names
     nothing: ids are not names); they are kept in every artifact the run saves."""
-    from ..core.images import IMAGE_TASK
+    from ..core.handle import takes_images
     from ..data import image_classes
     from ..models.image_checks import model_classes, with_labels
 
-    if base.task != IMAGE_TASK or data is None or getattr(base.tokenizer, "labels", None):
+    if not takes_images(base.task) or data is None or getattr(base.tokenizer, "labels", None):
         return base
     names = image_classes(data)
     return with_labels(base, names) if names and len(names) == model_classes(base) else base

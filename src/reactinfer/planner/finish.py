@@ -23,20 +23,23 @@ from .endplan import ladder, save_s
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
-from .report import ITEM_NOUN, pareto_table, write_report
+from .report import item_noun, pareto_table, write_report
 
 # what saving or re-measuring a model may raise; the run's report is written regardless
 _SAVE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, NotImplementedError)
 
 
-def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
-    """Save, re-measure and report; returns the report data."""
-    s = planner.s
+def _pareto(planner: Planner, result: dict[str, Any]) -> list[dict[str, Any]]:
     for t in result["trials"]:  # the bound the loop decided with, for the table and plots
         if t.get("observation"):
             t["within_bound"], t["bound"] = within_bound(
-                planner.base.task, t["observation"]["quality"], s.max_drop)
-    pareto = pareto_table(result["trials"], s.objective)
+                planner.base.task, t["observation"]["quality"], planner.s.max_drop)
+    return pareto_table(result["trials"], planner.s.objective)
+
+
+def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
+    """Save, re-measure and report; returns the report data."""
+    pareto = _pareto(planner, result)
     best = result["best"]
     state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
                              "notes": list(planner.save_notes), "errors": []}
@@ -54,6 +57,26 @@ def finish(planner: Planner, result: dict[str, Any]) -> dict[str, Any]:
     finally:
         data = _write_report_keeping_the_error(planner, result, pareto, state)
     return data
+
+
+def report_stopped(planner: Planner, error: BaseException) -> None:
+    """A run that a bug of ours stopped after the baseline: the report of the trials
+    measured so far is written (nothing is saved: the state the bug left is not trusted),
+    and the error, raised by the caller, says where it is."""
+    kept = [t for t in planner.log if t["decision"] == "kept"]
+    best = kept[-1] if kept else planner.ref_trial
+    assert best is not None, "report_stopped is for a run whose baseline was measured"
+    result = {"stop": f"stopped by an error in ReAct itself: {type(error).__name__}: {error}",
+              "end_plan": None, "baseline": planner.ref_trial, "best": best,
+              "trials": planner.log, "reused": planner.reused,
+              "reference_outputs": planner.ref_info, "seconds": planner.budget.elapsed()}
+    state: dict[str, Any] = {"best_artifact": None, "variants": [], "confirm": None,
+                             "notes": list(planner.save_notes),
+                             "errors": [f"{type(error).__name__}: {error}"]}
+    # called while `error` is in flight: a report that fails too is noted on it
+    _write_report_keeping_the_error(planner, result, _pareto(planner, result), state)
+    error.add_note(f"the report of the measured trials is in {planner.out / 'report.md'}, "
+                   f"the trials in {planner.out / STORE_NAME}")
 
 
 def _write_report_keeping_the_error(planner: Planner, result: dict[str, Any],
@@ -185,7 +208,7 @@ def _confirm(planner: Planner, best: dict[str, Any], handle: ModelHandle,
     if n < floor:
         state["notes"].append(
             f"no side-by-side re-measure: on {floor} "
-            f"{ITEM_NOUN.get(planner.base.task, 'texts')} it would take "
+            f"{item_noun(planner.base.task)} it would take "
             f"~{fixed + per_text * floor:.0f}s, and {max(left, 0):.0f}s of the time budget "
             "are left; the figures are the search's")
         return None
@@ -217,7 +240,7 @@ def _step_back_while_outside(planner: Planner, result: dict[str, Any], best: dic
             break  # the step before is the original: the report says the bound failed
         state["notes"].append(
             f"{best['action']} was outside the bound on the {state['confirm']['n_eval']} "
-            f"re-measured {ITEM_NOUN.get(planner.base.task, 'texts')}"
+            f"re-measured {item_noun(planner.base.task)}"
             + (" the search never judged on " if state["confirm"].get("unseen") else " ")
             + f"({state['confirm']['bound']}): the best is the step it was built on, "
             f"{prev['action']}")
@@ -276,7 +299,7 @@ def report_data(planner: Planner, result: dict[str, Any], pareto: list[dict[str,
     best, base = result["best"], result["baseline"]
     confirm = state["confirm"]
     hw = hardware_profile()
-    items = ITEM_NOUN.get(planner.base.task, "texts")
+    items = item_noun(planner.base.task)
     data = {
         "model": s.model, "task": planner.base.task, "objective": s.objective,
         "max_drop": s.max_drop, "quality_score": get_task(planner.base.task).quality_name,

@@ -19,7 +19,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..core.backend import backend_options, list_backends
-from ..core.bounds import check_at_least, check_max_drop
 from ..core.errors import UserError
 from ..core.handle import ModelHandle
 from ..core.hardware import hardware_profile
@@ -29,7 +28,7 @@ from ..measure.harness import measure
 from ..measure.refcache import cached_reference
 from ..models import load
 from ..tasks import get_task
-from ..tasks.metrics import MetricFn, check_labelled, metric_name, resolve_metric
+from ..tasks.metrics import check_labelled, resolve_metric
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -43,8 +42,9 @@ from .catalogue import for_model
 from .cnn import conv_facts
 from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
-from .objective import OBJECTIVES, gain
+from .objective import gain
 from .repair import repair
+from .settings import PlanSettings, default_n_eval
 from .stepcost import fit_action
 from .store import TrialStore
 from .trial import TrialRunner
@@ -52,68 +52,6 @@ from .trial import TrialRunner
 STORE_NAME = "trials.sqlite"
 # an action that fits, with its candidate and Thought, and the ones skipped before it
 Pick = tuple[Action, Candidate, str, list[tuple[Action, Candidate, str, str]]]
-
-
-DEFAULT_N_EVAL = 400
-
-
-@dataclasses.dataclass
-class PlanSettings:
-    model: str
-    objective: str = "throughput"
-    max_drop: float = 0.01
-    budget_s: float = 900.0
-    data: str | None = None
-    n_eval: int | None = None  # None: default_n_eval(task)
-    batch_size: int = 32
-    latency_runs: int = 30
-    min_gain: float = 0.03
-    max_trials: int | None = None
-    target: float | None = None  # e.g. 2.0: stop once the objective is ×2 the baseline
-    confirm_n_eval: int | None = 1000  # the final side-by-side re-measure (0/None: none)
-    # sha256 of an in-memory model's weights (a name or path reloads by itself): a resumed
-    # run must be given the same weights
-    fingerprint: str | None = None
-    # what the bound is on: None, agreement with the original; else the drop of the user's
-    # metric, a name ("accuracy", "f1") or callable(outputs, items) -> float (tasks/metrics.py)
-    metric: str | MetricFn | None = None
-
-    def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"unknown objective {self.objective!r}; choose one of "
-                            f"{', '.join(OBJECTIVES)}")
-        check_max_drop(self.max_drop)
-        check_at_least("--batch-size", self.batch_size)
-        check_at_least("--max-trials", self.max_trials)
-        if self.target is not None and not self.target > 0:
-            raise UserError(f"--target must be a positive ratio, e.g. 2.0, got {self.target}")
-        if self.budget_s <= 0:
-            raise UserError(f"--budget-s must be positive, got {self.budget_s}")
-        if self.n_eval is not None and self.n_eval < 10:
-            raise UserError("n_eval must be at least 10 for a meaningful quality figure")
-        if self.confirm_n_eval is not None and self.confirm_n_eval < 0:
-            raise UserError(f"confirm_n_eval must be >= 0 (0: no re-measure), got "
-                            f"{self.confirm_n_eval}")
-        resolve_metric(self.metric)  # the name is known, or it is a callable
-
-    def store_key(self) -> dict[str, Any]:
-        """Settings that change what a trial measures (budget and trial caps do not)."""
-        keep = ("model", "objective", "max_drop", "data", "n_eval", "batch_size", "min_gain")
-        key = {k: getattr(self, k) for k in keep}
-        if self.fingerprint is not None:  # older stores have no such key: theirs stay equal
-            key["fingerprint"] = self.fingerprint
-        if self.metric is not None:  # (absent when None: stores of earlier runs still resume)
-            key["metric"] = metric_name(self.metric)
-        return key
-
-
-def default_n_eval(task: str, settings: PlanSettings) -> int:
-    """Held-out items per trial when not asked: 400; for embeddings the final re-measure's
-    number (1,000), because top-10 recall falls as the corpus grows (minilm int8: 0.945 on
-    400 texts, 0.939 on 1,000), so a trial judged on fewer passes what the re-measure fails."""
-    if task == "embedding":
-        return max(DEFAULT_N_EVAL, settings.confirm_n_eval or 0)
-    return DEFAULT_N_EVAL
 
 
 class Planner(TrialRunner):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..measure.refcache import describe as describe_reference
-from ..tasks import recall_floor, within_bound
+from ..tasks import get_task, recall_floor, within_bound
 from ..tasks.metrics import METRIC_KEY, metric_text
 from .actions import FALLBACK_OPTIONS
 from .objective import OBJECTIVES, gain, objective_value
@@ -22,7 +22,7 @@ from .objective import OBJECTIVES, gain, objective_value
 def bound_text(task: str, quality_name: str, max_drop: float) -> str:
     """Every criterion of `within_bound`, in words, for reports."""
     text = f"drop ≤ {max_drop} ({quality_name})"
-    if task == "embedding":
+    if get_task(task).bounds_recall:
         text += f" and top-10 recall ≥ {recall_floor(max_drop):.3f}"
     return text
 
@@ -233,12 +233,13 @@ def _search_line(data: dict[str, Any]) -> list[str]:
     return ref + _sizing_line(data)
 
 
-# what a task's held-out items are called in a report (default: texts)
-ITEM_NOUN = {"image-classification": "images"}
+def item_noun(task: str | None) -> str:
+    """What a task's held-out items are called in a report (texts when none is named)."""
+    return get_task(task).item_noun if task else "texts"
 
 
 def _items(data: dict[str, Any]) -> str:
-    return ITEM_NOUN.get(data.get("task", ""), "texts")
+    return item_noun(data.get("task"))
 
 
 def _sizing_line(data: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.deadline import DeadlinePassed, deadline
+from ..core.errors import is_our_bug
 from ..core.handle import ModelHandle
 from ..measure.harness import MeasurementCut, measure
 from ..measure.refcache import reference_key, save_reference
@@ -129,8 +130,12 @@ class TrialRunner:
         # not stored (below): a run with more time may try it
         except (MeasurementCut, DeadlinePassed) as e:
             obs, decision, reason = None, "skipped", f"time budget: {e}"
-        # One bad candidate is a failed trial, not the end of the run (and of its report).
-        except Exception as e:  # noqa: BLE001
+        # One candidate an engine or transform cannot take is a failed trial, not the end of
+        # the run. A bug of ours stops it with its traceback (the report of what was measured
+        # is still written, api.py): recorded as "failed", it would hide in the table.
+        except Exception as e:
+            if is_our_bug(e):
+                raise
             obs, decision, reason = None, "failed", f"{type(e).__name__}: {e}"
         # a step that ran on the clock (a time-budgeted distillation) is recorded as run, so
         # that a rebuild (saving, a child, --resume) makes the same model (Builder.as_run)

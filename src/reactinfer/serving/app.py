@@ -136,13 +136,13 @@ def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "
 def with_class_names(handles: list[ModelHandle], labels: Sequence[str]) -> list[ModelHandle]:
     """The image classifiers among `handles` answer `labels` as their class names
     (--labels); each must have that many classes."""
-    from ..core.images import IMAGE_TASK
+    from ..core.handle import takes_images
     from ..models.image_checks import with_labels
 
-    if not any(h.task == IMAGE_TASK for h in handles):
+    if not any(takes_images(h.task) for h in handles):
         raise UserError("serve --labels names the classes of an image-classification model; "
                         "none of the models served is one")
-    return [with_labels(h, labels) if h.task == IMAGE_TASK else h for h in handles]
+    return [with_labels(h, labels) if takes_images(h.task) else h for h in handles]
 
 
 def gguf_on_llamacpp(ref: str | Path, choice: str = "auto") -> ModelHandle | None:
@@ -167,8 +167,9 @@ def llm_engine(handle: ModelHandle, choice: str = "auto") -> ModelHandle:
     on another backend (an artifact) keeps it."""
     from ..backends.convert import to_backend
     from ..core.backend import get_backend
+    from ..tasks import get_task
 
-    if handle.task != "causal-lm" or handle.backend != "torch" or choice == "torch":
+    if not get_task(handle.task).generates or handle.backend != "torch" or choice == "torch":
         return handle
     if choice != "auto":
         return to_backend(handle, choice)

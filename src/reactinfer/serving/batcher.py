@@ -3,11 +3,12 @@ one worker thread that forms batches (up to max_batch items or max_delay, compan
 picked by similar length) and runs them on the ladder's active variant, so the event
 loop never blocks on a model call. For a causal LM the worker runs decode.py's loop
 instead: continuous batching of generations. Whether a request may join the queue is admission's
-call (admission.py); how a variant is run is execute.py's.
+call (admission.py); how a variant is run is execute.py's; the queue and its lock are
+queue.py's.
 """
 from __future__ import annotations
 
-import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import IMAGE_TASK
+from ..tasks import get_task
 from .admission import Admission
 from .config import ServeConfig
 from .decode import DecodeLoop
 from .execute import run_encoder, run_pixels
 from .ladder import Calibration, Job, Ladder, Variant
 from .metrics import Metrics
+from .queue import RequestQueue, call_on
 from .request import Generated, Rejected, Request
 from .warmup import measure_generation, probe_pixels
 
@@ -30,6 +32,7 @@ from .warmup import measure_generation, probe_pixels
 # sorted by token count across the whole gathering (execute.run_encoder), so each call
 # pads less than a batch of whatever arrived together (benchmarks/serve_engine.py).
 GATHER = 4
+log = logging.getLogger(__name__)
 
 __all__ = ["Batcher", "Generated", "Rejected", "Request"]
 
@@ -39,19 +42,16 @@ class Batcher:
                  on_answer: Callable[[Request, Variant, float], None] | None = None):
         self.model, self.ladder, self.config, self.metrics = model, ladder, config, metrics
         self.on_answer = on_answer
-        self._queue: list[Request] = []  # never rebound: admission reads this very list
-        self._cond = threading.Condition()
+        self.queue = RequestQueue(model, metrics)  # its lock also guards the state below
         self._busy_until = 0.0
-        self._inflight = 0  # accepted, not yet answered
-        self._stopping = False
         self._switches_seen = 0
         self._last_probe = 0.0
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # EWMA of the time between arrivals
         self._overlap = 0.0  # EWMA of whether an arrival found another request in flight
         self.draining = False
-        self.admission = Admission(model, ladder, config, metrics, self._queue,
-                                   wake=self._cond.notify_all)
+        self.admission = Admission(model, ladder, config, metrics, self.queue.items,
+                                   wake=self.queue.wake)
         # A fast tokenizer keeps padding/truncation state between calls: one user at a time.
         self.tok_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -66,62 +66,56 @@ class Batcher:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        with self._cond:
+        with self.queue:
             self.admission.changed()  # the start-up measured the service-time curves
         self._thread = threading.Thread(target=self._loop, name=f"react-batcher-{self.model}",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self.queue.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
     @property
     def inflight(self) -> int:
         """Requests accepted and not yet answered."""
-        with self._cond:
-            return self._inflight
+        with self.queue:
+            return self.queue.inflight
 
     @property
     def idle(self) -> bool:
         return self.inflight == 0
 
     def queue_items(self) -> int:
-        with self._cond:
-            return sum(r.job.items for r in self._queue)
+        with self.queue:
+            return self.queue.waiting_items()
 
     # -- admission (event loop) ---------------------------------------------------------
     def admit(self, req: Request) -> None:
         """Queue `req` or raise Rejected at once (never after a wait)."""
         now = time.monotonic()
-        with self._cond:
+        with self.queue:
             refusal, predicted = self._refusal(req.job, now)
             if refusal is not None:
                 raise refusal
             self._arrived(now)
             req.arrival, req.predicted = now, predicted
-            self._queue.append(req)
+            self.queue.push(req)
             self.admission.changed()
-            self._inflight += 1
-            self.metrics.queue_length.set(sum(r.job.items for r in self._queue),
-                                          model=self.model)
-            self._cond.notify_all()
 
     def refusal(self, deadline: float, now: float) -> Rejected | None:
         """Would the smallest request (one item, or one new token) with `deadline` be
         refused? If so it is counted as refused and the refusal is returned: the caller
         answers it (shedding before the body is read, see shed.py)."""
-        job = Job(deadline, items=1, new_tokens=1 if self.task == "causal-lm" else 0)
-        with self._cond:
+        job = Job(deadline, items=1, new_tokens=1 if get_task(self.task).generates else 0)
+        with self.queue:
             return self._refusal(job, now)[0]
 
     def _refusal(self, job: Job, now: float) -> tuple[Rejected | None, float]:
         """(why `job` is refused or None, its predicted seconds to the answer before
         calibration). Call with the lock held."""
-        if self.draining or self._stopping:
+        if self.draining or self.queue.stopping:
             return Rejected(503, "the server is draining; retry on another replica"), 0.0
         return self.admission.judge(job, max(0.0, self._busy_until - now), now)
 
@@ -137,7 +131,7 @@ class Batcher:
             gap = now - self._last_arrival
             self._gap_s = gap if self._gap_s == float("inf") else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
-        self._overlap = 0.8 * self._overlap + 0.2 * (self._inflight > 0)
+        self._overlap = 0.8 * self._overlap + 0.2 * (self.queue.inflight > 0)
 
     async def submit(self, req: Request) -> Any:
         self.admit(req)
@@ -148,7 +142,7 @@ class Batcher:
 
     # -- worker thread ------------------------------------------------------------------
     def _loop(self) -> None:
-        if self.task == "causal-lm":  # generations: continuous batching (decode.py)
+        if get_task(self.task).generates:  # generations: continuous batching (decode.py)
             DecodeLoop(self).run()
             return
         while True:
@@ -164,25 +158,26 @@ class Batcher:
             except Exception as e:  # noqa: BLE001  (a model failure answers its requests with 500)
                 for r in batch:
                     if r.sink is not None:
-                        _call(r.loop, r.sink.put_nowait, None)
+                        call_on(r.loop, r.sink.put_nowait, None)
                     self._finish(r, exc=e)
-            with self._cond:
+            with self.queue:
                 self.admission.changed()  # the batch taught the service-time curves
 
     def _next(self) -> tuple[list[Request], int] | None:
         """Wait for work; return (batch, level), ([], level) for an idle probe, or None
         when stopping with nothing left."""
-        with self._cond:
+        q = self.queue
+        with q:
             while True:
                 now = time.monotonic()
-                if self._queue:
-                    edf = sorted(self._queue, key=lambda r: r.job.deadline)
+                if q:
+                    edf = q.edf()
                     ready_at = self._ready_at()
-                    if (edf[0].kind == "generate" or now >= ready_at or self._stopping
-                            or self.draining or self._queued_items() >= self.config.max_batch):
+                    if (edf[0].kind == "generate" or now >= ready_at or q.stopping
+                            or self.draining or q.waiting_items() >= self.config.max_batch):
                         return self._take(edf, now)
-                    self._cond.wait(ready_at - now)
-                elif self._stopping:
+                    q.wait(ready_at - now)
+                elif q.stopping:
                     return None
                 elif (self.ladder.active > 0 or self.admission.stale) and not self.draining:
                     due = self._last_probe + self.config.probe_s
@@ -190,12 +185,9 @@ class Batcher:
                         self._last_probe, self.admission.stale = now, False
                         return [], max(self.ladder.active - 1, 0) if self.ladder.active \
                             else len(self.ladder.variants) - 1
-                    self._cond.wait(due - now)
+                    q.wait(due - now)
                 else:
-                    self._cond.wait()
-
-    def _queued_items(self) -> int:
-        return sum(r.job.items for r in self._queue)
+                    q.wait()
 
     def _ready_at(self) -> float:
         """When the oldest request stops waiting for companions. Wait only when one is
@@ -206,21 +198,18 @@ class Batcher:
         delay = self.config.max_delay_s
         expected = delay / self._gap_s if self._gap_s > 0 else 1.0
         wait = expected >= 0.5 and self._overlap >= 0.5
-        return min(r.arrival for r in self._queue) + (delay if wait else 0.0)
+        return min(r.arrival for r in self.queue.items) + (delay if wait else 0.0)
 
     def _take(self, edf: list[Request], now: float) -> tuple[list[Request], int]:
         """Choose the level, take the next batch off the queue and predict how long the
         worker will be busy with it. Lock held."""
-        level = self.ladder.update([r.job for r in edf], now, factor=self.calibration.factor)
-        self._report_variant(level)
+        level = self.choose(edf, now)
         v = self.ladder.variants[level]
         big = GATHER * self.config.max_batch  # the earliest deadline can afford it
         cap = big if now + v.service.predict(big) <= edf[0].job.deadline \
             else self.config.max_batch
         batch = self._pick(edf, cap)
-        for r in batch:
-            self._queue.remove(r)
-        self.metrics.queue_length.set(self._queued_items(), model=self.model)
+        self.queue.take(batch)
         n = sum(r.job.items for r in batch)
         cost = v.gen.predict(batch[0].job.new_tokens) \
             if batch[0].kind == "generate" else v.service.predict(n)
@@ -247,6 +236,13 @@ class Batcher:
                 filled += r.job.items
         return batch
 
+    def choose(self, edf: list[Request], now: float) -> int:
+        """The ladder's level for the queue `edf` (EDF order) at `now`, reported in the
+        metrics. Lock held."""
+        level = self.ladder.update([r.job for r in edf], now, factor=self.calibration.factor)
+        self._report_variant(level)
+        return level
+
     def _report_variant(self, level: int) -> None:
         for i, v in enumerate(self.ladder.variants):
             self.metrics.active_variant.set(1.0 if i == level else 0.0, model=self.model,
@@ -260,17 +256,20 @@ class Batcher:
         estimate (e.g. from a slow spell) can recover, then let the ladder re-decide."""
         v = self.ladder.variants[level]
         try:
-            if self.task == "causal-lm":
+            if get_task(self.task).generates:
                 measure_generation(v, [1, 2, 3])
-            elif self.task == IMAGE_TASK:
+            elif get_task(self.task).takes_images:
                 self._run_pixels(v, probe_pixels(v.handle.tokenizer))
             else:
                 self._run_encoder(v, ["probe"])
         except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
-            pass
-        with self._cond:
+            # ...nor pass unseen: the ladder may stay stepped down because of it
+            log.warning("probe of variant %r of model %r failed", v.name, self.model,
+                        exc_info=True)
+            self.metrics.probe_errors.inc(model=self.model, variant=v.name)
+        with self.queue:
             self.admission.changed()
-            self.ladder.update([r.job for r in self._queue], time.monotonic(),
+            self.ladder.update([r.job for r in self.queue.items], time.monotonic(),
                                factor=self.calibration.factor)
             self._report_variant(self.ladder.active)
 
@@ -298,7 +297,7 @@ class Batcher:
         start = time.monotonic()
         for r in batch:
             self.metrics.queue_seconds.observe(start - r.arrival, model=self.model)
-        if self.task == IMAGE_TASK:  # one input per image, no tokens
+        if get_task(self.task).takes_images:  # one input per image, no tokens
             y = self._run_pixels(v, np.concatenate([r.pixels for r in batch]))  # (N, C)
             counts = np.zeros(len(y), dtype=np.int64)
         else:
@@ -309,7 +308,7 @@ class Batcher:
             self._finish(r, value=(y[i:i + n], counts[i:i + n], v.name), variant=v)
             i += n
 
-    def _first_token(self, req: Request, v: Variant, t: float) -> None:
+    def first_token(self, req: Request, v: Variant, t: float) -> None:
         """Completions are judged on time to first token."""
         self.calibration.observe(req.predicted, t - req.arrival)
         if self.on_answer is not None:
@@ -319,23 +318,4 @@ class Batcher:
                 variant: Variant | None = None) -> None:
         if variant is not None and self.on_answer is not None:
             self.on_answer(req, variant, time.monotonic())
-
-        def settle() -> None:
-            if req.future.done():
-                return
-            if exc is not None:
-                req.future.set_exception(exc)
-            else:
-                req.future.set_result(value)
-
-        _call(req.loop, settle)
-        with self._cond:
-            self._inflight -= 1
-            self._cond.notify_all()
-
-
-def _call(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: the client is gone
-        pass
+        self.queue.answer(req, value, exc)

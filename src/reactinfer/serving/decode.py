@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..core.backend import StepDecodingRunner
 from ..tasks.sampling import Sampling, pick_token
 from .execute import generate_stream
+from .queue import call_on
 from .request import Generated, Request
 
 if TYPE_CHECKING:
@@ -118,10 +120,9 @@ def engine_of(v: Variant, slots: int = SLOTS) -> Any:
     eng = getattr(v, "engine", None)
     if eng is None:
         runner = v.handle.runner()
-        make = getattr(runner, "decode_engine", None)
-        if make is None:
+        if not isinstance(runner, StepDecodingRunner):
             return None
-        eng = v.engine = make(slots, STEP_TOKENS)
+        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS)
         v.gen.slots = slots
     return eng
 
@@ -157,10 +158,11 @@ def _run_alone(eng: Any, prompt_ids: list[int], tokens: int) -> float:
 
 
 class DecodeLoop:
-    """The generation worker of one batcher (runs in its worker thread)."""
+    """The generation worker of one batcher (runs in its worker thread). It shares the
+    batcher's queue and lock (queue.py) and answers through the queue."""
 
     def __init__(self, batcher: Batcher):
-        self.b = batcher
+        self.b, self.q = batcher, batcher.queue
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
         self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
@@ -168,29 +170,28 @@ class DecodeLoop:
         self.tokenizer = tok
 
     def run(self) -> None:
-        b = self.b
+        b, q = self.b, self.q
         while True:
-            with b._cond:
+            with q:
                 while True:
                     self._join(time.monotonic())
                     if self.running:
                         break
-                    if b._stopping and not b._queue:
+                    if q.stopping and not q:
                         return
-                    if b.admission.stale and not b._queue:
+                    if b.admission.stale and not q:
                         self._retime()
                         continue
-                    b._cond.wait(0.5)
+                    q.wait(0.5)
             self._drop_cancelled()
             self._step()
 
     # -- joining (lock held) ---------------------------------------------------------------
     def _join(self, now: float) -> None:
-        b = self.b
-        while b._queue:
-            edf = sorted(b._queue, key=lambda r: r.job.deadline)
-            level = b.ladder.update([r.job for r in edf], now, factor=b.calibration.factor)
-            b._report_variant(level)
+        b, q = self.b, self.q
+        while q:
+            edf = q.edf()
+            level = b.choose(edf, now)
             req, v = edf[0], b.ladder.variants[level]
             eng = engine_of(v)
             if eng is not None and not eng.can_start(len(req.prompt_ids) + req.job.new_tokens):
@@ -199,8 +200,7 @@ class DecodeLoop:
                 return  # one more would slow the running streams past --tpot-ms: it waits
             if eng is None and self.running:
                 return  # an engine-less variant runs alone: let the others finish first
-            b._queue.remove(req)
-            b.metrics.queue_length.set(b._queued_items(), model=b.model)
+            q.take([req])
             b.metrics.queue_seconds.observe(now - req.arrival, model=b.model)
             b.admission.changed()
             d = Decoding(req, v, TextStream(self.tokenizer, req.stop), req.sampling.rng()
@@ -208,11 +208,8 @@ class DecodeLoop:
             if req.sink is not None:
                 _send(req, v.name)  # the header needs it first
             if eng is None:
-                b._cond.release()  # run it alone, outside the lock
-                try:
+                with q.unlocked():  # run it alone, outside the lock
                     self._alone(d)
-                finally:
-                    b._cond.acquire()
                 continue
             d.sid = eng.start(req.prompt_ids, req.job.new_tokens)
             self.running[(id(eng), d.sid)] = d
@@ -224,15 +221,12 @@ class DecodeLoop:
         uses the engines)."""
         b = self.b
         b.admission.stale = False
-        b._cond.release()
-        try:
+        with self.q.unlocked():
             for v in b.ladder.variants:
                 eng = engine_of(v)
                 if eng is not None:
                     v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
                     measure_engine(v, eng, [1, 2, 3, 4], warm=False)
-        finally:
-            b._cond.acquire()
         b.admission.changed()
 
     # -- stepping (lock free) ---------------------------------------------------------------
@@ -263,7 +257,7 @@ class DecodeLoop:
                 d = self.running[key]
                 if d.first is None:
                     d.first = now
-                    self.b._first_token(d.req, v, now)
+                    self.b.first_token(d.req, v, now)
                 reason = d.add(pick_token(logits, d.sampling, d.rng), self.b.stop_ids,
                                lambda s, r=d.req: _send(r, s))
                 if reason is None:
@@ -299,7 +293,7 @@ class DecodeLoop:
         if d.req.sink is not None:
             _send(d.req, None)
         value = Generated(d.tokens, reason or "cancelled", d.variant.name, d.text.text)
-        self.b._finish(d.req, value=value if exc is None else None, exc=exc)
+        self.q.answer(d.req, value if exc is None else None, exc)
 
     def _alone(self, d: Decoding) -> None:
         """A variant without an engine: the whole answer, one token at a time."""
@@ -309,7 +303,7 @@ class DecodeLoop:
                                        set(), d.sampling, d.rng):
                 if d.first is None:
                     d.first = time.monotonic()
-                    self.b._first_token(d.req, d.variant, d.first)
+                    self.b.first_token(d.req, d.variant, d.first)
                 reason = d.add(tok, self.b.stop_ids, lambda s: _send(d.req, s))
                 if reason is not None or d.req.cancelled:
                     break
@@ -320,7 +314,5 @@ class DecodeLoop:
 
 
 def _send(req: Request, item: Any) -> None:
-    from .batcher import _call
-
     if req.sink is not None and item != "":
-        _call(req.loop, req.sink.put_nowait, item)
+        call_on(req.loop, req.sink.put_nowait, item)

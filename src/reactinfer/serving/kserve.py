@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from ..core.images import IMAGE_TASK
+from ..tasks import get_task
 from . import images
 from .protocol import (
     VARIANT_HEADER,
@@ -25,9 +25,6 @@ from .state import ApiError, Group, ServingState, state_of
 
 # Included by create_app; the handlers find the served models with state_of(request).
 router = APIRouter()
-
-_OUTPUT = {"embedding": "embedding", "classification": "logits", "causal-lm": "text_output"}
-
 
 def _texts(body: dict[str, Any]) -> Any:
     inputs = body.get("inputs")
@@ -70,14 +67,14 @@ async def model_metadata(name: str, request: HttpRequest) -> dict[str, Any]:
     g = state_of(request).group(name)
     params: dict[str, Any] = {"task": g.task, "active_variant": g.ladder.current.name,
                               "variants": g.ladder.describe()}
-    if g.task == IMAGE_TASK:
+    task = get_task(g.task)
+    if task.takes_images:
         io = images.metadata(g)
         params["preprocess"] = io.pop("preprocess")
     else:
-        out = _OUTPUT[g.task]
         io = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-              "outputs": [{"name": out, "datatype": "BYTES" if g.task == "causal-lm"
-                           else "FP32", "shape": [-1] if g.task == "causal-lm" else [-1, -1]}]}
+              "outputs": [{"name": task.serve_output, "datatype": "BYTES" if task.generates
+                           else "FP32", "shape": [-1] if task.generates else [-1, -1]}]}
     return {"name": g.name, "versions": [v.name for v in g.ladder.variants],
             "platform": f"reactinfer-{g.ladder.current.handle.backend}", **io,
             "parameters": params}
@@ -95,7 +92,8 @@ async def model_ready(name: str, request: HttpRequest) -> JSONResponse:
 async def infer(name: str, request: HttpRequest) -> JSONResponse:
     state = state_of(request)
     g = state.group(name)
-    image = g.task == IMAGE_TASK
+    task = get_task(g.task)
+    image = task.takes_images
     body = await read_json(request, state, state.config.image_body_limit if image else None)
     deadline = deadline_of(request, state)
     rid = body.get("id") if isinstance(body.get("id"), str) else uuid.uuid4().hex
@@ -104,13 +102,13 @@ async def infer(name: str, request: HttpRequest) -> JSONResponse:
         return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
                           "outputs": outputs}, headers={VARIANT_HEADER: variant})
     texts = check_texts(_texts(body), g, state, "inputs[0].data")
-    if g.task == "causal-lm":
+    if task.generates:
         if len(texts) != 1:
             raise ApiError(400, "a causal-lm model takes one prompt per request")
         output, variant = await _generate_output(state, g, body, texts[0], deadline)
     else:
         y, _, variant = await encode(state, g, texts, deadline)  # (N, D)
-        output = {"name": _OUTPUT[g.task], "datatype": "FP32", "shape": list(y.shape),
+        output = {"name": task.serve_output, "datatype": "FP32", "shape": list(y.shape),
                   "data": y.reshape(-1)}
     return ArrayJSON({"model_name": g.name, "model_version": variant, "id": rid,
                       "outputs": [output]}, headers={VARIANT_HEADER: variant})

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..tasks import get_task
+
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
@@ -137,7 +139,7 @@ class Variant:
 
     def cost(self) -> float:
         """What orders the ladder: a full batch for encoders, 32 new tokens for LMs."""
-        if self.handle.task == "causal-lm":
+        if get_task(self.handle.task).generates:
             return self.gen.predict(32)
         return self.service.predict(max(self.service.points, default=1))
 

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.handle import task_names
+from ..tasks import get_task
 
 MAX_REQUESTS = 200_000
 MAX_DURATION_S = 3600.0
@@ -85,7 +87,9 @@ async def _payload_for(client: Any, base: str, path: str) -> tuple[str, Any]:
         raise UserError(f"loadtest: {base}/v1/models answered HTTP {r.status_code} without a "
                         "model list: is this a ReAct server? Otherwise name the endpoint in "
                         f"the URL, e.g. {base}/v1/embeddings") from None
-    path = "/v1/completions" if first.get("task") == "causal-lm" else "/v1/embeddings"
+    task = first.get("task")
+    generates = task in task_names() and get_task(task).generates
+    path = "/v1/completions" if generates else "/v1/embeddings"
     return path, model
 
 

@@ -128,6 +128,9 @@ class Metrics:
         self.variant_requests = Counter("react_variant_requests_total",
                                         "requests answered, by variant")
         self.switches = Counter("react_variant_switches_total", "ladder steps, by direction")
+        self.probe_errors = Counter(
+            "react_probe_errors_total", "idle probes of a better variant that failed (the "
+            "ladder stays stepped down until one succeeds; the server log says why)")
         self.cache_hits = Counter("react_cache_hits_total", "items answered from the cache")
         self.cache_misses = Counter("react_cache_misses_total", "items not in the cache")
         self.effective_quality = Gauge(

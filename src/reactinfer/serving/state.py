@@ -20,7 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models.artifact_loader import root_source
+from ..core.artifact import root_source
+from ..core.backend import ServingContextRunner
 from ..models.vision import model_labels
 from .batcher import Batcher
 from .cache import ResponseCache
@@ -79,8 +80,14 @@ class Group:
     def context_length(self) -> int:
         """The most tokens (prompt + answer) a generation may hold on every variant: a
         runner's serving context where it has one (llama.cpp), else the model's limit."""
-        return min(int(getattr(v.handle.runner(), "serve_context", v.handle.max_length))
-                   for v in self.ladder.variants)
+        return min(served_context(v.handle) for v in self.ladder.variants)
+
+
+def served_context(handle: Any) -> int:
+    """The most tokens one served generation may hold on `handle`."""
+    runner = handle.runner()
+    return int(runner.serve_context if isinstance(runner, ServingContextRunner)
+               else handle.max_length)
 
 
 def state_of(request: HttpRequest) -> ServingState:

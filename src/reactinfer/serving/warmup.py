@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import IMAGE_TASK
+from ..tasks import get_task
 from .config import ServeConfig
 from .decode import engine_of, measure_engine
 from .execute import generate_stream
@@ -35,7 +35,7 @@ def probe_pixels(preprocess: Any) -> np.ndarray:
 
 def warmup_items(task: str, handle: Any, texts: Sequence[str]) -> Sequence[Any]:
     """What a variant is measured on: images for an image model, else the texts."""
-    return warmup_images(handle.tokenizer) if task == IMAGE_TASK else texts
+    return warmup_images(handle.tokenizer) if get_task(task).takes_images else texts
 
 
 def warmup_texts(max_batch: int) -> list[str]:
@@ -52,7 +52,7 @@ def warm_up(ladder: Ladder, task: str, texts: Sequence[str], config: ServeConfig
         v.handle.runner()
         if not config.warmup:
             continue
-        if task == "causal-lm":
+        if get_task(task).generates:
             ids = v.handle.tokenizer(texts[0])["input_ids"][:32]
             eng = engine_of(v)
             if eng is not None:

@@ -2,6 +2,7 @@
 from .base import (
     bound_decided,
     count_tokens,
+    eval_batch,
     get_task,
     iter_batches,
     quality_drop,
@@ -11,5 +12,5 @@ from .base import (
     within_bound,
 )
 
-__all__ = ["bound_decided", "count_tokens", "get_task", "iter_batches", "quality_drop",
-           "recall_floor", "sample_batch", "tokenize", "within_bound"]
+__all__ = ["bound_decided", "count_tokens", "eval_batch", "get_task", "iter_batches",
+           "quality_drop", "recall_floor", "sample_batch", "tokenize", "within_bound"]

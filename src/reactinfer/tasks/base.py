@@ -88,9 +88,27 @@ def iter_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_leng
 
 
 class Task(Protocol):
+    """What the rest of the library asks of a task, so that adding one touches tasks/
+    only: measure/, planner/, serving/ and cluster/ read these, never the task's name."""
+
     name: str
     quality_name: str  # the score `drop` is taken from, for reports
     primary_output: str  # the key of `evaluate`'s results a user's metric gets (metrics.py)
+    takes_images: bool  # items are images (pixel batches, no tokens to count), not texts
+    item_noun: str  # what reports call the items: "texts", "images"
+    # A generative LM: it decodes text (generate, the server's decode loop), and its
+    # logits are per position (B, T, V), so evaluation batches stay small.
+    generates: bool
+    serve_output: str  # the output tensor a KServe v2 answer names
+    votes: bool  # outputs are class logits that ensembles may majority-vote (text classifiers)
+    bounds_recall: bool  # `within_bound` also holds top-10 neighbour recall to `recall_floor`
+    # The largest `drop` a candidate may show when the user gives no bound (bench --backend
+    # auto): 1 - mean cosine for embeddings, perplexity ratio - 1 for LMs, 1 - top-1
+    # agreement for classifiers.
+    default_max_drop: float
+    default_n_eval: int | None  # eval items bench takes by default (None: all)
+    latency_runs: int  # batch-1 latency runs bench takes by default
+    max_eval_batch: int | None  # the largest evaluation batch (None: the user's batch size)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """A module whose forward(input_ids, attention_mask[, token_type_ids]) returns
@@ -114,7 +132,7 @@ _TASKS: dict[str, Task] = {}
 
 def register_task(task: Task) -> Task:
     _TASKS[task.name] = task
-    register_task_name(task.name)
+    register_task_name(task.name, takes_images=task.takes_images)
     return task
 
 
@@ -185,7 +203,7 @@ def within_bound(task: str, quality: dict[str, Any], max_drop: float) -> tuple[b
     if drop > max_drop:
         return False, f"quality drop {drop:.4f} > bound {max_drop}" + _ci_note(
             drop_ci, max_drop, "drop")
-    if task == "embedding":
+    if get_task(task).bounds_recall:
         floor = recall_floor(max_drop)
         recall_ci = quality.get(CI_KEY, {}).get("top10_recall")
         if quality["top10_recall"] < floor:
@@ -206,7 +224,7 @@ def bound_decided(task: str, quality: dict[str, Any], max_drop: float) -> bool:
     if drop_ci is not None and drop_ci[1] > max_drop:
         return False
     recall_ci = quality.get(CI_KEY, {}).get("top10_recall") \
-        if task == "embedding" and METRIC_KEY not in quality else None
+        if get_task(task).bounds_recall and METRIC_KEY not in quality else None
     return recall_ci is None or recall_ci[0] >= recall_floor(max_drop)
 
 
@@ -234,6 +252,21 @@ def _ci_note(ci: list[float] | None, limit: float, what: str) -> str:
     return f" ({what} 95% CI [{lo:.4f}, {hi:.4f}] {side})"
 
 
+def eval_batch(task: str, batch_size: int) -> int:
+    """The batch size `task` is evaluated at: the user's, capped by `Task.max_eval_batch`."""
+    cap = get_task(task).max_eval_batch
+    return batch_size if cap is None else min(batch_size, cap)
+
+
 def recall_floor(max_drop: float) -> float:
-    """Embeddings: the least top-10 neighbour recall `within_bound` accepts."""
+    """Embeddings: the least top-10 neighbour recall `within_bound` accepts.
+
+    It is the bound read in recall terms: a drop of `max_drop` in mean cosine allows five
+    times that share of the top-10 neighbours to change, so a 1% cosine drop allows 5% of
+    them (half a neighbour in ten per query; the default 0.005 allows 2.5%). The factor is
+    a chosen exchange rate, not derived (the planner's first version, commit 1b0c559, set
+    it without a stated reason). Its purpose is to make re-ordered search results fail
+    even where the cosine passes: recall moves far faster than cosine (minilm int8: mean
+    cosine 0.9977, a 0.23% drop, with top-10 recall 0.94, 6% of neighbours changed;
+    docs/backends.md), so for quantized encoders the floor is usually the binding test."""
     return max(0.0, 1 - 5 * max_drop)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.backend import ScoringRunner
 from .base import Results, iter_batches, register_task
 from .stats import CI_KEY, ratio_ci
 
@@ -110,9 +111,8 @@ def next_token_scores(runner: Any, batch: dict[str, np.ndarray]
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per position NLL and argmax from the runner: in the engine, by blocks, when it
     offers `score(batch)`; otherwise from its full logits, by blocks."""
-    score = getattr(runner, "score", None)
-    if score is not None:
-        return score(batch)  # type: ignore[no-any-return]
+    if isinstance(runner, ScoringRunner):
+        return runner.score(batch)
     return scores_from_logits(runner(batch), batch["input_ids"])
 
 
@@ -120,6 +120,21 @@ class CausalLMTask:
     name = "causal-lm"
     quality_name = "perplexity_ratio"
     primary_output = "nll"  # per text (N,): what a metric callable gets
+    takes_images = False
+    item_noun = "texts"
+    serve_output = "text_output"
+    generates = True
+    votes = False
+    bounds_recall = False
+    default_max_drop = 0.01
+    # A causal LM costs a full-vocabulary forward per text (about 0.3-1 s per text for
+    # smollm2 on 2 CPU cores), so bench's default is a sample that keeps `react bench
+    # smollm2` to a few minutes (--n-eval all: every held-out text; encoders evaluate all
+    # of them in seconds). A fixed count, not a time budget: the same command measures the
+    # same texts on every machine.
+    default_n_eval: int | None = 64
+    latency_runs = 20
+    max_eval_batch: int | None = 8  # full-vocabulary logits (B, T, 49k) are large
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return CausalLogits(model)

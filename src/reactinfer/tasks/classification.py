@@ -30,6 +30,16 @@ class ClassificationTask:
     name = "classification"
     quality_name = "top1_agreement"
     primary_output = "logits"
+    takes_images = False
+    item_noun = "texts"
+    serve_output = "logits"
+    generates = False
+    votes = True
+    bounds_recall = False
+    default_max_drop = 0.01
+    default_n_eval: int | None = None
+    latency_runs = 50
+    max_eval_batch: int | None = None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return Logits(model)

@@ -55,6 +55,16 @@ class EmbeddingTask:
     name = "embedding"
     quality_name = "mean_cosine"
     primary_output = "embeddings"
+    takes_images = False
+    item_noun = "texts"
+    serve_output = "embedding"
+    generates = False
+    votes = False
+    bounds_recall = True
+    default_max_drop = 0.005
+    default_n_eval: int | None = None
+    latency_runs = 50
+    max_eval_batch: int | None = None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return MeanPooled(model)

@@ -73,6 +73,16 @@ class ImageClassificationTask:
     name = "image-classification"
     quality_name = "top1_agreement"
     primary_output = "logits"
+    takes_images = True
+    item_noun = "images"
+    serve_output = "logits"
+    generates = False
+    votes = False
+    bounds_recall = False
+    default_max_drop = 0.01
+    default_n_eval: int | None = None
+    latency_runs = 50
+    max_eval_batch: int | None = None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return ImageLogits(model)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import UserError
+from ..core.errors import UserError, UserTypeError
 
 MetricFn = Callable[[np.ndarray, Sequence[Any]], float]
 METRIC_KEY = "metric"  # quality[METRIC_KEY] = {"name", "reference", "candidate", "drop"}
@@ -153,7 +153,7 @@ def metric_value(metric: Metric, primary: str, results: dict[str, np.ndarray],
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"metric {metric.name} must return a float (higher is better), "
+        raise UserTypeError(f"metric {metric.name} must return a float (higher is better), "
                         f"got {type(value).__name__}")
     if not math.isfinite(value):
         raise UserError(f"metric {metric.name} returned {value}: it must be a finite number")
