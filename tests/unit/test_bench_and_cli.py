@@ -134,7 +134,14 @@ def test_cli_info_and_models_and_backends(tmp_path, capsys):
     names = [m["name"] for m in json.loads(capsys.readouterr().out)]
     assert names == ["minilm", "smollm2", "efficientnet-lite0", "resnet18-digits"]
     assert main(["backends", "--json"]) == 0
-    assert "torch" in [b["name"] for b in json.loads(capsys.readouterr().out)]
+    rows = json.loads(capsys.readouterr().out)
+    assert "torch" in [b["name"] for b in rows]
+    # the engine configurations auto selection and the planner try, as each backend declares
+    from reactinfer.core.backend import engine_configs
+
+    assert [c["name"] for b in rows for c in b["configs"]] == [c.name for c in engine_configs()]
+    assert main(["backends"]) == 0
+    assert "config openvino int8: precision=int8" in capsys.readouterr().out
     # a reader that left (`| head -1`) is no error and prints no traceback: here the pipe
     # is closed before the command has written anything
     p = subprocess.Popen([sys.executable, "-m", "reactinfer", "info", str(tmp_path / "a")],

@@ -21,6 +21,7 @@ from ..core.backend import (
     Backend,
     Batch,
     Decoding,
+    EngineConfig,
     decode_by_recompute,
     greedy_tokens,
     module_available,
@@ -197,6 +198,17 @@ class LlamaCppBackend(Backend):
                             "n_ctx": "int (max_length + 128)"},
                 "architectures": list(gguf_types()), "files": [MODEL_FILE],
                 "needs_torch_at_run_time": False}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        def config(outtype: str, name: str, **facts: Any) -> EngineConfig:
+            return EngineConfig(self.name, name, ("causal-lm",), {"outtype": outtype},
+                                format=outtype, **facts)
+
+        # "source": the GGUF the model was loaded from, as it is (only where unchanged)
+        return [config("source", "llama.cpp (packaged GGUF)", family="llamacpp-source"),
+                config("f16", "llama.cpp f16", family="llamacpp-f16"),
+                config("q8_0", "llama.cpp q8_0", family="llamacpp"),
+                config("q4_0", "llama.cpp q4_0", family="llamacpp", level=1)]
 
     def supports(self, handle: ModelHandle) -> bool:
         from ..tasks import get_task

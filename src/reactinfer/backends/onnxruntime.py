@@ -21,6 +21,7 @@ from ..core.backend import (
     Backend,
     Batch,
     Decoding,
+    EngineConfig,
     check_options,
     decode_by_recompute,
     greedy_tokens,
@@ -310,6 +311,8 @@ class OnnxRuntimeBackend(Backend):
     precision_option = "precision"
     description = ("ONNX Runtime (export with dynamic axes; fp32 / int8 dynamic / int8 static "
                    "QDQ / fp16; graph optimization levels; CPU, or CUDA when present)")
+    not_for = {"causal-lm": "the exported graph has no KV cache, so generation recomputes "
+                            "the prompt every token (llama.cpp runs causal LMs)"}
     layer_ranking = ("by the error int8 adds to each one's output (dynamic int8), or by how "
                      "much the int8 model's output error falls when each one is float "
                      "(static int8)")
@@ -350,6 +353,25 @@ class OnnxRuntimeBackend(Backend):
                             "fp32_layers": "list of ONNX MatMul/Gemm/Conv node names "
                                            "kept in float under int8 / fp16 ([])"},
                 "files": [MODEL_FILE], "needs_torch_at_run_time": False}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        text, image = ("embedding", "classification"), ("image-classification",)
+
+        def config(precision: str, name: str, tasks: tuple[str, ...], **facts: Any
+                   ) -> EngineConfig:
+            return EngineConfig(self.name, name, tasks, {"precision": precision}, **facts)
+
+        # dynamic int8 quantizes MatMul/Gemm only: no form for convolutions (static does)
+        return [config("fp32", "onnxruntime fp32", text + image, lossless=True, family="ort"),
+                config("int8-dynamic", "onnxruntime int8 dynamic", text, format="int8",
+                       fallback="fp32_layers", family="ort-int8"),
+                # weights per channel (the backend's default: an option here would outlive
+                # the precision), activations calibrated on the calibration split (QDQ)
+                config("int8-static", "onnxruntime int8 static (per-channel)", text + image,
+                       format="int8", calibrated=True, fallback="fp32_layers",
+                       family="ort-int8"),
+                # no native fp16 GEMM on most CPUs: it is measured, never assumed to pay
+                config("fp16", "onnxruntime fp16", text, format="fp16", family="ort-fp16")]
 
     def supports(self, handle: ModelHandle) -> bool:
         return MODEL_FILE in handle.files or handle.model is not None

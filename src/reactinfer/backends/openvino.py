@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, register_backend
+from ..core.backend import Backend, Batch, EngineConfig, register_backend
 from ..core.backend import check_options as check_known_options
 from ..core.deadline import check as check_deadline
 from ..core.errors import UserError
@@ -274,6 +274,27 @@ class OpenVinoBackend(Backend):
                                             "off, or an alpha in [0, 1] (int8, text)",
                             "overflow_fix": list(OVERFLOW_FIX), "opset": "int (17)"},
                 "files": [XML_FILE, BIN_FILE], "needs_torch_at_run_time": False}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        text, image = ("embedding", "classification"), ("image-classification",)
+
+        def config(options: dict[str, Any], name: str, tasks: tuple[str, ...], **facts: Any
+                   ) -> EngineConfig:
+            return EngineConfig(self.name, name, tasks, options, **facts)
+
+        return [config({"precision": "fp32"}, "openvino fp32", text + image, lossless=True,
+                       family="openvino"),
+                # OpenVINO refuses bf16 on a CPU without it native rather than emulate it
+                config({"precision": "bf16"}, "openvino bf16", text + image, format="bf16",
+                       native=("bf16",), family="openvino-bf16"),
+                # NNCF post-training quantization, calibrated on the calibration split
+                config({"precision": "int8"}, "openvino int8", text + image, format="int8",
+                       calibrated=True, fallback="fp32_layers", family="openvino-int8"),
+                # what int8 leaves in float (attention, norms, kept layers) in bf16: faster
+                # where the CPU has bf16 native (benchmarks/results/minilm_limit.md)
+                config({"precision": "int8", "rest": "bf16"}, "openvino int8 (bf16 rest)", text,
+                       format="int8", native=("bf16",), calibrated=True,
+                       fallback="fp32_layers", family="openvino-int8")]
 
     def supports(self, handle: ModelHandle) -> bool:
         from ..tasks import get_task

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, register_backend
+from ..core.backend import Backend, Batch, EngineConfig, register_backend
 from ..core.errors import UserError
 from .device import DEVICES, resolve_device
 from .torch_eager import TorchRunner, set_threads
@@ -52,6 +52,9 @@ class TorchCompiledBackend(Backend):
     description = ("torch.compile (inductor, dynamic shapes; CPU, or CUDA when present); "
                    "compile time reported apart")
 
+    not_for = {"causal-lm": "generation changes the input shape every token, so the graph "
+                            "recompiles while it decodes (llama.cpp runs causal LMs)"}
+
     def available(self) -> bool:
         import shutil
 
@@ -64,6 +67,14 @@ class TorchCompiledBackend(Backend):
         return {"tasks": ["embedding", "classification", "causal-lm"],
                 "options": {"threads": "int", "mode": list(MODES), "device": list(DEVICES)},
                 "files": [], "needs_torch_at_run_time": True}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        # compiling happens while it is measured: ~3 measurements for the planner's budget
+        return [EngineConfig(self.name, "torch.compile", ("embedding", "classification"),
+                             lossless=True, family="compile", cost=3.0, slow=(
+                                 "compiling takes minutes on a small CPU; measure it alone "
+                                 "with `react bench MODEL --backend torch-compile` (Python: "
+                                 "choose_backend(..., include=['torch-compile']))"))]
 
     def prepare(self, handle: ModelHandle, threads: int | None = None, mode: str = "default",
                 device: str = "auto", **opts: Any) -> CompiledRunner:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.backend import Backend, Batch, Decoding, register_backend
+from ..core.backend import Backend, Batch, Decoding, EngineConfig, register_backend
 from ..core.errors import UserError
 from .device import DEVICES, place, resolve_device
 
@@ -104,6 +104,12 @@ class TorchEagerBackend(Backend):
         return {"tasks": ["embedding", "classification", "causal-lm", "image-classification"],
                 "options": {"threads": "int", "device": list(DEVICES)}, "files": [],
                 "needs_torch_at_run_time": True}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        # the reference: what quality is judged by. Its other number formats are transforms
+        # of the torch model (CastHalf, QuantizeDynamicInt8), not backend options
+        return [EngineConfig(self.name, "torch", ("embedding", "classification", "causal-lm",
+                                                  "image-classification"), lossless=True)]
 
     def prepare(self, handle: ModelHandle, threads: int | None = None, device: str = "auto",
                 **opts: Any) -> TorchRunner:

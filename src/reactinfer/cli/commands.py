@@ -170,17 +170,34 @@ def json_line(d: dict) -> str:
     return "; ".join(parts)
 
 
+def _config_facts(c: dict) -> str:
+    """One engine configuration in a line: its options, tasks and what it needs."""
+    opts = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "no options"
+    facts = [opts, f"tasks {', '.join(c['tasks'])}", f"format {c['format']}"]
+    facts += ["lossless"] * c["lossless"] + ["calibrated"] * c["calibrated"]
+    facts += [f"needs native {n}" + ("" if c["runs_here"] else " (not on this CPU)")
+              for n in c["native"]]
+    facts += [f"auto selection only when asked: {c['slow']}"] * bool(c["slow"])
+    return "; ".join(facts)
+
+
 @command("backends", "List backends, whether each is available here, and what it runs.")
 def _backends(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
         from ..core.backend import list_backends
+        from ..core.hardware import hardware_profile
 
+        isa = hardware_profile().isa
+        # the engine configurations auto selection and the planner try, and whether this
+        # CPU runs each (a half precision it lacks natively is refused, never emulated)
         rows = [{"name": b.name, "available": b.available(),
                  "why_unavailable": None if b.available() else b.why_unavailable(),
                  "description": b.description,
-                 **b.capabilities()}
+                 **b.capabilities(),
+                 "configs": [{**c.describe(), "runs_here": c.missing_native(isa) is None}
+                             for c in b.engine_configs()]}
                 for b in list_backends().values()]
         if a.json:
             print_json(rows)
@@ -192,6 +209,8 @@ def _backends(p: argparse.ArgumentParser):
                     print(f"{'':<14} tasks: {', '.join(r['tasks'])}")
                 for k, v in r.get("options", {}).items():
                     print(f"{'':<14} option {k}: {', '.join(v) if isinstance(v, list) else v}")
+                for c in r["configs"]:
+                    print(f"{'':<14} config {c['name']}: {_config_facts(c)}")
         return 0
 
     return run

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -109,6 +110,50 @@ def greedy_tokens(steps: Decoding, max_new_tokens: int, suppress: int | None = N
         logits = steps.send(out[-1])
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """One way a backend runs some tasks: a precision (number format) and the backend
+    options that select it, with the facts that decide where it is offered. Each backend
+    declares its own (`Backend.engine_configs`); `react bench --backend auto` measures them
+    (measure/choose.py) and the planner's engine and number-format actions are built from
+    them (planner/catalogue.py), so the two always offer the same ones.
+
+    `format` is the number format it computes in (fp32, bf16, fp16, int8, or the engine's
+    own, e.g. GGUF q8_0); a backend declares its preferred form of a format first (the
+    planner's format actions use it). `native`: half precisions it needs in the CPU's ISA
+    (hardware.NATIVE_HALF): offered only where the hardware profile has them, never
+    emulated. `slow`: why auto selection measures it only when asked for (`include`); the
+    planner budgets for it by `cost` instead (what a first trial costs, in measurements).
+    `family` and `level`: the planner escalates a family, level n only after level n-1 paid.
+    """
+
+    backend: str
+    name: str  # how the planner and reports call it, e.g. "openvino int8"
+    tasks: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    format: str = "fp32"
+    lossless: bool = False  # the same outputs as the torch model, to float rounding
+    native: tuple[str, ...] = ()
+    calibrated: bool = False  # needs calibration data (the calibration split)
+    fallback: str | None = None  # option keeping named layers in higher precision
+    family: str = ""
+    level: int = 0
+    cost: float = 1.0
+    slow: str = ""
+
+    def missing_native(self, isa: dict[str, bool]) -> str | None:
+        """The half precision this configuration needs and `isa` lacks, or None."""
+        from .hardware import native_flags
+
+        return next((fmt for fmt in self.native if not native_flags(isa, fmt)), None)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts, as `react backends` lists them."""
+        return {"name": self.name, "tasks": list(self.tasks), "options": dict(self.options),
+                "format": self.format, "lossless": self.lossless, "native": list(self.native),
+                "calibrated": self.calibrated, "fallback": self.fallback, "slow": self.slow}
+
+
 class Backend:
     """Base class of every backend. A subclass sets `name` and `description` and implements
     `prepare`; everything else has a default, so callers never probe with getattr.
@@ -116,6 +161,9 @@ class Backend:
     - `available` / `why_unavailable`: whether its engine is importable (and a device is
       present), and what to install when it is not.
     - `capabilities`: the tasks it runs and its options (name -> kind or choices).
+    - `engine_configs`: the precisions it runs for each task (EngineConfig), which automatic
+      selection and the planner try; `not_for`: task -> why it declares none for a task it
+      runs (a report says why it was not tried).
     - `precision_option`: the option that selects the number format, if any.
     - `writes_files`: `convert` writes engine files (ONNX graph, GGUF) into a work dir.
     - `convert`: turn a handle into one this backend runs, once. The default suits
@@ -131,6 +179,7 @@ class Backend:
     precision_option: ClassVar[str | None] = None
     writes_files: ClassVar[bool] = False
     layer_ranking: ClassVar[str] = ""
+    not_for: ClassVar[dict[str, str]] = {}
 
     def available(self) -> bool:
         return True
@@ -141,6 +190,9 @@ class Backend:
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["embedding", "classification", "causal-lm"], "options": {},
                 "files": [], "needs_torch_at_run_time": True}
+
+    def engine_configs(self) -> list[EngineConfig]:
+        return []
 
     def supports(self, handle: ModelHandle) -> bool:
         return handle.model is not None
@@ -204,6 +256,13 @@ def check_options(backend: str, opts: dict[str, Any], known: Sequence[str],
     for key in at_least_one:
         if opts.get(key) is not None and int(opts[key]) < 1:
             raise UserError(f"{backend} {key} must be at least 1, got {opts[key]}")
+
+
+def engine_configs(task: str | None = None) -> list[EngineConfig]:
+    """Every registered backend's declared configurations (for `task`, default: any), in
+    registry order, available here or not."""
+    return [c for b in list_backends().values() for c in b.engine_configs()
+            if task is None or task in c.tasks]
 
 
 def list_backends() -> dict[str, Backend]:

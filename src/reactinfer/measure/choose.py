@@ -12,45 +12,22 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..core.backend import GenerativeRunner, backend_options, list_backends
+from ..core.backend import EngineConfig, GenerativeRunner, backend_options, list_backends
 from ..core.bounds import check_max_drop
 from ..core.errors import UserError
+from ..core.hardware import NATIVE_HALF
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
-# What each backend is tried with, per task (precision first, then other options).
-_GRID: dict[str, dict[str, list[dict[str, Any]]]] = {
-    "torch": {"*": [{}]},
-    "onnxruntime": {"embedding": [{"precision": p} for p in
-                                  ("fp32", "int8-dynamic", "int8-static", "fp16")],
-                    "classification": [{"precision": p} for p in
-                                       ("fp32", "int8-dynamic", "int8-static", "fp16")],
-                    # int8 of convolutions is not there yet (its quantizer handles MatMul)
-                    "image-classification": [{"precision": "fp32"}]},
-    "openvino": {task: [{"precision": p} for p in ("fp32", "bf16", "int8")]
-                 for task in ("embedding", "classification")},
-    "llama.cpp": {"causal-lm": [{"outtype": t} for t in ("source", "f16", "q8_0", "q4_0")]},
-    "torch-compile": {"*": [{}]},
-}
-# Skipped unless asked for, with the reason recorded in the decision.
-_SLOW = {"torch-compile": ("compiling takes minutes on a small CPU; measure it "
-                          "alone with `react bench MODEL --backend torch-compile` (Python: "
-                          "choose_backend(..., include=['torch-compile']))"),
-         "onnxruntime/causal-lm": "the exported graph has no KV cache, so generation "
-                                  "recomputes the prompt every token"}
 
-
-def candidate_grid(handle: ModelHandle, precision: str | None = None,
-                   include: Sequence[str] = ()) -> tuple[list[tuple[str, dict]], list[dict]]:
-    """(backend, options) pairs worth measuring here, and the ones skipped with why."""
-    from ..backends.llamacpp import unchanged_gguf
-    from ..core.hardware import hardware_profile, native_bf16
-    from ..tasks import get_task
-
-    if handle.model is None:  # a runtime-only model (an .onnx file): nothing to convert
-        return [(handle.backend, dict(handle.backend_options))], []
-    out: list[tuple[str, dict]] = []
+def auto_grid(task: str, isa: dict[str, bool], include: Sequence[str] = ()
+              ) -> tuple[list[EngineConfig], list[dict[str, Any]]]:
+    """The engine configurations declared for `task` (Backend.engine_configs) that this
+    installation and a CPU with `isa` run, the reference (torch) first, and the ones
+    skipped with why: an engine not installed, a half precision the CPU lacks natively, a
+    slow one not in `include`, a backend that declares none for the task."""
+    out: list[EngineConfig] = []
     skipped: list[dict[str, Any]] = []
     backends = list_backends()
     order = ["torch"] + [n for n in backends if n != "torch"]  # the reference first
@@ -59,28 +36,44 @@ def candidate_grid(handle: ModelHandle, precision: str | None = None,
         if not backend.available():
             skipped.append({"backend": name, "why": backend.why_unavailable()})
             continue
+        configs = [c for c in backend.engine_configs() if task in c.tasks]
+        if not configs and task in backend.not_for:
+            skipped.append({"backend": name, "why": backend.not_for[task]})
+        for c in configs:
+            missing = c.missing_native(isa)
+            if missing:
+                skipped.append({"backend": name, "options": dict(c.options),
+                                "why": f"the CPU has no native {missing} "
+                                       f"({' or '.join(NATIVE_HALF[missing])})"})
+            elif c.slow and name not in include:
+                skipped.append({"backend": name, "options": dict(c.options), "why": c.slow})
+            else:
+                out.append(c)
+    return out, skipped
+
+
+def candidate_grid(handle: ModelHandle, precision: str | None = None,
+                   include: Sequence[str] = ()) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """(backend, options) pairs worth measuring here, and the ones skipped with why."""
+    from ..backends.llamacpp import unchanged_gguf
+    from ..core.hardware import hardware_profile
+
+    if handle.model is None:  # a runtime-only model (an .onnx file): nothing to convert
+        return [(handle.backend, dict(handle.backend_options))], []
+    configs, skipped = auto_grid(handle.task, hardware_profile().isa, include)
+    backends = list_backends()
+    out: list[tuple[str, dict]] = []
+    for c in configs:
+        backend = backends[c.backend]
         if not backend.supports(handle):
             continue
-        grid = _GRID.get(name, {})
-        options = grid.get(handle.task, grid.get("*", []))
-        slow = _SLOW.get(name) or _SLOW.get(f"{name}/{handle.task}")
-        if slow and name not in include:
-            skipped.append({"backend": name, "why": slow})
-            continue
-        if name == "onnxruntime" and get_task(handle.task).generates:
-            options = [{"precision": "fp32"}]
-        if name == "openvino" and not native_bf16(hardware_profile().isa):
-            skipped.append({"backend": name, "options": {"precision": "bf16"},
-                            "why": "the CPU has no native bf16 (AVX-512 BF16 or AMX)"})
-            options = [o for o in options if o.get("precision") != "bf16"]
-        for opts in options:
-            key = backend.precision_option
-            if precision is not None and (key is None or opts.get(key) != precision):
-                if name != "torch":  # the reference stays: it is what quality is judged by
-                    continue
-            if opts.get("outtype") == "source" and unchanged_gguf(handle) is None:
+        key = backend.precision_option
+        if precision is not None and (key is None or c.options.get(key) != precision):
+            if c.backend != "torch":  # the reference stays: it is what quality is judged by
                 continue
-            out.append((name, opts))
+        if c.options.get("outtype") == "source" and unchanged_gguf(handle) is None:
+            continue
+        out.append((c.backend, dict(c.options)))
     if len(out) <= 1 and precision is not None:
         raise UserError(f"no backend here offers precision {precision!r}; see `react backends`")
     return out, skipped

@@ -2,21 +2,27 @@
 are left out (with the reason kept in `unavailable_actions()`), so the planner only ever
 tries what this installation can do; `for_model` leaves out, before the search, the
 structural actions the model's family adapter does not allow (with the reason, for the
-report), so a model of any family still gets every engine and number format."""
+report), so a model of any family still gets every engine and number format.
+
+The engine actions and the engine forms of the number-format actions are built from what
+each backend declares it runs (Backend.engine_configs), the same declarations
+`react bench --backend auto` measures (measure/choose.py): the two never disagree."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core.backend import list_backends
+from ..core.backend import EngineConfig, engine_configs, list_backends
 from ..core.errors import UserError
-from ..core.hardware import NATIVE_HALF, HardwareProfile, hardware_profile, native_flags
+from ..core.hardware import NATIVE_HALF, HardwareProfile, hardware_profile
 from ..core.transform import config_from_dict
 from ..models.arch import family_refuses
 from .actions import (
     TORCH_BACKENDS,
     Action,
+    Candidate,
+    Expect,
     _expect_engine_format,
     _expect_fold_bn,
     _expect_int8,
@@ -42,28 +48,55 @@ def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
             "progress": False}
 
 
+# every plan starts on the reference engine (eager PyTorch): it is the baseline, not an action
+REFERENCE = Candidate().backend
+# llama.cpp decodes at batch 1, memory-bound: priors by GGUF type (they only order trials)
+_GGUF_PRIOR = {"source": ("its packaged", 5.0), "q8_0": ("q8_0", 3.0), "q4_0": ("q4_0", 4.0),
+               "f16": ("f16", 2.0)}
+
+
+def _gguf_expect(c: EngineConfig) -> Expect:
+    quant, gain = _GGUF_PRIOR.get(c.format, (c.format, 2.0))
+    return _expect_llamacpp(quant, gain)
+
+
+# How an engine's configurations are expected to pay, by backend; the rest from the engine
+# and number-format priors (actions.candidate_speed)
+_ENGINE_EXPECT: dict[str, Callable[[EngineConfig], Expect]] = {"llama.cpp": _gguf_expect}
+
+
+def engine_action(c: EngineConfig) -> Action:
+    """The planner action that switches a candidate to engine configuration `c`."""
+    expect = _ENGINE_EXPECT.get(c.backend, lambda _: _expect_engine_format)(c)
+    return Action(c.name, c.family or c.backend, expect, backend=(c.backend, dict(c.options)),
+                  tasks=c.tasks, lossless=c.lossless, level=c.level, cost=c.cost,
+                  fallback=c.fallback)
+
+
+def engine_actions() -> list[Action]:
+    """One action per declared engine configuration but the reference's, lossless first."""
+    configs = [c for c in engine_configs() if c.backend != REFERENCE]
+    return [engine_action(c) for c in sorted(configs, key=lambda c: not c.lossless)]
+
+
+def _forms(fmt: str, tasks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each engine's form of number format `fmt` for `tasks`: its first declared
+    configuration in that format (a backend declares its preferred form first)."""
+    forms: dict[str, dict[str, Any]] = {}
+    for c in engine_configs():
+        if c.backend != REFERENCE and c.format == fmt and set(c.tasks) & set(tasks):
+            forms.setdefault(c.backend, dict(c.options))
+    return forms
+
+
 def catalogue() -> list[Action]:
+    text = ENCODERS + LM  # the number-format actions' tasks (Action's default)
     return [
         # CNNs: BatchNorm folds into the convolutions, exactly and for free: before anything
         Action("fold BatchNorm", "fold-bn", _expect_fold_bn, steps=({"type": "fold_bn"},),
                tasks=IMAGE, lossless=True, free=True),
-        # lossless engine choices first
-        Action("onnxruntime fp32", "ort", _expect_engine_format,
-               backend=("onnxruntime", {"precision": "fp32"}), tasks=ENCODERS + IMAGE,
-               lossless=True),
-        Action("openvino fp32", "openvino", _expect_engine_format,
-               backend=("openvino", {"precision": "fp32"}), tasks=ENCODERS + IMAGE,
-               lossless=True),
-        # compiling for each new input shape happens while it is measured: ~3 measurements
-        Action("torch.compile", "compile", _expect_engine_format, backend=("torch-compile", {}),
-               tasks=ENCODERS, lossless=True, cost=3.0),
-        Action("llama.cpp (packaged GGUF)", "llamacpp-source",
-               _expect_llamacpp("its packaged", 5.0),
-               backend=("llama.cpp", {"outtype": "source"}), tasks=LM),
-        Action("llama.cpp q8_0", "llamacpp", _expect_llamacpp("q8_0", 3.0),
-               backend=("llama.cpp", {"outtype": "q8_0"}), tasks=LM),
-        Action("llama.cpp q4_0", "llamacpp", _expect_llamacpp("q4_0", 4.0),
-               backend=("llama.cpp", {"outtype": "q4_0"}), tasks=LM, level=1),
+        # engines, each at the precisions it declares: lossless choices first
+        *engine_actions(),
         # structural: physically smaller dense models, with recovery distillation
         Action("prune FFN 25% + distil", "prune-ffn", _expect_prune("FFN neurons", 0.25),
                steps=({"type": "PruneFFN", "keep": 0.75, "importance": "activation"},
@@ -87,37 +120,17 @@ def catalogue() -> list[Action]:
                       {"type": "RecalibrateBatchNorm"}), tasks=IMAGE),
         # number formats: an engine with its format, and the format for the engine at hand
         # (the trace names the form each trial took)
-        Action("onnxruntime int8 dynamic", "ort-int8", _expect_engine_format,
-               backend=("onnxruntime", {"precision": "int8-dynamic"}), tasks=ENCODERS,
-               fallback="fp32_layers"),
-        # static int8 of the convolutions, calibrated on the calibration split (QDQ; weights
-        # per channel, the backend's default: an option here would outlive the precision)
-        Action("onnxruntime int8 static (per-channel)", "ort-int8", _expect_engine_format,
-               backend=("onnxruntime", {"precision": "int8-static"}),
-               tasks=IMAGE, fallback="fp32_layers"),
-        # NNCF post-training quantization, calibrated on the calibration split
-        Action("openvino int8", "openvino-int8", _expect_engine_format,
-               backend=("openvino", {"precision": "int8"}), tasks=ENCODERS + IMAGE,
-               fallback="fp32_layers"),
-        # what int8 leaves in float (attention, norms, kept layers) in bf16: faster where
-        # the CPU has bf16 native (benchmarks/results/minilm_limit.md)
-        Action("openvino int8 (bf16 rest)", "openvino-int8", _expect_engine_format,
-               backend=("openvino", {"precision": "int8", "rest": "bf16"}), tasks=ENCODERS,
-               fallback="fp32_layers"),
-        Action("openvino bf16", "openvino-bf16", _expect_engine_format,
-               backend=("openvino", {"precision": "bf16"}), tasks=ENCODERS + IMAGE),
         Action("int8 dynamic (per-channel)", "int8", _expect_engine_format,
                steps=({"type": "QuantizeDynamicInt8", "per_channel": True},), runtime=True,
-               formats={"onnxruntime": {"precision": "int8-dynamic"},
-                        "openvino": {"precision": "int8"}},
-               fallback="fp32_layers"),
+               formats=_forms("int8", text), fallback="fp32_layers"),
         Action("torch weight-only int8", "torch-woq", _expect_int8("PyTorch weight-only"),
                steps=({"type": "QuantizeWeightOnly", "bits": 8},), runtime=True, tasks=LM),
         Action("bf16", "half", _expect_engine_format,
                steps=({"type": "CastHalf", "dtype": "bf16"},), runtime=True,
-               formats={"openvino": {"precision": "bf16"}}),
+               formats=_forms("bf16", text)),
         Action("fp16", "half", _expect_engine_format,
-               steps=({"type": "CastHalf", "dtype": "fp16"},), runtime=True, level=1),
+               steps=({"type": "CastHalf", "dtype": "fp16"},), runtime=True, level=1,
+               formats=_forms("fp16", text)),
         Action("2:4 sparsity", "sparse", _expect_sparse,
                steps=({"type": "Prune2of4"},), tasks=ENCODERS),
     ]
@@ -136,31 +149,27 @@ def _why_unavailable(a: Action, hw: HardwareProfile) -> str | None:
             return f"backend {a.backend[0]} is not part of this installation"
         if not b.available():
             return f"backend {a.backend[0]}: {b.why_unavailable()}"
-    missing = _not_native(a.backend[1], hw) if a.backend is not None else None
+    missing = _missing_native(*a.backend, hw) if a.backend is not None else None
     if missing:
         return f"no native {missing} on this CPU (no {' or '.join(NATIVE_HALF[missing])})"
     return None
 
 
-def _not_native(options: dict[str, Any], hw: HardwareProfile) -> str | None:
-    """The half precision an engine's options ask for (`precision`, or OpenVINO int8's
-    `rest`) that this CPU lacks: OpenVINO refuses bf16 on a CPU without avx512_bf16 /
-    amx_bf16 rather than emulate it slowly."""
-    for key in ("precision", "rest"):
-        p = options.get(key)
-        if p in NATIVE_HALF and not native_flags(hw.isa, p):
-            return str(p)
+def _missing_native(backend: str, options: dict[str, Any], hw: HardwareProfile) -> str | None:
+    """The half precision the declared configuration with these options needs and this CPU
+    lacks (OpenVINO refuses bf16 on a CPU without avx512_bf16 / amx_bf16 rather than
+    emulate it slowly), or None."""
+    for c in engine_configs():
+        if c.backend == backend and c.options == options:
+            return c.missing_native(hw.isa)
     return None
-
-
-def _runs_here(options: dict[str, Any], hw: HardwareProfile) -> bool:
-    return _not_native(options, hw) is None
 
 
 def _for_hardware(a: Action, hw: HardwareProfile) -> Action:
     """Drop the forms of a format action this CPU cannot run (OpenVINO's bf16 needs native
     bf16): the action then does not apply on that engine."""
-    keep = {engine: opts for engine, opts in a.formats.items() if _runs_here(opts, hw)}
+    keep = {engine: opts for engine, opts in a.formats.items()
+            if _missing_native(engine, opts, hw) is None}
     return a if keep == a.formats else dataclasses.replace(a, formats=keep)
 
 
