@@ -83,6 +83,41 @@ def _encode(name: str, w: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
     return quantize(w.astype(np.float32), qtype), qtype
 
 
+# llama.cpp splits text before BPE by the regexes its `tokenizer.ggml.pre` names; a name
+# whose split differs from the Hugging Face tokenizer's makes llama.cpp (run on the file
+# alone) tokenize a prompt otherwise ("default" splits "I'm" into "I", "'", "m").
+_GPT2 = {"type": "ByteLevel", "use_regex": True}
+_SPLIT_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}"
+                r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLIT_LLAMA3 = _SPLIT_QWEN2.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+PRE_TOKENIZERS: dict[str, str] = {  # the pre-tokenizer's signature (below) → llama.cpp's name
+    "ByteLevel:regex": "gpt-2",
+    "Digits:individual+ByteLevel:regex": "smollm",
+    f"Split:{_SPLIT_QWEN2}+ByteLevel": "qwen2",
+    f"Split:{_SPLIT_LLAMA3}+ByteLevel": "llama-bpe",
+}
+
+
+def _pre_signature(pre: dict[str, Any]) -> str:
+    kind = pre.get("type")
+    if kind == "Sequence":
+        return "+".join(_pre_signature(p) for p in pre.get("pretokenizers", []))
+    if kind == "ByteLevel":
+        return "ByteLevel:regex" if pre.get("use_regex", True) else "ByteLevel"
+    if kind == "Digits":
+        return "Digits:individual" if pre.get("individual_digits") else "Digits"
+    if kind == "Split":
+        pattern = pre.get("pattern", {})
+        return f"Split:{pattern.get('Regex', pattern.get('String'))}"
+    return str(kind)
+
+
+def llama_cpp_pre(pre: dict[str, Any] | None) -> str:
+    """llama.cpp's pre-tokenizer name for a Hugging Face byte-level BPE pre-tokenizer;
+    "default" (llama.cpp's own split) for one it does not know."""
+    return PRE_TOKENIZERS.get(_pre_signature(pre), "default") if pre else "default"
+
+
 def _tokenizer_meta(writer: Any, handle: ModelHandle, n_vocab: int) -> None:
     import gguf
 
@@ -109,7 +144,7 @@ def _tokenizer_meta(writer: Any, handle: ModelHandle, n_vocab: int) -> None:
     model = backend.get("model", {})
     if model.get("type") == "BPE" and model.get("merges") is not None:
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_pre(llama_cpp_pre(backend.get("pre_tokenizer")))
         writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
                                  for m in model["merges"]])
     else:
@@ -124,6 +159,11 @@ def _tokenizer_meta(writer: Any, handle: ModelHandle, n_vocab: int) -> None:
         if value is not None:
             getattr(writer, setter)(int(value))
     writer.add_add_bos_token(False)
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the one used without a name
+        template = template.get("default")
+    if isinstance(template, str):  # else llama.cpp and a server reading the file chat raw
+        writer.add_chat_template(template)
 
 
 def _rope_theta(config: Any) -> float:

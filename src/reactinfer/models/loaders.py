@@ -109,7 +109,7 @@ def load_gguf(path: Path, task: str | None = None, name: str | None = None,
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True, torch_dtype=torch.float32,
-            **_dequantize_gguf_kwargs())
+            **_dequantize_gguf_kwargs(), **_gguf_config_kwargs(path))
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not read GGUF file {path}: {e}") from None
     model = drop_dense_quantizer_marker(model).eval()
@@ -179,6 +179,24 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return tok
+
+
+def _gguf_config_kwargs(path: Path) -> dict[str, Any]:
+    """Config values the file states and transformers' GGUF reader drops. Its qwen3 map
+    has no `attention.key_length`, so every Qwen3 GGUF is read with the default head_dim
+    (128) and one with another head size fails to load ("ckpt weights ... did not match")."""
+    import transformers
+
+    from .gguf_meta import gguf_scalars
+
+    meta = gguf_scalars(path)
+    arch = meta.get("general.architecture")
+    head_dim = meta.get(f"{arch}.attention.key_length")
+    mapping = transformers.CONFIG_MAPPING  # lazy: its .get() answers None for every key
+    config_cls = mapping[arch] if isinstance(arch, str) and arch in mapping else None
+    if head_dim is None or config_cls is None or not hasattr(config_cls(), "head_dim"):
+        return {}  # a family whose config has no head_dim derives it from the sizes
+    return {"head_dim": int(head_dim)}
 
 
 def _dequantize_gguf_kwargs() -> dict[str, Any]:
