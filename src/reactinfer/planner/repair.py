@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.backend import get_backend
 from ..core.deadline import DeadlinePassed, deadline
+from ..core.errors import is_our_bug
 from ..data import items_for
 from ..tasks import bound_decided, within_bound
 from .actions import Action, Candidate
@@ -144,78 +145,137 @@ def repair(planner: RepairHost, action: Action, trial: Trial, cand: Candidate,
     """Search the smallest fallback that meets the bound for a rolled-back trial of
     `action` on `cand`. Returns the trial and candidate to keep (the kept fallback with the
     fewest layers in higher precision, else the ones given) and the last step number."""
-    obs = trial.observation
-    s, task = planner.s, planner.base.task
-    if action.fallback is None or obs is None:
+    why = _overshot(planner, action, trial, best_trial)
+    if why is None:
         return trial, cand, step
-    ok, why = within_bound(task, obs["quality"], s.max_drop)
+    ranking = _rank(planner, action, trial, cand, best_trial, step, why)
+    if ranking is None:
+        return trial, cand, step + 1
+    search = _Search(planner, action, trial, cand, best_trial, why, *ranking)
+    step = search.run(step)
+    if not search.met:
+        return trial, cand, step
+    chosen = _keep_smallest(planner, search.met, search.sure)
+    return chosen, Candidate.from_json(chosen.candidate), step
+
+
+def _overshot(planner: RepairHost, action: Action, trial: Trial, best_trial: Trial
+              ) -> str | None:
+    """Why the trial is outside the bound, when a fallback is worth searching for: the
+    action has one, the fully quantized model paid, and the budget holds a ranking and one
+    fallback. None otherwise."""
+    obs, s = trial.observation, planner.s
+    if action.fallback is None or obs is None:
+        return None
+    ok, why = within_bound(planner.base.task, obs["quality"], s.max_drop)
     if ok:
-        return trial, cand, step  # rolled back for speed: keeping layers in float is slower
+        return None  # rolled back for speed: keeping layers in float is slower
     best_obs = best_trial.observation
     assert best_obs is not None  # the best was measured
     if gain(obs, best_obs, s.objective) < 1 + s.min_gain:
-        return trial, cand, step  # the fully quantized model did not pay: no fallback will
-    cost = float(trial.seconds)
-    if planner.budget.left() - planner.reserve_s(best_trial) < 2 * cost:
-        return trial, cand, step  # no room to rank and try even one fallback
+        return None  # the fully quantized model did not pay: no fallback will
+    if planner.budget.left() - planner.reserve_s(best_trial) < 2 * float(trial.seconds):
+        return None  # no room to rank and try even one fallback
+    return why
+
+
+def _rank(planner: RepairHost, action: Action, trial: Trial, cand: Candidate,
+          best_trial: Trial, step: int, why: str) -> tuple[list[str], float, int] | None:
+    """The candidate's layers, most sensitive first, the seconds ranking took and the
+    calibration items it used; None when ranking was cut by the time budget or failed
+    (recorded as step `step + 1`). A bug of ours in the ranking stops the run."""
     rank_thought = (f"{action.name} overshot ({why}): rank its layers to keep the most "
                     "sensitive in higher precision.")
     try:
         # the ranking leaves room for one fallback: it stops between layers past that
         with deadline(time.time() + planner.budget.left() - planner.reserve_s(best_trial)
-                      - cost):
+                      - float(trial.seconds)):
             ranked, rank_s, n_cal = rank_layers(planner, cand)
     except DeadlinePassed as e:  # the time budget, not the model: a skip, not a failure
         planner.skip(step + 1, action, cand, rank_thought, trial.parent,
                      f"time budget: ranking the layers {e}")
-        return trial, cand, step + 1
+        return None
     # a model whose graph cannot be ranked keeps the loop's decision, and the trace says why
     except Exception as e:  # noqa: BLE001
+        if is_our_bug(e):
+            raise
         planner.skip(step + 1, action, cand, rank_thought, trial.parent,
                      f"ranking the layers failed: {type(e).__name__}: {e}",
                      Decision.FAILED)  # not a skip for the time budget
-        return trial, cand, step + 1
-    names = [name for name, _ in ranked]
-    how = get_backend(cand.backend).layer_ranking
-    met_trials: dict[int, Trial] = {}  # k → a fallback the loop's rule kept
-    sure: set[int] = set()  # k whose fallback meets the bound at 95% confidence
-    lo, hi, k, tried = 0, None, 0, 0
-    parent = trial.parent
-    while tried < MAX_FALLBACKS:
-        nxt = _schedule(len(names), lo, hi, k)
-        if nxt is None:
-            break
-        k = nxt
+        return None
+    return [name for name, _ in ranked], rank_s, n_cal
+
+
+class _Search:
+    """Grow the set of layers kept in higher precision until the bound holds, then bisect
+    below it (`_schedule`); `met` holds the fallbacks the loop's rule kept, by set size,
+    and `sure` the sizes that meet the bound at 95% confidence."""
+
+    def __init__(self, planner: RepairHost, action: Action, trial: Trial, cand: Candidate,
+                 best_trial: Trial, why: str, names: list[str], rank_s: float, n_cal: int):
+        self.planner, self.action, self.trial, self.cand = planner, action, trial, cand
+        self.best_trial, self.why, self.names = best_trial, why, names
+        self.rank_s, self.n_cal = rank_s, n_cal
+        self.met: dict[int, Trial] = {}
+        self.sure: set[int] = set()
+        self.lo: int = 0
+        self.hi: int | None = None
+
+    def run(self, step: int) -> int:
+        k, tried = 0, 0
+        while tried < MAX_FALLBACKS:
+            nxt = _schedule(len(self.names), self.lo, self.hi, k)
+            if nxt is None:
+                break
+            k = nxt
+            step += 1
+            left = self.planner.budget.left() - self.planner.reserve_s(self.best_trial)
+            fb, thought = self._candidate(k)
+            cost = float(self.trial.seconds)
+            if cost > left:
+                self.planner.skip(step, self.action, fb, thought, self.trial.parent,
+                                  f"predicted to take ~{cost:.0f}s, but only "
+                                  f"{max(left, 0):.0f}s of the time budget are left before "
+                                  "the final save, re-measure and report")
+                break
+            tried += 1
+            self.planner.step_deadline = time.time() + left  # its build and measurement
+            if not self._try(step, k, fb, thought):
+                break
+        return step
+
+    def _candidate(self, k: int) -> tuple[Candidate, str]:
+        action, names = self.action, self.names
         layers = names[:k]
-        opts = {**cand.backend_options(), action.fallback: layers}
-        fb = Candidate.from_json({**cand.to_json(), "backend_options": opts})
+        assert action.fallback is not None  # _overshot returned a reason only then
+        opts = {**self.cand.backend_options(), action.fallback: layers}
+        fb = Candidate.from_json({**self.cand.to_json(), "backend_options": opts})
         shown = ", ".join(short(n) for n in layers[:SHOW_LAYERS]) + (
             f" and {k - SHOW_LAYERS} more" if k > SHOW_LAYERS else "")
-        thought = (f"{action.name} overshot ({why}). Ranked its {len(names)} quantizable layers "
-                   f"{how} on {n_cal} calibration items ({rank_s:.1f}s); "
+        how = get_backend(self.cand.backend).layer_ranking
+        thought = (f"{action.name} overshot ({self.why}). Ranked its {len(names)} quantizable "
+                   f"layers {how} on {self.n_cal} calibration items ({self.rank_s:.1f}s); "
                    + (f"the most sensitive is {shown} → keep it" if k == 1 else
                       f"the {k} most sensitive are {shown} → keep them")
                    + f" in higher precision ({action.fallback}), "
-                   + ("growing the set until the bound holds." if hi is None else
-                      f"bisecting between {lo} (missed) and {hi} (met) layers."))
-        name = f"{action.name} + {k} layer{'s' if k > 1 else ''} fp32"
-        step += 1
-        left = planner.budget.left() - planner.reserve_s(best_trial)
-        if cost > left:
-            planner.skip(step, action, fb, thought, parent,
-                         f"predicted to take ~{cost:.0f}s, but only {max(left, 0):.0f}s of "
-                         "the time budget are left before the final save, re-measure and "
-                         "report")
-            break
-        tried += 1
-        planner.step_deadline = time.time() + left  # the fallback's build and measurement
-        # judged against the best before the repair: the smallest set that meets the bound
-        # is the one kept (fewer float layers are faster; a speed difference between two
-        # fallbacks is mostly the machine's noise)
-        t = planner.run_trial(step, fb, name, action.family, thought, parent, best_obs)
+                   + ("growing the set until the bound holds." if self.hi is None else
+                      f"bisecting between {self.lo} (missed) and {self.hi} (met) layers."))
+        return fb, thought
+
+    def _try(self, step: int, k: int, fb: Candidate, thought: str) -> bool:
+        """Build and measure the fallback of `k` layers; False when the search should stop.
+        It is judged against the best before the repair: the smallest set that meets the
+        bound is the one kept (fewer float layers are faster; a speed difference between
+        two fallbacks is mostly the machine's noise)."""
+        planner, task, s = self.planner, self.planner.base.task, self.planner.s
+        best_obs = self.best_trial.observation
+        assert best_obs is not None
+        name = f"{self.action.name} + {k} layer{'s' if k > 1 else ''} fp32"
+        t = planner.run_trial(step, fb, name, self.action.family, thought, self.trial.parent,
+                              best_obs)
         o = t.observation
         if o is None:
-            break  # a failed build: the trace says why; more layers will not fix it
+            return False  # a failed build: the trace says why; more layers will not fix it
         met, why_k = within_bound(task, o["quality"], s.max_drop)
         holds = met and bound_decided(task, o["quality"], s.max_drop)
         unseen = False  # whether it was judged on items the search never judged on
@@ -223,23 +283,25 @@ def repair(planner: RepairHost, action: Action, trial: Trial, cand: Candidate,
             t, met, holds = _check_unseen(planner, t)
             why_k, unseen = t.full_reason, t.unseen is not None
         if t.decision is Decision.KEPT:
-            met_trials[k] = t
+            self.met[k] = t
         if holds:
-            sure.add(k)
-            hi = k  # then bisect below it: a smaller set is faster
-        else:
-            lo, why = k, why_k if not met or unseen else \
-                f"{why_k}, not yet at 95% confidence"
-            if gain(o, best_obs, s.objective) < 1 + s.min_gain:
-                break  # already too slow to pay; keeping more layers in float is slower
-    if not met_trials:
-        return trial, cand, step
-    smallest = min((sure & set(met_trials)) or met_trials)
-    for k_other, t in met_trials.items():
-        if k_other != smallest:  # one kept step per repair: the smallest set
+            self.sure.add(k)
+            self.hi = k  # then bisect below it: a smaller set is faster
+            return True
+        self.lo = k
+        self.why = why_k if not met or unseen else f"{why_k}, not yet at 95% confidence"
+        # already too slow to pay: keeping more layers in float is slower
+        return gain(o, best_obs, s.objective) >= 1 + s.min_gain
+
+
+def _keep_smallest(planner: RepairHost, met: dict[int, Trial], sure: set[int]) -> Trial:
+    """One kept step per repair: the smallest set that met the bound (at 95% confidence
+    where one did); the larger ones are rolled back, and the trace says why."""
+    smallest = min((sure & set(met)) or met)
+    for k_other, t in met.items():
+        if k_other != smallest:
             planner.revise(t, decision=Decision.ROLLED_BACK,
                            reason=(f"the set of {smallest} layers meets the bound "
                                    + ("at 95% confidence; " if smallest in sure else "; ")
                                    + t.reason))
-    chosen = met_trials[smallest]
-    return chosen, Candidate.from_json(chosen.candidate), step
+    return met[smallest]
