@@ -85,6 +85,33 @@ def test_ladder_steps_down_at_once_and_up_only_after_hold():
     assert [(a, b) for _, a, b in ladder.switches] == [(0, 1), (1, 0)]
 
 
+def test_without_an_slo_the_ladder_stays_at_its_start_and_comes_back_to_it():
+    """A `react optimize` run's ladder starts at the variant the run chose. Without an SLO
+    there is nothing to trade quality for: it does not climb to the slower, better
+    variants above, and after a client's own deadline made it step down it comes back to
+    its start, not above."""
+    big = _variant("big", {1: 0.010, 8: 0.040})
+    mid = _variant("mid", {1: 0.005, 8: 0.020}, quality=0.95)
+    small = _variant("small", {1: 0.002, 8: 0.008}, quality=0.9)
+    ladder = Ladder([big, mid, small], slo_s=math.inf, max_batch=8, max_delay_s=0.0,
+                    up_hold_s=1.0, start=1)
+    ladder.order_by_cost()
+    assert ladder.current.name == "mid" and ladder.top == 1
+    for t in (0.0, 2.0, 5.0):  # idle for long: no step up to "big"
+        assert ladder.update([], now=t) == 1
+    rushed = [Job(5.01, items=8) for _ in range(3)]  # a client's 10 ms deadline
+    assert ladder.update(rushed, now=5.0) == 2
+    assert ladder.update([], now=5.5) == 2 and ladder.update([], now=6.6) == 1
+    assert ladder.update([], now=9.0) == 1
+    # with an SLO, quality is traded back up to the top of the ladder
+    held = Ladder([big, mid, small], slo_s=0.1, max_batch=8, max_delay_s=0.0, up_hold_s=1.0,
+                  start=1)
+    held.order_by_cost()
+    assert held.top == 0
+    held.update([], now=0.0)
+    assert held.update([], now=1.5) == 0
+
+
 def test_admission_refuses_when_no_variant_meets_the_deadline():
     ladder = _ladder()
     assert ladder.least_finish([], Job(0.1, items=1), busy_s=0.0) <= 0.1
@@ -541,3 +568,23 @@ def test_a_failing_probe_is_logged_and_counted(caplog):
     assert f'react_probe_errors_total{{model="m",variant="{name}"}} 2' in metrics.render()
     failed = [r for r in caplog.records if "probe" in r.getMessage()]
     assert len(failed) == 2 and "the engine fell over" in str(failed[0].exc_info[1])
+
+
+def test_a_react_optimize_run_is_served_from_the_variant_it_chose(tmp_path):
+    from reactinfer.core.artifact import save_artifact
+    from reactinfer.planner.artifacts import TRIAL_KEY, link_copy
+    from reactinfer.serving.app import load_models
+    from reactinfer.serving.state import ServingState
+    from reactinfer.testing import tiny_handle
+
+    run = tmp_path / "run"
+    for i, key in enumerate(("original", "chosen", "smaller")):
+        save_artifact(tiny_handle("embedding"), run / "variants" / f"0{i}-{key}",
+                      metrics={TRIAL_KEY: key})
+    link_copy(run / "variants" / "01-chosen", run / "best")
+    handles = load_models([run])
+    assert [h.name for h in handles] and sum(bool(h.metrics.get("serve_first"))
+                                             for h in handles) == 1
+    state = ServingState(handles, ServeConfig())
+    (group,) = state.groups.values()
+    assert group.ladder.current.name == "01-chosen" and len(group.ladder.variants) == 3

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import UserError
 from .auth import authorized, needs_key, refuse
 from .config import ServeConfig
+from .ladder import SERVE_FIRST
 from .shed import error_body, shed_early
 from .state import ARRIVAL_KEY, ApiError, ServingState
 
@@ -99,38 +100,56 @@ def optimize_run_variants(path: Path) -> list[Path] | None:
 def model_refs(models: Sequence[str | Path | ModelHandle]) -> list[str | Path | ModelHandle]:
     """`models` with every `react optimize` output directory replaced by its variants
     (the ladder it chose)."""
-    out: list[str | Path | ModelHandle] = []
-    for m in models:
-        run = optimize_run_variants(Path(m)) if isinstance(m, (str, Path)) else None
-        out.extend(run if run is not None else [m])
-    return out
+    return [ref for m in models for ref in _refs(m)[0]]
+
+
+def _refs(m: str | Path | ModelHandle) -> tuple[list[str | Path | ModelHandle], str | None]:
+    """What `m` serves, and, for a `react optimize` output directory, the trial key of the
+    model the run chose (its best/), where its ladder starts."""
+    from ..planner.artifacts import saved_key
+
+    if not isinstance(m, (str, Path)):
+        return [m], None
+    run = optimize_run_variants(Path(m))
+    if run is None:
+        return [m], None
+    return list(run), saved_key(Path(m) / "best")
 
 
 def load_models(models: Sequence[str | Path | ModelHandle], llm_backend: str = "auto"
                 ) -> list[ModelHandle]:
-    from ..models import load
-
     if not models:
         raise UserError("serve: give at least one model (an artifact directory or a built-in "
                         "name such as minilm)")
     handles = []
-    for m in model_refs(models):
-        if not isinstance(m, (str, Path)):
-            handles.append(llm_engine(m, llm_backend))
-            continue
-        fast = gguf_on_llamacpp(m, llm_backend)
-        if fast is not None:
-            handles.append(fast)
-            continue
-        try:
-            handle = load(m)
-        except UserError as e:
-            if not Path(m).is_dir():
-                raise
-            raise UserError(f"{e}; nor is it the output directory of `react optimize` "
-                            "(best/ and variants/)") from None
-        handles.append(llm_engine(handle, llm_backend))
+    for given in models:
+        refs, chosen = _refs(given)
+        handles += [_load_ref(m, chosen, llm_backend) for m in refs]
     return handles
+
+
+def _load_ref(m: str | Path | ModelHandle, chosen: str | None, llm_backend: str
+              ) -> ModelHandle:
+    """One model to serve; the variant a `react optimize` run chose (trial key `chosen`)
+    is marked as where its ladder starts."""
+    from ..models import load
+    from ..planner.artifacts import TRIAL_KEY
+
+    if not isinstance(m, (str, Path)):
+        return llm_engine(m, llm_backend)
+    fast = gguf_on_llamacpp(m, llm_backend)
+    if fast is not None:
+        return fast
+    try:
+        handle = load(m)
+    except UserError as e:
+        if not Path(m).is_dir():
+            raise
+        raise UserError(f"{e}; nor is it the output directory of `react optimize` "
+                        "(best/ and variants/)") from None
+    if chosen is not None and handle.metrics.get(TRIAL_KEY) == chosen:
+        handle = handle.derive(metrics={**handle.metrics, SERVE_FIRST: True})
+    return llm_engine(handle, llm_backend)
 
 
 def with_class_names(handles: list[ModelHandle], labels: Sequence[str]) -> list[ModelHandle]:

@@ -202,24 +202,34 @@ class Job:
     new_tokens: int = 0  # > 0 for generation: the job runs alone
 
 
+# In a handle's metrics: the variant its ladder starts at (a `react optimize` run's choice)
+SERVE_FIRST = "serve_first"
+
+
 class Ladder:
     def __init__(self, variants: Sequence[Variant], slo_s: float, max_batch: int,
                  max_delay_s: float, down_headroom: float = 0.8, up_ratio: float = 0.5,
-                 up_hold_s: float = 1.0):
+                 up_hold_s: float = 1.0, start: int = 0):
         if not variants:
             raise ValueError("a ladder needs at least one variant")
         self.variants = list(variants)
         self.slo_s, self.max_batch, self.max_delay_s = slo_s, max_batch, max_delay_s
         self.down_headroom, self.up_ratio, self.up_hold_s = down_headroom, up_ratio, up_hold_s
-        self.active = 0
+        # where serving starts (the variant `react optimize` chose, when it is a run's
+        # ladder), and the highest level the ladder climbs back to: with an SLO, the best
+        # quality that holds it (0); without one there is nothing to trade quality for, so
+        # it stays at its start and steps down only for a client's own deadline
+        self.active = start
+        self.top = 0 if math.isfinite(slo_s) else start
         self._low_since: float | None = None
         self.switches: list[tuple[float, int, int]] = []  # (time, from, to)
 
     def order_by_cost(self) -> None:
         """Most expensive first (after the warm-up measured each one)."""
-        current = self.variants[self.active]
+        current, top = self.variants[self.active], self.variants[self.top]
         self.variants.sort(key=lambda v: -v.cost())
         self.active = self.variants.index(current)
+        self.top = 0 if math.isfinite(self.slo_s) else self.variants.index(top)
 
     @property
     def current(self) -> Variant:
@@ -285,7 +295,7 @@ class Ladder:
                                 if self.fits(lv, jobs, now, busy_s, headroom)),
                                len(self.variants) - 1)
             self._low_since = None
-        elif self.active > 0 and self._up_ok(jobs, now, busy_s, factor):
+        elif self.active > self.top and self._up_ok(jobs, now, busy_s, factor):
             if self._low_since is None:
                 self._low_since = now
             if now - self._low_since >= self.up_hold_s:

@@ -26,7 +26,7 @@ from ..models.vision import model_labels
 from .batcher import Batcher
 from .cache import ResponseCache
 from .config import ServeConfig
-from .ladder import Ladder, ServiceTime, Variant, variant_quality
+from .ladder import SERVE_FIRST, Ladder, ServiceTime, Variant, variant_quality
 from .metrics import Metrics
 from .request import Request
 from .warmup import warm_up, warmup_items, warmup_texts
@@ -165,8 +165,9 @@ class ServingState:
                 variants.append(Variant(vname, h, variant_quality(h),
                                         ServiceTime(self.config.ewma_alpha)))
             cfg = self.config
+            start = next((i for i, h in enumerate(hs) if h.metrics.get(SERVE_FIRST)), 0)
             ladder = Ladder(variants, cfg.slo_s, cfg.max_batch, cfg.max_delay_s,
-                            cfg.down_headroom, cfg.up_ratio, cfg.up_hold_s)
+                            cfg.down_headroom, cfg.up_ratio, cfg.up_hold_s, start=start)
             self.groups[name] = Group(name, hs[0].task, ladder,
                                       Batcher(name, ladder, cfg, self.metrics, self._answered))
 
