@@ -30,11 +30,12 @@ SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~
 # are evaluated in one step, not three of 128: the last one's first token comes sooner,
 # at the cost of one longer gap for the running streams.
 STEP_TOKENS = 512
-TPOT_ALPHA = 0.3
+TPOT_ALPHA = 0.3  # weight of the latest decode step in the engine's step-time EWMA
 # Greedy constrained decoding checks the grammar over this many most likely tokens first
 # (the argmax of the allowed ones is exact when one of them is allowed): the full
 # vocabulary costs tens of ms a token, which every stream in the step would wait for.
-GREEDY_CANDIDATES = 64  # weight of the latest decode step in the engine's step-time EWMA
+GREEDY_CANDIDATES = 64
+REDRAWS = 16  # sampled constrained decoding: draws without refused tokens before the mask
 
 
 class TextStream:
@@ -105,21 +106,41 @@ class Decoding:
         """The next token from the last-position logits (V,): the sampler's pick, within
         the sequence's constraint when it has one (the full mask runs only when the
         constraint refuses the pick), and its log-probabilities when asked."""
-        tok = pick_token(logits, self.sampling, self.rng)
+        s = self.sampling
+        tok = pick_token(logits, s, self.rng)
         c = self.req.constraint
         if c is not None and not c.allows(tok):
-            masked = None
-            if self.sampling.greedy:  # the best allowed token is most often near the top
-                top = np.argpartition(-logits, GREEDY_CANDIDATES)[:GREEDY_CANDIDATES]
-                masked = c.mask(logits, top)
-            if masked is None or not np.isfinite(masked).any():
-                masked = c.mask(logits)  # sampling needs the whole allowed distribution
-            if not np.isfinite(masked).any():  # a grammar with no way on: a bug, not input
-                raise RuntimeError("the output grammar allows no next token")
-            tok = pick_token(masked, self.sampling, self.rng)
+            tok = self._constrained(logits, tok, c)
         if self.req.logprobs is not None:
             self.logprobs.append(token_logprobs(logits, tok, self.req.logprobs))
         return tok
+
+    def _constrained(self, logits: np.ndarray, refused: int, c: Any) -> int:
+        """The pick when the constraint refused the sampler's: from the most likely tokens
+        (greedy), by drawing again without the refused ones (plain temperature sampling:
+        that is drawing from the allowed distribution), else from the whole vocabulary
+        masked, which costs tens of ms."""
+        s = self.sampling
+        if s.greedy:  # the best allowed token is most often near the top
+            top = np.argpartition(-logits, GREEDY_CANDIDATES)[:GREEDY_CANDIDATES]
+            masked = c.mask(logits, top)
+            if np.isfinite(masked).any():
+                return int(np.argmax(masked))
+        elif s.top_p == 1 and s.top_k == 0:
+            z = logits.astype(np.float64) / s.temperature
+            p = np.exp(z - z.max())
+            for _ in range(REDRAWS):
+                p[refused] = 0.0
+                total = p.sum()
+                if not total > 0:
+                    break
+                refused = int(self.rng.choice(len(p), p=p / total))
+                if c.allows(refused):
+                    return refused
+        masked = c.mask(logits)
+        if not np.isfinite(masked).any():  # a grammar with no way on: a bug, not input
+            raise RuntimeError("the output grammar allows no next token")
+        return pick_token(masked, s, self.rng)
 
     def add(self, tok: int, stop_ids: set[int], send: Any) -> str | None:
         """Take one sampled token; the finish reason when the answer is complete."""

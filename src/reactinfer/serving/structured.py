@@ -72,7 +72,6 @@ class Extras:
     logprobs: int | None = None  # None: not asked; else the number of top alternatives
     grammar: str | None = None  # GBNF the answer must follow
     tools: tuple[str, ...] = ()  # function names an answer may call
-    forced_tool: bool = False  # the grammar makes the answer a tool call
 
 
 def _int_field(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
@@ -102,17 +101,16 @@ def extras_of(body: dict[str, Any], kind: str, max_n: int) -> Extras:
         logprobs = _int_field(body, "logprobs", 0, MAX_TOP_LOGPROBS)
     grammar = response_grammar(body.get("response_format"))
     tools: tuple[str, ...] = ()
-    forced = False
     if kind == "chat" and body.get("tools") is not None:
         tool_grammar, tools = tools_grammar(body["tools"], body.get("tool_choice"))
         if tool_grammar is not None:
             if grammar is not None:
                 raise ApiError(400, "'response_format' and a required tool call cannot both "
                                "shape the answer: drop one", param="response_format")
-            grammar, forced = tool_grammar, True
+            grammar = tool_grammar
     elif body.get("tool_choice") is not None:
         raise ApiError(400, "'tool_choice' needs 'tools'", param="tool_choice")
-    return Extras(n, logprobs, grammar, tools, forced)
+    return Extras(n, logprobs, grammar, tools)
 
 
 # -- grammars -------------------------------------------------------------------------------
