@@ -146,6 +146,24 @@ def test_openai_endpoints(server):
     assert "/v1/embeddings" in c.get("/openapi.json").json()["paths"]
 
 
+def test_torch_generation_gives_logprobs_and_n_and_refuses_grammars(server):
+    """The engine-less (torch) path: log-probabilities and n choices work; a grammar
+    (structured output needs llama.cpp) is refused with 400, not ignored."""
+    c = server.client
+    r = c.post("/v1/completions", json={"model": LM, "prompt": "open the file", "n": 2,
+                                        "max_tokens": 3, "logprobs": 2})
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [ch["index"] for ch in choices] == [0, 1]
+    for ch in choices:
+        lps = ch["logprobs"]["token_logprobs"]
+        assert 0 < len(lps) <= 3 and all(np.isfinite(x) and x <= 0 for x in lps)
+        assert all(len(d) <= 2 for d in ch["logprobs"]["top_logprobs"])
+    r = c.post("/v1/chat/completions", json={"model": LM, "max_tokens": 3, "messages": [
+        {"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}})
+    assert r.status_code == 400 and "llama.cpp" in r.text, r.text
+
+
 def test_kserve_endpoints_and_metrics(server):
     c = server.client
     assert c.get("/v2/health/live").json() == {"live": True}

@@ -31,6 +31,7 @@ from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
 from .llamacpp_engine import DecodeEngine
+from .llamacpp_grammar import GrammarConstraint
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
@@ -163,6 +164,11 @@ class LlamaCppRunner:
         same weights: `slots` sequences of up to `serve_context` tokens each."""
         return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
                             slots, step_tokens)
+
+    def grammar_constraint(self, gbnf: str) -> GrammarConstraint:
+        """A token constraint for one sequence from a GBNF grammar (llamacpp_grammar.py):
+        the server's structured output."""
+        return GrammarConstraint(self.llm._model, gbnf, self.n_vocab)
 
     @property
     def serve_context(self) -> int:

@@ -15,15 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..core.backend import StepDecodingRunner
-from ..tasks.sampling import Sampling, pick_token
-from .execute import generate_stream
+from ..tasks.sampling import Sampling, pick_token, token_logprobs
 from .queue import call_on
 from .request import Generated, Request
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from .batcher import Batcher
     from .ladder import Variant
 
@@ -34,6 +33,11 @@ SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~
 # at the cost of one longer gap for the running streams.
 STEP_TOKENS = 512
 TPOT_ALPHA = 0.3  # weight of the latest decode step in the engine's step-time EWMA
+# Greedy constrained decoding checks the grammar over this many most likely tokens first
+# (the argmax of the allowed ones is exact when one of them is allowed): the full
+# vocabulary costs tens of ms a token, which every stream in the step would wait for.
+GREEDY_CANDIDATES = 64
+REDRAWS = 16  # sampled constrained decoding: draws without refused tokens before the mask
 
 
 class TextStream:
@@ -93,26 +97,83 @@ class Decoding:
     first: float | None = None
     tokens: list[int] = field(default_factory=list)
     sid: int = -1  # the engine's sequence id
+    logprobs: list[Any] = field(default_factory=list)  # when asked: one entry per token
+    lp_sent: int = 0  # entries streamed so far
 
     @property
     def sampling(self) -> Sampling:
         return self.req.sampling or Sampling()
 
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token from the last-position logits (V,): the sampler's pick, within
+        the sequence's constraint when it has one (the full mask runs only when the
+        constraint refuses the pick), and its log-probabilities when asked."""
+        s = self.sampling
+        tok = pick_token(logits, s, self.rng)
+        c = self.req.constraint
+        if c is not None and not c.allows(tok):
+            tok = self._constrained(logits, tok, c)
+        if self.req.logprobs is not None:
+            self.logprobs.append(token_logprobs(logits, tok, self.req.logprobs))
+        return tok
+
+    def _constrained(self, logits: np.ndarray, refused: int, c: Any) -> int:
+        """The pick when the constraint refused the sampler's: from the most likely tokens
+        (greedy), by drawing again without the refused ones (plain temperature sampling:
+        that is drawing from the allowed distribution), else from the whole vocabulary
+        masked, which costs tens of ms."""
+        s = self.sampling
+        if s.greedy:  # the best allowed token is most often near the top
+            top = np.argpartition(-logits, GREEDY_CANDIDATES)[:GREEDY_CANDIDATES]
+            masked = c.mask(logits, top)
+            if np.isfinite(masked).any():
+                return int(np.argmax(masked))
+        elif s.top_p == 1 and s.top_k == 0:
+            z = logits.astype(np.float64) / s.temperature
+            p = np.exp(z - z.max())
+            for _ in range(REDRAWS):
+                p[refused] = 0.0
+                total = p.sum()
+                if not total > 0:
+                    break
+                refused = int(self.rng.choice(len(p), p=p / total))
+                if c.allows(refused):
+                    return refused
+        masked = c.mask(logits)
+        if not np.isfinite(masked).any():  # a grammar with no way on: a bug, not input
+            raise RuntimeError("the output grammar allows no next token")
+        return pick_token(masked, s, self.rng)
+
     def add(self, tok: int, stop_ids: set[int], send: Any) -> str | None:
         """Take one sampled token; the finish reason when the answer is complete."""
         self.tokens.append(tok)
-        if tok in stop_ids:  # end of sequence: what was held back was no stop string
-            send(self.text.flush())
+        c = self.req.constraint
+        if tok in stop_ids or (c is not None and c.is_end(tok)):
+            # end of sequence: what was held back was no stop string
+            if self.logprobs:
+                self.logprobs.pop()  # the end token is no part of the answer
+            self._out(send, self.text.flush())
             return "stop"
-        delta = self.text.push(tok)
-        if delta:
-            send(delta)
+        if c is not None:
+            c.accept(tok)
+        self._out(send, self.text.push(tok))
         if self.text.stopped:
             return "stop"
         if len(self.tokens) >= self.req.job.new_tokens:
-            send(self.text.flush())
+            self._out(send, self.text.flush())
             return "length"
         return None
+
+    def _out(self, send: Any, text: str) -> None:
+        """Stream `text`; with log-probabilities, as (text, the entries since the last)."""
+        if self.req.logprobs is None:
+            if text:
+                send(text)
+            return
+        entries = self.logprobs[self.lp_sent:]
+        if text or entries:
+            self.lp_sent = len(self.logprobs)
+            send((text, entries))
 
 
 def engine_of(v: Variant, slots: int = SLOTS) -> Any:
@@ -258,8 +319,12 @@ class DecodeLoop:
                 if d.first is None:
                     d.first = now
                     self.b.first_token(d.req, v, now)
-                reason = d.add(pick_token(logits, d.sampling, d.rng), self.b.stop_ids,
-                               lambda s, r=d.req: _send(r, s))
+                try:
+                    tok = d.choose(logits)
+                except Exception as e:  # noqa: BLE001  (answers this sequence with 500)
+                    self._leave(key, d, None, exc=e)
+                    continue
+                reason = d.add(tok, self.b.stop_ids, lambda s, r=d.req: _send(r, s))
                 if reason is None:
                     v.engine.feed(sid, d.tokens[-1])
                 else:
@@ -292,21 +357,29 @@ class DecodeLoop:
                     m.tpot_violations.inc(1, **labels)
         if d.req.sink is not None:
             _send(d.req, None)
-        value = Generated(d.tokens, reason or "cancelled", d.variant.name, d.text.text)
+        value = Generated(d.tokens, reason or "cancelled", d.variant.name, d.text.text,
+                          d.logprobs if d.req.logprobs is not None else None)
         self.q.answer(d.req, value if exc is None else None, exc)
 
     def _alone(self, d: Decoding) -> None:
         """A variant without an engine: the whole answer, one token at a time."""
         reason = None
         try:
-            for tok in generate_stream(d.variant.handle, d.req.prompt_ids, d.req.job.new_tokens,
-                                       set(), d.sampling, d.rng):
-                if d.first is None:
-                    d.first = time.monotonic()
-                    self.b.first_token(d.req, d.variant, d.first)
-                reason = d.add(tok, self.b.stop_ids, lambda s: _send(d.req, s))
-                if reason is not None or d.req.cancelled:
-                    break
+            runner: Any = d.variant.handle.runner()  # a generative runner: it decodes
+            steps = runner.decode(list(d.req.prompt_ids))
+            try:
+                logits = next(steps)
+                while True:
+                    tok = d.choose(logits)
+                    if d.first is None:
+                        d.first = time.monotonic()
+                        self.b.first_token(d.req, d.variant, d.first)
+                    reason = d.add(tok, self.b.stop_ids, lambda s: _send(d.req, s))
+                    if reason is not None or d.req.cancelled:
+                        break
+                    logits = steps.send(tok)
+            finally:
+                steps.close()
         except Exception as e:  # noqa: BLE001  (a model failure answers the request with 500)
             self._done(d, None, exc=e)
             return

@@ -1,13 +1,17 @@
 """OpenAI-compatible endpoints: /v1/embeddings, /v1/completions, /v1/chat/completions
 (with `stream: true` as server-sent events) and /v1/models. Generation takes
-temperature, top_p, top_k, seed and stop (greedy when no temperature is given)."""
+temperature, top_p, top_k, seed and stop (greedy when no temperature is given), n,
+logprobs, response_format (JSON, grammar-constrained) and tools; any other field is
+refused with 400 (structured.py says which fields are accepted and why)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -26,8 +30,16 @@ from .protocol import (
     read_json,
     start_generation,
 )
-from .request import Request
+from .request import Generated, Request
 from .state import ApiError, Group, ServingState, state_of
+from .structured import (
+    Extras,
+    chat_logprobs,
+    completion_logprobs,
+    extras_of,
+    tool_call_of,
+    tools_note,
+)
 
 # Included by create_app; the handlers find the served models with state_of(request).
 router = APIRouter()
@@ -41,19 +53,42 @@ def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
 _TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 
 
-def chat_prompt(tokenizer: Any, messages: Any) -> str:
-    """The tokenizer's chat template when it has one, else plain 'role: content' lines."""
+def _content(m: dict[str, Any], i: int) -> str:
+    """A message's text: a string, a list of text parts, or an assistant's tool calls."""
+    c = m.get("content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                   and isinstance(p.get("text"), str) for p in c):
+        return "".join(p["text"] for p in c)
+    if c is None and isinstance(m.get("tool_calls"), list):
+        return json.dumps([{"name": t.get("function", {}).get("name"),
+                            "arguments": t.get("function", {}).get("arguments")}
+                           for t in m["tool_calls"] if isinstance(t, dict)])
+    raise ApiError(400, f"'messages'[{i}] must have a string 'content' (or text parts, or "
+                   "an assistant's 'tool_calls')", param="messages")
+
+
+def chat_prompt(tokenizer: Any, messages: Any, tools: Any = None) -> str:
+    """The tokenizer's chat template when it has one, else plain 'role: content' lines.
+    `tools` go to a template that takes them, else into a first system message."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects",
                        param="messages")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
-            raise ApiError(400, f"'messages'[{i}] must be an object with string 'role' and "
-                           "'content'", param="messages")
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"'messages'[{i}] must be an object with a string 'role'",
+                           param="messages")
+    msgs = [{"role": m["role"], "content": _content(m, i)} for i, m in enumerate(messages)]
+    template = getattr(tokenizer, "chat_template", None)
+    kw: dict[str, Any] = {}
+    if tools and isinstance(template, str) and "tools" in template:
+        kw["tools"] = tools
+    elif tools:
+        msgs.insert(0, {"role": "system", "content": tools_note(tools)})
+    if template:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                             **kw)
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
 
 
@@ -97,13 +132,14 @@ async def completions(request: HttpRequest) -> Any:
     state = state_of(request)
     body = await read_json(request, state)
     g = _group(state, body, "causal-lm")
+    extras = extras_of(body, "completion", state.config.max_inputs)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be one non-empty string (one prompt per "
                        "request)", param="prompt")
-    return await _complete(state, request, g, body, prompt, chat=False)
+    return await _complete(state, request, g, body, prompt, extras, chat=False)
 
 
 @router.post("/v1/chat/completions", tags=["openai"], openapi_extra=_schema({
@@ -113,33 +149,65 @@ async def chat(request: HttpRequest) -> Any:
     state = state_of(request)
     body = await read_json(request, state)
     g = _group(state, body, "causal-lm")
+    extras = extras_of(body, "chat", state.config.max_inputs)
+    tools = body.get("tools") if extras.tools else None
     with g.batcher.tok_lock:
-        prompt = chat_prompt(g.tokenizer, body.get("messages"))
-    return await _complete(state, request, g, body, prompt, chat=True)
+        prompt = chat_prompt(g.tokenizer, body.get("messages"), tools)
+    return await _complete(state, request, g, body, prompt, extras, chat=True)
+
+
+def _copies(p: GenParams, extras: Extras) -> list[GenParams]:
+    """The `n` sequences of a request: each seeded apart when a seed is given (so they
+    differ when sampled; greedy ones are equal)."""
+    p = replace(p, grammar=extras.grammar, logprobs=extras.logprobs)
+    seed = p.sampling.seed
+    return [p if seed is None or i == 0 else replace(p, sampling=replace(p.sampling,
+                                                                         seed=seed + i))
+            for i in range(extras.n)]
 
 
 async def _complete(state: ServingState, request: HttpRequest, g: Group, body: dict[str, Any],
-                    prompt: str, chat: bool) -> Any:
-    """A completion of `prompt`: one JSON answer, or server-sent events with `stream`."""
+                    prompt: str, extras: Extras, chat: bool) -> Any:
+    """A completion of `prompt` (n of them): one JSON answer, or server-sent events with
+    `stream`."""
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     p = generation_params(body, g, state, prompt, "chat" if chat else "completion")
+    ps = _copies(p, extras)
     deadline = deadline_of(request, state)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if stream:
-        return await _stream(g, p, deadline, rid, chat)
-    out = await generate(state, g, p, deadline)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": out.finish_reason}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": out.text}
-    else:
-        choice.update(text=out.text, logprobs=None)
+        return await _stream(g, ps, deadline, rid, chat, extras)
+    outs = await asyncio.gather(*(generate(state, g, q, deadline) for q in ps))
+    choices = [_choice(g, i, out, chat, extras) for i, out in enumerate(outs)]
     return JSONResponse({"id": rid, "object": "chat.completion" if chat
                          else "text_completion", "created": int(time.time()),
-                         "model": g.name, "choices": [choice],
-                         "usage": _usage(len(p.ids), len(out.tokens))},
-                        headers={VARIANT_HEADER: out.variant})
+                         "model": g.name, "choices": choices,
+                         "usage": _usage(len(p.ids), sum(len(o.tokens) for o in outs))},
+                        headers={VARIANT_HEADER: ",".join(sorted({o.variant for o in outs}))})
+
+
+def _logprobs(g: Group, entries: list[Any] | None, chat: bool) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    with g.batcher.tok_lock:
+        return chat_logprobs(entries, g.tokenizer) if chat else \
+            completion_logprobs(entries, g.tokenizer)
+
+
+def _choice(g: Group, i: int, out: Generated, chat: bool, extras: Extras) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": i, "finish_reason": out.finish_reason,
+                              "logprobs": _logprobs(g, out.logprobs, chat)}
+    if not chat:
+        return choice | {"text": out.text}
+    calls = tool_call_of(out.text, extras.tools)
+    if calls is not None:
+        choice.update(finish_reason="tool_calls",
+                      message={"role": "assistant", "content": None, "tool_calls": calls})
+    else:
+        choice["message"] = {"role": "assistant", "content": out.text}
+    return choice
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -147,55 +215,111 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-async def _stream(g: Group, p: GenParams, deadline: float, rid: str, chat: bool
-                  ) -> StreamingResponse:
-    """Admit the generation and wait for its variant (the header needs it) before any
-    byte is sent, so a refusal or a model failure still gets its status code."""
-    req = await start_generation(g, p, deadline, stream=True)
-    assert req.sink is not None
-    first = await req.sink.get()  # the variant name, or None if the model failed
-    if first is None:
-        await req.future  # raises the model's error
-    return StreamingResponse(_sse(g, req, rid, chat, len(p.ids)),
+async def _stream(g: Group, ps: list[GenParams], deadline: float, rid: str, chat: bool,
+                  extras: Extras) -> StreamingResponse:
+    """Admit the generations and wait for their variants (the header needs them) before
+    any byte is sent, so a refusal or a model failure still gets its status code."""
+    reqs: list[Request] = []
+    try:
+        for p in ps:
+            reqs.append(await start_generation(g, p, deadline, stream=True))
+        variants = []
+        for req in reqs:
+            assert req.sink is not None
+            first = await req.sink.get()  # the variant name, or None if the model failed
+            if first is None:
+                await req.future  # raises the model's error
+            variants.append(str(first))
+    except BaseException:
+        for req in reqs:
+            req.cancelled = True
+        raise
+    return StreamingResponse(_sse(g, reqs, rid, chat, len(ps[0].ids), extras),
                              media_type="text/event-stream",
-                             headers={VARIANT_HEADER: str(first),
+                             headers={VARIANT_HEADER: ",".join(sorted(set(variants))),
                                       "Cache-Control": "no-cache"})
 
 
-async def _sse(g: Group, req: Request, rid: str, chat: bool, n_prompt: int
-               ) -> AsyncIterator[bytes]:
-    """One event per piece of text, as the worker makes it; the last chunk carries the
-    finish reason and the usage. A client that leaves cancels its sequence: the worker
-    frees it at its next step."""
-    assert req.sink is not None
-    created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
+async def _merged(reqs: list[Request]) -> AsyncIterator[tuple[int, Any]]:
+    """(choice index, item) from every sequence's sink as they come; item None at its end."""
+    q: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
-    def event(delta: str | None, finish: str | None, role: bool = False,
-              usage: dict[str, int] | None = None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    async def pump(i: int, req: Request) -> None:
+        assert req.sink is not None
+        while (item := await req.sink.get()) is not None:
+            await q.put((i, item))
+        await q.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(reqs)]
+    try:
+        left = len(reqs)
+        while left:
+            i, item = await q.get()
+            left -= item is None
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _sse(g: Group, reqs: list[Request], rid: str, chat: bool, n_prompt: int,
+               extras: Extras) -> AsyncIterator[bytes]:
+    """One event per piece of text, as the worker makes it; each choice's last chunk
+    carries its finish reason, the last of all the usage. With tools, a choice's text is
+    held to its end, where it is sent as a tool call or as content. A client that leaves
+    cancels its sequences: the worker frees them at its next step."""
+    created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
+    held = [""] * len(reqs)
+    completion = 0
+
+    def event(i: int, delta: dict[str, Any] | str | None, finish: str | None,
+              entries: list[Any] | None = None, usage: dict[str, int] | None = None) -> bytes:
+        choice: dict[str, Any] = {"index": i, "finish_reason": finish,
+                                  "logprobs": _logprobs(g, entries, chat)}
         if chat:
-            choice["delta"] = ({"role": "assistant"} if role else {}) | \
+            choice["delta"] = delta if isinstance(delta, dict) else \
                 ({"content": delta} if delta is not None else {})
         else:
-            choice.update(text=delta or "", logprobs=None)
+            choice["text"] = delta or ""
         payload = {"id": rid, "object": obj, "created": created, "model": g.name,
                    "choices": [choice]} | ({"usage": usage} if usage else {})
         return f"data: {json.dumps(payload)}\n\n".encode()
 
     try:
         if chat:
-            yield event(None, None, role=True)
-        while (text := await req.sink.get()) is not None:
-            yield event(text, None)
-        try:
-            out = await req.future
-            yield event(None if chat else "", out.finish_reason,
-                        usage=_usage(n_prompt, len(out.tokens)))
-        except Exception as e:  # noqa: BLE001  (the status is sent; report in-band)
-            yield f"data: {json.dumps({'error': {'message': str(e)}})}\n\n".encode()
+            for i in range(len(reqs)):
+                yield event(i, {"role": "assistant"}, None)
+        left = len(reqs)
+        async for i, item in _merged(reqs):
+            if item is not None:
+                text, entries = item if isinstance(item, tuple) else (item, None)
+                if extras.tools:
+                    held[i] += text
+                    text = ""
+                if text or entries:
+                    yield event(i, text, None, entries)
+                continue
+            left -= 1
+            try:
+                out = await reqs[i].future
+            except Exception as e:  # noqa: BLE001  (the status is sent; report in-band)
+                yield f"data: {json.dumps({'error': {'message': str(e)}})}\n\n".encode()
+                continue
+            completion += len(out.tokens)
+            usage = _usage(n_prompt, completion) if left == 0 else None
+            calls = tool_call_of(held[i], extras.tools) if chat else None
+            if calls is not None:
+                delta = {"tool_calls": [c | {"index": 0} for c in calls]}
+                yield event(i, delta, "tool_calls", usage=usage)
+            elif held[i]:
+                yield event(i, held[i], None)
+                yield event(i, None if chat else "", out.finish_reason, usage=usage)
+            else:
+                yield event(i, None if chat else "", out.finish_reason, usage=usage)
         yield b"data: [DONE]\n\n"
     finally:
-        req.cancelled = not req.future.done()
+        for req in reqs:
+            req.cancelled = not req.future.done()
 
 
 def _group(state: ServingState, body: dict[str, Any], task: str) -> Group:

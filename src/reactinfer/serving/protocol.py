@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
+from ..core.errors import UserError
 from ..tasks.sampling import Sampling
 from .admission import deadline_for
 from .cache import normalise
@@ -169,6 +170,8 @@ class GenParams:
     max_tokens: int
     sampling: Sampling
     stop: tuple[str, ...]
+    grammar: str | None = None  # GBNF the answer must follow (structured output)
+    logprobs: int | None = None  # record log-probabilities, with this many alternatives
 
     @property
     def cacheable(self) -> bool:
@@ -176,7 +179,8 @@ class GenParams:
         return self.sampling.greedy or self.sampling.seed is not None
 
     def cache_key(self, variant: str) -> tuple[Any, ...]:
-        return (variant, "generate", tuple(self.ids), self.max_tokens, self.sampling, self.stop)
+        return (variant, "generate", tuple(self.ids), self.max_tokens, self.sampling, self.stop,
+                self.grammar, self.logprobs)
 
 
 def _number(body: dict[str, Any], name: str, default: float) -> float:
@@ -247,13 +251,30 @@ def generation_params(body: dict[str, Any], g: Group, state: ServingState, promp
     return GenParams(ids, n, sampling_of(body), stop_of(body))
 
 
+def constraint_of(g: Group, grammar: str) -> Any:
+    """A fresh token constraint (one per sequence: it holds the grammar's state) from the
+    runners' `grammar_constraint`; 400 when a variant of the model has none."""
+    makers: list[Any] = [getattr(v.handle.runner(), "grammar_constraint", None)
+                         for v in g.ladder.variants]
+    if any(m is None for m in makers):
+        raise ApiError(400, f"model '{g.name}' cannot constrain its output (structured output "
+                       "needs a GGUF on llama.cpp): drop 'response_format' / 'tool_choice'",
+                       param="response_format")
+    try:
+        return makers[0](grammar)
+    except UserError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+
+
 async def start_generation(g: Group, p: GenParams, deadline: float, stream: bool) -> Request:
     """Admit a generation (429/503 raised here, before any byte is sent)."""
     loop = asyncio.get_running_loop()
+    constraint = constraint_of(g, p.grammar) if p.grammar is not None else None
     req = Request("generate", Job(deadline, items=1, new_tokens=p.max_tokens), loop,
                   loop.create_future(), prompt_ids=p.ids,
                   sink=asyncio.Queue() if stream else None, length=len(p.ids),
-                  sampling=p.sampling, stop=p.stop)
+                  sampling=p.sampling, stop=p.stop, constraint=constraint,
+                  logprobs=p.logprobs)
     try:
         g.batcher.admit(req)
     except Rejected as e:

@@ -36,6 +36,10 @@ class Request:
     sampling: Sampling | None = None  # generation: how to pick tokens (None: greedy)
     stop: tuple[str, ...] = ()  # generation: the answer ends before any of these
     cancelled: bool = False  # the client left: the worker frees its sequence
+    # generation: a token constraint of this sequence alone (a grammar: allows / mask /
+    # is_end / accept, as backends/llamacpp_grammar.py), or None
+    constraint: Any = None
+    logprobs: int | None = None  # generation: record log-probabilities, with this many top
 
 
 @dataclass
@@ -44,3 +48,6 @@ class Generated:
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
     variant: str
     text: str = ""  # the answer's text (stop strings cut off)
+    # per answer token (end of sequence excluded), when asked: (token, logprob, top
+    # alternatives ((token, logprob), ...)) from tasks.sampling.token_logprobs
+    logprobs: list[Any] | None = None

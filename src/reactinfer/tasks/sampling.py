@@ -49,3 +49,19 @@ def pick_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int
         keep = int(np.searchsorted(np.cumsum(p), s.top_p)) + 1  # smallest set reaching top_p
         order, p = order[:keep], p[:keep] / p[:keep].sum()
     return int(order[rng.choice(len(order), p=p)])
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int = 0
+                   ) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+    """The log-probability of `token` under the model's distribution (the raw logits (V,),
+    before temperature or any constraint: what the model thinks, as OpenAI reports it),
+    and the `top` most likely tokens with theirs, most likely first."""
+    z = logits.astype(np.float64)
+    m = z.max()
+    lse = m + np.log(np.exp(z - m).sum())
+    alts: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(-z, min(top, len(z)) - 1)[:top]
+        ids = ids[np.argsort(-z[ids], kind="stable")]
+        alts = tuple((int(i), float(z[i] - lse)) for i in ids)
+    return int(token), float(z[token] - lse), alts
