@@ -354,3 +354,26 @@ def test_gguf_tokenizer_is_cached_verified_and_the_same(tmp_path, monkeypatch):
         json.loads((cached / "hashes.json").read_text())["tokenizer.json"]
     assert gguf_file_handle(tmp_path / "missing.gguf") is None and \
         gguf_file_handle("minilm") is None
+
+
+def test_a_shared_prompt_prefix_is_reused_with_the_same_answer(server):
+    """The prefix cache through the server: a second request that extends the first
+    one's prompt evaluates only its new tokens (counted in /metrics), and a repeated
+    prompt gets the same greedy answer from the cached KV as it did evaluated afresh."""
+    c, labels = server.client, {"model": LM}
+    prompt = " ".join(PROMPTS * 3)
+    saved = server.metric("react_prefix_cache_tokens_saved_total", **labels)
+    hits = server.metric("react_prefix_cache_hits_total", **labels)
+    first = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()
+    again = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()
+    longer = c.post("/v1/completions", json={"prompt": prompt + " and the rest",
+                                             "max_tokens": 6}).json()
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    # (the first may share a token or two with an earlier prompt: a hit too)
+    assert server.metric("react_prefix_cache_hits_total", **labels) >= hits + 2
+    n = first["usage"]["prompt_tokens"]
+    assert server.metric("react_prefix_cache_tokens_saved_total", **labels) - saved >= \
+        2 * (n - 1)
+    assert longer["usage"]["prompt_tokens"] > n
+    assert 0 < server.metric("react_prefix_cache_hit_rate", **labels) <= 1
+    assert server.metric("react_prefix_cache_tokens", **labels) > 0

@@ -81,6 +81,7 @@ def test_decode_engine_reserves_kv_and_frees_it(tmp_path):
 
     h = to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32", workdir=tmp_path)
     eng = h.runner().decode_engine(2, step_tokens=4)
+    eng.cache_tokens = 0  # no prefix reuse here (tests/backend/test_prefix_cache.py)
     assert eng.slots == 2 and eng.n_ctx >= 100
     a = eng.start([5, 6, 7, 8, 9, 10], 4)  # a 6-token prompt: two steps at 4 per step
     assert not eng.step().logits  # chunked prefill: no logits before the prompt is in

@@ -13,12 +13,25 @@ for less: the time to the last one's first token falls), and a long prompt still
 the running sequences for one bounded step at a time.
 A sequence reserves KV cells for its prompt plus its new tokens when it starts; `start`
 refuses when they are not free, so a step never runs out of cache. `release` frees its
-cells (`llama_memory_seq_rm`) and its slot.
+slot.
+
+Prefix cache (llama.cpp server's `cache_prompt`, vLLM's automatic prefix caching): a
+released slot keeps its KV and the tokens it holds. A new sequence takes the slot
+whose tokens share the longest prefix with its prompt, drops only the tail
+(`llama_memory_seq_rm`) and evaluates the rest; when that prefix lives in a running
+sequence's stream, the stream is copied (`llama_memory_seq_cp` across streams copies a
+whole stream, at the next decode), and a prompt whose prefix is still being evaluated
+by an earlier sequence waits for it (8 chats arriving together with one system prompt
+evaluate it once). Idle slots keep at most `cache_tokens` tokens in all (least recently
+used go first; the KV streams are allocated up front, so this bounds what is kept, not
+what is allocated). Per-sequence streams make a reused prefix give the very logits it
+would give evaluated afresh (tested).
 """
 from __future__ import annotations
 
 import ctypes
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +45,17 @@ class _Seq:
     pending: list[int]  # tokens to evaluate: the prompt's rest, or the last sampled token
     reserve: int  # KV cells it may fill (prompt + new tokens), within its stream
     pos: int = 0  # next position
+    done: list[int] = field(default_factory=list)  # the tokens in its KV stream, in order
+    wait: _Seq | None = None  # an earlier sequence still evaluating this one's prefix
+
+
+def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """The length of the common prefix of a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 @dataclass
@@ -39,18 +63,22 @@ class EngineStep:
     """What one step made: the last-position logits (V,) of every sequence that is
     ready to sample, by sequence id (views of llama.cpp's buffer, valid until the next
     step: no copies), how many tokens the step evaluated, and the seconds spent in
-    `llama_decode` itself (the rest of a step is Python)."""
+    `llama_decode` itself (the rest of a step is Python). Prefix cache, since the last
+    step: prompts looked up, prompts that reused a cached prefix, prompt tokens reused."""
 
     logits: dict[int, np.ndarray] = field(default_factory=dict)
     tokens: int = 0
     decode_s: float = 0.0
+    lookups: int = 0
+    hits: int = 0
+    saved: int = 0
 
 
 class DecodeEngine:
     """Slots on one llama.cpp context sharing the model's mmap'ed weights."""
 
     def __init__(self, model: Any, n_vocab: int, threads: int, n_ctx_seq: int, slots: int,
-                 step_tokens: int = 512):
+                 step_tokens: int = 512, cache_tokens: int | None = None):
         import llama_cpp
 
         self._lib, self._model = llama_cpp, model  # the model must outlive the context
@@ -70,7 +98,17 @@ class DecodeEngine:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._seqs: dict[int, _Seq] = {}
-        self._free = list(range(slots))
+        # free slots -> the tokens their KV streams still hold, least recently used first
+        self._idle: OrderedDict[int, list[int]] = OrderedDict((i, []) for i in range(slots))
+        self.cache_tokens = n_ctx_seq * slots if cache_tokens is None else cache_tokens
+        if self.cache_tokens < 0:
+            raise ValueError(f"cache_tokens must be >= 0, not {cache_tokens}")
+        # f16 K and V (llama.cpp's default cache type) of every layer, for one token
+        n_head = max(1, llama_cpp.llama_model_n_head(model.model))
+        self.kv_bytes_per_token = (4 * llama_cpp.llama_model_n_layer(model.model)
+                                   * llama_cpp.llama_model_n_embd(model.model)
+                                   * llama_cpp.llama_model_n_head_kv(model.model) // n_head)
+        self._stats = [0, 0, 0]  # lookups, hits, tokens saved: since the last step
         self.reserved = 0
 
     def __del__(self) -> None:
@@ -83,21 +121,74 @@ class DecodeEngine:
     # -- sequences ---------------------------------------------------------------------
     def can_start(self, reserve: int) -> bool:
         """A slot is free, and its KV stream holds `reserve` tokens."""
-        return bool(self._free) and reserve <= self.n_ctx
+        return bool(self._idle) and reserve <= self.n_ctx
 
     @property
     def running(self) -> int:
         return len(self._seqs)
 
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens whose KV idle slots keep for later prompts."""
+        return sum(len(t) for t in self._idle.values())
+
     def start(self, prompt_ids: Sequence[int], max_new_tokens: int) -> int:
-        """A new sequence; its id. Its prompt is evaluated by the next steps."""
+        """A new sequence; its id. Its prompt is evaluated by the next steps, less the
+        longest prefix some slot's KV stream already holds."""
         reserve = len(prompt_ids) + max_new_tokens
         if not prompt_ids or not self.can_start(reserve):
             raise ValueError(f"no slot or KV room for {reserve} tokens (call can_start)")
-        sid = self._free.pop(0)
-        self._seqs[sid] = _Seq(sid, list(prompt_ids), reserve)
+        prompt = list(prompt_ids)
+        limit = len(prompt) - 1 if self.cache_tokens else 0  # the last token makes logits
+        best, n = -1, 0  # an idle slot first: reused in place, no copy
+        for slot, toks in self._idle.items():
+            if (m := _common(toks, prompt, limit)) > n:
+                best, n = slot, m
+        src = None
+        for other in self._seqs.values():  # a running one's prompt, evaluated or to be
+            if (m := _common(other.done + other.pending, prompt, limit)) > n:
+                src, n = other, m
+        if src is None and best >= 0:
+            sid = best
+            del self._idle[sid]
+        else:  # an empty slot, else the least recently used
+            sid = next((i for i, t in self._idle.items() if not t), next(iter(self._idle)))
+            del self._idle[sid]
+            self._lib.llama_memory_seq_rm(self._mem, sid, -1, -1)
+        seq = self._seqs[sid] = _Seq(sid, prompt, reserve)
         self.reserved += reserve
+        if src is None:
+            self._reuse(seq, prompt[:n], copy_from=None)
+        else:
+            seq.wait = src
+            self._resolve(seq)
         return sid
+
+    def _reuse(self, seq: _Seq, prefix: list[int], copy_from: int | None) -> None:
+        """Start `seq` after `prefix`, whose KV is in its stream (or in `copy_from`'s)."""
+        n = len(prefix)
+        if n and copy_from is not None:
+            self._lib.llama_memory_seq_cp(self._mem, copy_from, seq.slot, -1, -1)
+        self._lib.llama_memory_seq_rm(self._mem, seq.slot, n, -1)
+        seq.done, seq.pos, seq.wait = prefix, n, None
+        del seq.pending[:n]
+        self._stats[0] += 1
+        self._stats[1] += n > 0
+        self._stats[2] += n
+
+    def _resolve(self, seq: _Seq) -> bool:
+        """A waiting sequence takes its prefix once the earlier one has evaluated it (or
+        left: then from its idle slot if still there); False while it still waits."""
+        src = seq.wait
+        assert src is not None
+        alive = self._seqs.get(src.slot) is src
+        need = _common(src.done + src.pending, seq.pending, len(seq.pending) - 1)
+        if alive and (src.wait is not None or len(src.done) < need):
+            return False
+        toks = src.done if alive else self._idle.get(src.slot, [])
+        n = _common(toks, seq.pending, len(seq.pending) - 1)
+        self._reuse(seq, seq.pending[:n], copy_from=src.slot)
+        return True
 
     def feed(self, sid: int, token: int) -> None:
         """The token sampled for `sid`: the next step evaluates it."""
@@ -106,14 +197,20 @@ class DecodeEngine:
         seq.pending.append(int(token))
 
     def release(self, sid: int) -> None:
-        """The sequence leaves: its KV cells and slot are free for the next step."""
+        """The sequence leaves: its slot is free for the next step, and keeps its KV for
+        later prompts within `cache_tokens` (the least recently used go first)."""
         seq = self._seqs.pop(sid, None)
         if seq is None:
             return
-        self._lib.llama_memory_seq_rm(self._mem, sid, -1, -1)
         self.reserved -= seq.reserve
-        self._free.append(sid)
-        self._free.sort()
+        self._idle[sid] = seq.done if seq.wait is None else []
+        total = self.cached_tokens
+        for slot, toks in list(self._idle.items()):
+            if total <= self.cache_tokens:
+                break
+            if toks:
+                self._lib.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                self._idle[slot], total = [], total - len(toks)
 
     # -- one step ------------------------------------------------------------------------
     def step(self) -> EngineStep:
@@ -122,8 +219,11 @@ class DecodeEngine:
         whose pending tokens were all evaluated."""
         b, n, out = self._batch, 0, EngineStep()
         wants: list[tuple[int, int]] = []  # (sequence, batch index of its last token)
-        decoding = [s for s in self._seqs.values() if len(s.pending) == 1]
-        joining = [s for s in self._seqs.values() if len(s.pending) > 1]
+        ready = [s for s in self._seqs.values() if s.wait is None or self._resolve(s)]
+        out.lookups, out.hits, out.saved = self._stats
+        self._stats = [0, 0, 0]
+        decoding = [s for s in ready if len(s.pending) == 1]
+        joining = [s for s in ready if len(s.pending) > 1]
         budget = self.step_tokens - len(decoding)  # > 0: step_tokens > slots
         for seq in decoding + joining:
             take = 1 if len(seq.pending) == 1 else min(len(seq.pending), budget)
@@ -140,6 +240,7 @@ class DecodeEngine:
                     wants.append((seq.slot, n))
                 n += 1
             seq.pos += take
+            seq.done += seq.pending[:take]
             del seq.pending[:take]
         if n == 0:
             return out
@@ -148,6 +249,9 @@ class DecodeEngine:
         rc = self._lib.llama_decode(self._ctx, b)
         out.decode_s = time.perf_counter() - t0
         if rc != 0:  # admission reserved the cells, so this is a bug, not a full cache
+            for seq in self._seqs.values():  # what their streams hold is unknown now
+                self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                seq.done = []
             raise RuntimeError(f"llama_decode failed ({rc}) with {n} tokens")
         for sid, i in wants:
             ptr = self._lib.llama_get_logits_ith(self._ctx, i)

@@ -310,6 +310,8 @@ class DecodeLoop:
                         self._leave(key, d, None, exc=e)
                 continue
             now = time.monotonic()
+            if out.lookups:
+                self._prefix_cache(v, out)
             self.b.metrics.compute_seconds.observe(now - t0, model=self.b.model, variant=v.name)
             self.b.metrics.batch_size.observe(len(out.logits), model=self.b.model,
                                               variant=v.name)
@@ -337,9 +339,24 @@ class DecodeLoop:
                 self.step_s[eid] = end - t0 if old is None else \
                     (1 - TPOT_ALPHA) * old + TPOT_ALPHA * (end - t0)
 
+    def _prefix_cache(self, v: Variant, out: Any = None) -> None:
+        """The engine's prefix cache into /metrics: the counts since its last step, and
+        what its idle slots keep."""
+        m, labels = self.b.metrics, {"model": self.b.model, "variant": v.name}
+        if out is not None:
+            m.prefix_lookups.inc(out.lookups, **labels)
+            m.prefix_hits.inc(out.hits, **labels)
+            m.prefix_tokens_saved.inc(out.saved, **labels)
+            m.prefix_hit_rate.set(m.prefix_hits.get(**labels) / m.prefix_lookups.get(**labels),
+                                  **labels)
+        m.prefix_cached_tokens.set(v.engine.cached_tokens, **labels)
+        m.prefix_cached_bytes.set(v.engine.cached_tokens * v.engine.kv_bytes_per_token,
+                                  **labels)
+
     def _leave(self, key: tuple[int, int], d: Decoding, reason: str | None,
                exc: BaseException | None = None) -> None:
         d.variant.engine.release(key[1])
+        self._prefix_cache(d.variant)  # the slot keeps its KV now
         del self.running[key]
         if not d.variant.engine.running:  # idle: its step time is measured afresh
             self.step_s.pop(key[0], None)

@@ -131,6 +131,18 @@ class Metrics:
         self.probe_errors = Counter(
             "react_probe_errors_total", "idle probes of a better variant that failed (the "
             "ladder stays stepped down until one succeeds; the server log says why)")
+        self.prefix_lookups = Counter("react_prefix_cache_lookups_total", "prompts that "
+                                      "joined a decode engine (each looks up its prefix)")
+        self.prefix_hits = Counter("react_prefix_cache_hits_total", "prompts that reused a "
+                                   "cached prefix's KV")
+        self.prefix_hit_rate = Gauge("react_prefix_cache_hit_rate", "prefix cache hits / "
+                                     "lookups since start")
+        self.prefix_tokens_saved = Counter("react_prefix_cache_tokens_saved_total", "prompt "
+                                           "tokens not evaluated: their KV was reused")
+        self.prefix_cached_tokens = Gauge("react_prefix_cache_tokens", "tokens whose KV idle "
+                                          "decode slots keep for later prompts")
+        self.prefix_cached_bytes = Gauge("react_prefix_cache_bytes", "the KV memory of those "
+                                         "tokens (it stays allocated either way)")
         self.cache_hits = Counter("react_cache_hits_total", "items answered from the cache")
         self.cache_misses = Counter("react_cache_misses_total", "items not in the cache")
         self.effective_quality = Gauge(
