@@ -1,0 +1,15 @@
+"""Fixtures shared by the integration modules: what is slow to start is started once per
+session (a local Ray takes ~10 s on 2 cores), and torn down at the end of it."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every module that needs one; a module asks for it with
+    `pytest.mark.usefixtures("ray_local")`, so it starts only when such a module runs."""
+    pytest.importorskip("ray")
+    from reactinfer.cluster import ray_api
+
+    ray_api.init(num_cpus=2)
+    yield
+    ray_api.shutdown()
