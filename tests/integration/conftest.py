@@ -13,3 +13,20 @@ def ray_local():
     ray_api.init(num_cpus=2)
     yield
     ray_api.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The built-in smollm2 as a torch model, loaded once: de-quantizing its GGUF takes
+    ~30 s on 2 cores. Tests derive from it (compress, to_backend) and never change it."""
+    import reactinfer as ri
+
+    return ri.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The built-in minilm, loaded once; tests derive from it and never change it."""
+    import reactinfer as ri
+
+    return ri.load("minilm")
