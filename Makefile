@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= all,test
 
-.PHONY: run test test-unit install clean lint anchor-env
+.PHONY: run test test-fast test-unit install clean lint anchor-env
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP) lint
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The inner loop (a few minutes on 2 cores): lint, then the unit tests but the few marked
+# `slow` (whole optimize runs, distillation); `make test` runs everything.
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -3,7 +3,6 @@ llama.cpp (the packaged GGUF, and our own GGUF conversion of the torch weights).
 import numpy as np
 import pytest
 
-import reactinfer as ri
 from reactinfer.backends import to_backend
 from reactinfer.core.backend import list_backends
 from reactinfer.data import texts_for
@@ -18,10 +17,10 @@ def _require(name):
         pytest.skip(f"{name} is not available here: {b.why_unavailable()}")
 
 
-def test_minilm_on_onnxruntime_matches_torch(tmp_path):
+def test_minilm_on_onnxruntime_matches_torch(minilm, tmp_path):
     _require("onnxruntime")
     texts = texts_for("eval", limit=48)
-    base = ri.load("minilm")
+    base = minilm
     task = get_task("embedding")
     ref = task.evaluate(base.runner(), base.tokenizer, texts, 16, base.max_length)
     for precision, floor in (("fp32", 0.99999), ("int8-dynamic", 0.98)):
@@ -31,11 +30,6 @@ def test_minilm_on_onnxruntime_matches_torch(tmp_path):
     # MatMul weights become int8; the 47 MB word-embedding table (a Gather) stays fp32
     assert (tmp_path / "int8-dynamic" / "model.onnx").stat().st_size < \
         0.7 * (tmp_path / "fp32" / "model.onnx").stat().st_size
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return ri.load("smollm2")
 
 
 def test_smollm2_packaged_gguf_on_llama_cpp(smollm2):

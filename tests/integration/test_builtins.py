@@ -13,10 +13,10 @@ def test_minilm_bench_is_plausible():
     assert 80 < r["size_mb"] < 100
 
 
-def test_minilm_matches_sentence_transformers_semantics():
+def test_minilm_matches_sentence_transformers_semantics(minilm):
     from reactinfer.tasks import get_task
 
-    h = ri.load("minilm")
+    h = minilm
 
     out = get_task("embedding").evaluate(h.runner(), h.tokenizer,
                                          ["A man is eating food.", "A man is eating a meal.",
@@ -25,8 +25,8 @@ def test_minilm_matches_sentence_transformers_semantics():
     assert sims[0, 1] > 0.7 > sims[0, 2]
 
 
-def test_smollm2_loads_and_scores():
-    r = ri.bench("smollm2", batch_size=4, n_eval=8, latency_runs=2, gen_tokens=8, progress=False)
+def test_smollm2_loads_and_scores(smollm2):
+    r = ri.bench(smollm2, batch_size=4, n_eval=8, latency_runs=2, gen_tokens=8, progress=False)
     assert r["task"] == "causal-lm"
     assert 1.0 < r["quality"]["reference_perplexity"] < 200
     assert r["quality"]["perplexity_ratio"] == pytest.approx(1.0)

@@ -15,19 +15,11 @@ pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from reactinfer.cluster import ray_api  # noqa: E402
 from reactinfer.cluster.batch import parts_dir_for, run_batch  # noqa: E402
 from reactinfer.tasks.base import run_in_order  # noqa: E402
 from reactinfer.testing import tiny_handle, tiny_texts  # noqa: E402
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    ray_api.init(num_cpus=2)
-    yield
-    ray_api.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local")]  # conftest.py
 
 
 @pytest.fixture(scope="module")

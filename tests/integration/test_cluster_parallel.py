@@ -6,21 +6,13 @@ import pytest
 
 pytest.importorskip("ray")
 
-from reactinfer.cluster import ray_api  # noqa: E402
 from reactinfer.cluster.aggregate import run_ensemble  # noqa: E402
 from reactinfer.cluster.pipeline import run_pipeline  # noqa: E402
 from reactinfer.cluster.shard import WorkerSpec, run_sharded  # noqa: E402
 from reactinfer.tasks.base import run_in_order  # noqa: E402
 from reactinfer.testing import tiny_handle, tiny_texts  # noqa: E402
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    ray_api.init(num_cpus=2)
-    yield
-    ray_api.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local")]  # conftest.py
 
 
 def single(handle, texts):

@@ -34,15 +34,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, ray_local):
     model = save_tiny_hf(tmp_path_factory.mktemp("m") / "tiny", "embedding")
-    ray_api.init(num_cpus=2)
     # with an API key: it must reach every replica with the rest of the settings
     s = run([model], ServeConfig(api_key=KEY), replicas=2, port=free_port(),
             cpus_per_replica=0.5)
     yield s
     s.stop()
-    ray_api.shutdown()
 
 
 KEY = "replica-key"

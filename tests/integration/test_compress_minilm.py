@@ -11,8 +11,8 @@ from reactinfer.tasks import get_task, tokenize
 pytestmark = pytest.mark.integration
 
 
-def test_minilm_prune_ffn_then_int8_reloads(tmp_path):
-    h = load("minilm")
+def test_minilm_prune_ffn_then_int8_reloads(minilm, tmp_path):
+    h = minilm
     p = compress(h, [PruneFFN(keep=0.75, importance="activation"),
                      QuantizeDynamicInt8(per_channel=True)])
     assert p.model.config.intermediate_size == 1152

@@ -23,11 +23,6 @@ from reactinfer.tasks import get_task
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return ri.load("smollm2")
-
-
 def _outputs(h):
     texts = texts_for("eval", limit=2)
     return get_task("causal-lm").evaluate(h.runner(), h.tokenizer, texts, 2, 64)

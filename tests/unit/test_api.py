@@ -3,6 +3,8 @@ names), and `import reactinfer` stays light."""
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import importlib, inspect, pkgutil
 import reactinfer
@@ -22,6 +24,7 @@ print(h.transforms[0]["type"], r["task"])
 """
 
 
+@pytest.mark.slow  # a fresh process that imports every subpackage
 def test_verbs_are_functions_whatever_was_imported_first():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                          timeout=300)

@@ -59,6 +59,7 @@ def test_cli_bench_json_on_hf_dir(tmp_path, capsys):
     assert warning == [f"react bench: warning: {out['eval_warning']}"]
 
 
+@pytest.mark.slow  # two `react bench` processes
 def test_no_progress_silences_the_libraries_bars_too(tmp_path):
     env_before = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     d = save_tiny_hf(tmp_path / "m", "embedding")
@@ -186,6 +187,7 @@ def _bench_cli(tmp_path, *extra):
                  "--latency-runs", "2", "--json", *extra])
 
 
+@pytest.mark.slow  # `--backend auto` converts and measures every engine
 def test_cli_bench_shows_progress_for_each_phase_on_stderr(tmp_path, capsys):
     assert _bench_cli(tmp_path) == 0
     captured = capsys.readouterr()

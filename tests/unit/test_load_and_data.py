@@ -48,6 +48,7 @@ def test_unrecognised_path(tmp_path):
         ri.load(tmp_path / "x.txt")
 
 
+@pytest.mark.slow  # builds the corpus from scratch once more
 def test_corpus_is_deterministic_and_disjoint():
     parts = {p: corpus_part(p) for p in PARTS}
     assert len(parts["eval"]) == 1000 and len(parts["calibration"]) == 512
