@@ -297,10 +297,12 @@ class OpenVinoBackend(Backend):
                        fallback="fp32_layers", family="openvino-int8")]
 
     def supports(self, handle: ModelHandle) -> bool:
+        if XML_FILE in handle.files:  # an IR runs as it is, without torch (nor the tasks,
+            return True  # whose modules import it): only non-generative models get one
         from ..tasks import get_task
 
-        return not get_task(handle.task).generates and (XML_FILE in handle.files or
-                                               handle.model is not None or float_graph(handle))
+        return not get_task(handle.task).generates and (handle.model is not None
+                                                        or float_graph(handle))
 
     def convert(self, handle: ModelHandle, workdir: Path | None, **opts: Any) -> ModelHandle:
         """Export and convert once; the result runs from `model.xml` + `model.bin` alone."""
