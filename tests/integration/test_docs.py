@@ -72,8 +72,8 @@ LONG_S = 900
 # and of what it printed (checked again), as a reader who ran the first guide would have.
 ONCE = re.compile(r"^react (optimize|compress) (?P<model>[\w.-]+) .*-o (?P<out>\S+)")
 DONE: dict[str, tuple[Path, str]] = {}  # the command, its -o replaced → (its output, stdout)
-# the planner's verdict, whichever way it goes on this machine
-VERDICT = r"(no step paid|×\d+\.\d\d on )"
+# the planner's verdict, whichever way it goes on this machine (every form finish.verdict writes)
+VERDICT = r"(no step paid|best effort: ×\d+\.\d\d on |×\d+\.\d\d on )"
 BENCH = (r"latency @ batch 1\s+p50 [\d.]+ ms", r"throughput @ batch \d+\s+[\d.]+ items/s",
          r"peak memory \(RSS\)", r"size\s+[\d.]+ MiB")
 # What a reader sees printed. Every rule whose key (a regex) matches a shell line as the
