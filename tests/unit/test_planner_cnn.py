@@ -11,17 +11,9 @@ from reactinfer.planner import optimize
 from reactinfer.planner.catalogue import catalogue, default_actions
 from reactinfer.planner.cnn import conv_facts, fold_expect, int8_weigh
 from reactinfer.planner.record import Decision, Trial
-from reactinfer.testing import TINY_CNN, tiny_cnn_builtin
+from reactinfer.testing import tiny_cnn_builtin
 
 IMAGE = "image-classification"
-
-
-@pytest.fixture
-def tiny_cnn_model(monkeypatch):
-    entry, cnn = tiny_cnn_builtin()
-    monkeypatch.setitem(zoo.BUILTINS, TINY_CNN, entry)
-    monkeypatch.setitem(vision.CNN_BUILTINS, TINY_CNN, cnn)
-    return TINY_CNN
 
 
 def test_the_catalogue_offers_image_models_only_what_knows_convolutions():

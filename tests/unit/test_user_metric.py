@@ -12,7 +12,6 @@ from reactinfer.core.errors import UserError
 from reactinfer.data import LabelledText, items_for, number_labels, read_texts, texts_for
 from reactinfer.data.images import load_digits
 from reactinfer.measure import format_report
-from reactinfer.models import vision, zoo
 from reactinfer.planner import optimize
 from reactinfer.planner.catalogue import default_actions
 from reactinfer.planner.settings import PlanSettings
@@ -27,7 +26,7 @@ from reactinfer.tasks.metrics import (
     resolve_metric,
     with_metric,
 )
-from reactinfer.testing import TINY_CNN, save_tiny_hf, tiny_cnn_builtin, tiny_model
+from reactinfer.testing import save_tiny_hf, tiny_model
 
 
 class Item:
@@ -162,14 +161,6 @@ def test_a_metric_on_unlabelled_data_is_one_clear_line(tmp_path):
 
 
 # -- the planner and bench on a labelled image folder -------------------------------------
-
-@pytest.fixture
-def tiny_cnn_model(monkeypatch):
-    entry, cnn = tiny_cnn_builtin()
-    monkeypatch.setitem(zoo.BUILTINS, TINY_CNN, entry)
-    monkeypatch.setitem(vision.CNN_BUILTINS, TINY_CNN, cnn)
-    return TINY_CNN
-
 
 @pytest.fixture
 def digit_folder(tmp_path):
