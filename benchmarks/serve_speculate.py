@@ -155,6 +155,8 @@ def main() -> None:
                       "tokens": xs[0]["tokens"][0],
                       "same_200": all(x["texts"][0][:200] == reference for x in xs),
                       "text": xs[0]["texts"][0]} for name, xs in rounds.items()}
+        print({k: (v["tok_s"], v["tokens"], v["same_200"]) for k, v in one.items()},
+              flush=True)  # one stream's figures, before the longer 8-stream part
         eight_rounds = alternate({name: (lambda b=base: streams(b, eight_prompts,
                                                                 a.max_tokens))
                                   for name, base in bases.items()}, a.rounds)
