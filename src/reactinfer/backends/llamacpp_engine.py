@@ -26,6 +26,11 @@ evaluate it once). Idle slots keep at most `cache_tokens` tokens in all (least r
 used go first; the KV streams are allocated up front, so this bounds what is kept, not
 what is allocated). Per-sequence streams make a reused prefix give the very logits it
 would give evaluated afresh (tested).
+
+Speculative decoding: `feed` may add proposed tokens (a draft) after the sampled one;
+the step evaluates them all in the same decode with logits at every position (what the
+target model says after each), and the caller keeps the longest right prefix with
+`accept`, which drops the rest from the KV stream (`llama_memory_seq_rm`).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class _Seq:
     pos: int = 0  # next position
     done: list[int] = field(default_factory=list)  # the tokens in its KV stream, in order
     wait: _Seq | None = None  # an earlier sequence still evaluating this one's prefix
+    draft: int = 0  # of `pending`, how many are proposed tokens after the sampled one
 
 
 def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -64,10 +70,15 @@ class EngineStep:
     ready to sample, by sequence id (views of llama.cpp's buffer, valid until the next
     step: no copies), how many tokens the step evaluated, and the seconds spent in
     `llama_decode` itself (the rest of a step is Python). Prefix cache, since the last
-    step: prompts looked up, prompts that reused a cached prefix, prompt tokens reused."""
+    step: prompts looked up, prompts that reused a cached prefix, prompt tokens reused.
+    A sequence fed a draft of k tokens also has `drafts[sid]` = (the draft evaluated,
+    k + 1 logits rows: after its sampled token, then after each draft token);
+    `drafted` counts the draft tokens of the step."""
 
     logits: dict[int, np.ndarray] = field(default_factory=dict)
+    drafts: dict[int, tuple[list[int], list[np.ndarray]]] = field(default_factory=dict)
     tokens: int = 0
+    drafted: int = 0
     decode_s: float = 0.0
     lookups: int = 0
     hits: int = 0
@@ -190,11 +201,25 @@ class DecodeEngine:
         self._reuse(seq, seq.pending[:n], copy_from=src.slot)
         return True
 
-    def feed(self, sid: int, token: int) -> None:
-        """The token sampled for `sid`: the next step evaluates it."""
+    def feed(self, sid: int, token: int, draft: Sequence[int] = ()) -> None:
+        """The token sampled for `sid`: the next step evaluates it, and the proposed
+        tokens of `draft` after it (as many as its reservation still holds)."""
         seq = self._seqs[sid]
         assert not seq.pending and seq.pos < seq.reserve, "fed twice or past its reservation"
-        seq.pending.append(int(token))
+        extra = [int(t) for t in draft[:max(0, seq.reserve - seq.pos - 1)]]
+        seq.pending += [int(token)] + extra
+        seq.draft = len(extra)
+
+    def accept(self, sid: int, n: int) -> None:
+        """Of the draft the last step evaluated for `sid`, the first `n` tokens were right:
+        the rest leave its KV stream (the next step writes over their positions)."""
+        seq = self._seqs[sid]
+        drop, seq.draft = seq.draft - n, 0
+        assert 0 <= drop and not seq.pending, "accept once, after the step, before feed"
+        if drop:
+            seq.pos -= drop
+            del seq.done[-drop:]
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, seq.pos, -1)
 
     def release(self, sid: int) -> None:
         """The sequence leaves: its slot is free for the next step, and keeps its KV for
@@ -222,22 +247,31 @@ class DecodeEngine:
         ready = [s for s in self._seqs.values() if s.wait is None or self._resolve(s)]
         out.lookups, out.hits, out.saved = self._stats
         self._stats = [0, 0, 0]
-        decoding = [s for s in ready if len(s.pending) == 1]
-        joining = [s for s in ready if len(s.pending) > 1]
-        budget = self.step_tokens - len(decoding)  # > 0: step_tokens > slots
-        for seq in decoding + joining:
-            take = 1 if len(seq.pending) == 1 else min(len(seq.pending), budget)
+        decoding = [s for s in ready if len(s.pending) == 1 + s.draft]
+        joining = [s for s in ready if len(s.pending) > 1 + s.draft]
+        over = sum(len(s.pending) for s in decoding) - self.step_tokens + 1
+        for seq in decoding:  # drafts give way to one token per sequence and a prompt's
+            cut = min(seq.draft, max(0, over))
+            if cut:
+                del seq.pending[-cut:]
+                seq.draft, over = seq.draft - cut, over - cut
+        budget = self.step_tokens - sum(len(s.pending) for s in decoding)  # > 0
+        drafted: list[tuple[_Seq, int]] = []  # (sequence, batch index of its sampled token)
+        for seq, prefill in [(s, False) for s in decoding] + [(s, True) for s in joining]:
+            take = min(len(seq.pending), budget) if prefill else len(seq.pending)
             if take <= 0:
                 continue
-            if len(seq.pending) > 1:
+            if prefill:
                 budget -= take
+            if seq.draft:
+                drafted.append((seq, n))
             for j, tok in enumerate(seq.pending[:take]):
                 b.token[n], b.pos[n], b.n_seq_id[n] = tok, seq.pos + j, 1
                 b.seq_id[n][0] = seq.slot
                 last = j == take - 1 and take == len(seq.pending)
-                b.logits[n] = 1 if last else 0
+                b.logits[n] = 1 if last or seq.draft else 0
                 if last:
-                    wants.append((seq.slot, n))
+                    wants.append((seq.slot, n - seq.draft))
                 n += 1
             seq.pos += take
             seq.done += seq.pending[:take]
@@ -254,8 +288,16 @@ class DecodeEngine:
                 seq.done = []
             raise RuntimeError(f"llama_decode failed ({rc}) with {n} tokens")
         for sid, i in wants:
-            ptr = self._lib.llama_get_logits_ith(self._ctx, i)
-            out.logits[sid] = np.ctypeslib.as_array(
-                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+            out.logits[sid] = self._row(i)
+        for seq, i in drafted:
+            rows = [self._row(i + j) for j in range(seq.draft + 1)]
+            out.drafts[seq.slot] = (seq.done[-seq.draft:], rows)
+            out.drafted += seq.draft
         out.tokens = n
         return out
+
+    def _row(self, i: int) -> np.ndarray:
+        """The logits (V,) of batch index i, in place."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx, i)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.n_vocab,))

@@ -64,7 +64,8 @@ def _serve(p: argparse.ArgumentParser):
 # ServeConfig fields that a flag of the same name (--max-batch: max_batch) sets as given
 _SAME_NAME = ("slo_ms", "tpot_ms", "max_batch", "max_delay_ms", "max_queue", "cache_size",
               "max_inputs", "max_body_bytes", "max_image_bytes", "max_image_pixels",
-              "long_text", "admit_quantile", "max_tokens", "llm_backend")
+              "long_text", "admit_quantile", "max_tokens", "llm_backend", "speculate",
+              "draft_tokens")
 
 
 def _add_batching_args(p: argparse.ArgumentParser, d: Any) -> None:
@@ -115,6 +116,12 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--llm-backend", default=d("llm_backend"),
                    help="engine for a causal LM given as a built-in name or .gguf: auto "
                         "(llama.cpp, continuous batching) or a backend name such as torch")
+    p.add_argument("--speculate", choices=("auto", "off", "lookup"), default=d("speculate"),
+                   help="speculative decoding of greedy completions on llama.cpp by prompt "
+                        "lookup: auto (while at most 2 streams decode, and while a stream's "
+                        "drafts are accepted), lookup (always) or off; same answers either way")
+    p.add_argument("--draft-tokens", type=int, default=d("draft_tokens"),
+                   help="most tokens one draft proposes")
 
 
 def _serve_config(a: argparse.Namespace) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.images import DEFAULT_MAX_PIXELS, check_labels
+from .speculate import check_mode as check_speculation
 
 LONG_TEXT_POLICIES = ("truncate", "error")
 SERVER_PACKAGES = ("fastapi", "uvicorn", "orjson")
@@ -54,6 +55,11 @@ class ServeConfig:
     llm_backend     the engine for causal LMs loaded from a GGUF or a built-in name:
                     "auto" (llama.cpp when installed: continuous batching), or a backend
                     name such as "torch"; artifacts keep the backend they were saved with
+    speculate       generation on llama.cpp: speculative decoding of greedy requests by
+                    prompt lookup (serving/speculate.py): "auto" (while at most 2
+                    sequences decode, and per sequence while its drafts are accepted),
+                    "lookup" (always), or "off"; the answer is the same either way
+    draft_tokens    most tokens one draft proposes
     down_headroom   step down when predicted latency exceeds this fraction of the deadline
     up_ratio        step back up only when the better variant is predicted under this
                     fraction of the SLO ...
@@ -98,6 +104,8 @@ class ServeConfig:
     deadline_admission: bool = True
     api_key: str | None = field(default=None, repr=False)
     llm_backend: str = "auto"
+    speculate: str = "auto"
+    draft_tokens: int = 6
 
     def __post_init__(self) -> None:
         if self.slo_ms is not None and not self.slo_ms > 0:
@@ -129,6 +137,7 @@ class ServeConfig:
         if self.up_ratio > self.down_headroom:
             raise UserError("serve: up_ratio must not exceed down_headroom, or the ladder "
                             "would step up into a level it immediately leaves")
+        check_speculation(self.speculate, self.draft_tokens)
         if self.labels is not None:
             object.__setattr__(self, "labels", check_labels(self.labels))
         if self.long_text not in LONG_TEXT_POLICIES:

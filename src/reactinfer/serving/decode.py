@@ -21,6 +21,7 @@ from ..core.backend import StepDecodingRunner
 from ..tasks.sampling import Sampling, pick_token, token_logprobs
 from .queue import call_on
 from .request import Generated, Request
+from .speculate import Speculation, record
 
 if TYPE_CHECKING:
     from .batcher import Batcher
@@ -99,6 +100,7 @@ class Decoding:
     sid: int = -1  # the engine's sequence id
     logprobs: list[Any] = field(default_factory=list)  # when asked: one entry per token
     lp_sent: int = 0  # entries streamed so far
+    accept_rate: float = 1.0  # EWMA of its drafts' accepted / proposed tokens
 
     @property
     def sampling(self) -> Sampling:
@@ -227,6 +229,8 @@ class DecodeLoop:
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
         self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
+        self.spec = Speculation(getattr(batcher.config, "speculate", "auto"),
+                                getattr(batcher.config, "draft_tokens", 6))
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
 
@@ -315,29 +319,55 @@ class DecodeLoop:
             self.b.metrics.compute_seconds.observe(now - t0, model=self.b.model, variant=v.name)
             self.b.metrics.batch_size.observe(len(out.logits), model=self.b.model,
                                               variant=v.name)
+            labels = {"model": self.b.model, "variant": v.name}
             for sid, logits in out.logits.items():
                 key = (eid, sid)
                 d = self.running[key]
                 if d.first is None:
                     d.first = now
                     self.b.first_token(d.req, v, now)
-                try:
-                    tok = d.choose(logits)
-                except Exception as e:  # noqa: BLE001  (answers this sequence with 500)
-                    self._leave(key, d, None, exc=e)
-                    continue
-                reason = d.add(tok, self.b.stop_ids, lambda s, r=d.req: _send(r, s))
-                if reason is None:
-                    v.engine.feed(sid, d.tokens[-1])
-                else:
-                    self._leave(key, d, reason)
+                self._take(key, d, logits, out.drafts.get(sid), v.engine.running, labels)
             end = time.monotonic()
             self.b.metrics.step_overhead.observe(max(0.0, end - t0 - out.decode_s),
                                                  model=self.b.model, variant=v.name)
-            if started and out.tokens == started:  # decode only: a token's cost to a stream
+            # decode only (drafts aside): a token's cost to a stream
+            if started and out.tokens - out.drafted == started:
                 old = self.step_s.get(eid)
                 self.step_s[eid] = end - t0 if old is None else \
                     (1 - TPOT_ALPHA) * old + TPOT_ALPHA * (end - t0)
+
+    def _take(self, key: tuple[int, int], d: Decoding, logits: np.ndarray,
+              drafted: tuple[list[int], list[np.ndarray]] | None, decoding: int,
+              labels: dict[str, str]) -> None:
+        """A sequence's tokens from one step: one pick from its logits, or with a draft,
+        a pick from each row in turn (through the same `add`: stop strings and max_tokens
+        end it where they would have) up to the first that differs from the draft; the
+        rest of the draft leaves its KV. Then the next token, with its next draft."""
+        draft, rows = drafted if drafted is not None else ([], [logits])
+        reason, emitted, accepted = None, 0, 0
+        try:
+            for i, row in enumerate(rows):
+                tok = d.choose(row)
+                reason = d.add(tok, self.b.stop_ids, lambda s, r=d.req: _send(r, s))
+                emitted += 1
+                if i == len(draft) or tok != draft[i]:
+                    break
+                accepted += 1
+                if reason is not None:
+                    break
+        except Exception as e:  # noqa: BLE001  (answers this sequence with 500)
+            self._leave(key, d, None, exc=e)
+            return
+        record(self.b.metrics, labels, emitted, len(draft), accepted)
+        if draft:
+            self.spec.verified(d, len(draft), accepted)
+        if reason is not None:
+            self._leave(key, d, reason)
+            return
+        eng = d.variant.engine
+        if draft:
+            eng.accept(key[1], accepted)
+        eng.feed(key[1], d.tokens[-1], self.spec.propose(d, decoding))
 
     def _prefix_cache(self, v: Variant, out: Any = None) -> None:
         """The engine's prefix cache into /metrics: the counts since its last step, and

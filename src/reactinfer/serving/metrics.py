@@ -143,6 +143,15 @@ class Metrics:
                                           "decode slots keep for later prompts")
         self.prefix_cached_bytes = Gauge("react_prefix_cache_bytes", "the KV memory of those "
                                          "tokens (it stays allocated either way)")
+        self.spec_proposed = Counter("react_speculative_proposed_tokens_total", "draft "
+                                     "tokens proposed for the target model to verify")
+        self.spec_accepted = Counter("react_speculative_accepted_tokens_total", "draft "
+                                     "tokens the target model agreed with (kept)")
+        self.spec_accept_rate = Gauge("react_speculative_acceptance_rate", "accepted / "
+                                      "proposed draft tokens since start")
+        self.spec_tokens_per_call = Histogram(
+            "react_speculative_tokens_per_call", "tokens a decoding sequence gained from one "
+            "target model call (1 without a draft)", (1, 2, 3, 4, 5, 6, 8, 10, 12, 16))
         self.cache_hits = Counter("react_cache_hits_total", "items answered from the cache")
         self.cache_misses = Counter("react_cache_misses_total", "items not in the cache")
         self.effective_quality = Gauge(

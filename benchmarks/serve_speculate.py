@@ -1,0 +1,174 @@
+"""Speculative decoding (prompt lookup), measured through `react serve smollm2`: a copy
+task (greedy /v1/completions, the model asked to copy a given paragraph, ~200 tokens).
+
+- one stream: tok/s with `--speculate auto` and `--speculate off`, and llama.cpp alone
+  (llama-cpp-python's `create_completion(temperature=0)` on the same GGUF file and
+  prompt, all threads); the first 200 characters of each answer against llama.cpp's;
+- 8 streams at once: aggregate tok/s with auto and off (auto turns itself off there).
+tok/s = completion tokens / wall time of the request (prompt included), best of the
+rounds' medians taken in turns. The /metrics speculation counters are read at the end.
+
+    PYTHONPATH=src python benchmarks/serve_speculate.py      # results/serve_speculate.*
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import ROOT, alternate, hardware, median, serving, table_head, write_results
+
+MODEL = "smollm2"
+PARAGRAPHS = [
+    "The old harbour town wakes early. Before dawn the fishing boats slip out past the "
+    "lighthouse, and by seven the bakery on the square has sold its first loaves. "
+    "Tourists arrive on the morning ferry, walk the narrow streets to the castle, and "
+    "eat grilled sardines at the long tables by the water. In the afternoon the wind "
+    "rises, the boats come back, and the market sells what they caught. At night the "
+    "square fills with music, and the lighthouse turns its slow beam over the dark sea.",
+    "To replace a bicycle inner tube, first open the brake and remove the wheel. Let out "
+    "any air left in the tube, then push one tyre lever under the bead and hook it to a "
+    "spoke. Slide a second lever around the rim until one side of the tyre is free. Pull "
+    "out the old tube, check the inside of the tyre for thorns or glass, and fit the new "
+    "tube with a little air in it. Push the bead back over the rim with your thumbs, "
+    "pump the tyre to the pressure printed on its side, and refit the wheel.",
+]
+
+
+def copy_prompt(text: str) -> str:
+    return f"Copy the following paragraph exactly.\n\nParagraph:\n{text}\n\nCopy:\n"
+
+
+async def complete(client: httpx.AsyncClient, prompt: str, max_tokens: int
+                   ) -> dict[str, Any]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    t0 = time.perf_counter()
+    r = await client.post("/v1/completions", json=body)
+    r.raise_for_status()
+    out = r.json()
+    return {"s": time.perf_counter() - t0, "tokens": out["usage"]["completion_tokens"],
+            "text": out["choices"][0]["text"]}
+
+
+def streams(base: str, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    """Prompts sent at once: aggregate tok/s, and the answers."""
+    async def go() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=base, timeout=900) as c:
+            return await asyncio.gather(*(complete(c, p, max_tokens) for p in prompts))
+
+    t0 = time.perf_counter()
+    outs = asyncio.run(go())
+    wall = time.perf_counter() - t0
+    return {"tok_s": sum(o["tokens"] for o in outs) / wall, "texts": [o["text"] for o in outs],
+            "tokens": [o["tokens"] for o in outs]}
+
+
+def llama_alone(prompt: str, max_tokens: int) -> Any:
+    """llama.cpp alone on the served file: a function timing one greedy completion."""
+    from llama_cpp import Llama
+
+    from reactinfer.models.zoo import BUILTINS
+
+    n = os.cpu_count() or 1
+    llm = Llama(model_path=str(BUILTINS[MODEL].path()), n_ctx=2048, n_threads=n,
+                n_threads_batch=n, verbose=False)
+
+    def run() -> dict[str, Any]:
+        llm.reset()  # no prompt reuse between rounds: the servers run with a cold cache too
+        t0 = time.perf_counter()
+        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
+        wall = time.perf_counter() - t0
+        n_tok = out["usage"]["completion_tokens"]
+        return {"tok_s": n_tok / wall, "texts": [out["choices"][0]["text"]],
+                "tokens": [n_tok]}
+
+    return run
+
+
+def spec_metrics(base: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith("react_speculative_") and "_bucket" not in line:
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    one, eight = r["one_stream"], r["eight_streams"]
+    ref = one["llama.cpp alone"]["tok_s"]
+    lines = [f"# Speculative decoding (prompt lookup): copy a paragraph, greedy, "
+             f"{r['max_tokens']} tokens at most, best of {r['rounds']} rounds", "",
+             r["hardware_summary"], "",
+             *table_head("one stream", "tok/s", "× llama.cpp alone",
+                         "first 200 chars = llama.cpp's")]
+    for name, m in one.items():
+        lines.append(f"| {name} | {m['tok_s']:.1f} | ×{m['tok_s'] / ref:.2f} | "
+                     f"{m['same_200']} |")
+    lines += ["", *table_head("8 streams at once", "aggregate tok/s", "× off")]
+    for name, m in eight.items():
+        lines.append(f"| {name} | {m['tok_s']:.1f} | "
+                     f"×{m['tok_s'] / eight['react --speculate off']['tok_s']:.3f} |")
+    for name, m in r["metrics"].items():
+        lines += ["", f"{name} /metrics: " + ", ".join(f"{k} = {v:g}"
+                                                       for k, v in sorted(m.items()))]
+    if r["note"]:
+        lines += ["", r["note"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="how the machine was while this ran")
+    a = ap.parse_args()
+    prompt = copy_prompt(PARAGRAPHS[0])
+    eight_prompts = [copy_prompt(PARAGRAPHS[i % 2]) + " " * (i // 2) for i in range(8)]
+    cmd = [sys.executable, "-m", "reactinfer", "serve", MODEL, "--cache-size", "0",
+           "--slo-ms", "600000"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    with contextlib.ExitStack() as stack:
+        bases = {}
+        for mode in ("auto", "off"):
+            log = stack.enter_context(tempfile.TemporaryFile())
+            bases[f"react --speculate {mode}"], _ = stack.enter_context(serving(
+                [*cmd, "--speculate", mode], "/v2/health/ready", env, timeout_s=600,
+                poll_s=0.2, log=log))
+        steps = {name: (lambda b=base: streams(b, [prompt], a.max_tokens))
+                 for name, base in bases.items()}
+        steps["llama.cpp alone"] = llama_alone(prompt, a.max_tokens)
+        for step in steps.values():
+            step()  # warm: first calls allocate buffers
+        rounds = alternate(steps, a.rounds)
+        reference = rounds["llama.cpp alone"][0]["texts"][0][:200]
+        one = {name: {"tok_s": max(x["tok_s"] for x in xs),
+                      "tok_s_median": median([x["tok_s"] for x in xs]),
+                      "tokens": xs[0]["tokens"][0],
+                      "same_200": all(x["texts"][0][:200] == reference for x in xs),
+                      "text": xs[0]["texts"][0]} for name, xs in rounds.items()}
+        print({k: (v["tok_s"], v["tokens"], v["same_200"]) for k, v in one.items()},
+              flush=True)  # one stream's figures, before the longer 8-stream part
+        eight_rounds = alternate({name: (lambda b=base: streams(b, eight_prompts,
+                                                                a.max_tokens))
+                                  for name, base in bases.items()}, a.rounds)
+        eight = {name: {"tok_s": max(x["tok_s"] for x in xs),
+                        "tok_s_median": median([x["tok_s"] for x in xs])}
+                 for name, xs in eight_rounds.items()}
+        metrics = {name: spec_metrics(base) for name, base in bases.items()}
+    result = {"max_tokens": a.max_tokens, "rounds": a.rounds, "one_stream": one,
+              "eight_streams": eight, "metrics": metrics, "note": a.note,
+              "command": " ".join(sys.argv), **hardware()}
+    write_results(Path(a.out) / "serve_speculate", result, markdown(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Speculation's policy (serving/speculate.py): who proposes a draft, how long, and when
+"auto" stops (under load, or for a sequence whose drafts are refused); its settings are
+checked at the door."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from reactinfer.core.errors import UserError
+from reactinfer.serving.config import ServeConfig
+from reactinfer.serving.metrics import Metrics
+from reactinfer.serving.speculate import MIN_ACCEPT, Speculation, lookup, record
+from reactinfer.tasks.sampling import Sampling
+
+PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6]
+
+
+def seq(temperature=0.0, constraint=None, tokens=(), new_tokens=50):
+    req = SimpleNamespace(prompt_ids=PROMPT, constraint=constraint,
+                          job=SimpleNamespace(new_tokens=new_tokens))
+    return SimpleNamespace(req=req, sampling=Sampling(temperature=temperature),
+                           tokens=list(tokens), accept_rate=1.0)
+
+
+def test_auto_proposes_for_greedy_sequences_while_the_engine_is_not_busy():
+    spec = Speculation("auto", draft_tokens=4)
+    assert spec.propose(seq(), decoding=1) == [7, 8, 9, 10]
+    assert spec.propose(seq(), decoding=2) == [7, 8, 9, 10]
+    assert spec.propose(seq(), decoding=3) == []  # off under load ...
+    assert Speculation("lookup", 4).propose(seq(), decoding=8) == [7, 8, 9, 10]  # ... forced
+    assert Speculation("off", 4).propose(seq(), decoding=1) == []
+    assert spec.propose(seq(temperature=0.8), decoding=1) == []  # sampled: decodes plainly
+    assert spec.propose(seq(constraint=object()), decoding=1) == []
+    assert spec.propose(seq(new_tokens=3, tokens=[7]), decoding=1) == [8]  # max_tokens cuts
+    assert spec.propose(seq(new_tokens=2, tokens=[7]), decoding=1) == []
+    assert lookup([1, 2, 3, 1, 2], 8) == [3, 1, 2]
+
+
+def test_a_sequence_whose_drafts_are_refused_stops_proposing():
+    spec, d = Speculation("auto", draft_tokens=4), seq()
+    spec.verified(d, 4, 4)
+    assert d.accept_rate == 1.0
+    while d.accept_rate >= MIN_ACCEPT:
+        assert spec.propose(d, 1)
+        spec.verified(d, 4, 0)
+    assert spec.propose(d, 1) == []
+    assert Speculation("lookup", 4).propose(d, 1)  # lookup proposes whatever the rate
+
+
+def test_metrics_count_proposed_accepted_and_tokens_per_call():
+    m, labels = Metrics(), {"model": "m", "variant": "v"}
+    record(m, labels, emitted=4, proposed=5, accepted=3)
+    record(m, labels, emitted=1, proposed=0, accepted=0)
+    assert m.spec_proposed.get(**labels) == 5 and m.spec_accepted.get(**labels) == 3
+    assert m.spec_accept_rate.get(**labels) == pytest.approx(0.6)
+    text = m.render()
+    assert 'react_speculative_tokens_per_call_sum{model="m",variant="v"} 5' in text
+    assert 'react_speculative_tokens_per_call_count{model="m",variant="v"} 2' in text
+
+
+@pytest.mark.parametrize("kw", [{"speculate": "maybe"}, {"speculate": "on"},
+                                {"draft_tokens": 0}, {"draft_tokens": 100}])
+def test_bad_settings_are_refused(kw):
+    with pytest.raises(UserError, match="speculate|draft_tokens"):
+        ServeConfig(**kw)
+    assert ServeConfig().speculate == "auto"
+
+
+def test_the_cli_flags_read_their_defaults_from_the_config(capsys):
+    from reactinfer.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "m", "--speculate", "sometimes"])
+    assert "--speculate" in capsys.readouterr().err
