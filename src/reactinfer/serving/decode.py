@@ -229,8 +229,7 @@ class DecodeLoop:
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
         self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
-        self.spec = Speculation(getattr(batcher.config, "speculate", "auto"),
-                                getattr(batcher.config, "draft_tokens", 6))
+        self.spec = Speculation(batcher.config.speculate, batcher.config.draft_tokens)
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
 
