@@ -35,7 +35,7 @@ def test_serve_flags_default_to_serve_config():
         "slo_ms", "tpot_ms", "max_batch", "max_delay_ms", "max_queue", "cache_size",
         "max_inputs", "max_body_bytes", "max_image_bytes", "max_image_pixels", "long_text",
         "admit_quantile", "max_tokens", "llm_backend", "warmup", "deadline_admission",
-        "api_key", "speculate", "draft_tokens"})
+        "api_key", "speculate", "draft_tokens", "draft"})
 
 
 def test_serve_flags_build_the_default_config(monkeypatch):

@@ -52,11 +52,15 @@ def test_metrics_count_proposed_accepted_and_tokens_per_call():
     m, labels = Metrics(), {"model": "m", "variant": "v"}
     record(m, labels, emitted=4, proposed=5, accepted=3)
     record(m, labels, emitted=1, proposed=0, accepted=0)
-    assert m.spec_proposed.get(**labels) == 5 and m.spec_accepted.get(**labels) == 3
-    assert m.spec_accept_rate.get(**labels) == pytest.approx(0.6)
+    by = {**labels, "source": "lookup"}  # drafts are counted by where they came from
+    assert m.spec_proposed.get(**by) == 5 and m.spec_accepted.get(**by) == 3
+    assert m.spec_accept_rate.get(**by) == pytest.approx(0.6)
+    record(m, labels, emitted=2, proposed=4, accepted=1, source="draft")
+    assert m.spec_proposed.get(**labels, source="draft") == 4
+    assert m.spec_accept_rate.get(**by) == pytest.approx(0.6)
     text = m.render()
-    assert 'react_speculative_tokens_per_call_sum{model="m",variant="v"} 5' in text
-    assert 'react_speculative_tokens_per_call_count{model="m",variant="v"} 2' in text
+    assert 'react_speculative_tokens_per_call_sum{model="m",variant="v"} 7' in text
+    assert 'react_speculative_tokens_per_call_count{model="m",variant="v"} 3' in text
 
 
 @pytest.mark.parametrize("kw", [{"speculate": "maybe"}, {"speculate": "on"},

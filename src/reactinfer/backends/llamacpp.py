@@ -165,6 +165,10 @@ class LlamaCppRunner:
         return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
                             slots, step_tokens)
 
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """The vocabulary's text of these token ids (a draft model must share it)."""
+        return [self.llm._model.token_get_text(i) for i in ids]
+
     def grammar_constraint(self, gbnf: str) -> GrammarConstraint:
         """A token constraint for one sequence from a GBNF grammar (llamacpp_grammar.py):
         the server's structured output."""

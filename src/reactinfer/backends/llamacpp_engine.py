@@ -30,7 +30,9 @@ would give evaluated afresh (tested).
 Speculative decoding: `feed` may add proposed tokens (a draft) after the sampled one;
 the step evaluates them all in the same decode with logits at every position (what the
 target model says after each), and the caller keeps the longest right prefix with
-`accept`, which drops the rest from the KV stream (`llama_memory_seq_rm`).
+`accept`, which drops the rest from the KV stream (`llama_memory_seq_rm`). A draft
+model's own engine follows its target with `resume` (rewind to what both hold, then
+evaluate what the target accepted since).
 """
 from __future__ import annotations
 
@@ -220,6 +222,18 @@ class DecodeEngine:
             seq.pos -= drop
             del seq.done[-drop:]
             self._lib.llama_memory_seq_rm(self._mem, seq.slot, seq.pos, -1)
+
+    def resume(self, sid: int, keep: int, tokens: Sequence[int]) -> None:
+        """Rewind `sid` to the first `keep` tokens of its KV stream (the rest leave it),
+        then the next steps evaluate `tokens` after them, with logits after the last: a
+        draft model's sequence catching up with what its target accepted."""
+        seq = self._seqs[sid]
+        assert seq.wait is None and not seq.pending and tokens, "resume after a step"
+        assert 0 <= keep <= len(seq.done) and keep + len(tokens) <= seq.reserve
+        if keep < len(seq.done):
+            del seq.done[keep:]
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, keep, -1)
+        seq.pos, seq.draft, seq.pending = keep, 0, [int(t) for t in tokens]
 
     def release(self, sid: int) -> None:
         """The sequence leaves: its slot is free for the next step, and keeps its KV for

@@ -65,7 +65,7 @@ def _serve(p: argparse.ArgumentParser):
 _SAME_NAME = ("slo_ms", "tpot_ms", "max_batch", "max_delay_ms", "max_queue", "cache_size",
               "max_inputs", "max_body_bytes", "max_image_bytes", "max_image_pixels",
               "long_text", "admit_quantile", "max_tokens", "llm_backend", "speculate",
-              "draft_tokens")
+              "draft_tokens", "draft")
 
 
 def _add_batching_args(p: argparse.ArgumentParser, d: Any) -> None:
@@ -116,12 +116,17 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--llm-backend", default=d("llm_backend"),
                    help="engine for a causal LM given as a built-in name or .gguf: auto "
                         "(llama.cpp, continuous batching) or a backend name such as torch")
-    p.add_argument("--speculate", choices=("auto", "off", "lookup"), default=d("speculate"),
-                   help="speculative decoding of greedy completions on llama.cpp by prompt "
-                        "lookup: auto (while at most 2 streams decode, and while a stream's "
-                        "drafts are accepted), lookup (always) or off; same answers either way")
+    p.add_argument("--speculate", choices=("auto", "off", "lookup", "draft"),
+                   default=d("speculate"),
+                   help="speculative decoding of greedy completions on llama.cpp: auto "
+                        "(while at most 2 streams decode, and while a stream's drafts are "
+                        "accepted; from --draft when given, else by prompt lookup), lookup or "
+                        "draft (always, from that source) or off; same answers either way")
     p.add_argument("--draft-tokens", type=int, default=d("draft_tokens"),
                    help="most tokens one draft proposes")
+    p.add_argument("--draft", metavar="MODEL", default=d("draft"),
+                   help="a draft model for speculative decoding: a smaller causal LM (GGUF "
+                        "path or built-in name) with the served model's vocabulary")
 
 
 def _serve_config(a: argparse.Namespace) -> Any:

@@ -152,6 +152,32 @@ def _load_ref(m: str | Path | ModelHandle, chosen: str | None, llm_backend: str
     return llm_engine(handle, llm_backend)
 
 
+def load_draft(ref: str | Path | None, handles: Sequence[ModelHandle]) -> ModelHandle | None:
+    """The draft model (ServeConfig.draft) for the causal LMs among `handles`, loaded as
+    they are, on llama.cpp; refused when nothing served can use it, when it is no causal
+    LM on llama.cpp, or when its vocabulary differs from theirs."""
+    from ..tasks import get_task
+    from .speculate import check_vocabulary
+
+    if ref is None:
+        return None
+    llms = [h for h in handles if get_task(h.task).generates]
+    if not llms:
+        raise UserError("serve --draft: a draft model speeds up the generation of a causal "
+                        "LM; none of the models served is one")
+    for h in llms:
+        if h.backend != "llama.cpp":
+            raise UserError(f"serve --draft: {h.name} is served on {h.backend}; speculative "
+                            "decoding runs on llama.cpp (--llm-backend auto)")
+    draft = _load_ref(ref, None, "llama.cpp")
+    if not get_task(draft.task).generates or draft.backend != "llama.cpp":
+        raise UserError(f"serve --draft: {ref} is a {draft.task} model on {draft.backend}; a "
+                        "draft must be a causal LM that runs on llama.cpp (a GGUF)")
+    for h in llms:
+        check_vocabulary(h.runner(), draft.runner(), (h.name, draft.name))
+    return draft
+
+
 def with_class_names(handles: list[ModelHandle], labels: Sequence[str]) -> list[ModelHandle]:
     """The image classifiers among `handles` answer `labels` as their class names
     (--labels); each must have that many classes."""
@@ -210,7 +236,7 @@ def create_app(models: Sequence[str | Path | ModelHandle], config: ServeConfig |
     handles = load_models(models, config.llm_backend)
     if config.labels is not None:
         handles = with_class_names(handles, config.labels)
-    state = ServingState(handles, config)
+    state = ServingState(handles, config, draft=load_draft(config.draft, handles))
 
     @asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):

@@ -42,6 +42,7 @@ class Batcher:
                  on_answer: Callable[[Request, Variant, float], None] | None = None):
         self.model, self.ladder, self.config, self.metrics = model, ladder, config, metrics
         self.on_answer = on_answer
+        self.draft: Any = None  # a generative model's draft model (ServeConfig.draft), if any
         self.queue = RequestQueue(model, metrics)  # its lock also guards the state below
         self._busy_until = 0.0
         self._switches_seen = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +56,15 @@ class ServeConfig:
     llm_backend     the engine for causal LMs loaded from a GGUF or a built-in name:
                     "auto" (llama.cpp when installed: continuous batching), or a backend
                     name such as "torch"; artifacts keep the backend they were saved with
-    speculate       generation on llama.cpp: speculative decoding of greedy requests by
-                    prompt lookup (serving/speculate.py): "auto" (while at most 2
-                    sequences decode, and per sequence while its drafts are accepted),
-                    "lookup" (always), or "off"; the answer is the same either way
+    speculate       generation on llama.cpp: speculative decoding of greedy requests
+                    (serving/speculate.py): "auto" (while at most 2 sequences decode, and
+                    per sequence while its drafts are accepted; from the draft model when
+                    one is given, else by prompt lookup), "lookup" or "draft" (always,
+                    from that source), or "off"; the answer is the same either way
     draft_tokens    most tokens one draft proposes
+    draft           a draft model for speculative decoding (a built-in name or GGUF path):
+                    a smaller causal LM with the served model's vocabulary, run on
+                    llama.cpp beside it; None (the default): no draft model
     down_headroom   step down when predicted latency exceeds this fraction of the deadline
     up_ratio        step back up only when the better variant is predicted under this
                     fraction of the SLO ...
@@ -106,6 +111,7 @@ class ServeConfig:
     llm_backend: str = "auto"
     speculate: str = "auto"
     draft_tokens: int = 6
+    draft: str | None = None
 
     def __post_init__(self) -> None:
         if self.slo_ms is not None and not self.slo_ms > 0:
@@ -138,6 +144,13 @@ class ServeConfig:
             raise UserError("serve: up_ratio must not exceed down_headroom, or the ladder "
                             "would step up into a level it immediately leaves")
         check_speculation(self.speculate, self.draft_tokens)
+        if isinstance(self.draft, os.PathLike):
+            object.__setattr__(self, "draft", os.fspath(self.draft))
+        if self.draft is not None and (not isinstance(self.draft, str) or not self.draft.strip()):
+            raise UserError(f"serve: draft must name a model (a GGUF path or a built-in name), "
+                            f"got {self.draft!r}")
+        if self.speculate == "draft" and self.draft is None:
+            raise UserError("serve: speculate='draft' needs a draft model: pass --draft MODEL")
         if self.labels is not None:
             object.__setattr__(self, "labels", check_labels(self.labels))
         if self.long_text not in LONG_TEXT_POLICIES:

@@ -10,6 +10,7 @@ an engine (torch) runs one request at a time, to the end, with the KV cache.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .ladder import Variant
 
+log = logging.getLogger(__name__)
 SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~8-16)
 # Tokens per engine step (vLLM's max_num_batched_tokens): the running sequences' tokens,
 # then joining prompts in the rest. 8 chat prompts arriving together (~40 tokens each)
@@ -229,7 +231,10 @@ class DecodeLoop:
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
         self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
-        self.spec = Speculation(batcher.config.speculate, batcher.config.draft_tokens)
+        draft = batcher.draft.runner() if batcher.draft is not None else None
+        self.spec = Speculation(batcher.config.speculate, batcher.config.draft_tokens,
+                                draft=draft)
+        self._next: list[tuple[Any, Decoding]] = []  # (engine, sequence): to feed after a step
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
 
@@ -325,7 +330,8 @@ class DecodeLoop:
                 if d.first is None:
                     d.first = now
                     self.b.first_token(d.req, v, now)
-                self._take(key, d, logits, out.drafts.get(sid), v.engine.running, labels)
+                self._take(key, d, logits, out.drafts.get(sid), labels)
+            self._feed(v.engine.running)
             end = time.monotonic()
             self.b.metrics.step_overhead.observe(max(0.0, end - t0 - out.decode_s),
                                                  model=self.b.model, variant=v.name)
@@ -336,12 +342,12 @@ class DecodeLoop:
                     (1 - TPOT_ALPHA) * old + TPOT_ALPHA * (end - t0)
 
     def _take(self, key: tuple[int, int], d: Decoding, logits: np.ndarray,
-              drafted: tuple[list[int], list[np.ndarray]] | None, decoding: int,
+              drafted: tuple[list[int], list[np.ndarray]] | None,
               labels: dict[str, str]) -> None:
         """A sequence's tokens from one step: one pick from its logits, or with a draft,
         a pick from each row in turn (through the same `add`: stop strings and max_tokens
         end it where they would have) up to the first that differs from the draft; the
-        rest of the draft leaves its KV. Then the next token, with its next draft."""
+        rest of the draft leaves its KV. Its last token is fed after the step (`_feed`)."""
         draft, rows = drafted if drafted is not None else ([], [logits])
         reason, emitted, accepted = None, 0, 0
         try:
@@ -357,16 +363,29 @@ class DecodeLoop:
         except Exception as e:  # noqa: BLE001  (answers this sequence with 500)
             self._leave(key, d, None, exc=e)
             return
-        record(self.b.metrics, labels, emitted, len(draft), accepted)
+        record(self.b.metrics, labels, emitted, len(draft), accepted, self.spec.source)
         if draft:
             self.spec.verified(d, len(draft), accepted)
         if reason is not None:
             self._leave(key, d, reason)
             return
-        eng = d.variant.engine
         if draft:
-            eng.accept(key[1], accepted)
-        eng.feed(key[1], d.tokens[-1], self.spec.propose(d, decoding))
+            d.variant.engine.accept(key[1], accepted)
+        self._next.append((d.variant.engine, d))
+
+    def _feed(self, decoding: int) -> None:
+        """Every sequence that goes on gets its last token fed, with a draft after it when
+        one is proposed (all proposed at once: a draft model decodes them together)."""
+        nxt, self._next = self._next, []
+        try:
+            drafts = self.spec.propose_all([d for _, d in nxt], decoding)
+        except Exception:  # noqa: BLE001  (a failed draft costs its speed, never the answer)
+            log.exception("speculative drafts failed; these tokens decode without one")
+            for _, d in nxt:
+                self.spec.release(d)
+            drafts = [[] for _ in nxt]
+        for (eng, d), draft in zip(nxt, drafts, strict=True):
+            eng.feed(d.sid, d.tokens[-1], draft)
 
     def _prefix_cache(self, v: Variant, out: Any = None) -> None:
         """The engine's prefix cache into /metrics: the counts since its last step, and
@@ -385,6 +404,7 @@ class DecodeLoop:
     def _leave(self, key: tuple[int, int], d: Decoding, reason: str | None,
                exc: BaseException | None = None) -> None:
         d.variant.engine.release(key[1])
+        self.spec.release(d)
         self._prefix_cache(d.variant)  # the slot keeps its KV now
         del self.running[key]
         if not d.variant.engine.running:  # idle: its step time is measured afresh

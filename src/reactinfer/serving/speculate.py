@@ -16,13 +16,13 @@ accepted / proposed) falls below `min_accept` stops proposing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..core.errors import UserError
 
-MODES = ("auto", "off", "lookup")  # lookup: always propose, whatever the load
+MODES = ("auto", "off", "lookup", "draft")  # lookup, draft: always propose, whatever the load
 NGRAM_MAX, NGRAM_MIN = 3, 1
 MAX_STREAMS = 2  # auto: no drafts when more sequences decode together
 MIN_ACCEPT = 0.3  # auto: a sequence below this acceptance EWMA stops proposing
@@ -35,6 +35,24 @@ def check_mode(mode: str, draft_tokens: int) -> None:
         raise UserError(f"serve: speculate must be one of {', '.join(MODES)}, got {mode!r}")
     if not isinstance(draft_tokens, int) or not 1 <= draft_tokens <= 32:
         raise UserError(f"serve: draft_tokens must be an integer in 1..32, got {draft_tokens!r}")
+
+
+def check_vocabulary(target: Any, draft: Any, names: tuple[str, str]) -> None:
+    """A draft model's tokens must mean what the target's mean: the same vocabulary size
+    and, at a few ids spread over it, the same token texts (runners with `n_vocab` and
+    `token_texts`)."""
+    if draft.n_vocab != target.n_vocab:
+        raise UserError(f"serve --draft: {names[1]} has {draft.n_vocab} tokens, {names[0]} "
+                        f"{target.n_vocab}; a draft model must share the served model's "
+                        "vocabulary (same tokenizer)")
+    n = target.n_vocab
+    ids = sorted({min(n - 1, i) for i in (0, 1, 2, 3, n // 7, n // 3, n // 2, 2 * n // 3,
+                                          n - 2, n - 1)})
+    for i, a, b in zip(ids, target.token_texts(ids), draft.token_texts(ids), strict=True):
+        if a != b:
+            raise UserError(f"serve --draft: token {i} is {b!r} in {names[1]} but {a!r} in "
+                            f"{names[0]}; a draft model must share the served model's "
+                            "vocabulary (same tokenizer)")
 
 
 def lookup(tokens: Sequence[int], k: int, n_max: int = NGRAM_MAX,
@@ -51,33 +69,150 @@ def lookup(tokens: Sequence[int], k: int, n_max: int = NGRAM_MAX,
     return []
 
 
+class Proposer(Protocol):
+    """Where drafts come from: a draft of up to k tokens after each sequence's last token
+    (all asked at once, so a draft model batches them), and a sequence that leaves."""
+
+    def propose(self, wants: Sequence[tuple[Any, int]]) -> list[list[int]]: ...
+
+    def release(self, d: Any) -> None: ...
+
+
+class Lookup:
+    """Prompt lookup: the tokens after the latest earlier occurrence of the last n-gram."""
+
+    def __init__(self, draft: Any = None):
+        pass
+
+    def propose(self, wants: Sequence[tuple[Any, int]]) -> list[list[int]]:
+        return [lookup(list(d.req.prompt_ids) + d.tokens, k) for d, k in wants]
+
+    def release(self, d: Any) -> None:
+        pass
+
+
+class DraftModel:
+    """A smaller model with the target's vocabulary proposes its own greedy tokens. It
+    decodes on a llama.cpp engine of its own (as many slots as the target's), where each
+    sequence that proposes keeps a sequence in step with it: rewound to the tokens both
+    hold, it evaluates what the target accepted since, then k tokens; all of them at once,
+    so one draft step serves every sequence. It leaves with its target sequence."""
+
+    def __init__(self, draft: Any):
+        if draft is None:
+            raise UserError("serve: speculate='draft' needs a draft model (--draft MODEL)")
+        self.runner = draft  # the draft model's runner: it makes decode engines
+        self.seqs: dict[int, tuple[Any, int, list[int]]] = {}  # id(d) -> (engine, sid, held)
+
+    def _engine(self, d: Any) -> Any:
+        """The draft engine beside `d`'s target engine (made once, kept by the variant)."""
+        v = d.variant
+        eng = getattr(v, "draft_engine", None)
+        if eng is None:
+            target = v.engine
+            eng = v.draft_engine = self.runner.decode_engine(target.slots, target.step_tokens)
+        return eng
+
+    def propose(self, wants: Sequence[tuple[Any, int]]) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in wants]
+        todo: dict[int, tuple[Any, int, list[int], int]] = {}  # i -> (engine, sid, held, k)
+        for i, (d, k) in enumerate(wants):
+            ctx = list(d.req.prompt_ids) + d.tokens
+            if id(d) in self.seqs:
+                eng, sid, held = self.seqs[id(d)]
+                keep = min(_common(held, ctx), len(ctx) - 1)  # the last token makes logits
+                eng.resume(sid, keep, ctx[keep:])
+                held[keep:] = ctx[keep:]
+            else:
+                eng = self._engine(d)
+                # room for the whole answer and a draft after its last token
+                more = d.req.job.new_tokens + len(d.req.prompt_ids) - len(ctx) + k
+                if not eng.can_start(len(ctx) + more):
+                    continue  # no free slot, or too long for the draft's context: no draft
+                sid, held = eng.start(ctx, more), list(ctx)
+                self.seqs[id(d)] = (eng, sid, held)
+            todo[i] = (eng, sid, held, k)
+        while todo:  # one draft step for all, until each has its k tokens
+            for eng in {id(t[0]): t[0] for t in todo.values()}.values():
+                logits = eng.step().logits
+                for i, (e, sid, held, k) in list(todo.items()):
+                    if e is not eng or sid not in logits:
+                        continue
+                    out[i].append(tok := int(logits[sid].argmax()))
+                    if len(out[i]) == k:
+                        del todo[i]
+                    else:
+                        eng.feed(sid, tok)
+                        held.append(tok)
+        return out
+
+    def release(self, d: Any) -> None:
+        seq = self.seqs.pop(id(d), None)
+        if seq is not None:
+            seq[0].release(seq[1])
+
+
+# Where drafts come from, by name (ServeConfig.speculate names one, or "auto" picks).
+PROPOSERS: dict[str, Callable[[Any], Proposer]] = {"lookup": Lookup, "draft": DraftModel}
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 @dataclass
 class Speculation:
-    """Which sequences propose a draft, and how long."""
+    """Which sequences propose a draft, how long, and from where: `draft` (the runner
+    of a draft model, when given) makes "auto" propose from it, else by prompt lookup."""
 
     mode: str = "auto"
     draft_tokens: int = 6
     max_streams: int = MAX_STREAMS
     min_accept: float = MIN_ACCEPT
+    draft: Any = None
+    source: str = field(init=False, default="")
+    proposer: Proposer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         check_mode(self.mode, self.draft_tokens)
+        if self.mode != "off":
+            self.source = self.mode if self.mode in PROPOSERS else \
+                ("draft" if self.draft is not None else "lookup")
+            self.proposer = PROPOSERS[self.source](self.draft)
 
     def eligible(self, d: Any) -> bool:
         """A greedy sequence without a grammar (its pick from each row is the argmax)."""
         return d.sampling.greedy and d.req.constraint is None
 
-    def propose(self, d: Any, decoding: int) -> list[int]:
-        """The draft after `d`'s last token ([] for none), `decoding` sequences running."""
-        if self.mode == "off" or not self.eligible(d):
-            return []
+    def wanted(self, d: Any, decoding: int) -> int:
+        """How many tokens `d`'s next draft may have (0: none), `decoding` running."""
+        if self.proposer is None or not self.eligible(d):
+            return 0
         if self.mode == "auto" and (decoding > self.max_streams
                                     or d.accept_rate < self.min_accept):
-            return []
+            return 0
         left = d.req.job.new_tokens - len(d.tokens) - 1  # more would be cut by max_tokens
-        if left <= 0:
-            return []
-        return lookup(list(d.req.prompt_ids) + d.tokens, min(self.draft_tokens, left))
+        return max(0, min(self.draft_tokens, left))
+
+    def propose_all(self, ds: Sequence[Any], decoding: int) -> list[list[int]]:
+        """The drafts after each sequence's last token ([] for none)."""
+        ks = [self.wanted(d, decoding) for d in ds]
+        wants = [(d, k) for d, k in zip(ds, ks, strict=True) if k]
+        if not wants:
+            return [[] for _ in ds]
+        assert self.proposer is not None
+        got = iter(self.proposer.propose(wants))
+        return [next(got) if k else [] for k in ks]
+
+    def propose(self, d: Any, decoding: int) -> list[int]:
+        """The draft after `d`'s last token ([] for none)."""
+        return self.propose_all([d], decoding)[0]
+
+    def release(self, d: Any) -> None:
+        """`d` left: what its drafts held goes."""
+        if self.proposer is not None:
+            self.proposer.release(d)
 
     @staticmethod
     def verified(d: Any, proposed: int, accepted: int) -> None:
@@ -86,11 +221,13 @@ class Speculation:
 
 
 def record(metrics: Any, labels: dict[str, str], emitted: int, proposed: int,
-           accepted: int) -> None:
-    """One sequence's share of a decode step into /metrics."""
+           accepted: int, source: str = "lookup") -> None:
+    """One sequence's share of a decode step into /metrics (drafts by their source:
+    "lookup" or "draft")."""
     metrics.spec_tokens_per_call.observe(emitted, **labels)
     if proposed:
-        metrics.spec_proposed.inc(proposed, **labels)
-        metrics.spec_accepted.inc(accepted, **labels)
-        metrics.spec_accept_rate.set(metrics.spec_accepted.get(**labels)
-                                     / metrics.spec_proposed.get(**labels), **labels)
+        by = {**labels, "source": source}
+        metrics.spec_proposed.inc(proposed, **by)
+        metrics.spec_accepted.inc(accepted, **by)
+        metrics.spec_accept_rate.set(metrics.spec_accepted.get(**by)
+                                     / metrics.spec_proposed.get(**by), **by)

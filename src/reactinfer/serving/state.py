@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.artifact import root_source
 from ..core.backend import ServingContextRunner
 from ..models.vision import model_labels
+from ..tasks import get_task
 from .batcher import Batcher
 from .cache import ResponseCache
 from .config import ServeConfig
@@ -131,8 +132,10 @@ def for_serving(handle: ModelHandle) -> ModelHandle:
 class ServingState:
     """Everything the endpoints share: groups, cache, metrics, readiness and drain."""
 
-    def __init__(self, handles: Sequence[ModelHandle], config: ServeConfig):
+    def __init__(self, handles: Sequence[ModelHandle], config: ServeConfig,
+                 draft: ModelHandle | None = None):
         self.config = config
+        self.draft = draft  # the generative models' draft model (app.load_draft), if any
         self.metrics = Metrics()
         self.cache = ResponseCache(config.cache_size)
         self.ready = False
@@ -168,8 +171,10 @@ class ServingState:
             start = next((i for i, h in enumerate(hs) if h.metrics.get(SERVE_FIRST)), 0)
             ladder = Ladder(variants, cfg.slo_s, cfg.max_batch, cfg.max_delay_s,
                             cfg.down_headroom, cfg.up_ratio, cfg.up_hold_s, start=start)
-            self.groups[name] = Group(name, hs[0].task, ladder,
-                                      Batcher(name, ladder, cfg, self.metrics, self._answered))
+            batcher = Batcher(name, ladder, cfg, self.metrics, self._answered)
+            if get_task(hs[0].task).generates:
+                batcher.draft = self.draft
+            self.groups[name] = Group(name, hs[0].task, ladder, batcher)
 
     # -- start-up -----------------------------------------------------------------------
     def start(self) -> None:

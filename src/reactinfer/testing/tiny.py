@@ -43,7 +43,7 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_model(task: str, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4,
-               intermediate: int = 64, labels: int = 3) -> Any:
+               intermediate: int = 64, labels: int = 3, tied: bool = True) -> Any:
     import torch
     import transformers
 
@@ -55,7 +55,7 @@ def tiny_model(task: str, seed: int = 0, layers: int = 2, hidden: int = 32, head
                                        num_key_value_heads=max(1, heads // 2),
                                        intermediate_size=intermediate, max_position_embeddings=128,
                                        pad_token_id=0, bos_token_id=2, eos_token_id=4,
-                                       tie_word_embeddings=True)
+                                       tie_word_embeddings=tied)
         return transformers.LlamaForCausalLM(cfg).eval()
     bert = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                    num_attention_heads=heads, intermediate_size=intermediate,
