@@ -9,6 +9,7 @@ tok/s = completion tokens / wall time of the request (prompt included), best of 
 rounds' medians taken in turns. The /metrics speculation counters are read at the end.
 
     PYTHONPATH=src python benchmarks/serve_speculate.py      # results/serve_speculate.*
+    ... serve_speculate.py --draft DRAFT.gguf   # and a third server with a draft model
 """
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="how the machine was while this ran")
+    ap.add_argument("--draft", default=None, help="a draft model (GGUF) for a third server, "
+                    "--speculate draft; results go to serve_speculate_draft.*")
     a = ap.parse_args()
     prompt = copy_prompt(PARAGRAPHS[0])
     eight_prompts = [copy_prompt(PARAGRAPHS[i % 2]) + " " * (i // 2) for i in range(8)]
@@ -138,10 +141,12 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with contextlib.ExitStack() as stack:
         bases = {}
-        for mode in ("auto", "off"):
+        modes = ["auto", "off"] + (["draft"] if a.draft else [])
+        for mode in modes:
             log = stack.enter_context(tempfile.TemporaryFile())
+            extra = ["--draft", a.draft] if mode == "draft" else []
             bases[f"react --speculate {mode}"], _ = stack.enter_context(serving(
-                [*cmd, "--speculate", mode], "/v2/health/ready", env, timeout_s=600,
+                [*cmd, "--speculate", mode, *extra], "/v2/health/ready", env, timeout_s=600,
                 poll_s=0.2, log=log))
         steps = {name: (lambda b=base: streams(b, [prompt], a.max_tokens))
                  for name, base in bases.items()}
@@ -167,7 +172,8 @@ def main() -> None:
     result = {"max_tokens": a.max_tokens, "rounds": a.rounds, "one_stream": one,
               "eight_streams": eight, "metrics": metrics, "note": a.note,
               "command": " ".join(sys.argv), **hardware()}
-    write_results(Path(a.out) / "serve_speculate", result, markdown(result) + "\n")
+    name = "serve_speculate_draft" if a.draft else "serve_speculate"
+    write_results(Path(a.out) / name, result, markdown(result) + "\n")
 
 
 if __name__ == "__main__":
