@@ -77,3 +77,15 @@ def test_the_cli_flags_read_their_defaults_from_the_config(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "m", "--speculate", "sometimes"])
     assert "--speculate" in capsys.readouterr().err
+
+
+def test_a_draft_model_is_a_setting_checked_at_the_door(tmp_path):
+    with pytest.raises(UserError, match="needs a draft model"):
+        ServeConfig(speculate="draft")
+    with pytest.raises(UserError, match="draft must name a model"):
+        ServeConfig(draft=" ")
+    assert ServeConfig(draft=tmp_path / "d.gguf").draft == str(tmp_path / "d.gguf")
+    assert ServeConfig(speculate="draft", draft="d.gguf").speculate == "draft"
+    with pytest.raises(UserError, match="needs a draft model"):
+        Speculation("draft", 4)
+    assert Speculation("off", 4, draft=object()).proposer is None
