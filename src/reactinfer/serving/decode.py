@@ -10,6 +10,7 @@ an engine (torch) runs one request at a time, to the end, with the KV cache.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .request import Generated, Request
 
 if TYPE_CHECKING:
     from .batcher import Batcher
+    from .config import ServeConfig
     from .ladder import Variant
 
 SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~8-16)
@@ -176,15 +178,20 @@ class Decoding:
             send((text, entries))
 
 
-def engine_of(v: Variant, slots: int = SLOTS) -> Any:
-    """The variant's decode engine (made once), or None when its runner has none."""
+def engine_of(v: Variant, slots: int = SLOTS, config: ServeConfig | None = None) -> Any:
+    """The variant's decode engine (made once, its KV cache sized by `config`'s
+    kv_memory_gb and context: the plan is printed), or None when its runner has none."""
     eng = getattr(v, "engine", None)
     if eng is None:
         runner = v.handle.runner()
         if not isinstance(runner, StepDecodingRunner):
             return None
-        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS)
-        v.gen.slots = slots
+        kv = {} if config is None else config.kv_options()
+        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS, **kv)
+        v.gen.slots = eng.slots  # the plan may give fewer than asked
+        plan = getattr(eng, "kv_plan", None)
+        if plan is not None:
+            print(f"react serve: {v.name}: {plan.describe()}", file=sys.stderr, flush=True)
     return eng
 
 
@@ -197,7 +204,7 @@ def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8,
     t0 = time.perf_counter()
     first = _run_alone(eng, prompt_ids, tokens)
     end = time.perf_counter()
-    v.gen.observe(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
+    v.gen.observe_alone(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
 
 
 def _run_alone(eng: Any, prompt_ids: list[int], tokens: int) -> float:
@@ -229,6 +236,13 @@ class DecodeLoop:
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
+        for v in batcher.ladder.variants:  # the KV plans made at warm-up, into /metrics
+            plan = getattr(v.engine, "kv_plan", None)
+            if plan is not None:
+                labels = {"model": batcher.model, "variant": v.name}
+                batcher.metrics.kv_bytes.set(plan.bytes, **labels)
+                batcher.metrics.kv_sequences.set(plan.slots, **labels)
+                batcher.metrics.kv_context.set(plan.n_ctx_seq, **labels)
 
     def run(self) -> None:
         b, q = self.b, self.q
@@ -254,7 +268,7 @@ class DecodeLoop:
             edf = q.edf()
             level = b.choose(edf, now)
             req, v = edf[0], b.ladder.variants[level]
-            eng = engine_of(v)
+            eng = engine_of(v, config=b.config)
             if eng is not None and not eng.can_start(len(req.prompt_ids) + req.job.new_tokens):
                 return  # it waits for sequences to leave (EDF: nobody overtakes it)
             if eng is not None and eng.running and self.step_s.get(id(eng), 0.0) > self.tpot_s:
@@ -284,7 +298,7 @@ class DecodeLoop:
         b.admission.stale = False
         with self.q.unlocked():
             for v in b.ladder.variants:
-                eng = engine_of(v)
+                eng = engine_of(v, config=b.config)
                 if eng is not None:
                     v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
                     measure_engine(v, eng, [1, 2, 3, 4], warm=False)
