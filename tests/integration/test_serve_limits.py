@@ -135,3 +135,45 @@ def test_beyond_the_queue_long_prompts_get_429_with_a_reason(tiny_gguf, budget_g
         # and it keeps serving
         assert s.client.post("/v1/completions", json={"prompt": "a", "max_tokens": 2}) \
             .status_code == 200
+
+
+def test_tpot_ms_steps_the_ladder_to_the_faster_variant_and_back(tiny_gguf):
+    """Two variants of one tiny LM; the better one turns slow (a 0.3 s sleep in every
+    engine step, 3× the 100 ms objective): its finished generations step the ladder down;
+    once it is fast again, an idle probe sees it and the ladder steps back up."""
+    import time
+
+    big, small = tiny_gguf.derive(name="big"), tiny_gguf.derive(name="small")
+    # no warm-up: nothing measures or probes before the test has set the figures (the
+    # ladder keeps the order given, and starts at the best)
+    with running([big, small], cache_size=0, tpot_ms=100, up_hold_s=0.2, warmup=False) as s:
+        (g,) = s.state.groups.values()
+        assert [v.name for v in g.ladder.variants] == ["big", "small"] and g.ladder.active == 0
+        for v in g.ladder.variants:  # equal models: equal figures, as a warm-up finds them
+            v.gen.solo_s = v.gen.token_s = 0.002
+        eng = g.ladder.variants[0].engine
+        fast_step, delay = eng.step, [0.3]
+
+        def step():
+            time.sleep(delay[0])
+            return fast_step()
+
+        eng.step = step
+
+        def served(i):
+            r = s.client.post("/v1/completions", json={"prompt": f"open the file {i}",
+                                                       "max_tokens": 4})
+            assert r.status_code == 200, r.text
+            return r.headers["x-react-variant"]
+
+        names = [served(i) for i in range(4)]
+        assert names[0] == "big" and "small" in names, names
+        assert s.metric("react_tpot_violations_total", variant="big") >= 1
+        assert s.metric("react_variant_switches_total", direction="down") >= 1
+        delay[0] = 0.0  # the better one is fast again
+        end = time.monotonic() + 60
+        while served(0) != "big":
+            if time.monotonic() > end:
+                pytest.fail("the ladder never stepped back up")
+            time.sleep(0.05)
+        assert s.metric("react_variant_switches_total", direction="up") >= 1

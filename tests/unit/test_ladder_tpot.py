@@ -49,8 +49,9 @@ def test_sustained_tpot_violations_step_down_and_headroom_steps_back_up():
     assert ladder.update(QUEUE, now=1.0) == 0
     finished(best, 0.014)  # sustained violations (the EWMA is past 10 ms)
     assert ladder.tpot_at(0) > TPOT and ladder.update(QUEUE, now=2.0) == 1
-    # fast's time per token at this load is predicted from best's: 14 × 2 / 4 = 7 ms
-    assert ladder.tpot_at(1) < 0.8 * TPOT
+    # fast's time per token at this load is predicted from best's (14 × 2 / 4 = 7 ms), and
+    # it starts from that figure, not from its start-up one (taken alone)
+    assert ladder.tpot_at(1) < 0.8 * TPOT and fast.gen.token_s == ladder.tpot_at(1) > 0.006
     # on fast at the same load, best is predicted at 2 × fast's: over 5 ms, it stays down
     finished(fast, 0.004)
     assert ladder.tpot_at(0) > 0.5 * TPOT

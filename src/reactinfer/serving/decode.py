@@ -10,6 +10,7 @@ an engine (torch) runs one request at a time, to the end, with the KV cache.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from ..core.backend import StepDecodingRunner
 from ..tasks.sampling import Sampling, pick_token, token_logprobs
 from .queue import call_on
 from .request import Generated, Request
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .batcher import Batcher
@@ -234,6 +237,7 @@ class DecodeLoop:
         self.running: dict[tuple[int, int], Decoding] = {}  # (id(engine), sid) -> decoding
         self.step_s: dict[int, float] = {}  # id(engine) -> EWMA of its decode-only steps
         self.tpot_s = (batcher.config.tpot_ms or float("inf")) / 1e3
+        self._last_probe = 0.0
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
         for v in batcher.ladder.variants:  # the KV plans made at warm-up, into /metrics
@@ -256,6 +260,11 @@ class DecodeLoop:
                         return
                     if b.admission.stale and not q:
                         self._retime()
+                        continue
+                    ladder = b.ladder
+                    if not q and ladder.active > ladder.top and \
+                            time.monotonic() - self._last_probe >= b.config.probe_s:
+                        self._probe(ladder.active - 1)
                         continue
                     q.wait(0.5)
             self._drop_cancelled()
@@ -303,6 +312,23 @@ class DecodeLoop:
                     v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
                     measure_engine(v, eng, [1, 2, 3, 4], warm=False)
         b.admission.changed()
+
+    def _probe(self, level: int) -> None:
+        """Idle and stepped down: time the better variant alone (what the ladder knows of
+        it dates from when it served, or from start-up: a slow spell may have passed, or
+        begun), then let the ladder re-decide. Lock held; measures without it."""
+        b, v = self.b, self.b.ladder.variants[level]
+        eng = engine_of(v, config=b.config)
+        with self.q.unlocked():
+            try:
+                if eng is not None:
+                    measure_engine(v, eng, [1, 2, 3, 4], tokens=4, warm=False)
+            except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
+                log.warning("probe of variant %r of model %r failed", v.name, b.model,
+                            exc_info=True)
+                b.metrics.probe_errors.inc(model=b.model, variant=v.name)
+        self._last_probe = time.monotonic()
+        b.choose([], self._last_probe)
 
     # -- stepping (lock free) ---------------------------------------------------------------
     def _drop_cancelled(self) -> None:

@@ -326,24 +326,30 @@ class Ladder:
         headroom = self.down_headroom / factor
         # time per token: measured, already smoothed (EWMA of finished generations), so a
         # sustained excess over the objective itself steps down, not a prediction near it
+        target = before
         if not (self.fits(self.active, jobs, now, busy_s, headroom)
                 and self.tpot_fits(self.active, 1.0)):
             lower = range(self.active + 1, len(self.variants))
-            self.active = next((lv for lv in lower
-                                if self.fits(lv, jobs, now, busy_s, headroom)
-                                and self.tpot_fits(lv, self.down_headroom)),
-                               len(self.variants) - 1)
+            target = next((lv for lv in lower
+                           if self.fits(lv, jobs, now, busy_s, headroom)
+                           and self.tpot_fits(lv, self.down_headroom)),
+                          len(self.variants) - 1)
             self._low_since = None
         elif self.active > self.top and self._up_ok(jobs, now, busy_s, factor) \
                 and self.tpot_fits(self.active - 1, self.up_ratio):
             if self._low_since is None:
                 self._low_since = now
             if now - self._low_since >= self.up_hold_s:
-                self.active -= 1
+                target = self.active - 1
                 self._low_since = None
         else:
             self._low_since = None
-        if self.active != before:
+        if target != before:
+            if math.isfinite(self.tpot_s):  # it starts from its time per token predicted
+                # at this load, not from what it showed when it last served (under another
+                # load, or in a slow spell that made the ladder leave it)
+                self.variants[target].gen.token_s = self.tpot_at(target)
+            self.active = target
             self.switches.append((now, before, self.active))
         return self.active
 
