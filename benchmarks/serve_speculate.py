@@ -20,8 +20,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from _common import ROOT, alternate, hardware, median, serving, table_head, write_results
@@ -84,7 +85,8 @@ def llama_alone(prompt: str, max_tokens: int) -> Any:
     def run() -> dict[str, Any]:
         llm.reset()  # no prompt reuse between rounds: the servers run with a cold cache too
         t0 = time.perf_counter()
-        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
+        out = cast(dict[str, Any], llm.create_completion(prompt, max_tokens=max_tokens,
+                                                         temperature=0))
         wall = time.perf_counter() - t0
         n_tok = out["usage"]["completion_tokens"]
         return {"tok_s": n_tok / wall, "texts": [out["choices"][0]["text"]],
@@ -148,8 +150,10 @@ def main() -> None:
             bases[f"react --speculate {mode}"], _ = stack.enter_context(serving(
                 [*cmd, "--speculate", mode, *extra], "/v2/health/ready", env, timeout_s=600,
                 poll_s=0.2, log=log))
-        steps = {name: (lambda b=base: streams(b, [prompt], a.max_tokens))
-                 for name, base in bases.items()}
+        def ask(base: str, prompts: list[str]) -> Callable[[], dict[str, Any]]:
+            return lambda: streams(base, prompts, a.max_tokens)
+
+        steps = {name: ask(base, [prompt]) for name, base in bases.items()}
         steps["llama.cpp alone"] = llama_alone(prompt, a.max_tokens)
         for step in steps.values():
             step()  # warm: first calls allocate buffers
@@ -162,8 +166,7 @@ def main() -> None:
                       "text": xs[0]["texts"][0]} for name, xs in rounds.items()}
         print({k: (v["tok_s"], v["tokens"], v["same_200"]) for k, v in one.items()},
               flush=True)  # one stream's figures, before the longer 8-stream part
-        eight_rounds = alternate({name: (lambda b=base: streams(b, eight_prompts,
-                                                                a.max_tokens))
+        eight_rounds = alternate({name: ask(base, eight_prompts)
                                   for name, base in bases.items()}, a.rounds)
         eight = {name: {"tok_s": max(x["tok_s"] for x in xs),
                         "tok_s_median": median([x["tok_s"] for x in xs])}

@@ -47,10 +47,11 @@ class Runner:
         self.llm = Llama(model_path=str(handle.files["model.gguf"]), n_ctx=64, n_threads=1,
                          verbose=False)
 
-    def decode_engine(self, slots, step_tokens):
+    def decode_engine(self, slots, step_tokens, kv_memory_gb=None, context=None):
         from reactinfer.backends.llamacpp_engine import DecodeEngine
 
-        return DecodeEngine(self.llm._model, self.llm.n_vocab(), 1, CTX, slots, step_tokens, 0)
+        return DecodeEngine(self.llm._model, self.llm.n_vocab(), 1, context or CTX, slots,
+                            step_tokens, 0)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from ..core.backend import (
 from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
+from .kv_plan import KVPlan, available_memory, kv_budget, kv_bytes_per_token, plan_kv
 from .llamacpp_engine import DecodeEngine
 from .llamacpp_grammar import GrammarConstraint
 
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 MODEL_FILE = "model.gguf"
-SERVE_CONTEXT_CAP = 2048  # tokens per served sequence at most (KV memory: one stream each)
+# tokens per served sequence unless asked for more (up to the trained context): a prefix
+# shared across sequences is copied a whole KV stream at a time, so longer streams make
+# every cached prefix dearer to reuse
+SERVE_CONTEXT_CAP = 2048
 OPTIONS = ("outtype", "threads", "n_ctx")
 
 
@@ -79,6 +83,7 @@ class LlamaCppRunner:
         self.n_vocab = self.llm.n_vocab()
         self.threads = threads
         self._gen: Any = None  # the decoding context, made on first generate()
+        self.kv_plan: KVPlan | None = None  # the served KV cache, once an engine is made
 
     def _eval(self, tokens: list[int]) -> np.ndarray:
         if len(tokens) > self.llm.n_ctx():
@@ -159,11 +164,34 @@ class LlamaCppRunner:
             tok = yield np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
             llm.eval([int(tok)])
 
-    def decode_engine(self, slots: int, step_tokens: int = 512) -> DecodeEngine:
+    def decode_engine(self, slots: int, step_tokens: int = 512,
+                      kv_memory_gb: float | None = None,
+                      context: int | None = None) -> DecodeEngine:
         """A continuous-batching engine (llamacpp_engine.py) on a new context over the
-        same weights: `slots` sequences of up to `serve_context` tokens each."""
-        return DecodeEngine(self.llm._model, self.n_vocab, self.threads, self.serve_context,
-                            slots, step_tokens)
+        same weights: up to `slots` sequences of up to `context` tokens each (default
+        SERVE_CONTEXT_CAP, never past the trained context), as many as a KV cache of
+        `kv_memory_gb` holds (default: a fraction of the memory available; kv_plan.py).
+        The plan is kept in `kv_plan`; `serve_context` follows it."""
+        m = self.llm._model
+        lib = self._lib()
+        bpt = kv_bytes_per_token(lib.llama_model_n_layer(m.model), lib.llama_model_n_head(
+            m.model), lib.llama_model_n_head_kv(m.model), lib.llama_model_n_embd(m.model),
+            self.llm.metadata)
+        avail = available_memory()
+        plan = plan_kv(bpt, kv_budget(kv_memory_gb, avail), m.n_ctx_train(), slots,
+                       want=context or SERVE_CONTEXT_CAP, available=avail)
+        eng = DecodeEngine(m, self.n_vocab, self.threads, plan.n_ctx_seq, plan.slots,
+                           step_tokens)
+        eng.kv_bytes_per_token = bpt  # from the metadata's head widths (kv_plan.py)
+        eng.kv_plan = plan
+        self.kv_plan = plan
+        return eng
+
+    @staticmethod
+    def _lib() -> Any:
+        import llama_cpp
+
+        return llama_cpp
 
     def token_texts(self, ids: list[int]) -> list[str]:
         """The vocabulary's text of these token ids (a draft model must share it)."""
@@ -176,8 +204,11 @@ class LlamaCppRunner:
 
     @property
     def serve_context(self) -> int:
-        """The most tokens (prompt + answer) one served sequence may hold: the model's
-        trained context, capped so the shared KV cache stays small."""
+        """The most tokens (prompt + answer) one served sequence may hold: the engine's
+        planned context once there is one, else the model's trained context capped at
+        SERVE_CONTEXT_CAP."""
+        if self.kv_plan is not None:
+            return self.kv_plan.n_ctx_seq
         return min(self.llm._model.n_ctx_train(), SERVE_CONTEXT_CAP)
 
     def _decoder(self) -> Any:

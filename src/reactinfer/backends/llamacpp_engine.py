@@ -121,6 +121,7 @@ class DecodeEngine:
         self.kv_bytes_per_token = (4 * llama_cpp.llama_model_n_layer(model.model)
                                    * llama_cpp.llama_model_n_embd(model.model)
                                    * llama_cpp.llama_model_n_head_kv(model.model) // n_head)
+        self.kv_plan: Any = None  # the runner's KVPlan (kv_plan.py) that sized this engine
         self._stats = [0, 0, 0]  # lookups, hits, tokens saved: since the last step
         self.reserved = 0
 

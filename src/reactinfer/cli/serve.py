@@ -65,7 +65,7 @@ def _serve(p: argparse.ArgumentParser):
 _SAME_NAME = ("slo_ms", "tpot_ms", "max_batch", "max_delay_ms", "max_queue", "cache_size",
               "max_inputs", "max_body_bytes", "max_image_bytes", "max_image_pixels",
               "long_text", "admit_quantile", "max_tokens", "llm_backend", "speculate",
-              "draft_tokens", "draft")
+              "draft_tokens", "draft", "kv_memory_gb", "context")
 
 
 def _add_batching_args(p: argparse.ArgumentParser, d: Any) -> None:
@@ -112,7 +112,18 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
                         "model's context)")
     p.add_argument("--tpot-ms", type=float, default=d("tpot_ms"),
                    help="generation: time-per-output-token objective (ms); a new chat joins "
-                        "the running ones only while their decode steps are within it")
+                        "the running ones only while their decode steps are within it, and "
+                        "the variant ladder steps to a faster variant while finished "
+                        "generations exceed it (back up when the better one has headroom)")
+    p.add_argument("--kv-memory", type=float, default=d("kv_memory_gb"), dest="kv_memory_gb",
+                   metavar="GIB",
+                   help="memory for each LLM's KV cache (sequences × context), in GiB; "
+                        "default: a quarter of the memory available at start-up (the plan "
+                        "is printed then)")
+    p.add_argument("--context", type=int, default=d("context"),
+                   help="tokens (prompt + answer) one generation may hold; default 2048, "
+                        "never more than the model's trained context, less when the KV "
+                        "memory cannot hold it for every sequence")
     p.add_argument("--llm-backend", default=d("llm_backend"),
                    help="engine for a causal LM given as a built-in name or .gguf: auto "
                         "(llama.cpp, continuous batching) or a backend name such as torch")

@@ -69,9 +69,13 @@ class StepDecodingRunner(Protocol):
     step at a time, of at most `step_tokens` tokens per step; sequences join and leave
     between steps (start / can_start / feed / step / release / running; see
     backends/llamacpp_engine.DecodeEngine). The server batches generations on it; a
-    generative runner without one serves one request at a time."""
+    generative runner without one serves one request at a time. The engine may plan
+    fewer slots and a shorter context per sequence than asked, to fit its KV cache in
+    `kv_memory_gb` (default: a share of the memory available); it says so in `kv_plan`."""
 
-    def decode_engine(self, slots: int, step_tokens: int = 512) -> Any: ...
+    def decode_engine(self, slots: int, step_tokens: int = 512,
+                      kv_memory_gb: float | None = None,
+                      context: int | None = None) -> Any: ...
 
 
 @runtime_checkable

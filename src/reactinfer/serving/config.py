@@ -37,7 +37,13 @@ class ServeConfig:
     tpot_ms         generation: objective for the time per output token. A new sequence
                     joins a decode engine that is already decoding only while the engine's
                     recent decode steps (EWMA) are within it; otherwise it waits in the
-                    queue until sequences leave. None (the default): no limit
+                    queue until sequences leave; and the ladder steps to a faster
+                    variant while finished generations exceed it (ladder.py). None (the
+                    default): no limit
+    kv_memory_gb    an LLM decode engine's KV cache budget (GiB); None: a share of the
+                    memory available at start-up (backends/kv_plan.py)
+    context         tokens (prompt + answer) one generation may hold; None: the engine's
+                    default, never more than the model's trained context
     max_batch       most items one model call takes (1 turns batching off)
     max_delay_ms    longest a batch waits to fill up
     max_queue       most requests waiting; beyond it new ones get 429 at once
@@ -86,6 +92,8 @@ class ServeConfig:
 
     slo_ms: float | None = None
     tpot_ms: float | None = None
+    kv_memory_gb: float | None = None
+    context: int | None = None
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 256
@@ -129,6 +137,8 @@ class ServeConfig:
                     "max_image_pixels": self.max_image_pixels,
                     "max_inputs": self.max_inputs,
                     **({} if self.max_tokens is None else {"max_tokens": self.max_tokens}),
+                    **({} if self.kv_memory_gb is None else {"kv_memory_gb": self.kv_memory_gb}),
+                    **({} if self.context is None else {"context": self.context}),
                     "drain_timeout_s": self.drain_timeout_s, "probe_s": self.probe_s}
         for name, value in positive.items():
             if not value > 0:
@@ -167,6 +177,15 @@ class ServeConfig:
         """The body limit of an image model's requests: room for one image of
         max_image_bytes in base64 (4 characters per 3 bytes) and the JSON around it."""
         return max(self.max_body_bytes, -(-self.max_image_bytes // 3) * 4 + (1 << 20))
+
+    @property
+    def tpot_s(self) -> float:
+        """The time-per-token objective in seconds; infinite when there is none."""
+        return math.inf if self.tpot_ms is None else self.tpot_ms / 1e3
+
+    def kv_options(self) -> dict[str, Any]:
+        """What a decode engine is made with (runner.decode_engine's keywords)."""
+        return {"kv_memory_gb": self.kv_memory_gb, "context": self.context}
 
     @property
     def max_delay_s(self) -> float:

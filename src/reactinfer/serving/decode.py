@@ -11,6 +11,7 @@ an engine (torch) runs one request at a time, to the end, with the KV cache.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ from .queue import call_on
 from .request import Generated, Request
 from .speculate import Speculation, record
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from .batcher import Batcher
+    from .config import ServeConfig
     from .ladder import Variant
 
-log = logging.getLogger(__name__)
 SLOTS = 8  # sequences one engine decodes together (the roofline flattens past ~8-16)
 # Tokens per engine step (vLLM's max_num_batched_tokens): the running sequences' tokens,
 # then joining prompts in the rest. 8 chat prompts arriving together (~40 tokens each)
@@ -180,15 +183,20 @@ class Decoding:
             send((text, entries))
 
 
-def engine_of(v: Variant, slots: int = SLOTS) -> Any:
-    """The variant's decode engine (made once), or None when its runner has none."""
+def engine_of(v: Variant, slots: int = SLOTS, config: ServeConfig | None = None) -> Any:
+    """The variant's decode engine (made once, its KV cache sized by `config`'s
+    kv_memory_gb and context: the plan is printed), or None when its runner has none."""
     eng = getattr(v, "engine", None)
     if eng is None:
         runner = v.handle.runner()
         if not isinstance(runner, StepDecodingRunner):
             return None
-        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS)
-        v.gen.slots = slots
+        kv = {} if config is None else config.kv_options()
+        eng = v.engine = runner.decode_engine(slots, STEP_TOKENS, **kv)
+        v.gen.slots = eng.slots  # the plan may give fewer than asked
+        plan = getattr(eng, "kv_plan", None)
+        if plan is not None:
+            print(f"react serve: {v.name}: {plan.describe()}", file=sys.stderr, flush=True)
     return eng
 
 
@@ -201,7 +209,7 @@ def measure_engine(v: Variant, eng: Any, prompt_ids: list[int], tokens: int = 8,
     t0 = time.perf_counter()
     first = _run_alone(eng, prompt_ids, tokens)
     end = time.perf_counter()
-    v.gen.observe(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
+    v.gen.observe_alone(first - t0, (end - first) / (tokens - 1) if tokens > 1 else None)
 
 
 def _run_alone(eng: Any, prompt_ids: list[int], tokens: int) -> float:
@@ -235,8 +243,16 @@ class DecodeLoop:
         self.spec = Speculation(batcher.config.speculate, batcher.config.draft_tokens,
                                 draft=draft)
         self._next: list[tuple[Any, Decoding]] = []  # (engine, sequence): to feed after a step
+        self._last_probe = 0.0
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
+        for v in batcher.ladder.variants:  # the KV plans made at warm-up, into /metrics
+            plan = getattr(v.engine, "kv_plan", None)
+            if plan is not None:
+                labels = {"model": batcher.model, "variant": v.name}
+                batcher.metrics.kv_bytes.set(plan.bytes, **labels)
+                batcher.metrics.kv_sequences.set(plan.slots, **labels)
+                batcher.metrics.kv_context.set(plan.n_ctx_seq, **labels)
 
     def run(self) -> None:
         b, q = self.b, self.q
@@ -251,6 +267,11 @@ class DecodeLoop:
                     if b.admission.stale and not q:
                         self._retime()
                         continue
+                    ladder = b.ladder
+                    if not q and ladder.active > ladder.top and \
+                            time.monotonic() - self._last_probe >= b.config.probe_s:
+                        self._probe(ladder.active - 1)
+                        continue
                     q.wait(0.5)
             self._drop_cancelled()
             self._step()
@@ -262,7 +283,7 @@ class DecodeLoop:
             edf = q.edf()
             level = b.choose(edf, now)
             req, v = edf[0], b.ladder.variants[level]
-            eng = engine_of(v)
+            eng = engine_of(v, config=b.config)
             if eng is not None and not eng.can_start(len(req.prompt_ids) + req.job.new_tokens):
                 return  # it waits for sequences to leave (EDF: nobody overtakes it)
             if eng is not None and eng.running and self.step_s.get(id(eng), 0.0) > self.tpot_s:
@@ -292,11 +313,28 @@ class DecodeLoop:
         b.admission.stale = False
         with self.q.unlocked():
             for v in b.ladder.variants:
-                eng = engine_of(v)
+                eng = engine_of(v, config=b.config)
                 if eng is not None:
                     v.gen = type(v.gen)(alpha=v.gen.alpha, slots=v.gen.slots)  # forget it
                     measure_engine(v, eng, [1, 2, 3, 4], warm=False)
         b.admission.changed()
+
+    def _probe(self, level: int) -> None:
+        """Idle and stepped down: time the better variant alone (what the ladder knows of
+        it dates from when it served, or from start-up: a slow spell may have passed, or
+        begun), then let the ladder re-decide. Lock held; measures without it."""
+        b, v = self.b, self.b.ladder.variants[level]
+        eng = engine_of(v, config=b.config)
+        with self.q.unlocked():
+            try:
+                if eng is not None:
+                    measure_engine(v, eng, [1, 2, 3, 4], tokens=4, warm=False)
+            except Exception:  # noqa: BLE001  (a failing probe must not kill the worker)
+                log.warning("probe of variant %r of model %r failed", v.name, b.model,
+                            exc_info=True)
+                b.metrics.probe_errors.inc(model=b.model, variant=v.name)
+        self._last_probe = time.monotonic()
+        b.choose([], self._last_probe)
 
     # -- stepping (lock free) ---------------------------------------------------------------
     def _drop_cancelled(self) -> None:

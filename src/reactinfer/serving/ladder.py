@@ -5,6 +5,14 @@ batches (EWMA). From the queue, the ladder predicts when every queued job would 
 on each variant; it steps down as soon as the active one would miss a deadline, and
 steps back up one level only after the better one has been predicted comfortably under
 the SLO for a while (hysteresis), so it does not flap.
+
+A time-per-output-token objective (`tpot_s`, `--tpot-ms`) moves the same ladder: the
+active variant's time per token, measured on finished generations at the present load
+(EWMA), above the objective steps it down to the first variant predicted within
+`down_headroom` of it; it steps back up once the better one is predicted under
+`up_ratio` of it for `up_hold_s`. Another variant's time per token at the present load
+is predicted from the active one's, scaled by the two variants' times alone (measured
+at start-up), since only the active one is seen under this load.
 """
 from __future__ import annotations
 
@@ -116,6 +124,7 @@ class GenTime:
     token_s: float = 0.0
     alpha: float = 0.2
     slots: int = 1  # sequences decoded together (a decode engine's slots)
+    solo_s: float = 0.0  # per token of one sequence alone (start-up measurement): 0 unknown
 
     def predict(self, new_tokens: int) -> float:
         return self.prefill_s + self.token_s * new_tokens
@@ -126,6 +135,12 @@ class GenTime:
             (1 - a) * self.prefill_s + a * prefill_s
         if token_s is not None:
             self.token_s = token_s if self.token_s == 0 else (1 - a) * self.token_s + a * token_s
+
+    def observe_alone(self, prefill_s: float, token_s: float | None) -> None:
+        """A measurement of one sequence alone: also the variant's speed apart from load."""
+        self.observe(prefill_s, token_s)
+        if token_s is not None:
+            self.solo_s = token_s
 
 
 @dataclass
@@ -209,18 +224,19 @@ SERVE_FIRST = "serve_first"
 class Ladder:
     def __init__(self, variants: Sequence[Variant], slo_s: float, max_batch: int,
                  max_delay_s: float, down_headroom: float = 0.8, up_ratio: float = 0.5,
-                 up_hold_s: float = 1.0, start: int = 0):
+                 up_hold_s: float = 1.0, start: int = 0, tpot_s: float = math.inf):
         if not variants:
             raise ValueError("a ladder needs at least one variant")
         self.variants = list(variants)
         self.slo_s, self.max_batch, self.max_delay_s = slo_s, max_batch, max_delay_s
         self.down_headroom, self.up_ratio, self.up_hold_s = down_headroom, up_ratio, up_hold_s
+        self.tpot_s = tpot_s
         # where serving starts (the variant `react optimize` chose, when it is a run's
         # ladder), and the highest level the ladder climbs back to: with an SLO, the best
         # quality that holds it (0); without one there is nothing to trade quality for, so
         # it stays at its start and steps down only for a client's own deadline
         self.active = start
-        self.top = 0 if math.isfinite(slo_s) else start
+        self.top = 0 if self._objective else start
         self._low_since: float | None = None
         self.switches: list[tuple[float, int, int]] = []  # (time, from, to)
 
@@ -229,7 +245,12 @@ class Ladder:
         current, top = self.variants[self.active], self.variants[self.top]
         self.variants.sort(key=lambda v: -v.cost())
         self.active = self.variants.index(current)
-        self.top = 0 if math.isfinite(self.slo_s) else self.variants.index(top)
+        self.top = 0 if self._objective else self.variants.index(top)
+
+    @property
+    def _objective(self) -> bool:
+        """An operator's objective (latency or time per token) to trade quality for."""
+        return math.isfinite(self.slo_s) or math.isfinite(self.tpot_s)
 
     @property
     def current(self) -> Variant:
@@ -282,6 +303,20 @@ class Ladder:
         return min(self.finish_times(level, ahead, busy_s)[-1]
                    for level in range(len(self.variants)))
 
+    def tpot_at(self, level: int) -> float:
+        """Predicted seconds per output token on `level` at the present load (0: not
+        measured yet): the active variant's own recent figure; another's is the active
+        one's scaled by their times alone, when both were measured, else its last own."""
+        v, cur = self.variants[level], self.current
+        if level != self.active and v.gen.solo_s > 0 and cur.gen.solo_s > 0 \
+                and cur.gen.token_s > 0:
+            return cur.gen.token_s * v.gen.solo_s / cur.gen.solo_s
+        return v.gen.token_s
+
+    def tpot_fits(self, level: int, ratio: float) -> bool:
+        """`level`'s predicted time per token is within `ratio` of the objective."""
+        return self.tpot_at(level) <= ratio * self.tpot_s
+
     # -- switching ------------------------------------------------------------------
     def update(self, jobs: Sequence[Job], now: float, busy_s: float = 0.0,
                factor: float = 1.0) -> int:
@@ -289,21 +324,32 @@ class Ladder:
         `factor` scales every prediction (the admission's Calibration)."""
         before = self.active
         headroom = self.down_headroom / factor
-        if not self.fits(self.active, jobs, now, busy_s, headroom):
+        # time per token: measured, already smoothed (EWMA of finished generations), so a
+        # sustained excess over the objective itself steps down, not a prediction near it
+        target = before
+        if not (self.fits(self.active, jobs, now, busy_s, headroom)
+                and self.tpot_fits(self.active, 1.0)):
             lower = range(self.active + 1, len(self.variants))
-            self.active = next((lv for lv in lower
-                                if self.fits(lv, jobs, now, busy_s, headroom)),
-                               len(self.variants) - 1)
+            target = next((lv for lv in lower
+                           if self.fits(lv, jobs, now, busy_s, headroom)
+                           and self.tpot_fits(lv, self.down_headroom)),
+                          len(self.variants) - 1)
             self._low_since = None
-        elif self.active > self.top and self._up_ok(jobs, now, busy_s, factor):
+        elif self.active > self.top and self._up_ok(jobs, now, busy_s, factor) \
+                and self.tpot_fits(self.active - 1, self.up_ratio):
             if self._low_since is None:
                 self._low_since = now
             if now - self._low_since >= self.up_hold_s:
-                self.active -= 1
+                target = self.active - 1
                 self._low_since = None
         else:
             self._low_since = None
-        if self.active != before:
+        if target != before:
+            if math.isfinite(self.tpot_s):  # it starts from its time per token predicted
+                # at this load, not from what it showed when it last served (under another
+                # load, or in a slow spell that made the ladder leave it)
+                self.variants[target].gen.token_s = self.tpot_at(target)
+            self.active = target
             self.switches.append((now, before, self.active))
         return self.active
 
@@ -320,6 +366,8 @@ class Ladder:
                  **({} if v.quality is not None else {"quality_note": UNMEASURED}),
                  "service_ms": {n: round(s * 1e3, 3) for n, s in sorted(v.service.points.items())},
                  "prefill_ms": round(v.gen.prefill_s * 1e3, 3),
-                 "ms_per_token": round(v.gen.token_s * 1e3, 3)}
+                 "ms_per_token": round(v.gen.token_s * 1e3, 3),
+                 **({"kv_cache": v.engine.kv_plan.as_dict()}
+                    if getattr(v.engine, "kv_plan", None) is not None else {})}
                 for i, v in enumerate(self.variants)]
 

@@ -152,6 +152,12 @@ class Metrics:
         self.spec_tokens_per_call = Histogram(
             "react_speculative_tokens_per_call", "tokens a decoding sequence gained from one "
             "target model call (1 without a draft)", (1, 2, 3, 4, 5, 6, 8, 10, 12, 16))
+        self.kv_bytes = Gauge("react_kv_cache_bytes", "a decode engine's KV cache, planned "
+                              "from the memory at hand (sequences × context × bytes/token)")
+        self.kv_sequences = Gauge("react_kv_cache_sequences", "sequences a decode engine "
+                                  "decodes together, each with its own KV stream")
+        self.kv_context = Gauge("react_kv_cache_context_tokens", "tokens (prompt + answer) "
+                                "one sequence's KV stream holds")
         self.cache_hits = Counter("react_cache_hits_total", "items answered from the cache")
         self.cache_misses = Counter("react_cache_misses_total", "items not in the cache")
         self.effective_quality = Gauge(

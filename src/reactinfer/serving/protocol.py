@@ -239,14 +239,19 @@ def generation_params(body: dict[str, Any], g: Group, state: ServingState, promp
         ids = list(g.tokenizer(prompt)["input_ids"])
     context = g.context_length
     room = context - len(ids)
+    # the context is what one sequence's KV holds here (planned from memory, at most the
+    # model's trained context): prompt + answer
     if room < 1:
-        raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is "
-                       f"{context}: shorten it", param="prompt", code="context_length_exceeded")
+        raise ApiError(400, f"the prompt has {len(ids)} tokens; this server's context is "
+                       f"{context} tokens per sequence (prompt + answer): shorten the prompt "
+                       f"to at most {context - 1}", param="prompt",
+                       code="context_length_exceeded")
     if n is None:
         n = min(DEFAULT_MAX_TOKENS[kind], room, cap or room)
     elif n > room:
         raise ApiError(400, f"the prompt has {len(ids)} tokens and 'max_tokens' is {n}; this "
-                       f"model's context is {context}: ask for at most {room}",
+                       f"server's context is {context} tokens per sequence (prompt + "
+                       f"answer): ask for at most {room}",
                        param="max_tokens", code="context_length_exceeded")
     return GenParams(ids, n, sampling_of(body), stop_of(body))
 

@@ -110,7 +110,8 @@ class DraftModel:
         eng = getattr(v, "draft_engine", None)
         if eng is None:
             target = v.engine
-            eng = v.draft_engine = self.runner.decode_engine(target.slots, target.step_tokens)
+            eng = v.draft_engine = self.runner.decode_engine(  # its context: the target's
+                target.slots, target.step_tokens, context=target.n_ctx)
         return eng
 
     def propose(self, wants: Sequence[tuple[Any, int]]) -> list[list[int]]:

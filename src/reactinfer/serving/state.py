@@ -170,7 +170,8 @@ class ServingState:
             cfg = self.config
             start = next((i for i, h in enumerate(hs) if h.metrics.get(SERVE_FIRST)), 0)
             ladder = Ladder(variants, cfg.slo_s, cfg.max_batch, cfg.max_delay_s,
-                            cfg.down_headroom, cfg.up_ratio, cfg.up_hold_s, start=start)
+                            cfg.down_headroom, cfg.up_ratio, cfg.up_hold_s, start=start,
+                            tpot_s=cfg.tpot_s)
             batcher = Batcher(name, ladder, cfg, self.metrics, self._answered)
             if get_task(hs[0].task).generates:
                 batcher.draft = self.draft

@@ -50,11 +50,13 @@ def warm_up(ladder: Ladder, task: str, texts: Sequence[str], config: ServeConfig
     `config.warmup` is off); order the ladder by cost."""
     for v in ladder.variants:
         v.handle.runner()
+        # the engine first, warm-up or not: its KV plan sets the context that requests
+        # are checked against
+        eng = engine_of(v, config=config) if get_task(task).generates else None
         if not config.warmup:
             continue
         if get_task(task).generates:
             ids = v.handle.tokenizer(texts[0])["input_ids"][:32]
-            eng = engine_of(v)
             if eng is not None:
                 measure_engine(v, eng, ids)
             else:
@@ -102,4 +104,4 @@ def measure_generation(v: Variant, prompt_ids: Sequence[int], tokens: int = 8) -
             first = time.perf_counter()
     end = time.perf_counter()
     assert first is not None
-    v.gen.observe(first - t0, (end - first) / (n - 1) if n > 1 else None)
+    v.gen.observe_alone(first - t0, (end - first) / (n - 1) if n > 1 else None)
