@@ -30,6 +30,7 @@ from ..core.backend import (
 from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
+from .gguf_quantize import LLAMA_QUANTS, quant_source, quantize_gguf
 from .llamacpp_engine import DecodeEngine
 from .llamacpp_grammar import GrammarConstraint
 
@@ -38,7 +39,11 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.gguf"
 SERVE_CONTEXT_CAP = 2048  # tokens per served sequence at most (KV memory: one stream each)
-OPTIONS = ("outtype", "threads", "n_ctx")
+# quant_source: what a llama.cpp-quantized file was made from (recorded, not chosen)
+OPTIONS = ("outtype", "threads", "n_ctx", "quant_source")
+# the types written: by llama.cpp's own quantizer where it makes them, else by gguf-py
+GGUF_TYPES = ("source",) + tuple(LLAMA_QUANTS) + tuple(t for t in OUTTYPES
+                                                       if t not in LLAMA_QUANTS)
 
 
 def _check_options(opts: dict[str, Any]) -> None:
@@ -46,9 +51,9 @@ def _check_options(opts: dict[str, Any]) -> None:
     if unknown:
         raise UserError(f"llama.cpp backend: unknown option(s) {sorted(unknown)}; known: "
                         f"{', '.join(OPTIONS)}")
-    if opts.get("outtype") not in (None, "source") + OUTTYPES:
-        raise UserError(f"llama.cpp outtype {opts['outtype']!r} is not one of source, "
-                        f"{', '.join(OUTTYPES)}")
+    if opts.get("outtype") not in (None,) + GGUF_TYPES:
+        raise UserError(f"llama.cpp outtype {opts['outtype']!r} is not one of "
+                        f"{', '.join(GGUF_TYPES)}")
     if opts.get("threads") is not None and int(opts["threads"]) < 1:
         raise UserError(f"llama.cpp threads must be at least 1, got {opts['threads']}")
 
@@ -200,7 +205,7 @@ class LlamaCppBackend(Backend):
 
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["causal-lm"],
-                "options": {"outtype": ["source"] + list(OUTTYPES), "threads": "int",
+                "options": {"outtype": list(GGUF_TYPES), "threads": "int",
                             "n_ctx": "int (max_length + 128)"},
                 "architectures": list(gguf_types()), "files": [MODEL_FILE],
                 "needs_torch_at_run_time": False}
@@ -210,11 +215,16 @@ class LlamaCppBackend(Backend):
             return EngineConfig(self.name, name, ("causal-lm",), {"outtype": outtype},
                                 format=outtype, **facts)
 
-        # "source": the GGUF the model was loaded from, as it is (only where unchanged)
+        # "source": the GGUF the model was loaded from, as it is (only where unchanged);
+        # the rest are made by llama.cpp's quantizer (gguf_quantize.py), each one trial
         return [config("source", "llama.cpp (packaged GGUF)", family="llamacpp-source"),
-                config("f16", "llama.cpp f16", family="llamacpp-f16"),
-                config("q8_0", "llama.cpp q8_0", family="llamacpp"),
-                config("q4_0", "llama.cpp q4_0", family="llamacpp", level=1)]
+                *(config(t, f"llama.cpp {t}", family="llamacpp", cost=1.2)
+                  for t in LLAMA_QUANTS)]
+
+    def as_is(self, handle: ModelHandle) -> dict[str, Any] | None:
+        """A model loaded from a GGUF file and not changed since: that file, run here."""
+        ok = self.available() and self.supports(handle) and unchanged_gguf(handle) is not None
+        return {"outtype": "source"} if ok else None
 
     def supports(self, handle: ModelHandle) -> bool:
         from ..tasks import get_task
@@ -241,6 +251,10 @@ class LlamaCppBackend(Backend):
             if path is None:
                 raise UserError("outtype='source' needs a model loaded from a GGUF file and "
                                 "not transformed since; pick f16, q8_0, q4_0, ...")
+        elif outtype in LLAMA_QUANTS:  # llama.cpp's own quantizer, from the best source
+            src, how = quant_source(handle, unchanged_gguf(handle), workdir)
+            path = quantize_gguf(src, workdir / MODEL_FILE, outtype, opts.get("threads"))
+            opts = {**opts, "quant_source": how}
         else:
             if handle.model is None:
                 raise UserError("converting to GGUF needs the torch model; this handle has "

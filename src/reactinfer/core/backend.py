@@ -170,6 +170,7 @@ class Backend:
       backends that run the torch model as it is: it checks the options and records them.
     - `rank_layers` (backends with a layer fallback option): the layers a conversion with
       those options quantizes, by how much each hurts; `layer_ranking` says how, in words.
+    - `as_is`: the options that run the handle's own engine file unchanged, if it has one.
     - `build_cost`: what a conversion with those options costs, in float conversions of
       the same model to this engine (the planner times those and predicts the rest).
     """
@@ -209,6 +210,12 @@ class Backend:
 
     def prepare(self, handle: ModelHandle, **opts: Any) -> Runner:
         raise NotImplementedError(f"backend {self.name!r} does not implement prepare()")
+
+    def as_is(self, handle: ModelHandle) -> dict[str, Any] | None:
+        """The options with which this backend runs `handle`'s own engine file as it is
+        (a GGUF on llama.cpp), or None. The planner takes that run as the original model:
+        the reference every candidate's quality is judged against."""
+        return None
 
     def build_cost(self, **opts: Any) -> tuple[float, float]:
         """What converting a model with `opts` costs, in float conversions of the same model

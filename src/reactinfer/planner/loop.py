@@ -44,6 +44,7 @@ from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, sav
 from .history import earlier
 from .objective import gain
 from .record import Decision, Trial
+from .reference import as_run, reference
 from .repair import repair
 from .settings import PlanSettings, default_n_eval
 from .stepcost import fit_action
@@ -64,19 +65,22 @@ class Planner(TrialRunner):
         self.budget = budget if budget is not None else Budget(settings.budget_s)
         self.store = TrialStore(self.out / STORE_NAME)
         self.store.check_run(settings.store_key(), resume)
-        self.base = base if base is not None else load(settings.model)
-        self.task = get_task(self.base.task)
-        self.metric = resolve_metric(settings.metric, self.base.task)
+        loaded = base if base is not None else load(settings.model)
+        self.task = get_task(loaded.task)
+        self.metric = resolve_metric(settings.metric, loaded.task)
+        self.builder = Builder(loaded, progress=progress)
+        # the original as the user runs it (reference.py): its engine file where it has
+        # one (a GGUF on llama.cpp), else the torch model; quality is judged against it
+        self.base_cand, self.base = reference(loaded, self.builder)
         # structural actions this model's family cannot take are left out here, with why
         self.actions, self.left_out = for_model(actions, self.base)
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
-        self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed
         self.saved = saved_artifacts(self.out / "best", *sorted((self.out / "variants").glob("*")))
         self.texts = items_for(self.base, "eval", settings.data,
                                settings.n_eval or default_n_eval(self.base.task, settings))
         # what the Thoughts reason with: a transformer's shape, or a CNN's convolutions
-        self.facts = model_facts(self.base.model) or conv_facts(self.base)
+        self.facts = model_facts(loaded.model) or conv_facts(loaded)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         check_labelled(self.metric, self.texts, settings.data)
@@ -208,13 +212,13 @@ class Planner(TrialRunner):
     def run(self) -> dict[str, Any]:
         ensure_actions_valid(self.actions)
         t_start = time.perf_counter()
-        base_cand = Candidate()
+        base_cand = self.base_cand
         bar = self.bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
         self._size_search()
         ref_trial = self.ref_trial = self.run_trial(
             0, base_cand, "baseline", "baseline",
             "Measure the original model on this machine first: every later step is judged "
-            "against it.", None, None)
+            f"against it{as_run(base_cand)}.", None, None)
         if ref_trial.observation is None:
             raise UserError(f"the baseline could not be measured: {ref_trial.full_reason}")
         check_whole(self)  # a budget too small for a whole output is refused here
@@ -229,7 +233,7 @@ class Planner(TrialRunner):
         bar.update(1)
         baseline = ref_trial.observation
         best, best_obs, best_trial = base_cand, baseline, ref_trial
-        tried: set[str] = set()
+        tried: set[str] = {base_cand.key}  # the original is measured: no action leads back
         stop = "no more actions apply"
         step = n_trials = 0
         while True:

@@ -26,6 +26,7 @@ from ..tasks.metrics import Metric, with_metric
 from .actions import Action, Candidate
 from .budget import Budget, measure_s
 from .builder import Builder
+from .genspeed import generation_figures
 from .objective import gain
 from .record import Decision, Trial
 from .store import TrialStore
@@ -53,6 +54,7 @@ class TrialRunner:
     latency_runs: int
     step_deadline: float | None
     log: list[Trial]
+    memo: dict[Any, Any]
     ref_results: dict[str, Any] | None
     ref_info: dict[str, Any] | None
     ref_trial: Trial | None
@@ -66,8 +68,8 @@ class TrialRunner:
             self.bar.set_postfix_str(f"{text} | {self.budget.left():.0f}s left", refresh=True)
 
     def _observe(self, handle: ModelHandle) -> dict[str, Any]:
-        # no generation-speed runs: no decision uses them, and for an LM they cost as much
-        # as the rest of the measurement
+        # the batch-1 generation of measure() is left out: an LM's speed is generation as
+        # served, at 1 and N streams (genspeed.py), which the objective reads
         cut: dict[str, Any] = {}
         if self.step_deadline is not None and self.ref_trial is not None:
             cut["max_s"] = self.step_deadline - time.time()
@@ -85,8 +87,11 @@ class TrialRunner:
                                            report["throughput"]["seconds"])
         report["quality"] = self.compare(self.ref_results, results, self.texts)
         report["quality_drop"] = quality_drop(self.base.task, report["quality"])
+        gen = generation_figures(self, handle)
+        if gen is not None:
+            report["generation"] = gen
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
-                                       "quality", "quality_drop") if k in report}
+                                       "quality", "quality_drop", "generation") if k in report}
 
     def compare(self, reference: dict[str, Any], results: dict[str, Any],
                 items: Sequence[Any]) -> dict[str, Any]:
