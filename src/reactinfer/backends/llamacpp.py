@@ -38,6 +38,13 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 MODEL_FILE = "model.gguf"
+# A type made by llama.cpp's quantizer, in seconds per GB of the original model (the
+# planner's prior until it has timed one here, stepcost.py). Measured on a 2-core AMD EPYC
+# under a load of ~7, from smollm2's packaged 94 MB Q4_1 file: its F16 GGUF written once
+# (8.8 s) and quantized to q8_0 / q4_0 / q4_k_m (4.9 / 6.2 / 8.4 s): the first type ~15 s,
+# ~160 s/GB of that file. A 16-bit original of the same size holds ~3x fewer weights, so
+# it is overestimated there: the safe side, and its first build corrects it.
+QUANT_S_PER_GB = 160.0
 SERVE_CONTEXT_CAP = 2048  # tokens per served sequence at most (KV memory: one stream each)
 # quant_source: what a llama.cpp-quantized file was made from (recorded, not chosen)
 OPTIONS = ("outtype", "threads", "n_ctx", "quant_source")
@@ -65,6 +72,23 @@ def unchanged_gguf(handle: ModelHandle) -> Path | None:
     if handle.transforms:
         return None
     return source_gguf(handle.source)
+
+
+def scoring_threads(threads: int) -> int:
+    """Threads for scoring (perplexity and greedy agreement): `threads`, or one while the
+    machine is oversubscribed (a 1-minute load of at least its cores + 1). llama.cpp's
+    threads meet at a barrier after every op, so one preempted thread stalls the rest:
+    on a 2-core AMD EPYC at a load of ~7, smollm2 scored 16 held-out texts in 70 s on 2
+    threads and 4.3 s on 1. llama.cpp gives each thread whole rows, so the scores are
+    bit-identical (checked on smollm2) and only the scoring speed, which decides nothing
+    for a model that generates, changes. Generation keeps `threads`: it is measured as
+    it is served."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores + 1
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy and threads > 1 else threads
 
 
 class LlamaCppRunner:
@@ -105,15 +129,23 @@ class LlamaCppRunner:
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Per position (B, T-1), the NLL of the next token and the argmax, each decoded
         chunk's logits read in place from llama.cpp and reduced at once: no (B, T, V) array,
-        no copy into llama-cpp-python's score matrix."""
+        no copy into llama-cpp-python's score matrix. On as many threads as the machine
+        has free (`scoring_threads`): the figures do not depend on it."""
+        import llama_cpp
+
         ids, mask = batch["input_ids"], batch["attention_mask"]
         nll = np.zeros((len(ids), ids.shape[1] - 1), np.float32)
         argmax = np.zeros(nll.shape, np.int32)
-        for i in range(len(ids)):
-            tokens = ids[i, np.flatnonzero(mask[i])]  # right padding: positions 0..n-1
-            n = len(tokens) - 1
-            if n > 0:
-                nll[i, :n], argmax[i, :n] = self._score_tokens(tokens)
+        ctx, threads = self.llm._ctx.ctx, scoring_threads(self.threads)
+        llama_cpp.llama_set_n_threads(ctx, threads, threads)
+        try:
+            for i in range(len(ids)):
+                tokens = ids[i, np.flatnonzero(mask[i])]  # right padding: positions 0..n-1
+                n = len(tokens) - 1
+                if n > 0:
+                    nll[i, :n], argmax[i, :n] = self._score_tokens(tokens)
+        finally:
+            llama_cpp.llama_set_n_threads(ctx, self.threads, self.threads)
         return nll, argmax
 
     def _score_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +252,10 @@ class LlamaCppBackend(Backend):
         return [config("source", "llama.cpp (packaged GGUF)", family="llamacpp-source"),
                 *(config(t, f"llama.cpp {t}", family="llamacpp", cost=1.2)
                   for t in LLAMA_QUANTS)]
+
+    def build_s_per_gb(self, **opts: Any) -> float | None:
+        """llama.cpp's quantizer: QUANT_S_PER_GB per GB of the original (planning only)."""
+        return QUANT_S_PER_GB if opts.get("outtype") in LLAMA_QUANTS else None
 
     def as_is(self, handle: ModelHandle) -> dict[str, Any] | None:
         """A model loaded from a GGUF file and not changed since: that file, run here."""

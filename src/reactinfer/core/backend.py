@@ -172,7 +172,9 @@ class Backend:
       those options quantizes, by how much each hurts; `layer_ranking` says how, in words.
     - `as_is`: the options that run the handle's own engine file unchanged, if it has one.
     - `build_cost`: what a conversion with those options costs, in float conversions of
-      the same model to this engine (the planner times those and predicts the rest).
+      the same model to this engine (the planner times those and predicts the rest);
+      `build_s_per_gb`: or, for a build that is no such multiple, a prior in seconds per
+      GB of the model.
     """
 
     name: ClassVar[str] = ""
@@ -223,6 +225,13 @@ class Backend:
         the conversion does less to meet a deadline (core/deadline.py), e.g. tunes fewer
         settings; a conversion with nothing to cut gives the same number twice."""
         return 1.0, 1.0
+
+    def build_s_per_gb(self, **opts: Any) -> float | None:
+        """For a build that is not a multiple of a float conversion (llama.cpp's quantizer
+        reads a model's weights once and writes them in another type): its prior cost in
+        seconds per GB of the original model's size, which the planner uses until it has
+        timed such a build of this engine in the run; None: `build_cost` predicts it."""
+        return None
 
     def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
                     **opts: Any) -> dict[str, float]:

@@ -35,6 +35,22 @@ def _fmt(x: Any, spec: str) -> str:
     return "—" if x is None or x != x else format(x, spec)
 
 
+def _ratio(q: dict[str, Any]) -> str:
+    """The perplexity ratio and its 95% interval: the resolution of the quality pass."""
+    ci = (q.get("ci95") or {}).get("perplexity_ratio")
+    r = _fmt(q.get("perplexity_ratio"), ".4f")
+    return f"{r} ({ci[0]:.4f}–{ci[1]:.4f})" if ci and ci[0] != ci[1] else r
+
+
+def _scored(data: dict[str, Any]) -> str:
+    """On what the quality pass ran, for the table's header."""
+    search = data.get("search") or {}
+    if not search.get("n_texts"):
+        return "the held-out texts"
+    tokens = f", {search['quality_tokens']} tokens" if search.get("quality_tokens") else ""
+    return f"{search['n_texts']} held-out texts{tokens}"
+
+
 def generation_lines(data: dict[str, Any],
                      in_bound: Callable[[dict[str, Any], dict[str, Any]], tuple[bool, str]]
                      ) -> list[str]:
@@ -55,7 +71,8 @@ def generation_lines(data: dict[str, Any],
              f"~{g0['prompt_tokens']} tokens, at 1 stream and {n} concurrent streams "
              f"(`--streams`), through {g0['how'].split(' (')[0]} where the engine has one; "
              "TTFT is one stream's time to its first token. Quality is against the original "
-             "on the held-out texts. ★: on the Pareto front of quality, tok/s @ 1, "
+             f"on {_scored(data)} (perplexity ratio with its 95% interval over texts). "
+             "★: on the Pareto front of quality, tok/s @ 1, "
              f"tok/s @ {n}, TTFT and size.", "",
              f"| candidate | perplexity ratio | token agreement | tok/s @ 1 | tok/s @ {n} | "
              "TTFT ms | size MiB | within bound | front |",
@@ -65,7 +82,7 @@ def generation_lines(data: dict[str, Any],
         q = o["quality"]
         ok, why = in_bound(data, t)
         lines.append(
-            f"| {t['action']} | {_fmt(q.get('perplexity_ratio'), '.4f')} | "
+            f"| {t['action']} | {_ratio(q)} | "
             f"{_fmt(q.get('token_agreement'), '.4f')} | {g['tok_s_1']:.1f} | "
             f"{g['tok_s_n']:.1f} | {g['ttft_ms']:.0f} | {o['size_mb']:.1f} | "
             f"{'yes' if ok else 'no: ' + why} | {'★' if t['key'] in front else ''} |")

@@ -29,6 +29,7 @@ from ..measure.refcache import cached_reference
 from ..models import load
 from ..tasks import get_task
 from ..tasks.metrics import check_labelled, resolve_metric
+from . import lmquality
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -42,12 +43,13 @@ from .catalogue import for_model
 from .cnn import conv_facts
 from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
+from .lmquality import judged_as_served, quality_texts
 from .objective import gain
 from .record import Decision, Trial
 from .reference import as_run, reference
 from .repair import repair
 from .settings import PlanSettings, default_n_eval
-from .stepcost import fit_action
+from .stepcost import fit_action, predict_build
 from .store import TrialStore
 from .trial import TrialRunner
 
@@ -84,8 +86,15 @@ class Planner(TrialRunner):
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         check_labelled(self.metric, self.texts, settings.data)
-        self.n_asked = len(self.texts)
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
+        self.quality_tokens: int | None = None
+        if judged_as_served(self.task):  # lmquality.py: measure only what decides
+            self.latency_runs = 0
+            if settings.n_eval is None:  # a fixed amount of text, not a count of texts
+                self.texts, self.quality_tokens = quality_texts(
+                    self.texts, self.base.tokenizer, self.base.max_length,
+                    lmquality.QUALITY_TOKENS)
+        self.n_asked = len(self.texts)
         # the end of the run, planned from its start (endplan.py): measured costs, the plan
         self.end_costs: dict[str, float] = {}
         self.end_plan: EndPlan | None = None
@@ -137,6 +146,12 @@ class Planner(TrialRunner):
         if sized is None and self.store.all():  # a store from before sizing: as asked
             sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
         probe = None
+        if sized is None and judged_as_served(self.task):
+            # sized in tokens, not to the budget (lmquality.py): no probe; a budget that
+            # cannot pay for it is refused once the original is measured (check_whole)
+            sized = {"n_texts": len(self.texts), "latency_runs": 0,
+                     "quality_tokens": self.quality_tokens}
+            self.store.set_meta("search", sized)
         if sized is None:
             self._phase("sizing the search to the budget")
             t0 = time.perf_counter()
@@ -154,6 +169,14 @@ class Planner(TrialRunner):
         if probe is not None:  # a budget that obviously cannot hold a whole output: now
             check_probe(self, probe)  # (before the sizing is stored: a rerun sizes anew)
             self.store.set_meta("search", sized)
+
+    def first_build_s(self) -> float:
+        """The least a first step's build is predicted to cost: what a budget must hold
+        for one step besides its measurement (endplan.check_whole)."""
+        m = self._measure_s()
+        return min((predict_build(self.log, c, m).least
+                    for _, c, _ in self._options(self.base_cand, {self.base_cand.key})),
+                   default=0.0)
 
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:

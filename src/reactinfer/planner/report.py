@@ -268,6 +268,14 @@ def _items(data: dict[str, Any]) -> str:
 
 def _sizing_line(data: dict[str, Any]) -> list[str]:
     search, asked = data.get("search"), data["settings"]
+    if search and search.get("latency_runs") == 0 and "quality_tokens" in search:
+        # a model that generates (planner/lmquality.py): sized in tokens, not to the budget
+        amount = (f"{search['n_texts']} held-out {_items(data)}, "
+                  f"{search['quality_tokens']} tokens, a fixed amount whatever the budget"
+                  if search["quality_tokens"] else f"{search['n_texts']} held-out "
+                  f"{_items(data)} (as asked)")
+        return [f"- each trial's quality pass scored {amount}; no batch-1 latency runs: a "
+                "model that generates is judged by its generation as served"]
     if not search or (search["n_texts"], search["latency_runs"]) == (asked["n_eval"],
                                                                      asked["latency_runs"]):
         return []
@@ -289,15 +297,15 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
              f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} "
              f"{_items(data)}).", "",
              "| | baseline | best | ratio |", "|---|---|---|---|"]
-    p95 = b["latency_ms"]["p95"] / o["latency_ms"]["p95"]
     # the scoring figures' own ratios (for an LM, gain() reads generation: rows above)
     rows = [(f"throughput @ batch {b['throughput']['batch_size']} (items/s)",
              b["throughput"]["items_per_s"], o["throughput"]["items_per_s"],
-             o["throughput"]["items_per_s"] / b["throughput"]["items_per_s"]),
-            ("latency p50 @ batch 1 (ms)", b["latency_ms"]["p50"], o["latency_ms"]["p50"],
-             b["latency_ms"]["p50"] / o["latency_ms"]["p50"]),
-            ("latency p95 @ batch 1 (ms)", b["latency_ms"]["p95"], o["latency_ms"]["p95"], p95),
-            ("size (MiB)", b["size_mb"], o["size_mb"], gain(o, b, "size"))]
+             o["throughput"]["items_per_s"] / b["throughput"]["items_per_s"])]
+    if "latency_ms" in b and "latency_ms" in o:  # an LM is not run at batch 1: none
+        bl, ol = b["latency_ms"], o["latency_ms"]
+        rows += [("latency p50 @ batch 1 (ms)", bl["p50"], ol["p50"], bl["p50"] / ol["p50"]),
+                 ("latency p95 @ batch 1 (ms)", bl["p95"], ol["p95"], bl["p95"] / ol["p95"])]
+    rows.append(("size (MiB)", b["size_mb"], o["size_mb"], gain(o, b, "size")))
     if "generation" in b and "generation" in o:  # an LM's speed: generation as served
         gb, go, n = b["generation"], o["generation"], b["generation"]["streams"]
         rows[:0] = [(f"generation tok/s @ {n} streams", gb["tok_s_n"], go["tok_s_n"],

@@ -76,8 +76,8 @@ class TrialRunner:
             assert self.ref_trial.observation is not None
             thr = self.ref_trial.observation["throughput"]
             if thr.get("first_batch_s"):  # the original's measurement, in first batches
-                lat = self.ref_trial.observation["latency_ms"]
-                cut["worth"] = (thr["seconds"] + lat["mean"] * lat["n"] / 1e3) \
+                lat = self.ref_trial.observation.get("latency_ms", {})  # none for an LM
+                cut["worth"] = (thr["seconds"] + lat.get("mean", 0.0) * lat.get("n", 0) / 1e3) \
                     / thr["first_batch_s"]
         report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
                                   gen_tokens=0, progress=self.progress, **cut)
