@@ -165,3 +165,11 @@ def test_a_gguf_run_scores_a_fixed_amount_of_text_and_runs_no_latency_runs(
     md = (out / "report.md").read_text()
     assert f"quality pass scored {search['n_texts']} held-out texts" in md
     assert "perplexity ratio with its 95% interval" in md
+
+
+def test_the_docs_give_the_figures_the_code_uses():
+    from pathlib import Path
+
+    doc = " ".join((Path(__file__).parents[2] / "docs" / "planner.md").read_text().split())
+    assert f"hold {lmquality.QUALITY_TOKENS:,} tokens" in doc
+    assert f"at {QUANT_S_PER_GB:g} s per GB of the original" in doc

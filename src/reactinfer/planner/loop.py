@@ -164,7 +164,8 @@ class Planner(TrialRunner):
                                   BASELINE_SHARE * self.budget.left())
             sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
         self.texts = self.texts[:sized["n_texts"]]
-        self.latency_runs = sized["latency_runs"]
+        # (a store sized before an LM was judged as served: its latency runs decide nothing)
+        self.latency_runs = 0 if judged_as_served(self.task) else sized["latency_runs"]
         self.sizing = sized
         if probe is not None:  # a budget that obviously cannot hold a whole output: now
             check_probe(self, probe)  # (before the sizing is stored: a rerun sizes anew)
