@@ -30,6 +30,7 @@ from ..core.backend import (
 from ..core.errors import UserError
 from ..models.arch import gguf_types
 from .gguf_convert import OUTTYPES, convert_to_gguf, gguf_layout_of, source_gguf
+from .gguf_quantize import LLAMA_QUANTS, quant_source, quantize_gguf
 from .kv_plan import KVPlan, available_memory, kv_budget, kv_bytes_per_token, plan_kv
 from .llamacpp_engine import DecodeEngine
 from .llamacpp_grammar import GrammarConstraint
@@ -38,11 +39,22 @@ if TYPE_CHECKING:
     from ..core.handle import ModelHandle
 
 MODEL_FILE = "model.gguf"
+# A type made by llama.cpp's quantizer, in seconds per GB of the original model (the
+# planner's prior until it has timed one here, stepcost.py). Measured on a 2-core AMD EPYC
+# under a load of ~7, from smollm2's packaged 94 MB Q4_1 file: its F16 GGUF written once
+# (8.8 s) and quantized to q8_0 / q4_0 / q4_k_m (4.9 / 6.2 / 8.4 s): the first type ~15 s,
+# ~160 s/GB of that file. A 16-bit original of the same size holds ~3x fewer weights, so
+# it is overestimated there: the safe side, and its first build corrects it.
+QUANT_S_PER_GB = 160.0
 # tokens per served sequence unless asked for more (up to the trained context): a prefix
 # shared across sequences is copied a whole KV stream at a time, so longer streams make
 # every cached prefix dearer to reuse
 SERVE_CONTEXT_CAP = 2048
-OPTIONS = ("outtype", "threads", "n_ctx")
+# quant_source: what a llama.cpp-quantized file was made from (recorded, not chosen)
+OPTIONS = ("outtype", "threads", "n_ctx", "quant_source")
+# the types written: by llama.cpp's own quantizer where it makes them, else by gguf-py
+GGUF_TYPES = ("source",) + tuple(LLAMA_QUANTS) + tuple(t for t in OUTTYPES
+                                                       if t not in LLAMA_QUANTS)
 
 
 def _check_options(opts: dict[str, Any]) -> None:
@@ -50,9 +62,9 @@ def _check_options(opts: dict[str, Any]) -> None:
     if unknown:
         raise UserError(f"llama.cpp backend: unknown option(s) {sorted(unknown)}; known: "
                         f"{', '.join(OPTIONS)}")
-    if opts.get("outtype") not in (None, "source") + OUTTYPES:
-        raise UserError(f"llama.cpp outtype {opts['outtype']!r} is not one of source, "
-                        f"{', '.join(OUTTYPES)}")
+    if opts.get("outtype") not in (None,) + GGUF_TYPES:
+        raise UserError(f"llama.cpp outtype {opts['outtype']!r} is not one of "
+                        f"{', '.join(GGUF_TYPES)}")
     if opts.get("threads") is not None and int(opts["threads"]) < 1:
         raise UserError(f"llama.cpp threads must be at least 1, got {opts['threads']}")
 
@@ -64,6 +76,23 @@ def unchanged_gguf(handle: ModelHandle) -> Path | None:
     if handle.transforms:
         return None
     return source_gguf(handle.source)
+
+
+def scoring_threads(threads: int) -> int:
+    """Threads for scoring (perplexity and greedy agreement): `threads`, or one while the
+    machine is oversubscribed (a 1-minute load of at least its cores + 1). llama.cpp's
+    threads meet at a barrier after every op, so one preempted thread stalls the rest:
+    on a 2-core AMD EPYC at a load of ~7, smollm2 scored 16 held-out texts in 70 s on 2
+    threads and 4.3 s on 1. llama.cpp gives each thread whole rows, so the scores are
+    bit-identical (checked on smollm2) and only the scoring speed, which decides nothing
+    for a model that generates, changes. Generation keeps `threads`: it is measured as
+    it is served."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores + 1
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy and threads > 1 else threads
 
 
 class LlamaCppRunner:
@@ -105,15 +134,23 @@ class LlamaCppRunner:
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Per position (B, T-1), the NLL of the next token and the argmax, each decoded
         chunk's logits read in place from llama.cpp and reduced at once: no (B, T, V) array,
-        no copy into llama-cpp-python's score matrix."""
+        no copy into llama-cpp-python's score matrix. On as many threads as the machine
+        has free (`scoring_threads`): the figures do not depend on it."""
+        import llama_cpp
+
         ids, mask = batch["input_ids"], batch["attention_mask"]
         nll = np.zeros((len(ids), ids.shape[1] - 1), np.float32)
         argmax = np.zeros(nll.shape, np.int32)
-        for i in range(len(ids)):
-            tokens = ids[i, np.flatnonzero(mask[i])]  # right padding: positions 0..n-1
-            n = len(tokens) - 1
-            if n > 0:
-                nll[i, :n], argmax[i, :n] = self._score_tokens(tokens)
+        ctx, threads = self.llm._ctx.ctx, scoring_threads(self.threads)
+        llama_cpp.llama_set_n_threads(ctx, threads, threads)
+        try:
+            for i in range(len(ids)):
+                tokens = ids[i, np.flatnonzero(mask[i])]  # right padding: positions 0..n-1
+                n = len(tokens) - 1
+                if n > 0:
+                    nll[i, :n], argmax[i, :n] = self._score_tokens(tokens)
+        finally:
+            llama_cpp.llama_set_n_threads(ctx, self.threads, self.threads)
         return nll, argmax
 
     def _score_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +272,7 @@ class LlamaCppBackend(Backend):
 
     def capabilities(self) -> dict[str, Any]:
         return {"tasks": ["causal-lm"],
-                "options": {"outtype": ["source"] + list(OUTTYPES), "threads": "int",
+                "options": {"outtype": list(GGUF_TYPES), "threads": "int",
                             "n_ctx": "int (max_length + 128)"},
                 "architectures": list(gguf_types()), "files": [MODEL_FILE],
                 "needs_torch_at_run_time": False}
@@ -245,11 +282,20 @@ class LlamaCppBackend(Backend):
             return EngineConfig(self.name, name, ("causal-lm",), {"outtype": outtype},
                                 format=outtype, **facts)
 
-        # "source": the GGUF the model was loaded from, as it is (only where unchanged)
+        # "source": the GGUF the model was loaded from, as it is (only where unchanged);
+        # the rest are made by llama.cpp's quantizer (gguf_quantize.py), each one trial
         return [config("source", "llama.cpp (packaged GGUF)", family="llamacpp-source"),
-                config("f16", "llama.cpp f16", family="llamacpp-f16"),
-                config("q8_0", "llama.cpp q8_0", family="llamacpp"),
-                config("q4_0", "llama.cpp q4_0", family="llamacpp", level=1)]
+                *(config(t, f"llama.cpp {t}", family="llamacpp", cost=1.2)
+                  for t in LLAMA_QUANTS)]
+
+    def build_s_per_gb(self, **opts: Any) -> float | None:
+        """llama.cpp's quantizer: QUANT_S_PER_GB per GB of the original (planning only)."""
+        return QUANT_S_PER_GB if opts.get("outtype") in LLAMA_QUANTS else None
+
+    def as_is(self, handle: ModelHandle) -> dict[str, Any] | None:
+        """A model loaded from a GGUF file and not changed since: that file, run here."""
+        ok = self.available() and self.supports(handle) and unchanged_gguf(handle) is not None
+        return {"outtype": "source"} if ok else None
 
     def supports(self, handle: ModelHandle) -> bool:
         from ..tasks import get_task
@@ -276,6 +322,10 @@ class LlamaCppBackend(Backend):
             if path is None:
                 raise UserError("outtype='source' needs a model loaded from a GGUF file and "
                                 "not transformed since; pick f16, q8_0, q4_0, ...")
+        elif outtype in LLAMA_QUANTS:  # llama.cpp's own quantizer, from the best source
+            src, how = quant_source(handle, unchanged_gguf(handle), workdir)
+            path = quantize_gguf(src, workdir / MODEL_FILE, outtype, opts.get("threads"))
+            opts = {**opts, "quant_source": how}
         else:
             if handle.model is None:
                 raise UserError("converting to GGUF needs the torch model; this handle has "

@@ -38,6 +38,9 @@ def _optimize(p: argparse.ArgumentParser):
                         f"{d('confirm_n_eval')}, as the final re-measure, since top-10 "
                         "recall falls as the corpus grows)")
     p.add_argument("--batch-size", type=int, default=d("batch_size"), help="serving batch size")
+    p.add_argument("--streams", type=int, default=d("streams"),
+                   help="causal LMs: concurrent streams the model will serve; speed is greedy "
+                        "generation tokens/s at this many and at one (default %(default)s)")
     p.add_argument("--max-trials", type=int, default=d("max_trials"))
     p.add_argument("--target", type=float, default=d("target"),
                    help="stop once the objective is this many times the baseline's")
@@ -61,7 +64,8 @@ def _optimize(p: argparse.ArgumentParser):
         data = optimize(a.model, objective=a.objective, max_drop=a.max_drop,
                         budget_s=a.budget_s, data=a.data, out=out, resume=a.resume,
                         progress=not a.no_progress, n_eval=a.n_eval, batch_size=a.batch_size,
-                        max_trials=a.max_trials, target=a.target, metric=a.metric,
+                        streams=a.streams, max_trials=a.max_trials, target=a.target,
+                        metric=a.metric,
                         **load_kwargs(a), **labels_kwargs(a),
                         # the budget counts from when the command started, imports included
                         started=psutil.Process().create_time())

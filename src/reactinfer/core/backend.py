@@ -174,8 +174,11 @@ class Backend:
       backends that run the torch model as it is: it checks the options and records them.
     - `rank_layers` (backends with a layer fallback option): the layers a conversion with
       those options quantizes, by how much each hurts; `layer_ranking` says how, in words.
+    - `as_is`: the options that run the handle's own engine file unchanged, if it has one.
     - `build_cost`: what a conversion with those options costs, in float conversions of
-      the same model to this engine (the planner times those and predicts the rest).
+      the same model to this engine (the planner times those and predicts the rest);
+      `build_s_per_gb`: or, for a build that is no such multiple, a prior in seconds per
+      GB of the model.
     """
 
     name: ClassVar[str] = ""
@@ -214,12 +217,25 @@ class Backend:
     def prepare(self, handle: ModelHandle, **opts: Any) -> Runner:
         raise NotImplementedError(f"backend {self.name!r} does not implement prepare()")
 
+    def as_is(self, handle: ModelHandle) -> dict[str, Any] | None:
+        """The options with which this backend runs `handle`'s own engine file as it is
+        (a GGUF on llama.cpp), or None. The planner takes that run as the original model:
+        the reference every candidate's quality is judged against."""
+        return None
+
     def build_cost(self, **opts: Any) -> tuple[float, float]:
         """What converting a model with `opts` costs, in float conversions of the same model
         to this engine (planning only): (the least, in full). The least is what is left when
         the conversion does less to meet a deadline (core/deadline.py), e.g. tunes fewer
         settings; a conversion with nothing to cut gives the same number twice."""
         return 1.0, 1.0
+
+    def build_s_per_gb(self, **opts: Any) -> float | None:
+        """For a build that is not a multiple of a float conversion (llama.cpp's quantizer
+        reads a model's weights once and writes them in another type): its prior cost in
+        seconds per GB of the original model's size, which the planner uses until it has
+        timed such a build of this engine in the run; None: `build_cost` predicts it."""
+        return None
 
     def rank_layers(self, handle: ModelHandle, items: Sequence[Any],
                     **opts: Any) -> dict[str, float]:

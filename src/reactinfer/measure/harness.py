@@ -178,6 +178,7 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Speed, memory and size of `handle` on `texts`, and the task results quality needs.
     Quality itself is a comparison, done by the caller against a reference's results.
+    `latency_runs=0`: no batch-1 latency runs, and no "latency_ms" in the report.
     With `progress`, each phase (prepare, eval, latency runs, generation) shows a bar on
     stderr. With `max_s`, a measurement that its first eval batch shows cannot end within
     `max_s` seconds raises MeasurementCut (a candidate far slower than expected); `worth`:
@@ -217,8 +218,10 @@ def measure(handle: ModelHandle, texts: Sequence[str], batch_size: int = 32,
     }
     if n_tokens is not None:
         report["throughput"]["tokens_per_s"] = n_tokens / elapsed
-    with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP, "run") as bar:
-        report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
+    if latency_runs > 0:  # 0: none (a caller whose objective never reads them, LMs)
+        with _bar(progress, f"{what} latency @ batch 1", latency_runs + LATENCY_WARMUP,
+                  "run") as bar:
+            report["latency_ms"] = latency_batch1(handle, runner, texts, latency_runs, bar=bar)
     if task.generates and hasattr(runner, "generate") and gen_tokens > 0:
         repeats = 3
         with _bar(progress, f"{what} generation ({gen_tokens} tokens, warm-up + {repeats})",

@@ -400,10 +400,16 @@ def _expect_prune_channels(fraction: float) -> Expect:
     return expect
 
 
-def _expect_llamacpp(quant: str, gain: float) -> Expect:
+def _expect_llamacpp(quant: str, gain: float, repacked: bool = False) -> Expect:
     def expect(ctx: Context) -> tuple[float, str]:
-        return gain, (f"For causal LMs at batch 1 decoding is memory-bound: llama.cpp with {quant} "
-                      "weights reads far fewer bytes per token and uses hand-tuned AVX2 kernels.")
+        from ..backends.gguf_quantize import repacks_at_load
+
+        why = (f"Generation reads every weight once per step: llama.cpp with {quant} weights "
+               "reads fewer bytes per token, with hand-tuned SIMD kernels.")
+        if repacked and repacks_at_load():
+            why += (f" This llama.cpp build repacks {quant} into its interleaved CPU layout "
+                    "at load (REPACK), its fastest CPU kernels.")
+        return gain, why
     return expect
 
 

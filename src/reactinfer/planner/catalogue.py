@@ -50,14 +50,19 @@ def _recovery(steps: int = 300, time_budget_s: float = 150.0) -> dict[str, Any]:
 
 # every plan starts on the reference engine (eager PyTorch): it is the baseline, not an action
 REFERENCE = Candidate().backend
-# llama.cpp decodes at batch 1, memory-bound: priors by GGUF type (they only order trials)
-_GGUF_PRIOR = {"source": ("its packaged", 5.0), "q8_0": ("q8_0", 3.0), "q4_0": ("q4_0", 4.0),
-               "f16": ("f16", 2.0)}
+# llama.cpp's GGUF types, served: generation reads every weight once per step, so fewer
+# bits pay, and the types llama.cpp repacks into its CPU layouts at load (Q4_0, IQ4_NL,
+# where the build has REPACK) run its fastest kernels. Priors only order the trials;
+# every type is measured here.
+_GGUF_PRIOR = {"source": ("its packaged", 1.0), "q8_0": ("q8_0", 1.4), "q6_k": ("Q6_K", 1.5),
+               "q5_k_m": ("Q5_K_M", 1.6), "q4_k_m": ("Q4_K_M", 1.8),
+               "iq4_nl": ("IQ4_NL", 1.9), "q4_0": ("q4_0", 2.0)}
+_REPACKED = ("q4_0", "iq4_nl")
 
 
 def _gguf_expect(c: EngineConfig) -> Expect:
-    quant, gain = _GGUF_PRIOR.get(c.format, (c.format, 2.0))
-    return _expect_llamacpp(quant, gain)
+    quant, gain = _GGUF_PRIOR.get(c.format, (c.format, 1.2))
+    return _expect_llamacpp(quant, gain, c.format in _REPACKED)
 
 
 # How an engine's configurations are expected to pay, by backend; the rest from the engine
@@ -194,8 +199,8 @@ def _why_not_for(a: Action, model: Any) -> str | None:
     torch weights (a user's ONNX file) takes engine and number-format actions only."""
     torch_only = a.steps or (a.backend is not None and a.backend[0] in TORCH_BACKENDS)
     if model is None and torch_only:
-        return ("the model is an engine graph with no torch weights (an ONNX file): "
-                "transforms need the torch model; give the torch module or HF directory")
+        return ("the original is an engine file (an ONNX file, or a GGUF as llama.cpp runs "
+                "it): transforms need the torch model; give the torch module or HF directory")
     for step in a.steps:
         for s in (step, *step.get("student", ())):
             part = type(config_from_dict(s)).family_part

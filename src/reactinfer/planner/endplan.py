@@ -245,17 +245,22 @@ def check_whole(planner: Any, action_cost: float = 1.0, ref: Trial | None = None
     budget = planner.budget
     m = measure_s(ref)
     k = FIRST_OF_KIND * action_cost
+    # the cheapest first step's build, as stepcost predicts it (once the original's size
+    # is measured; a planner that cannot say counts none)
+    first_build = getattr(planner, "first_build_s", None)
+    build = float(first_build()) if measured and callable(first_build) else 0.0
     end = minimal_end(planner, ref).total_s
     to_come = 0.0 if measured else m  # the original's measurement, still ahead
-    if budget.left() >= share * (to_come + k * m + end):
+    step = k * m + build
+    if budget.left() >= share * (to_come + step + end):
         return
     spent = budget.total_s - budget.left()
     before = max(0.0, spent - m) if measured else spent
     asked = max(1, planner.n_asked)
     full = m * max(1.0, asked / max(1, len(planner.texts)))  # unsized, all texts asked
-    at_full = before + (1 + k) * full + end
-    scaled = before + end / max(0.1, 1 - (1 + k) * BASELINE_SHARE)
-    need = max(min(at_full, scaled), spent + to_come + k * m + end)
+    at_full = before + (1 + k) * full + build + end
+    scaled = before + (build + end) / max(0.1, 1 - (1 + k) * BASELINE_SHARE)
+    need = max(min(at_full, scaled), spent + to_come + step + end)
     # a margin for what a second measurement on a busy machine may add (a refused run
     # told to use 130 s was refused again at 130 s, naming 190 s)
     smallest = int(math.ceil(need * SMALLEST_MARGIN / 10.0) * 10)
@@ -263,7 +268,7 @@ def check_whole(planner: Any, action_cost: float = 1.0, ref: Trial | None = None
         f"would take ~{m:.0f}s ({len(planner.texts)} texts, as a probe predicts)"
     raise UserError(
         f"--budget-s {budget.total_s:g} is too small for a whole output on this machine: "
-        f"measuring {planner.s.model} {took}, a step would take ~{k * m:.0f}s and the "
+        f"measuring {planner.s.model} {took}, a step would take ~{step:.0f}s and the "
         f"end (saving, side-by-side re-measure, report) ~{end:.0f}s; give --budget-s "
         f"{smallest} or more" + (" (with --resume to keep the measured original)"
                                  if measured else " (with --resume: -o holds this run now)"))

@@ -20,6 +20,7 @@ from .actions import Candidate
 from .artifacts import link_copy, save_trial, saved_artifacts, saved_key
 from .budget import CONFIRM_FILL, REPORT_S, build_s, confirm_cost, margin_s
 from .endplan import ladder, save_s
+from .genspeed import generation_figures
 from .heldout import confirm_items
 from .loop import STORE_NAME, Planner, default_n_eval
 from .objective import gain
@@ -225,6 +226,10 @@ def _confirm(planner: Planner, best: Trial, handle: ModelHandle,
         return None
     b["quality"], o["quality"] = (planner.compare(b_res, b_res, texts),
                                   planner.compare(b_res, o_res, texts))
+    for report, h in ((b, planner.base), (o, handle)):  # an LM's speed: as served
+        gen = generation_figures(planner, h)
+        if gen is not None:
+            report["generation"] = gen
     ok, why = within_bound(planner.base.task, o["quality"], s.max_drop)
     return {"n_eval": len(texts), "unseen": fresh, "baseline": b, "best": o,
             "gain": gain(o, b, s.objective), "within_bound": ok, "bound": why}

@@ -29,6 +29,7 @@ from ..measure.refcache import cached_reference
 from ..models import load
 from ..tasks import get_task
 from ..tasks.metrics import check_labelled, resolve_metric
+from . import lmquality
 from .actions import Action, Candidate, Context, model_facts
 from .artifacts import saved_artifacts
 from .budget import (
@@ -42,11 +43,13 @@ from .catalogue import for_model
 from .cnn import conv_facts
 from .endplan import EndPlan, check_probe, check_whole, confirm_s, plan_end, save_early, warm_plots
 from .history import earlier
+from .lmquality import judged_as_served, quality_texts
 from .objective import gain
 from .record import Decision, Trial
+from .reference import as_run, reference
 from .repair import repair
 from .settings import PlanSettings, default_n_eval
-from .stepcost import fit_action
+from .stepcost import fit_action, predict_build
 from .store import TrialStore
 from .trial import TrialRunner
 
@@ -64,24 +67,34 @@ class Planner(TrialRunner):
         self.budget = budget if budget is not None else Budget(settings.budget_s)
         self.store = TrialStore(self.out / STORE_NAME)
         self.store.check_run(settings.store_key(), resume)
-        self.base = base if base is not None else load(settings.model)
-        self.task = get_task(self.base.task)
-        self.metric = resolve_metric(settings.metric, self.base.task)
+        loaded = base if base is not None else load(settings.model)
+        self.task = get_task(loaded.task)
+        self.metric = resolve_metric(settings.metric, loaded.task)
+        self.builder = Builder(loaded, progress=progress)
+        # the original as the user runs it (reference.py): its engine file where it has
+        # one (a GGUF on llama.cpp), else the torch model; quality is judged against it
+        self.base_cand, self.base = reference(loaded, self.builder)
         # structural actions this model's family cannot take are left out here, with why
         self.actions, self.left_out = for_model(actions, self.base)
         self.runtime_kinds = {s["type"] for a in self.actions if a.runtime for s in a.steps}
-        self.builder = Builder(self.base, progress=progress)
         # models a finished earlier run already saved (by trial key): no rebuild needed
         self.saved = saved_artifacts(self.out / "best", *sorted((self.out / "variants").glob("*")))
         self.texts = items_for(self.base, "eval", settings.data,
                                settings.n_eval or default_n_eval(self.base.task, settings))
         # what the Thoughts reason with: a transformer's shape, or a CNN's convolutions
-        self.facts = model_facts(self.base.model) or conv_facts(self.base)
+        self.facts = model_facts(loaded.model) or conv_facts(loaded)
         if len(self.texts) < 10:
             raise UserError(f"only {len(self.texts)} held-out texts; give more data (--data)")
         check_labelled(self.metric, self.texts, settings.data)
-        self.n_asked = len(self.texts)
         self.latency_runs = settings.latency_runs  # both may be cut to the budget (run())
+        self.quality_tokens: int | None = None
+        if judged_as_served(self.task):  # lmquality.py: measure only what decides
+            self.latency_runs = 0
+            if settings.n_eval is None:  # a fixed amount of text, not a count of texts
+                self.texts, self.quality_tokens = quality_texts(
+                    self.texts, self.base.tokenizer, self.base.max_length,
+                    lmquality.QUALITY_TOKENS)
+        self.n_asked = len(self.texts)
         # the end of the run, planned from its start (endplan.py): measured costs, the plan
         self.end_costs: dict[str, float] = {}
         self.end_plan: EndPlan | None = None
@@ -133,6 +146,12 @@ class Planner(TrialRunner):
         if sized is None and self.store.all():  # a store from before sizing: as asked
             sized = {"n_texts": len(self.texts), "latency_runs": self.s.latency_runs}
         probe = None
+        if sized is None and judged_as_served(self.task):
+            # sized in tokens, not to the budget (lmquality.py): no probe; a budget that
+            # cannot pay for it is refused once the original is measured (check_whole)
+            sized = {"n_texts": len(self.texts), "latency_runs": 0,
+                     "quality_tokens": self.quality_tokens}
+            self.store.set_meta("search", sized)
         if sized is None:
             self._phase("sizing the search to the budget")
             t0 = time.perf_counter()
@@ -145,11 +164,20 @@ class Planner(TrialRunner):
                                   BASELINE_SHARE * self.budget.left())
             sized = {"n_texts": n, "latency_runs": runs, "probe_s": time.perf_counter() - t0}
         self.texts = self.texts[:sized["n_texts"]]
-        self.latency_runs = sized["latency_runs"]
+        # (a store sized before an LM was judged as served: its latency runs decide nothing)
+        self.latency_runs = 0 if judged_as_served(self.task) else sized["latency_runs"]
         self.sizing = sized
         if probe is not None:  # a budget that obviously cannot hold a whole output: now
             check_probe(self, probe)  # (before the sizing is stored: a rerun sizes anew)
             self.store.set_meta("search", sized)
+
+    def first_build_s(self) -> float:
+        """The least a first step's build is predicted to cost: what a budget must hold
+        for one step besides its measurement (endplan.check_whole)."""
+        m = self._measure_s()
+        return min((predict_build(self.log, c, m).least
+                    for _, c, _ in self._options(self.base_cand, {self.base_cand.key})),
+                   default=0.0)
 
     # -- the loop ------------------------------------------------------------------------
     def _context(self) -> Context:
@@ -208,13 +236,13 @@ class Planner(TrialRunner):
     def run(self) -> dict[str, Any]:
         ensure_actions_valid(self.actions)
         t_start = time.perf_counter()
-        base_cand = Candidate()
+        base_cand = self.base_cand
         bar = self.bar = tqdm(desc="optimize", unit="trial", disable=not self.progress)
         self._size_search()
         ref_trial = self.ref_trial = self.run_trial(
             0, base_cand, "baseline", "baseline",
             "Measure the original model on this machine first: every later step is judged "
-            "against it.", None, None)
+            f"against it{as_run(base_cand)}.", None, None)
         if ref_trial.observation is None:
             raise UserError(f"the baseline could not be measured: {ref_trial.full_reason}")
         check_whole(self)  # a budget too small for a whole output is refused here
@@ -229,7 +257,7 @@ class Planner(TrialRunner):
         bar.update(1)
         baseline = ref_trial.observation
         best, best_obs, best_trial = base_cand, baseline, ref_trial
-        tried: set[str] = set()
+        tried: set[str] = {base_cand.key}  # the original is measured: no action leads back
         stop = "no more actions apply"
         step = n_trials = 0
         while True:

@@ -16,7 +16,8 @@ from ..measure.refcache import describe as describe_reference
 from ..tasks import get_task, recall_floor, within_bound
 from ..tasks.metrics import METRIC_KEY, metric_text
 from .actions import FALLBACK_OPTIONS
-from .objective import OBJECTIVES, gain, objective_value
+from .genreport import generation_lines
+from .objective import OBJECTIVES, gain, objective_figure, objective_value
 from .record import Decision, Trial
 
 
@@ -89,11 +90,16 @@ def _quality_str(q: dict[str, Any], metric: bool = True) -> str:
     return ", ".join(([mine] if mine else []) + figures)
 
 
+def unit(obs: dict[str, Any], objective: str) -> str:
+    """The objective's unit for this observation (an LM's speed is generation)."""
+    return objective_figure(obs, objective) if "generation" in obs else UNITS[objective]
+
+
 def _fmt_obs(obs: dict[str, Any] | None, objective: str, baseline: dict[str, Any]) -> str:
     if obs is None:
         return "—"
     mine = metric_text(obs.get("quality"))
-    return (f"{objective_value(obs, objective):.4g} {UNITS[objective]} "
+    return (f"{objective_value(obs, objective):.4g} {unit(obs, objective)} "
             f"(×{gain(obs, baseline, objective):.2f} vs baseline); "
             + (f"{mine}; agreement: {_quality_str(obs['quality'], metric=False)}"
                if mine else f"drop {obs['quality_drop']:.4f}"))
@@ -136,7 +142,8 @@ def write_plots(out: Path, data: dict[str, Any]) -> list[str]:
             marker="o", mfc="none", ms=10, label="Pareto front within the bound")
     ax.axhline(data["max_drop"], c="grey", lw=0.8, ls=":",
                label=f"bound on the drop in {_bounded(data)}")
-    ax.set_xlabel(f"{objective} ({UNITS[objective]})")
+    ax.set_xlabel(f"{objective} ({unit(trials[0]['observation'], objective)})"
+                  if trials else objective)
     ax.set_ylabel("quality drop vs original")
     ax.set_title(f"{data['model']}: quality vs {objective} (black = baseline, green = kept, "
                  "red = rolled back, x = outside the bound)", fontsize=8)
@@ -188,7 +195,8 @@ def _header(data: dict[str, Any]) -> list[str]:
     skipped = len(data["trials"]) - len(trials)
     budget = (f" of a {data['budget_s']:.0f}s budget" if "budget_s" in data else "")
     lines = [f"# ReAct optimize: {data['model']}", "",
-             f"- objective: **{data['objective']}**, quality bound: " + _bound_line(data),
+             f"- objective: **{data['objective']}**{_figure(data)}, quality bound: "
+             + _bound_line(data),
              *_metric_line(data),
              f"- machine: {data['hardware_summary']}",
              *_search_line(data),
@@ -202,6 +210,12 @@ def _header(data: dict[str, Any]) -> list[str]:
     lines += [f"- **not finished**: {e}" for e in data.get("errors", [])]
     lines += [f"- note: {n}" for n in data.get("notes", [])]
     return lines + _left_out_lines(data) + [""]
+
+
+def _figure(data: dict[str, Any]) -> str:
+    """' (what the number is)' where the objective is not the plain one (an LM's speed)."""
+    obs = data["baseline"].get("observation") or {}
+    return f" ({objective_figure(obs, data['objective'])})" if "generation" in obs else ""
 
 
 def _left_out_lines(data: dict[str, Any]) -> list[str]:
@@ -254,6 +268,14 @@ def _items(data: dict[str, Any]) -> str:
 
 def _sizing_line(data: dict[str, Any]) -> list[str]:
     search, asked = data.get("search"), data["settings"]
+    if search and search.get("latency_runs") == 0 and "quality_tokens" in search:
+        # a model that generates (planner/lmquality.py): sized in tokens, not to the budget
+        amount = (f"{search['n_texts']} held-out {_items(data)}, "
+                  f"{search['quality_tokens']} tokens, a fixed amount whatever the budget"
+                  if search["quality_tokens"] else f"{search['n_texts']} held-out "
+                  f"{_items(data)} (as asked)")
+        return [f"- each trial's quality pass scored {amount}; no batch-1 latency runs: a "
+                "model that generates is judged by its generation as served"]
     if not search or (search["n_texts"], search["latency_runs"]) == (asked["n_eval"],
                                                                      asked["latency_runs"]):
         return []
@@ -275,14 +297,23 @@ def _side_by_side(data: dict[str, Any], conf: dict[str, Any]) -> list[str]:
              f"{data.get('search', {}).get('n_texts', data['settings']['n_eval'])} "
              f"{_items(data)}).", "",
              "| | baseline | best | ratio |", "|---|---|---|---|"]
-    p95 = b["latency_ms"]["p95"] / o["latency_ms"]["p95"]
+    # the scoring figures' own ratios (for an LM, gain() reads generation: rows above)
     rows = [(f"throughput @ batch {b['throughput']['batch_size']} (items/s)",
              b["throughput"]["items_per_s"], o["throughput"]["items_per_s"],
-             gain(o, b, "throughput")),
-            ("latency p50 @ batch 1 (ms)", b["latency_ms"]["p50"], o["latency_ms"]["p50"],
-             gain(o, b, "latency")),
-            ("latency p95 @ batch 1 (ms)", b["latency_ms"]["p95"], o["latency_ms"]["p95"], p95),
-            ("size (MiB)", b["size_mb"], o["size_mb"], gain(o, b, "size"))]
+             o["throughput"]["items_per_s"] / b["throughput"]["items_per_s"])]
+    if "latency_ms" in b and "latency_ms" in o:  # an LM is not run at batch 1: none
+        bl, ol = b["latency_ms"], o["latency_ms"]
+        rows += [("latency p50 @ batch 1 (ms)", bl["p50"], ol["p50"], bl["p50"] / ol["p50"]),
+                 ("latency p95 @ batch 1 (ms)", bl["p95"], ol["p95"], bl["p95"] / ol["p95"])]
+    rows.append(("size (MiB)", b["size_mb"], o["size_mb"], gain(o, b, "size")))
+    if "generation" in b and "generation" in o:  # an LM's speed: generation as served
+        gb, go, n = b["generation"], o["generation"], b["generation"]["streams"]
+        rows[:0] = [(f"generation tok/s @ {n} streams", gb["tok_s_n"], go["tok_s_n"],
+                     go["tok_s_n"] / gb["tok_s_n"]),
+                    ("generation tok/s @ 1 stream", gb["tok_s_1"], go["tok_s_1"],
+                     go["tok_s_1"] / gb["tok_s_1"]),
+                    ("TTFT, 1 stream (ms)", gb["ttft_ms"], go["ttft_ms"],
+                     gb["ttft_ms"] / go["ttft_ms"])]
     for name, x, y, ratio in rows:
         lines.append(f"| {name} | {x:.4g} | {y:.4g} | ×{ratio:.2f} "
                      f"{'better' if ratio >= 1 else 'worse'} |")
@@ -313,6 +344,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     conf = data.get("confirm")
     if conf:
         lines += _side_by_side(data, conf)
+    lines += generation_lines(data, in_bound)
     lines += [f"Best recipe: `{data['best_recipe']}`", "",
               "## Trace (thought → action → observation)", ""]
     by_key = {t["key"]: t for t in data["trials"] if t["decision"] != Decision.SKIPPED}
@@ -326,7 +358,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                   *_fallback_line(t),
                   f"- Observation: {_fmt_obs(t.get('observation'), obj, base)}",
                   f"- Decision: {t['decision']} — {t['reason']}", ""]
-    lines += ["## Pareto set (quality vs " + obj + ")", "",
+    lines += ["## Pareto set (quality vs " + obj + (f", {unit(base, obj)}" if base else "")
+              + ")", "",
               "| variant | " + obj + " | quality drop | within bound | artifact |",
               "|---|---|---|---|---|"]
     for t in data["pareto"]:

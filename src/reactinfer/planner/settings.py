@@ -11,6 +11,7 @@ from ..tasks.metrics import MetricFn, metric_name, resolve_metric
 from .objective import OBJECTIVES
 
 DEFAULT_N_EVAL = 400
+MAX_STREAMS = 256  # more concurrent streams than any CPU serves at once
 
 
 @dataclasses.dataclass
@@ -33,6 +34,10 @@ class PlanSettings:
     # what the bound is on: None, agreement with the original; else the drop of the user's
     # metric, a name ("accuracy", "f1") or callable(outputs, items) -> float (tasks/metrics.py)
     metric: str | MetricFn | None = None
+    # a model that generates is judged as served: greedy tokens/s at this many concurrent
+    # streams (and at one), `gen_tokens` new tokens each (measure/generation.py)
+    streams: int = 8
+    gen_tokens: int = 32
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -41,6 +46,11 @@ class PlanSettings:
         check_max_drop(self.max_drop)
         check_at_least("--batch-size", self.batch_size)
         check_at_least("--max-trials", self.max_trials)
+        if isinstance(self.streams, bool) or not isinstance(self.streams, int) \
+                or not 1 <= self.streams <= MAX_STREAMS:
+            raise UserError(f"--streams must be a whole number from 1 to {MAX_STREAMS} (the "
+                            f"concurrent requests to serve), got {self.streams!r}")
+        check_at_least("gen_tokens", self.gen_tokens, 2)
         if self.target is not None and not self.target > 0:
             raise UserError(f"--target must be a positive ratio, e.g. 2.0, got {self.target}")
         if self.budget_s <= 0:
@@ -54,7 +64,8 @@ class PlanSettings:
 
     def store_key(self) -> dict[str, Any]:
         """Settings that change what a trial measures (budget and trial caps do not)."""
-        keep = ("model", "objective", "max_drop", "data", "n_eval", "batch_size", "min_gain")
+        keep = ("model", "objective", "max_drop", "data", "n_eval", "batch_size", "min_gain",
+                "streams", "gen_tokens")
         key = {k: getattr(self, k) for k in keep}
         if self.fingerprint is not None:  # older stores have no such key: theirs stay equal
             key["fingerprint"] = self.fingerprint

@@ -13,6 +13,11 @@ machine). The prediction is the larger of
   to that engine, times the longest such conversion seen in this run (or, before any, on
   another engine: the export is most of it; at least a quarter of a measurement).
 
+A build that is no multiple of a float conversion (llama.cpp's quantizer, which reads the
+weights once and writes another type) is priced per GB of the original model instead
+(`Backend.build_s_per_gb`, a prior measured on a small CPU) until this run has timed one:
+then the longest such build here.
+
 An engine whose build can do less when time is short (tune fewer settings) gives a least
 cost too: a step whose full build does not fit, but whose least does, starts with the
 step's deadline, and the build does less to meet it (core/deadline.py).
@@ -49,9 +54,9 @@ def converts(cand: Candidate) -> bool:
     return cand.backend != _TORCH or bool(cand.backend_options())
 
 
-def engine_builds(log: list[Trial]) -> list[tuple[str, str, float]]:
-    """(engine, number format, seconds) of each conversion this run built: measured, or
-    cut at its deadline (then the time it ran, a lower bound)."""
+def _builds(log: list[Trial]) -> list[tuple[Candidate, float]]:
+    """Each conversion this run built, and its seconds: measured, or cut at its deadline
+    (then the time it ran, a lower bound)."""
     seen = []
     for t in log:
         cand = Candidate.from_json(t.candidate)
@@ -63,8 +68,42 @@ def engine_builds(log: list[Trial]) -> list[tuple[str, str, float]]:
             seconds = float(t.seconds)  # a build or measurement cut on the clock
         else:
             continue
-        seen.append((cand.backend, number_format(cand), seconds))
+        seen.append((cand, seconds))
     return seen
+
+
+def engine_builds(log: list[Trial]) -> list[tuple[str, str, float]]:
+    """(engine, number format, seconds) of each conversion this run built."""
+    return [(c.backend, number_format(c), s) for c, s in _builds(log)]
+
+
+def original_gb(log: list[Trial]) -> float | None:
+    """The original model's measured size in GB (the baseline's), if measured yet."""
+    for t in log:
+        if t.parent is None and t.observation and t.observation.get("size_mb"):
+            return float(t.observation["size_mb"]) / 1024
+    return None
+
+
+def _sized_build(log: list[Trial], cand: Candidate, engine: Any, per_gb: float
+                 ) -> BuildCost | None:
+    """A build priced per GB of the model (`Backend.build_s_per_gb`): the longest such
+    build of the engine this run timed (the model is the same; the first also wrote the
+    source file the others reuse, so this errs long), else the prior times the original's
+    size. None before the original's size is known."""
+    seen = [s for c, s in _builds(log) if c.backend == cand.backend
+            and engine.build_s_per_gb(**c.backend_options()) is not None]
+    if seen:
+        full = max(seen)
+        return BuildCost(full, full, f"its build is predicted at ~{full:.0f}s: the longest "
+                                     f"{cand.backend} build of its kind here took that")
+    gb = original_gb(log)
+    if gb is None:
+        return None
+    full = per_gb * gb
+    return BuildCost(full, full, f"its build is predicted at ~{full:.0f}s: {per_gb:g}s per "
+                                 f"GB of the original's {gb:.2f} GB ({cand.backend}'s prior, "
+                                 "before any such build here)")
 
 
 def predict_build(log: list[Trial], cand: Candidate, measure_s: float) -> BuildCost:
@@ -73,6 +112,12 @@ def predict_build(log: list[Trial], cand: Candidate, measure_s: float) -> BuildC
     conversion was timed)."""
     if not converts(cand):
         return BuildCost(0.0, 0.0)
+    engine = list_backends().get(cand.backend)
+    per_gb = engine.build_s_per_gb(**cand.backend_options()) if engine else None
+    if per_gb is not None:
+        sized = _sized_build(log, cand, engine, per_gb)
+        if sized is not None:
+            return sized
     fmt = number_format(cand)
     seen = engine_builds(log)
     same = [s for e, f, s in seen if (e, f) == (cand.backend, fmt)]
@@ -80,7 +125,6 @@ def predict_build(log: list[Trial], cand: Candidate, measure_s: float) -> BuildC
     other = [s for e, f, s in seen if e != cand.backend and f in FLOAT_FORMATS]
     conv = max(floats or other or [0.0])
     conv = max(conv, FIRST_BUILD_SHARE * measure_s) if not floats else conv
-    engine = list_backends().get(cand.backend)
     least_f, full_f = engine.build_cost(**cand.backend_options()) if engine else (1.0, 1.0)
     full = max(max(same or [0.0]), full_f * conv)
     least = min(full, least_f * conv)

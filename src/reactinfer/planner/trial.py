@@ -26,6 +26,7 @@ from ..tasks.metrics import Metric, with_metric
 from .actions import Action, Candidate
 from .budget import Budget, measure_s
 from .builder import Builder
+from .genspeed import generation_figures
 from .objective import gain
 from .record import Decision, Trial
 from .store import TrialStore
@@ -53,6 +54,7 @@ class TrialRunner:
     latency_runs: int
     step_deadline: float | None
     log: list[Trial]
+    memo: dict[Any, Any]
     ref_results: dict[str, Any] | None
     ref_info: dict[str, Any] | None
     ref_trial: Trial | None
@@ -66,16 +68,16 @@ class TrialRunner:
             self.bar.set_postfix_str(f"{text} | {self.budget.left():.0f}s left", refresh=True)
 
     def _observe(self, handle: ModelHandle) -> dict[str, Any]:
-        # no generation-speed runs: no decision uses them, and for an LM they cost as much
-        # as the rest of the measurement
+        # the batch-1 generation of measure() is left out: an LM's speed is generation as
+        # served, at 1 and N streams (genspeed.py), which the objective reads
         cut: dict[str, Any] = {}
         if self.step_deadline is not None and self.ref_trial is not None:
             cut["max_s"] = self.step_deadline - time.time()
             assert self.ref_trial.observation is not None
             thr = self.ref_trial.observation["throughput"]
             if thr.get("first_batch_s"):  # the original's measurement, in first batches
-                lat = self.ref_trial.observation["latency_ms"]
-                cut["worth"] = (thr["seconds"] + lat["mean"] * lat["n"] / 1e3) \
+                lat = self.ref_trial.observation.get("latency_ms", {})  # none for an LM
+                cut["worth"] = (thr["seconds"] + lat.get("mean", 0.0) * lat.get("n", 0) / 1e3) \
                     / thr["first_batch_s"]
         report, results = measure(handle, self.texts, self.s.batch_size, self.latency_runs,
                                   gen_tokens=0, progress=self.progress, **cut)
@@ -85,8 +87,11 @@ class TrialRunner:
                                            report["throughput"]["seconds"])
         report["quality"] = self.compare(self.ref_results, results, self.texts)
         report["quality_drop"] = quality_drop(self.base.task, report["quality"])
+        gen = generation_figures(self, handle)
+        if gen is not None:
+            report["generation"] = gen
         return {k: report[k] for k in ("latency_ms", "throughput", "size_mb", "params", "rss_mb",
-                                       "quality", "quality_drop") if k in report}
+                                       "quality", "quality_drop", "generation") if k in report}
 
     def compare(self, reference: dict[str, Any], results: dict[str, Any],
                 items: Sequence[Any]) -> dict[str, Any]:
