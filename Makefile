@@ -26,24 +26,19 @@ run: $(STAMP)
 	$(BIN)/react optimize minilm --max-drop 0.01 --budget-s $(BUDGET) -o react-out/minilm --resume
 	$(BIN)/react serve react-out/minilm
 
-# Two workers (pytest-xdist): most tests wait on a server, a subprocess or one torch thread,
-# so two share 2 cores well. A unit of work is a module or the group it names, longest
-# first (tests/conftest.py). Ray Serve's replica-restart test runs in a process of its own
-# (REACT_SLOW_TESTS=1): after the other suites in one process its restarted replica was
-# not scheduled in time.
-TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+# Ray Serve's replica-restart test runs in a process of its own (REACT_SLOW_TESTS=1): after
+# the other suites in one process its restarted replica was not scheduled in time.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(XDIST) tests
+	$(BIN)/python -m pytest -q tests
 	REACT_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_cluster_serve.py
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q $(XDIST) tests/unit
+	$(BIN)/python -m pytest -q tests/unit
 
 # The inner loop (a few minutes on 2 cores): lint, then the unit tests but the few marked
 # `slow` (whole optimize runs, distillation); `make test` runs everything.
 test-fast: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(XDIST) tests/unit -m "not slow"
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

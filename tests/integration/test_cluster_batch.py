@@ -19,9 +19,7 @@ from reactinfer.cluster.batch import parts_dir_for, run_batch  # noqa: E402
 from reactinfer.tasks.base import run_in_order  # noqa: E402
 from reactinfer.testing import tiny_handle, tiny_texts  # noqa: E402
 
-# conftest.py; one local Ray: under pytest-xdist these modules run in one worker
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local"),
-              pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local")]  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from reactinfer.cluster.shard import WorkerSpec, run_sharded  # noqa: E402
 from reactinfer.tasks.base import run_in_order  # noqa: E402
 from reactinfer.testing import tiny_handle, tiny_texts  # noqa: E402
 
-# conftest.py; one local Ray: under pytest-xdist these modules run in one worker
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local"),
-              pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_local")]  # conftest.py
 
 
 def single(handle, texts):

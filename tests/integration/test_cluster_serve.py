@@ -21,7 +21,6 @@ from reactinfer.testing import save_tiny_hf, tiny_texts  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.xdist_group("ray"),  # the local Ray of conftest.py, one per worker
     pytest.mark.skipif(os.environ.get("REACT_SLOW_TESTS") != "1",
                        reason="Ray Serve start-up and a replica restart add about a minute "
                               "on 2 cores; set REACT_SLOW_TESTS=1"),

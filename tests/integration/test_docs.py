@@ -28,7 +28,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -333,22 +332,7 @@ def run_python_block(s: Session, code: str) -> None:
     check_output(code.strip().splitlines()[0] + " ...", code.splitlines(), stdout)
 
 
-# Under pytest-xdist (`make test` runs two workers) each guide is a unit of work, but the
-# guides that share a long command (ONCE) run in one worker, so the later one finds the
-# earlier one's output. The longest go first (tests/conftest.py: long units last would
-# leave a worker idle at the end).
-SHARE = {"README.md": "minilm", "serve.md": "minilm", "compress.md": "minilm",
-         "planner.md": "digits", "vision.md": "digits"}
-LONGEST = ["README.md", "planner.md", "own-model.md", "cluster.md"]
-
-
-def _unit(doc: Path) -> Any:
-    return pytest.param(doc, id=doc.name, marks=pytest.mark.xdist_group(
-        "docs-" + SHARE.get(doc.name, doc.name)))
-
-
-@pytest.mark.parametrize("doc", [_unit(d) for d in sorted(
-    DOCS, key=lambda d: LONGEST.index(d.name) if d.name in LONGEST else len(LONGEST))])
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_the_document_runs(doc: Path, tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     for name, text in FIXTURES.items():
