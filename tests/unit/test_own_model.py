@@ -188,4 +188,4 @@ def test_an_onnx_file_is_offered_engine_actions_only(tmp_path):
     kept, left_out = for_model(catalogue(), ri.load(path, task=IMAGE))
     assert kept and all(a.backend is not None and not a.steps for a in kept)
     assert {"fold BatchNorm"} <= set(left_out)
-    assert all("no torch weights" in why for why in left_out.values())
+    assert all("need the torch model" in why for why in left_out.values())
