@@ -6,9 +6,6 @@ without speculation; alone and several sequences at once, with drafts that are a
 where its package is installed, the built-in smollm2 (Q4_1: the quantized kernels)."""
 from __future__ import annotations
 
-import importlib.util
-
-import numpy as np
 import pytest
 
 from reactinfer.serving.speculate import lookup
@@ -17,31 +14,11 @@ pytest.importorskip("llama_cpp")
 STEP = 32
 
 
-def _gguf(name, tmp_path_factory):
-    if name == "tiny":
-        from reactinfer.backends.convert import to_backend
-        from reactinfer.testing import tiny_handle
-
-        h = to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32",
-                       workdir=tmp_path_factory.mktemp("gguf"))
-        return h.files["model.gguf"]
-    from reactinfer.models.zoo import BUILTINS
-
-    if importlib.util.find_spec(BUILTINS[name].module) is None:
-        pytest.skip(f"{BUILTINS[name].package} is not installed")
-    return BUILTINS[name].path()
-
-
-@pytest.fixture(scope="module", params=["tiny", "smollm2"])
-def make(request, tmp_path_factory):
-    from llama_cpp import Llama
-
+@pytest.fixture(scope="module")
+def make(gguf_llm):
     from reactinfer.backends.llamacpp_engine import DecodeEngine
 
-    llm = Llama(model_path=str(_gguf(request.param, tmp_path_factory)), n_ctx=64,
-                n_threads=1, verbose=False)
-    vocab = min(llm.n_vocab(), 500)
-    ids = np.random.default_rng(0).integers(10, vocab, 200).tolist()
+    llm, ids = gguf_llm
 
     def engine(slots=3):
         return DecodeEngine(llm._model, llm.n_vocab(), 1, 160, slots, STEP, 0)
