@@ -30,3 +30,13 @@ def minilm():
     import reactinfer as ri
 
     return ri.load("minilm")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """A tiny causal LM in-process, as an f32 GGUF on llama.cpp."""
+    from reactinfer.backends.convert import to_backend
+    from reactinfer.testing import tiny_handle
+
+    return to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32",
+                      workdir=tmp_path_factory.mktemp("gguf"))

@@ -17,20 +17,11 @@ pytest.importorskip("llama_cpp")
 from test_serve_http import running  # noqa: E402
 
 from reactinfer.backends.kv_plan import GiB  # noqa: E402
-from reactinfer.testing import tiny_handle  # noqa: E402
 
 pytestmark = pytest.mark.integration
 LM = "tiny-causal-lm"
 CONTEXT = 64  # tokens per sequence asked for (the tiny model was trained on 128)
 SLOTS = 2  # what the KV budget below holds at CONTEXT tokens each
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    from reactinfer.backends.convert import to_backend
-
-    return to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32",
-                      workdir=tmp_path_factory.mktemp("gguf"))
 
 
 @pytest.fixture(scope="module")

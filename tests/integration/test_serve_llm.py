@@ -19,20 +19,10 @@ pytest.importorskip("llama_cpp")
 
 from test_serve_http import running  # noqa: E402
 
-from reactinfer.testing import tiny_handle  # noqa: E402
-
 pytestmark = pytest.mark.integration
 LM = "tiny-causal-lm"
 PROMPTS = ["open the file", "compute the hash", "read the data", "write the line",
            "close the socket", "parse the text", "sort the list", "join the path"]
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    from reactinfer.backends.convert import to_backend
-
-    return to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32",
-                      workdir=tmp_path_factory.mktemp("gguf"))
 
 
 @pytest.fixture(scope="module")
