@@ -116,8 +116,8 @@ def prompt_tokens(base: str) -> int:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Prefix cache: chats sharing a {r['prompt_tokens']}-token system prompt "
-             f"(prompt of one first turn), {r['max_tokens']} tokens each, median of "
+    lines = [f"# Prefix cache ({r.get('model', MODEL)}): chats sharing a "
+             f"{r['prompt_tokens']}-token system prompt (prompt of one first turn), {r['max_tokens']} tokens each, median of "
              f"{r['rounds']} rounds", "", r["hardware_summary"], "",
              *table_head("server", "turn 1 TTFT (cold)", "turn 2 TTFT", "turn2/turn1",
                          "8 at once, warm: last first token",
@@ -138,7 +138,10 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    global MODEL  # becomes the name the server answers to (a served directory's model)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=MODEL, help="what `react serve` serves: the built-in "
+                    "(default) or, e.g., a `react optimize` output directory")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -146,7 +149,7 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="CHECKOUT", help="also serve ReAct from another "
                     "checkout (its src/), as 'react@baseline': a before/after in one run")
     a = ap.parse_args()
-    cmd = [sys.executable, "-m", "reactinfer", "serve", MODEL, "--cache-size", "0",
+    cmd = [sys.executable, "-m", "reactinfer", "serve", a.model, "--cache-size", "0",
            "--slo-ms", "60000"]
     srcs = {"react": ROOT}
     if a.baseline:
@@ -160,7 +163,9 @@ def main() -> None:
                 cmd, "/v2/health/ready", dict(os.environ, PYTHONPATH=str(src / "src")),
                 timeout_s=600, poll_s=0.2, log=log))
             servers[name] = {"rounds": []}
-        n_prompt = prompt_tokens(next(iter(bases.values())))
+        first = next(iter(bases.values()))
+        MODEL = httpx.get(first + "/v1/models").json()["data"][0]["id"]
+        n_prompt = prompt_tokens(first)
         for r in range(a.rounds):  # the servers take turns round by round
             for name, base in bases.items():
                 servers[name]["rounds"].append(asyncio.run(one_round(base, r, a.max_tokens)))
@@ -169,7 +174,7 @@ def main() -> None:
             rows = servers[name]["rounds"]
             servers[name]["median"] = {k: median([x[k] for x in rows]) for k in rows[0]}
             servers[name]["metrics"] = prefix_metrics(base)
-    result = {"prompt_tokens": n_prompt, "max_tokens": a.max_tokens, "rounds": a.rounds,
+    result = {"model": a.model, "prompt_tokens": n_prompt, "max_tokens": a.max_tokens, "rounds": a.rounds,
               "servers": servers, "note": a.note, **hardware()}
     write_results(Path(a.out) / "serve_prefix", result, markdown(result) + "\n")
 

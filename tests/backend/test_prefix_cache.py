@@ -86,6 +86,28 @@ def test_prompts_share_a_prefix_across_streams_and_within_a_burst(make):
     assert out == refs[1][:3]
 
 
+def test_a_prompt_waits_for_an_earlier_one_only_when_that_saves_many_tokens(make):
+    """8 chats on a cached system prompt whose questions share a first word: each copies
+    the prefix at hand and starts at once, none waits a step for another's question."""
+    from reactinfer.backends.llamacpp_engine import WAIT_MIN_TOKENS
+
+    engine, ids = make
+    system = ids[:40]
+    p1 = system + ids[40:45]
+    p2 = system + ids[40:42] + ids[50:53]  # 2 more tokens in common with p1, not 32
+    assert WAIT_MIN_TOKENS > 2
+    refs = [greedy(engine(cache_tokens=0), [p])[0][0] for p in (p1, p2)]
+    eng = engine()
+    greedy(eng, [system + [ids[60]]])  # an idle slot now holds the system prompt
+    s1, s2 = eng.start(p1, 6), eng.start(p2, 6)
+    step = eng.step()
+    assert set(step.logits) == {s1, s2}  # both in the first step: no wait
+    assert step.tokens == 5 + 5 and step.saved == 2 * 40  # p2 evaluates its 2 again
+    eng.release(s1), eng.release(s2)
+    answers, _ = greedy(eng, [p1, p2])  # again, from what the streams now hold
+    assert answers == refs
+
+
 def test_idle_caches_are_bounded_least_recently_used_first(make):
     engine, ids = make
     p1, p2 = ids[:20], ids[20:40]

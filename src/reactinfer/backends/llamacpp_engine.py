@@ -21,8 +21,8 @@ whose tokens share the longest prefix with its prompt, drops only the tail
 (`llama_memory_seq_rm`) and evaluates the rest; when that prefix lives in a running
 sequence's stream, the stream is copied (`llama_memory_seq_cp` across streams copies a
 whole stream, at the next decode), and a prompt whose prefix is still being evaluated
-by an earlier sequence waits for it (8 chats arriving together with one system prompt
-evaluate it once). Idle slots keep at most `cache_tokens` tokens in all (least recently
+by an earlier sequence waits for it when that saves at least WAIT_MIN_TOKENS tokens
+(8 chats arriving together with one system prompt evaluate it once). Idle slots keep at most `cache_tokens` tokens in all (least recently
 used go first; the KV streams are allocated up front, so this bounds what is kept, not
 what is allocated). Per-sequence streams make a reused prefix give the very logits it
 would give evaluated afresh (tested).
@@ -45,6 +45,11 @@ from typing import Any
 
 import numpy as np
 
+# A prompt waits a step for an earlier one to evaluate a shared prefix only when that saves
+# at least this many tokens over the best prefix at hand now: waiting costs it a whole step
+# to its first token, evaluating a few tokens again costs the step a few ms (8 chats whose
+# questions share their first word must not wait for each other).
+WAIT_MIN_TOKENS = 32
 
 @dataclass
 class _Seq:
@@ -54,6 +59,7 @@ class _Seq:
     pos: int = 0  # next position
     done: list[int] = field(default_factory=list)  # the tokens in its KV stream, in order
     wait: _Seq | None = None  # an earlier sequence still evaluating this one's prefix
+    need: int = 0  # while waiting: how many of its prompt's tokens `wait` will hold
     draft: int = 0  # of `pending`, how many are proposed tokens after the sampled one
 
 
@@ -158,10 +164,15 @@ class DecodeEngine:
         for slot, toks in self._idle.items():
             if (m := _common(toks, prompt, limit)) > n:
                 best, n = slot, m
-        src = None
+        src, later, n_later = None, None, n
         for other in self._seqs.values():  # a running one's prompt, evaluated or to be
-            if (m := _common(other.done + other.pending, prompt, limit)) > n:
+            ready = other.done if other.wait is None else []
+            if (m := _common(ready, prompt, limit)) > n:
                 src, n = other, m
+            if (m := _common(other.done + other.pending, prompt, limit)) > n_later:
+                later, n_later = other, m
+        if later is not None and n_later - n >= WAIT_MIN_TOKENS:
+            src, n = later, n_later  # worth a step's wait: it evaluates them for both
         if src is None and best >= 0:
             sid = best
             del self._idle[sid]
@@ -174,7 +185,7 @@ class DecodeEngine:
         if src is None:
             self._reuse(seq, prompt[:n], copy_from=None)
         else:
-            seq.wait = src
+            seq.wait, seq.need = src, n
             self._resolve(seq)
         return sid
 
@@ -196,7 +207,7 @@ class DecodeEngine:
         src = seq.wait
         assert src is not None
         alive = self._seqs.get(src.slot) is src
-        need = _common(src.done + src.pending, seq.pending, len(seq.pending) - 1)
+        need = min(seq.need, _common(src.done + src.pending, seq.pending, len(seq.pending) - 1))
         if alive and (src.wait is not None or len(src.done) < need):
             return False
         toks = src.done if alive else self._idle.get(src.slot, [])
