@@ -117,8 +117,9 @@ def prompt_tokens(base: str) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"# Prefix cache ({r.get('model', MODEL)}): chats sharing a "
-             f"{r['prompt_tokens']}-token system prompt (prompt of one first turn), {r['max_tokens']} tokens each, median of "
-             f"{r['rounds']} rounds", "", r["hardware_summary"], "",
+             f"{r['prompt_tokens']}-token system prompt (prompt of one first turn), "
+             f"{r['max_tokens']} tokens each, median of {r['rounds']} rounds", "",
+             r["hardware_summary"], "",
              *table_head("server", "turn 1 TTFT (cold)", "turn 2 TTFT", "turn2/turn1",
                          "8 at once, warm: last first token",
                          "8 at once, cold: last first token")]
@@ -174,9 +175,10 @@ def main() -> None:
             rows = servers[name]["rounds"]
             servers[name]["median"] = {k: median([x[k] for x in rows]) for k in rows[0]}
             servers[name]["metrics"] = prefix_metrics(base)
-    result = {"model": a.model, "prompt_tokens": n_prompt, "max_tokens": a.max_tokens, "rounds": a.rounds,
-              "servers": servers, "note": a.note, **hardware()}
-    write_results(Path(a.out) / "serve_prefix", result, markdown(result) + "\n")
+    result = {"model": a.model, "prompt_tokens": n_prompt, "max_tokens": a.max_tokens,
+              "rounds": a.rounds, "servers": servers, "note": a.note, **hardware()}
+    stem = "serve_prefix" if a.model == "smollm2" else f"serve_prefix_{Path(a.model).name}"
+    write_results(Path(a.out) / stem, result, markdown(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ whose tokens share the longest prefix with its prompt, drops only the tail
 sequence's stream, the stream is copied (`llama_memory_seq_cp` across streams copies a
 whole stream, at the next decode), and a prompt whose prefix is still being evaluated
 by an earlier sequence waits for it when that saves at least WAIT_MIN_TOKENS tokens
-(8 chats arriving together with one system prompt evaluate it once). Idle slots keep at most `cache_tokens` tokens in all (least recently
-used go first; the KV streams are allocated up front, so this bounds what is kept, not
-what is allocated). Per-sequence streams make a reused prefix give the very logits it
-would give evaluated afresh (tested).
+(8 chats arriving together with one system prompt evaluate it once). Idle slots keep at
+most `cache_tokens` tokens in all (least recently used go first; the KV streams are
+allocated up front, so this bounds what is kept, not what is allocated). Per-sequence
+streams make a reused prefix give the very logits it would give evaluated afresh
+(tested).
 
 Speculative decoding: `feed` may add proposed tokens (a draft) after the sampled one;
 the step evaluates them all in the same decode with logits at every position (what the

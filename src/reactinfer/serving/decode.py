@@ -194,9 +194,10 @@ def engine_of(v: Variant, slots: int = SLOTS, config: ServeConfig | None = None)
         kv = {} if config is None else config.kv_options()
         eng = v.engine = runner.decode_engine(slots, STEP_TOKENS, **kv)
         v.gen.slots = eng.slots  # the plan may give fewer than asked
-        plan = getattr(eng, "kv_plan", None)
-        if plan is not None:
-            print(f"react serve: {v.name}: {plan.describe()}", file=sys.stderr, flush=True)
+        v.kv_plan = getattr(eng, "kv_plan", None)  # an engine sized by a plan says so
+        if v.kv_plan is not None:
+            print(f"react serve: {v.name}: {v.kv_plan.describe()}", file=sys.stderr,
+                  flush=True)
     return eng
 
 
@@ -247,7 +248,7 @@ class DecodeLoop:
         tok = batcher.ladder.variants[0].handle.tokenizer
         self.tokenizer = tok
         for v in batcher.ladder.variants:  # the KV plans made at warm-up, into /metrics
-            plan = getattr(v.engine, "kv_plan", None)
+            plan = v.kv_plan
             if plan is not None:
                 labels = {"model": batcher.model, "variant": v.name}
                 batcher.metrics.kv_bytes.set(plan.bytes, **labels)

@@ -151,6 +151,8 @@ class Variant:
     service: ServiceTime
     gen: GenTime = field(default_factory=GenTime)
     engine: Any = None  # its decode engine, once the server made one (serving/decode.py)
+    kv_plan: Any = None  # that engine's KV cache plan (backends/kv_plan.KVPlan), if sized
+    draft_engine: Any = None  # a draft model's engine beside it (serving/speculate.py)
 
     def cost(self) -> float:
         """What orders the ladder: a full batch for encoders, 32 new tokens for LMs."""
@@ -367,7 +369,6 @@ class Ladder:
                  "service_ms": {n: round(s * 1e3, 3) for n, s in sorted(v.service.points.items())},
                  "prefill_ms": round(v.gen.prefill_s * 1e3, 3),
                  "ms_per_token": round(v.gen.token_s * 1e3, 3),
-                 **({"kv_cache": v.engine.kv_plan.as_dict()}
-                    if getattr(v.engine, "kv_plan", None) is not None else {})}
+                 **({"kv_cache": v.kv_plan.as_dict()} if v.kv_plan is not None else {})}
                 for i, v in enumerate(self.variants)]
 

@@ -107,7 +107,7 @@ class DraftModel:
     def _engine(self, d: Any) -> Any:
         """The draft engine beside `d`'s target engine (made once, kept by the variant)."""
         v = d.variant
-        eng = getattr(v, "draft_engine", None)
+        eng = v.draft_engine
         if eng is None:
             target = v.engine
             eng = v.draft_engine = self.runner.decode_engine(  # its context: the target's
