@@ -1,14 +1,19 @@
 """Speculative decoding (prompt lookup), measured through `react serve smollm2`: a copy
-task (greedy /v1/completions, the model asked to copy a given paragraph, ~200 tokens).
+task (greedy /v1/completions, ~200 tokens): `--task copy`, the model asked in words to
+copy a given paragraph, or `--task repeat`, the third copy of a passage given twice.
 
 - one stream: tok/s with `--speculate auto` and `--speculate off`, and llama.cpp alone
   (llama-cpp-python's `create_completion(temperature=0)` on the same GGUF file and
   prompt, all threads); the first 200 characters of each answer against llama.cpp's;
 - 8 streams at once: aggregate tok/s with auto and off (auto turns itself off there).
 tok/s = completion tokens / wall time of the request (prompt included), best of the
-rounds' medians taken in turns. The /metrics speculation counters are read at the end.
+rounds' medians taken in turns. Every call's prompt starts with a tag of its own
+("Request N."), so no server reuses an earlier prompt's KV (ReAct's prefix cache,
+llama-cpp-python's prompt reuse): each request evaluates its prompt cold, on every
+side alike. The /metrics speculation counters are read at the end.
 
     PYTHONPATH=src python benchmarks/serve_speculate.py      # results/serve_speculate.*
+    ... serve_speculate.py --task repeat        # results/serve_speculate_repeat.*
     ... serve_speculate.py --draft DRAFT.gguf   # and a third server with a draft model
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import sys
 import tempfile
@@ -48,6 +54,15 @@ def copy_prompt(text: str) -> str:
     return f"Copy the following paragraph exactly.\n\nParagraph:\n{text}\n\nCopy:\n"
 
 
+def repeat_prompt(text: str) -> str:
+    """A passage given twice, the third copy to write: what a model that quotes its
+    input does (a small model asked in words to copy often paraphrases instead)."""
+    return f"Original:\n{text}\n\nCopy 1:\n{text}\n\nCopy 2:\n"
+
+
+TASKS = {"copy": copy_prompt, "repeat": repeat_prompt}
+
+
 async def complete(client: httpx.AsyncClient, prompt: str, max_tokens: int
                    ) -> dict[str, Any]:
     body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
@@ -57,6 +72,18 @@ async def complete(client: httpx.AsyncClient, prompt: str, max_tokens: int
     out = r.json()
     return {"s": time.perf_counter() - t0, "tokens": out["usage"]["completion_tokens"],
             "text": out["choices"][0]["text"]}
+
+
+def tagged(prompts: list[str]) -> Callable[[], list[str]]:
+    """The prompts with a new tag in front at each call (the n-th call of every side
+    gets the same prompts): no call finds its prompt cached."""
+    calls = itertools.count(1)
+
+    def next_prompts() -> list[str]:
+        n = next(calls)
+        return [f"Request {n}.{i}.\n{p}" for i, p in enumerate(prompts)]
+
+    return next_prompts
 
 
 def streams(base: str, prompts: list[str], max_tokens: int) -> dict[str, Any]:
@@ -72,7 +99,7 @@ def streams(base: str, prompts: list[str], max_tokens: int) -> dict[str, Any]:
             "tokens": [o["tokens"] for o in outs]}
 
 
-def llama_alone(prompt: str, max_tokens: int) -> Any:
+def llama_alone(prompts: Callable[[], list[str]], max_tokens: int) -> Any:
     """llama.cpp alone on the served file: a function timing one greedy completion."""
     from llama_cpp import Llama
 
@@ -83,7 +110,7 @@ def llama_alone(prompt: str, max_tokens: int) -> Any:
                 n_threads_batch=n, verbose=False)
 
     def run() -> dict[str, Any]:
-        llm.reset()  # no prompt reuse between rounds: the servers run with a cold cache too
+        prompt = prompts()[0]
         t0 = time.perf_counter()
         out = cast(dict[str, Any], llm.create_completion(prompt, max_tokens=max_tokens,
                                                          temperature=0))
@@ -107,7 +134,8 @@ def spec_metrics(base: str) -> dict[str, float]:
 def markdown(r: dict[str, Any]) -> str:
     one, eight = r["one_stream"], r["eight_streams"]
     ref = one["llama.cpp alone"]["tok_s"]
-    lines = [f"# Speculative decoding (prompt lookup): copy a paragraph, greedy, "
+    lines = [f"# Speculative decoding (prompt lookup): {r.get('task', 'copy')} a paragraph, "
+             "greedy, "
              f"{r['max_tokens']} tokens at most, best of {r['rounds']} rounds", "",
              r["hardware_summary"], "",
              *table_head("one stream", "tok/s", "× llama.cpp alone",
@@ -133,11 +161,15 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="how the machine was while this ran")
+    ap.add_argument("--task", choices=sorted(TASKS), default="copy",
+                    help="copy: asked in words to copy a paragraph; repeat: the third copy "
+                         "of a passage given twice (results get a _repeat suffix)")
     ap.add_argument("--draft", default=None, help="a draft model (GGUF) for a third server, "
                     "--speculate draft; results go to serve_speculate_draft.*")
     a = ap.parse_args()
-    prompt = copy_prompt(PARAGRAPHS[0])
-    eight_prompts = [copy_prompt(PARAGRAPHS[i % 2]) + " " * (i // 2) for i in range(8)]
+    make = TASKS[a.task]
+    prompt = make(PARAGRAPHS[0])
+    eight_prompts = [make(PARAGRAPHS[i % 2]) for i in range(8)]  # each tagged apart
     cmd = [sys.executable, "-m", "reactinfer", "serve", MODEL, "--cache-size", "0",
            "--slo-ms", "600000"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -151,18 +183,20 @@ def main() -> None:
                 [*cmd, "--speculate", mode, *extra], "/v2/health/ready", env, timeout_s=600,
                 poll_s=0.2, log=log))
         def ask(base: str, prompts: list[str]) -> Callable[[], dict[str, Any]]:
-            return lambda: streams(base, prompts, a.max_tokens)
+            fresh = tagged(prompts)
+            return lambda: streams(base, fresh(), a.max_tokens)
 
         steps = {name: ask(base, [prompt]) for name, base in bases.items()}
-        steps["llama.cpp alone"] = llama_alone(prompt, a.max_tokens)
+        steps["llama.cpp alone"] = llama_alone(tagged([prompt]), a.max_tokens)
         for step in steps.values():
             step()  # warm: first calls allocate buffers
         rounds = alternate(steps, a.rounds)
-        reference = rounds["llama.cpp alone"][0]["texts"][0][:200]
+        refs = [x["texts"][0][:200] for x in rounds["llama.cpp alone"]]  # round by round
         one = {name: {"tok_s": max(x["tok_s"] for x in xs),
                       "tok_s_median": median([x["tok_s"] for x in xs]),
                       "tokens": xs[0]["tokens"][0],
-                      "same_200": all(x["texts"][0][:200] == reference for x in xs),
+                      "same_200": all(x["texts"][0][:200] == ref
+                                      for x, ref in zip(xs, refs, strict=True)),
                       "text": xs[0]["texts"][0]} for name, xs in rounds.items()}
         print({k: (v["tok_s"], v["tokens"], v["same_200"]) for k, v in one.items()},
               flush=True)  # one stream's figures, before the longer 8-stream part
@@ -172,10 +206,11 @@ def main() -> None:
                         "tok_s_median": median([x["tok_s"] for x in xs])}
                  for name, xs in eight_rounds.items()}
         metrics = {name: spec_metrics(base) for name, base in bases.items()}
-    result = {"max_tokens": a.max_tokens, "rounds": a.rounds, "one_stream": one,
+    result = {"task": a.task, "max_tokens": a.max_tokens, "rounds": a.rounds, "one_stream": one,
               "eight_streams": eight, "metrics": metrics, "note": a.note,
               "command": " ".join(sys.argv), **hardware()}
-    name = "serve_speculate_draft" if a.draft else "serve_speculate"
+    name = ("serve_speculate_draft" if a.draft else "serve_speculate") + \
+        ("" if a.task == "copy" else f"_{a.task}")
     write_results(Path(a.out) / name, result, markdown(result) + "\n")
 
 

@@ -63,6 +63,7 @@ def _seq(prompt, n, eng):
     req = SimpleNamespace(prompt_ids=list(prompt), constraint=None,
                           job=SimpleNamespace(new_tokens=n))
     return SimpleNamespace(req=req, sampling=Sampling(), tokens=[], accept_rate=1.0,
+                           draft_len=0, drafted_at=0,
                            variant=SimpleNamespace(engine=eng, draft_engine=None), sid=-1)
 
 

@@ -10,7 +10,14 @@ import pytest
 from reactinfer.core.errors import UserError
 from reactinfer.serving.config import ServeConfig
 from reactinfer.serving.metrics import Metrics
-from reactinfer.serving.speculate import MIN_ACCEPT, Speculation, lookup, record
+from reactinfer.serving.speculate import (
+    MIN_ACCEPT,
+    REPROBE_TOKENS,
+    START_TOKENS,
+    Speculation,
+    lookup,
+    record,
+)
 from reactinfer.tasks.sampling import Sampling
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6]
@@ -20,7 +27,7 @@ def seq(temperature=0.0, constraint=None, tokens=(), new_tokens=50):
     req = SimpleNamespace(prompt_ids=PROMPT, constraint=constraint,
                           job=SimpleNamespace(new_tokens=new_tokens))
     return SimpleNamespace(req=req, sampling=Sampling(temperature=temperature),
-                           tokens=list(tokens), accept_rate=1.0)
+                           tokens=list(tokens), accept_rate=1.0, draft_len=0, drafted_at=0)
 
 
 def test_auto_proposes_for_greedy_sequences_while_the_engine_is_not_busy():
@@ -46,6 +53,25 @@ def test_a_sequence_whose_drafts_are_refused_stops_proposing():
         spec.verified(d, 4, 0)
     assert spec.propose(d, 1) == []
     assert Speculation("lookup", 4).propose(d, 1)  # lookup proposes whatever the rate
+    d.tokens += [13] * (REPROBE_TOKENS - 1)
+    assert spec.propose(d, 1) == []  # paused ...
+    d.tokens += [5, 6]
+    assert len(spec.propose(d, 1)) == 4  # ... until a probe, START_TOKENS long
+
+
+def test_a_drafts_length_follows_what_the_sequences_drafts_earned():
+    spec, d = Speculation("auto", draft_tokens=16), seq(tokens=[5, 6] * 20, new_tokens=200)
+    assert spec.wanted(d, 1) == START_TOKENS  # the first draft is short
+    spec.verified(d, 4, 4)
+    assert spec.wanted(d, 1) == 8  # accepted whole: doubled
+    spec.verified(d, 8, 8)
+    spec.verified(d, 16, 16)
+    assert spec.wanted(d, 1) == 16  # up to draft_tokens
+    spec.verified(d, 16, 2)
+    assert spec.wanted(d, 1) == 3  # refused at its 3rd token: one past what was accepted
+    spec.verified(d, 3, 0)
+    assert spec.wanted(d, 1) == 1
+    assert Speculation("auto", draft_tokens=2).wanted(seq(), 1) == 2  # never past the most
 
 
 def test_metrics_count_proposed_accepted_and_tokens_per_call():

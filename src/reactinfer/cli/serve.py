@@ -134,7 +134,8 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
                         "accepted; from --draft when given, else by prompt lookup), lookup or "
                         "draft (always, from that source) or off; same answers either way")
     p.add_argument("--draft-tokens", type=int, default=d("draft_tokens"),
-                   help="most tokens one draft proposes")
+                   help="most tokens one draft proposes (drafts start at 4 tokens and "
+                        "double while accepted whole)")
     p.add_argument("--draft", metavar="MODEL", default=d("draft"),
                    help="a draft model for speculative decoding: a smaller causal LM (GGUF "
                         "path or built-in name) with the served model's vocabulary")

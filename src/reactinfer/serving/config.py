@@ -67,7 +67,8 @@ class ServeConfig:
                     per sequence while its drafts are accepted; from the draft model when
                     one is given, else by prompt lookup), "lookup" or "draft" (always,
                     from that source), or "off"; the answer is the same either way
-    draft_tokens    most tokens one draft proposes
+    draft_tokens    most tokens one draft proposes (a sequence's drafts start at 4 and
+                    double while accepted whole)
     draft           a draft model for speculative decoding (a built-in name or GGUF path):
                     a smaller causal LM with the served model's vocabulary, run on
                     llama.cpp beside it; None (the default): no draft model
@@ -118,7 +119,7 @@ class ServeConfig:
     api_key: str | None = field(default=None, repr=False)
     llm_backend: str = "auto"
     speculate: str = "auto"
-    draft_tokens: int = 6
+    draft_tokens: int = 16
     draft: str | None = None
 
     def __post_init__(self) -> None:

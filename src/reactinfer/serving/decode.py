@@ -106,6 +106,8 @@ class Decoding:
     logprobs: list[Any] = field(default_factory=list)  # when asked: one entry per token
     lp_sent: int = 0  # entries streamed so far
     accept_rate: float = 1.0  # EWMA of its drafts' accepted / proposed tokens
+    draft_len: int = 0  # its next draft's length (0: not drafted yet; speculate.py)
+    drafted_at: int = 0  # len(tokens) when its last draft was checked
 
     @property
     def sampling(self) -> Sampling:

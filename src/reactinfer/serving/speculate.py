@@ -9,10 +9,15 @@ position). The loop picks each token from its row exactly as without a draft, an
 at the first that differs from the draft, so the answer is token for token the one
 without speculation.
 
-A draft costs its extra positions in the step whether they are right or not. On a busy
-engine the step is already compute-bound, so "auto" proposes only while at most
-`max_streams` sequences are decoding, and a sequence whose acceptance (an EWMA of
-accepted / proposed) falls below `min_accept` stops proposing.
+A draft costs its extra positions in the step whether they are right or not, so its
+length follows what the sequence's drafts earned: a sequence's first draft has
+START_TOKENS tokens; one accepted whole doubles the next (up to `draft_tokens`), one
+refused from its (a+1)-th token makes the next a+1 long. On a busy engine the step is
+already compute-bound, so "auto" proposes only while at most `max_streams` sequences are
+decoding, and a sequence whose acceptance (an EWMA of accepted / proposed) falls below
+`min_accept` pauses: it proposes again, START_TOKENS long, once REPROBE_TOKENS tokens
+have passed since its last draft (an answer that starts in its own words and then
+quotes its input gets its drafts back).
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from ..core.errors import UserError
 MODES = ("auto", "off", "lookup", "draft")  # lookup, draft: always propose, whatever the load
 NGRAM_MAX, NGRAM_MIN = 3, 1
 MAX_STREAMS = 2  # auto: no drafts when more sequences decode together
-MIN_ACCEPT = 0.3  # auto: a sequence below this acceptance EWMA stops proposing
+MIN_ACCEPT = 0.3  # auto: a sequence below this acceptance EWMA pauses its drafts ...
+REPROBE_TOKENS = 16  # ... until this many tokens have passed since its last draft
 ACCEPT_ALPHA = 0.3  # weight of the latest verification in that EWMA
+START_TOKENS = 4  # a sequence's first draft (and a paused one's next): then as earned
 TOKENS_PER_CALL_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 
 
@@ -168,7 +175,7 @@ class Speculation:
     of a draft model, when given) makes "auto" propose from it, else by prompt lookup."""
 
     mode: str = "auto"
-    draft_tokens: int = 6
+    draft_tokens: int = 16
     max_streams: int = MAX_STREAMS
     min_accept: float = MIN_ACCEPT
     draft: Any = None
@@ -190,11 +197,17 @@ class Speculation:
         """How many tokens `d`'s next draft may have (0: none), `decoding` running."""
         if self.proposer is None or not self.eligible(d):
             return 0
-        if self.mode == "auto" and (decoding > self.max_streams
-                                    or d.accept_rate < self.min_accept):
-            return 0
+        start = min(START_TOKENS, self.draft_tokens)
+        k = d.draft_len or start
+        if self.mode == "auto":
+            if decoding > self.max_streams:
+                return 0
+            if d.accept_rate < self.min_accept:  # paused: a short probe now and then
+                if len(d.tokens) - d.drafted_at < REPROBE_TOKENS:
+                    return 0
+                k = start
         left = d.req.job.new_tokens - len(d.tokens) - 1  # more would be cut by max_tokens
-        return max(0, min(self.draft_tokens, left))
+        return max(0, min(k, left))
 
     def propose_all(self, ds: Sequence[Any], decoding: int) -> list[list[int]]:
         """The drafts after each sequence's last token ([] for none)."""
@@ -215,10 +228,13 @@ class Speculation:
         if self.proposer is not None:
             self.proposer.release(d)
 
-    @staticmethod
-    def verified(d: Any, proposed: int, accepted: int) -> None:
-        """One draft checked: the sequence's acceptance EWMA moves."""
+    def verified(self, d: Any, proposed: int, accepted: int) -> None:
+        """One draft checked: the sequence's acceptance EWMA moves, and its next draft's
+        length follows (doubled when all was accepted, else one past what was)."""
         d.accept_rate += ACCEPT_ALPHA * (accepted / proposed - d.accept_rate)
+        d.draft_len = min(2 * proposed, self.draft_tokens) if accepted == proposed \
+            else accepted + 1
+        d.drafted_at = len(d.tokens)
 
 
 def record(metrics: Any, labels: dict[str, str], emitted: int, proposed: int,
