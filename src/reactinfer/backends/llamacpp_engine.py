@@ -52,6 +52,7 @@ import numpy as np
 # questions share their first word must not wait for each other).
 WAIT_MIN_TOKENS = 32
 
+
 @dataclass
 class _Seq:
     slot: int
