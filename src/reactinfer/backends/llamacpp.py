@@ -203,12 +203,13 @@ class LlamaCppRunner:
 
     def decode_engine(self, slots: int, step_tokens: int = 512,
                       kv_memory_gb: float | None = None,
-                      context: int | None = None) -> DecodeEngine:
+                      context: int | None = None, flash_attn: str = "auto") -> DecodeEngine:
         """A continuous-batching engine (llamacpp_engine.py) on a new context over the
         same weights: up to `slots` sequences of up to `context` tokens each (default
         SERVE_CONTEXT_CAP, never past the trained context), as many as a KV cache of
         `kv_memory_gb` holds (default: a fraction of the memory available; kv_plan.py).
-        The plan is kept in `kv_plan`; `serve_context` follows it."""
+        The plan is kept in `kv_plan`; `serve_context` follows it. `flash_attn`: llama.cpp's
+        flash attention, "auto" (its default), "on" or "off" (llama-cpp-python's default)."""
         m = self.llm._model
         lib = self._lib()
         bpt = kv_bytes_per_token(lib.llama_model_n_layer(m.model), lib.llama_model_n_head(
@@ -218,7 +219,7 @@ class LlamaCppRunner:
         plan = plan_kv(bpt, kv_budget(kv_memory_gb, avail), m.n_ctx_train(), slots,
                        want=context or SERVE_CONTEXT_CAP, available=avail)
         eng = DecodeEngine(m, self.n_vocab, self.threads, plan.n_ctx_seq, plan.slots,
-                           step_tokens)
+                           step_tokens, flash_attn=flash_attn)
         eng.kv_bytes_per_token = bpt  # from the metadata's head widths (kv_plan.py)
         eng.kv_plan = plan
         self.kv_plan = plan

@@ -51,6 +51,9 @@ import numpy as np
 # to its first token, evaluating a few tokens again costs the step a few ms (8 chats whose
 # questions share their first word must not wait for each other).
 WAIT_MIN_TOKENS = 32
+# llama.cpp's flash attention, by name: "auto" is llama.cpp's own default (on for CPUs);
+# llama-cpp-python's `Llama` turns it off, and greedy text can part where tokens nearly tie
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 
 @dataclass
@@ -99,12 +102,17 @@ class DecodeEngine:
     """Slots on one llama.cpp context sharing the model's mmap'ed weights."""
 
     def __init__(self, model: Any, n_vocab: int, threads: int, n_ctx_seq: int, slots: int,
-                 step_tokens: int = 512, cache_tokens: int | None = None):
+                 step_tokens: int = 512, cache_tokens: int | None = None,
+                 flash_attn: str = "auto"):
         import llama_cpp
 
         self._lib, self._model = llama_cpp, model  # the model must outlive the context
         if step_tokens <= slots:
             raise ValueError(f"step_tokens ({step_tokens}) must exceed slots ({slots})")
+        if flash_attn not in FLASH_ATTN:
+            raise ValueError(f"flash_attn must be one of {', '.join(FLASH_ATTN)}, not "
+                             f"{flash_attn!r}")
+        self.flash_attn = flash_attn
         self.n_vocab, self.slots, self.step_tokens = n_vocab, slots, step_tokens
         self.n_ctx = n_ctx_seq  # the most tokens (prompt + answer) of one sequence
         self.n_batch = step_tokens
@@ -112,6 +120,7 @@ class DecodeEngine:
         p.n_ctx, p.n_seq_max, p.kv_unified = n_ctx_seq * slots, slots, False
         p.n_batch = p.n_ubatch = self.n_batch  # one step is one ubatch
         p.n_threads = p.n_threads_batch = threads
+        p.flash_attn_type = FLASH_ATTN[flash_attn]
         self._ctx = llama_cpp.llama_init_from_model(model.model, p)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not make a context of {n_ctx_seq} tokens "

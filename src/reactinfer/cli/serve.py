@@ -65,7 +65,7 @@ def _serve(p: argparse.ArgumentParser):
 _SAME_NAME = ("slo_ms", "tpot_ms", "max_batch", "max_delay_ms", "max_queue", "cache_size",
               "max_inputs", "max_body_bytes", "max_image_bytes", "max_image_pixels",
               "long_text", "admit_quantile", "max_tokens", "llm_backend", "speculate",
-              "draft_tokens", "draft", "kv_memory_gb", "context")
+              "draft_tokens", "draft", "kv_memory_gb", "context", "flash_attn")
 
 
 def _add_batching_args(p: argparse.ArgumentParser, d: Any) -> None:
@@ -133,6 +133,9 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
                         "(while at most 2 streams decode, and while a stream's drafts are "
                         "accepted; from --draft when given, else by prompt lookup), lookup or "
                         "draft (always, from that source) or off; same answers either way")
+    p.add_argument("--flash-attn", choices=("auto", "on", "off"), default=d("flash_attn"),
+                   help="llama.cpp's flash attention: auto (llama.cpp's default), on, or off "
+                        "(llama-cpp-python's default: the same greedy text as its Llama)")
     p.add_argument("--draft-tokens", type=int, default=d("draft_tokens"),
                    help="most tokens one draft proposes (drafts start at 4 tokens and "
                         "double while accepted whole)")

@@ -75,7 +75,7 @@ class StepDecodingRunner(Protocol):
 
     def decode_engine(self, slots: int, step_tokens: int = 512,
                       kv_memory_gb: float | None = None,
-                      context: int | None = None) -> Any: ...
+                      context: int | None = None, flash_attn: str = "auto") -> Any: ...
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ def require(packages: Sequence[str], what: str) -> None:
     if missing:
         raise UserError(f"{what} needs {', '.join(missing)}: pip install 'reactinfer[all]' "
                         "(or run `make`)")
+FLASH_ATTN_MODES = ("auto", "on", "off")  # backends/llamacpp_engine.FLASH_ATTN
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ServeConfig:
                     per sequence while its drafts are accepted; from the draft model when
                     one is given, else by prompt lookup), "lookup" or "draft" (always,
                     from that source), or "off"; the answer is the same either way
+    flash_attn      llama.cpp's flash attention in decode engines: "auto" (llama.cpp's
+                    default, on for CPUs), "on", or "off" (llama-cpp-python's default:
+                    its greedy text, token for token, where tokens nearly tie)
     draft_tokens    most tokens one draft proposes (a sequence's drafts start at 4 and
                     double while accepted whole)
     draft           a draft model for speculative decoding (a built-in name or GGUF path):
@@ -121,6 +125,7 @@ class ServeConfig:
     speculate: str = "auto"
     draft_tokens: int = 16
     draft: str | None = None
+    flash_attn: str = "auto"
 
     def __post_init__(self) -> None:
         if self.slo_ms is not None and not self.slo_ms > 0:
@@ -162,6 +167,9 @@ class ServeConfig:
                             f"got {self.draft!r}")
         if self.speculate == "draft" and self.draft is None:
             raise UserError("serve: speculate='draft' needs a draft model: pass --draft MODEL")
+        if self.flash_attn not in FLASH_ATTN_MODES:
+            raise UserError(f"serve: flash_attn must be one of {', '.join(FLASH_ATTN_MODES)}, "
+                            f"got {self.flash_attn!r}")
         if self.labels is not None:
             object.__setattr__(self, "labels", check_labels(self.labels))
         if self.long_text not in LONG_TEXT_POLICIES:
@@ -184,9 +192,10 @@ class ServeConfig:
         """The time-per-token objective in seconds; infinite when there is none."""
         return math.inf if self.tpot_ms is None else self.tpot_ms / 1e3
 
-    def kv_options(self) -> dict[str, Any]:
+    def engine_options(self) -> dict[str, Any]:
         """What a decode engine is made with (runner.decode_engine's keywords)."""
-        return {"kv_memory_gb": self.kv_memory_gb, "context": self.context}
+        return {"kv_memory_gb": self.kv_memory_gb, "context": self.context,
+                "flash_attn": self.flash_attn}
 
     @property
     def max_delay_s(self) -> float:

@@ -193,7 +193,7 @@ def engine_of(v: Variant, slots: int = SLOTS, config: ServeConfig | None = None)
         runner = v.handle.runner()
         if not isinstance(runner, StepDecodingRunner):
             return None
-        kv = {} if config is None else config.kv_options()
+        kv = {} if config is None else config.engine_options()
         eng = v.engine = runner.decode_engine(slots, STEP_TOKENS, **kv)
         v.gen.slots = eng.slots  # the plan may give fewer than asked
         v.kv_plan = getattr(eng, "kv_plan", None)  # an engine sized by a plan says so

@@ -118,7 +118,8 @@ class DraftModel:
         if eng is None:
             target = v.engine
             eng = v.draft_engine = self.runner.decode_engine(  # its context: the target's
-                target.slots, target.step_tokens, context=target.n_ctx)
+                target.slots, target.step_tokens, context=target.n_ctx,
+                flash_attn=target.flash_attn)
         return eng
 
     def propose(self, wants: Sequence[tuple[Any, int]]) -> list[list[int]]:
