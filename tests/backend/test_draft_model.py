@@ -47,11 +47,12 @@ class Runner:
         self.llm = Llama(model_path=str(handle.files["model.gguf"]), n_ctx=64, n_threads=1,
                          verbose=False)
 
-    def decode_engine(self, slots, step_tokens, kv_memory_gb=None, context=None):
+    def decode_engine(self, slots, step_tokens, kv_memory_gb=None, context=None,
+                      flash_attn="auto"):
         from reactinfer.backends.llamacpp_engine import DecodeEngine
 
         return DecodeEngine(self.llm._model, self.llm.n_vocab(), 1, context or CTX, slots,
-                            step_tokens, 0)
+                            step_tokens, 0, flash_attn=flash_attn)
 
 
 @pytest.fixture(scope="module")
