@@ -5,6 +5,8 @@ decode engine, continuous batching) against llama-cpp-python's own server
 For 1, 4 and 8 concurrent streaming chats (max_tokens fixed, greedy), per server:
 aggregate tokens/s, p50/p99 time to first token, p50/p99 gap between streamed tokens.
 "1 concurrent" runs the same 8 chats one after another: the ×N columns compare with it.
+Every run's questions start with a tag of its own ("Session 8.1."), the same for both
+servers: no run finds its prompts in a server's prompt cache from an earlier one.
 Both servers are up together and take turns setting by setting, round by round, so a
 slow spell of a shared machine hits both. Also measured: each server's start-up (launch
 until ready), the batched-decode roofline (B sequences per llama_decode step, straight on
@@ -84,9 +86,11 @@ async def one_chat(client: httpx.AsyncClient, model: str, question: str, max_tok
     return {"t0": t0, "arrivals": arrivals, "text": text, "status": status}
 
 
-async def run_setting(base: str, model: str, concurrency: int, max_tokens: int
-                      ) -> dict[str, Any]:
-    """The 8 questions, `concurrency` at a time (1: one after another)."""
+async def run_setting(base: str, model: str, concurrency: int, max_tokens: int,
+                      tag: str = "") -> dict[str, Any]:
+    """The 8 questions, `concurrency` at a time (1: one after another). `tag` starts every
+    question ("Session TAG."): a run with a tag of its own finds none of its prompts in a
+    server's prompt cache (ReAct's prefix cache, llama_cpp.server's `cache_prompt`)."""
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         async def go(q: str) -> dict[str, Any]:
@@ -94,7 +98,8 @@ async def run_setting(base: str, model: str, concurrency: int, max_tokens: int
                 return await one_chat(client, model, q, max_tokens)
 
         start = time.perf_counter()
-        outs = await asyncio.gather(*(go(q) for q in QUESTIONS))
+        outs = await asyncio.gather(*(go(f"Session {tag}. {q}" if tag else q)
+                                      for q in QUESTIONS))
         wall = time.perf_counter() - start
     ttft = [o["arrivals"][0] - o["t0"] for o in outs if o["arrivals"]]
     gaps = [b - a for o in outs for a, b in zip(o["arrivals"], o["arrivals"][1:], strict=False)]
@@ -227,7 +232,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"Model: {r['model']}; {r['max_tokens']} new tokens per chat (greedy), 8 chats "
              f"per setting, {r['rounds']} round(s), best round per cell. CPU: "
              f"{hw.get('cpu_model', '?')}, {THREADS} threads. "
-             f"{r.get('note', '')} Compare ratios within this run.".strip(), "",
+             f"{r.get('note', '')} Compare ratios within this run. Every run's prompts are "
+             "new to both servers (a tag of its own).".strip(), "",
              "| server | concurrent | tokens/s | × sequential | p50 TTFT ms | p99 TTFT ms | "
              "last first token ms | p50 gap ms | p99 gap ms |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -297,9 +303,9 @@ def main() -> None:
             bases[name], startup[name] = stack.enter_context(process(cmd, ready, src=src))
             print(name, f"ready after {startup[name]:.1f} s", flush=True)
         for c in (1, 4, 8):
-            for _ in range(rounds):
-                for name, base in bases.items():
-                    s = asyncio.run(run_setting(base, "smollm2", c, max_tokens))
+            for k in range(rounds):
+                for name, base in bases.items():  # new prompts to each, the same to both
+                    s = asyncio.run(run_setting(base, "smollm2", c, max_tokens, f"{c}.{k}"))
                     best = results[name].get(str(c))
                     if best is None or s["chunks_per_s"] > best["chunks_per_s"]:
                         results[name][str(c)] = s
@@ -313,8 +319,6 @@ def main() -> None:
          "versions": package_versions(),
          "ratio_at_8": results["react"]["8"]["chunks_per_s"] / theirs8["chunks_per_s"]
          if theirs8 and "react" in results else None,
-         "same_text_sequential_vs_8": {name: x["1"]["texts"] == x["8"]["texts"]
-                                       for name, x in results.items()},
          "roofline": roofline(gguf, max_tokens)}
     from reactinfer.serving.app import gguf_on_llamacpp
 
