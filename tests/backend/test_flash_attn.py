@@ -55,10 +55,11 @@ def test_flash_attention_off_gives_llama_cpp_pythons_very_logits(gguf_llm):
 
 
 def test_a_bad_flash_attention_setting_is_refused(gguf_llm):
-    from reactinfer.backends.llamacpp_engine import DecodeEngine
+    from reactinfer.backends.llamacpp_engine import FLASH_ATTN, DecodeEngine
     from reactinfer.core.errors import UserError
-    from reactinfer.serving.config import ServeConfig
+    from reactinfer.serving.config import FLASH_ATTN_MODES, ServeConfig
 
+    assert set(FLASH_ATTN_MODES) == set(FLASH_ATTN)  # the config's names are the engine's
     llm, _ = gguf_llm
     with pytest.raises(ValueError, match="flash_attn"):
         DecodeEngine(llm._model, llm.n_vocab(), 1, N_CTX, 2, 32, flash_attn="yes")

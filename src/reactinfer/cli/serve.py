@@ -133,7 +133,9 @@ def _add_generation_args(p: argparse.ArgumentParser, d: Any) -> None:
                         "(while at most 2 streams decode, and while a stream's drafts are "
                         "accepted; from --draft when given, else by prompt lookup), lookup or "
                         "draft (always, from that source) or off; same answers either way")
-    p.add_argument("--flash-attn", choices=("auto", "on", "off"), default=d("flash_attn"),
+    from ..serving.config import FLASH_ATTN_MODES
+
+    p.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=d("flash_attn"),
                    help="llama.cpp's flash attention: auto (llama.cpp's default), on, or off "
                         "(llama-cpp-python's default: the same greedy text as its Llama)")
     p.add_argument("--draft-tokens", type=int, default=d("draft_tokens"),

@@ -24,7 +24,12 @@ def require(packages: Sequence[str], what: str) -> None:
     if missing:
         raise UserError(f"{what} needs {', '.join(missing)}: pip install 'reactinfer[all]' "
                         "(or run `make`)")
-FLASH_ATTN_MODES = ("auto", "on", "off")  # backends/llamacpp_engine.FLASH_ATTN
+
+
+# llama.cpp's flash attention settings by name: the keys of backends/llamacpp_engine.FLASH_ATTN
+# (not imported here: that would load every backend module for each CLI command; a test
+# holds the two together)
+FLASH_ATTN_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
