@@ -1,0 +1,120 @@
+"""llama.cpp's own costs under `react serve`, without HTTP: how fast a GGUF file evaluates
+a ~490-token prompt (llama-cpp-python alone, its defaults, all threads: one row per file,
+e.g. the packaged Q4_1 against q8_0 / q4_0 files made by `react optimize`), and what
+flash attention does to the decode engine (`--flash-attn auto` against `off`): a prompt's
+evaluation and one decode step of 1, 4 and 8 sequences with ~300-token contexts, the two
+settings taking turns round by round (median of the rounds).
+
+    PYTHONPATH=src python benchmarks/llamacpp_engine.py          # results/llamacpp_engine.*
+    PYTHONPATH=src python benchmarks/llamacpp_engine.py --files OUT/variants/*/model.gguf
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, hardware, median, table_head, write_results
+from serve_prefix import SYSTEM
+
+THREADS = os.cpu_count() or 1
+PROMPT = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+
+
+def prefill_s(path: str, rounds: int) -> tuple[int, float]:
+    """The prompt's tokens, and the median seconds llama-cpp-python takes to evaluate it."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS,
+                verbose=False)
+    ids = llm.tokenize(PROMPT.encode(), special=True)
+    times = []
+    for _ in range(rounds):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        times.append(time.perf_counter() - t0)
+    return len(ids), median(times)
+
+
+def flash_attn_ab(path: str, rounds: int, steps: int = 20) -> dict[str, dict[str, float]]:
+    """Per setting: the prompt's evaluation and a decode step at B = 1, 4, 8 (seconds)."""
+    from llama_cpp import Llama
+
+    from reactinfer.backends.llamacpp_engine import DecodeEngine
+
+    llm = Llama(model_path=path, n_ctx=64, n_threads=THREADS, verbose=False)
+    ids = llm.tokenize(PROMPT.encode(), special=True)
+    engines = {fa: DecodeEngine(llm._model, llm.n_vocab(), THREADS, 2048, 8, 512,
+                                cache_tokens=0, flash_attn=fa) for fa in ("auto", "off")}
+    got: dict[str, dict[str, list[float]]] = {fa: {} for fa in engines}
+
+    def fresh(r: int, i: int, n: int) -> list[int]:  # new to the engine: nothing reused
+        return [ids[0]] + [(t + 7 * i + r) % 30000 + 100 for t in ids[1:n]]
+
+    for r in range(rounds):
+        for fa, eng in engines.items():
+            sid, t0 = eng.start(fresh(r, 99, len(ids)), 4), time.perf_counter()
+            while sid not in eng.step().logits:
+                pass
+            got[fa].setdefault("prompt", []).append(time.perf_counter() - t0)
+            eng.release(sid)
+            for b in (1, 4, 8):
+                sids = [eng.start(fresh(r, i, 300), steps + 4) for i in range(b)]
+                ready: set[int] = set()
+                while len(ready) < b:
+                    ready |= set(eng.step().logits)
+                for s in sids:
+                    eng.feed(s, 200)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    out = eng.step().logits
+                    for s in sids:
+                        eng.feed(s, int(out[s].argmax()))
+                got[fa].setdefault(f"step_b{b}", []).append((time.perf_counter() - t0) / steps)
+                eng.step()
+                for s in sids:
+                    eng.release(s)
+    return {fa: {k: median(v) for k, v in d.items()} for fa, d in got.items()}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# llama.cpp under `react serve`: prompt evaluation by file, flash attention", "",
+             r["hardware_summary"], "", f"Prompt: {r['prompt_tokens']} tokens, "
+             f"{THREADS} threads, median of {r['rounds']} rounds.", "",
+             *table_head("file (llama-cpp-python alone)", "prompt s", "tokens/s")]
+    for name, s in r["prefill"].items():
+        lines.append(f"| {name} | {s:.2f} | {r['prompt_tokens'] / s:.0f} |")
+    ab = r["flash_attn"]
+    lines += ["", f"Decode engine on {r['engine_file']}, ~300-token contexts:", "",
+              *table_head("--flash-attn", "prompt s", "step ms, 1 seq", "4 seqs", "8 seqs")]
+    for fa, m in ab.items():
+        lines.append(f"| {fa} | {m['prompt']:.2f} | {m['step_b1'] * 1e3:.1f} | "
+                     f"{m['step_b4'] * 1e3:.1f} | {m['step_b8'] * 1e3:.1f} |")
+    return "\n".join(lines + ["", r["note"]] if r["note"] else lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--files", nargs="*", default=[], help="more GGUF files to time the "
+                    "prompt on (the packaged smollm2 file always comes first)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="how the machine was while this ran")
+    a = ap.parse_args()
+    from reactinfer.models.zoo import BUILTINS
+
+    packaged = str(BUILTINS["smollm2"].path())
+    prefill, n = {}, 0
+    for path in [packaged, *a.files]:
+        n, prefill[Path(path).name if path == packaged else path] = prefill_s(path, a.rounds)
+    result = {"prompt_tokens": n, "rounds": a.rounds, "prefill": prefill,
+              "engine_file": Path(packaged).name,
+              "flash_attn": flash_attn_ab(packaged, a.rounds), "note": a.note, **hardware()}
+    write_results(Path(a.out) / "llamacpp_engine", result, markdown(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
