@@ -94,7 +94,7 @@ def test_a_prompt_waits_for_an_earlier_one_only_when_that_saves_many_tokens(make
     engine, ids = make
     system = ids[:40]
     p1 = system + ids[40:45]
-    p2 = system + ids[40:42] + ids[50:53]  # 2 more tokens in common with p1, not 32
+    p2 = system + ids[40:42] + ids[50:53]  # 2 more tokens in common with p1: too few to wait for
     assert WAIT_MIN_TOKENS > 2
     refs = [greedy(engine(cache_tokens=0), [p])[0][0] for p in (p1, p2)]
     eng = engine()
@@ -106,6 +106,18 @@ def test_a_prompt_waits_for_an_earlier_one_only_when_that_saves_many_tokens(make
     eng.release(s1), eng.release(s2)
     answers, _ = greedy(eng, [p1, p2])  # again, from what the streams now hold
     assert answers == refs
+
+
+def test_a_burst_on_a_short_system_prompt_evaluates_it_once(make):
+    """Chats on a model's own short system prompt (smollm2's is 30 tokens) arriving
+    together: the later ones wait a step for the first to evaluate it, the same answers."""
+    engine, ids = make
+    system = ids[:30]
+    prompts = [system + ids[40 + 5 * i:45 + 5 * i] for i in range(3)]
+    refs = [greedy(engine(cache_tokens=0), [p])[0][0] for p in prompts]
+    answers, evaluated = greedy(engine(), prompts)
+    assert answers == refs
+    assert sum(evaluated) == 30 + 3 * 5 + 3 * 5  # prompts, then 5 fed tokens each
 
 
 def test_idle_caches_are_bounded_least_recently_used_first(make):

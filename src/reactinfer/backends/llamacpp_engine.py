@@ -47,10 +47,13 @@ from typing import Any
 import numpy as np
 
 # A prompt waits a step for an earlier one to evaluate a shared prefix only when that saves
-# at least this many tokens over the best prefix at hand now: waiting costs it a whole step
-# to its first token, evaluating a few tokens again costs the step a few ms (8 chats whose
-# questions share their first word must not wait for each other).
-WAIT_MIN_TOKENS = 32
+# at least this many tokens over the best prefix at hand now. Waiting costs it one step (a
+# decode step of the running streams, 10-60 ms on a CPU) and a copy of the stream (~20 ms
+# for 2,048 cells of a small model); evaluating a prompt token costs 1.5-5 ms (smollm2:
+# 1.7 ms from q4_0, 4.3 from Q4_1, 2 cores), so 16 tokens pay for the wait. 8 chats whose
+# questions share their first word do not wait for each other; 8 that share a system
+# prompt of 30 tokens (smollm2's own) evaluate it once, not 8 times.
+WAIT_MIN_TOKENS = 16
 # llama.cpp's flash attention, by name: "auto" is llama.cpp's own default (on for CPUs);
 # llama-cpp-python's `Llama` turns it off, and greedy text can part where tokens nearly tie
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
