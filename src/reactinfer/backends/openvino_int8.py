@@ -10,8 +10,10 @@ calibration data, and the ranking of quantized layers the planner's repair falls
   SMOOTH_QUANT_ALPHAS and keeps the one whose output is closest to the float model's on
   the calibration items, as Intel Neural Compressor's SmoothQuant auto-alpha does. On
   minilm (benchmarks/results/openvino_int8_minilm.md) the choice, 0.8, also had the best
-  top-10 recall on the held-out texts. The choice is remembered per torch model in this
-  process, so a fallback of the same model does not tune again.
+  top-10 recall on the held-out texts. A whole tuning's choice is kept in ReAct's cache
+  (core/cache.py, `smooth-quant/`), keyed by a hash of the float model's graph and
+  weights, the calibration items and the settings: the same model quantized again (a
+  fallback, a second `bench` or `optimize`) quantizes once, at that alpha.
 - `rank_layers`: for each quantized MatMul/convolution of an int8 IR, how much the model's
   output error (against the float model, on calibration items) falls when that one layer
   is float (its input's int8 FakeQuantize bypassed, its fp32 weight).
@@ -22,15 +24,19 @@ calibration data, and the ranking of quantized layers the planner's repair falls
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
+import os
 import time
-import weakref
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.cache import cache_dir
 from ..core.deadline import check as check_deadline
 from ..core.deadline import seconds_left
 from ..core.errors import UserError
@@ -52,9 +58,6 @@ LAYER_OPS = ("MatMul", "Convolution", "GroupConvolution")  # ONNX MatMul / Gemm 
 # ops between a FakeQuantize and the layer it quantizes for that leave the values as they are
 VALUE_PRESERVING = ("Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's suffix on a Conv / Gemm split from its bias Add
-# alpha chosen per torch model (and calibration settings) in this process
-_TUNED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], float]] = \
-    weakref.WeakKeyDictionary()
 
 
 def _onnx_name(op: Any) -> str:
@@ -138,16 +141,61 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
         return run(None), None
     if smooth_quant != "auto":
         return run(smooth_quant), smooth_quant
-    key = (n_items, overflow_fix)
-    known = _TUNED.get(handle.model, {}) if handle.model is not None else {}
-    if key in known:
-        return run(known[key]), known[key]
+    key = tuning_key(model, data, overflow_fix, sorted(fp32_layers))
+    path = cache_dir() / "smooth-quant" / f"{key}.json"
+    known = _cached_alpha(path)
+    if known is not None:
+        logging.getLogger(__name__).info("SmoothQuant alpha %s, tuned before on the same model "
+                                         "and calibration items (%s)", known, path)
+        return run(known), known
     alpha, errors, best = tune_smooth_quant(model, data, run)
-    if handle.model is not None:
-        _TUNED.setdefault(handle.model, {})[key] = alpha
+    if len(errors) == len(SMOOTH_QUANT_ALPHAS):  # a tuning a deadline cut short is not kept
+        _keep_alpha(path, alpha, errors)
     logging.getLogger(__name__).info("SmoothQuant alpha %s (output error by alpha: %s)",
                                      alpha, errors)
     return best, alpha
+
+
+def tuning_key(model: Any, feeds: Sequence[dict[str, np.ndarray]], *settings: Any) -> str:
+    """A hash of what decides a SmoothQuant tuning: the float model's ops in order (their
+    types and output shapes, every constant's bytes), the calibration inputs, the settings, and
+    the versions of NNCF and OpenVINO."""
+    import nncf
+    import openvino as ov
+
+    h = hashlib.sha256(repr((SMOOTH_QUANT_ALPHAS, nncf.__version__, ov.get_version(),
+                             settings)).encode())
+    for op in model.get_ordered_ops():
+        # types and shapes, not names: OpenVINO numbers unnamed ops afresh in each build
+        shapes = [str(o.get_partial_shape()) for o in op.outputs()]
+        h.update(f"{op.get_type_name()}{shapes};".encode())
+        if op.get_type_name() == "Constant":
+            h.update(np.ascontiguousarray(op.get_data()).tobytes())
+    for feed in feeds:
+        for name in sorted(feed):
+            h.update(name.encode() + np.ascontiguousarray(feed[name]).tobytes())
+    return h.hexdigest()
+
+
+def _cached_alpha(path: Path) -> float | None:
+    """The alpha a whole tuning chose, where the cache holds a sound entry for it."""
+    try:
+        alpha = json.loads(path.read_text())["alpha"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(alpha) if alpha in SMOOTH_QUANT_ALPHAS else None
+
+
+def _keep_alpha(path: Path, alpha: float, errors: dict[float, float]) -> None:
+    """Into the cache, written whole or not at all (a read-only home costs a tuning)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"alpha": alpha, "output_error": {
+            str(a): e for a, e in errors.items()}}))
+        os.replace(tmp, path)
+    except OSError as e:
+        logging.getLogger(__name__).info("SmoothQuant alpha not cached (%s)", e)
 
 
 def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],
