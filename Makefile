@@ -29,7 +29,7 @@ run: $(STAMP)
 # Ray Serve's replica-restart test runs in a process of its own (REACT_SLOW_TESTS=1): after
 # the other suites in one process its restarted replica was not scheduled in time.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 	REACT_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_cluster_serve.py
 
 test-unit: $(STAMP)
