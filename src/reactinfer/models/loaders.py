@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.cache import cache_dir
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
 from ..core.handle import ModelHandle, check_task, takes_images, task_names
 from ..core.images import as_preprocess
+from .conversions import converted
 from .hf import hf_from_pretrained
 from .zoo import BUILTINS
 
@@ -97,22 +97,13 @@ def load_hf_dir(directory: Path, task: str | None = None, name: str | None = Non
 def load_gguf(path: Path, task: str | None = None, name: str | None = None,
               source: dict | None = None, **_: Any) -> ModelHandle:
     """A GGUF causal LM; transformers de-quantizes it to float32 torch weights."""
-    import torch
-    import transformers
-
     if task not in (None, "causal-lm"):
         raise UserError(f"a GGUF file holds a causal LM; task {task!r} does not fit")
     path = Path(path)
     if source is None:
         source = {"kind": "gguf", "ref": str(path.resolve()), "sha256": sha256_file(path)}
     tokenizer = gguf_tokenizer(path, source["sha256"])
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, local_files_only=True, torch_dtype=torch.float32,
-            **_dequantize_gguf_kwargs(), **_gguf_config_kwargs(path))
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"could not read GGUF file {path}: {e}") from None
-    model = drop_dense_quantizer_marker(model).eval()
+    model = gguf_torch_model(path, source["sha256"])
     # No runtime file: the handle runs (and saves) its float torch weights; llama.cpp finds
     # the unchanged GGUF through `source` (backends.gguf_convert.source_gguf) when it can
     # use it as is, and a transformed model must not carry the stale file into an artifact.
@@ -143,42 +134,61 @@ def gguf_file_handle(model: str | Path) -> ModelHandle | None:
                        max_length=DEFAULT_MAX_LENGTH["causal-lm"])
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
 def gguf_tokenizer(path: Path, sha256: str) -> Any:
     """The Hugging Face tokenizer (and chat template) stored in a GGUF file's metadata.
 
     transformers reads it with gguf-py, which walks every string of the vocabulary and
     merges (about 7 s for smollm2's 49k tokens, and it imports torch). Converted once, it
-    is kept as JSON in the cache (REACT_CACHE_DIR/tokenizers/<the GGUF's sha256>/, with
-    the sha256 of each file in `hashes.json`, verified on every load) and read back with
-    `PreTrainedTokenizerFast` in about 0.3 s, without torch."""
+    is kept in the cache (conversions.py: `tokenizers/<the GGUF's sha256>/`, verified on
+    every load) and read back with `PreTrainedTokenizerFast` in about 0.3 s, without
+    torch."""
     import transformers
 
-    cached = cache_dir() / "tokenizers" / sha256
-    hashes = cached / "hashes.json"
-    if hashes.is_file():
-        want = json.loads(hashes.read_text())
-        if all(sha256_file(cached / f, cached=False) == h for f, h in want.items()):
-            return transformers.PreTrainedTokenizerFast.from_pretrained(
-                cached, local_files_only=True)
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
-                                                         local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"could not read GGUF file {path}: {e}") from None
-    tmp = cached.with_name(f"{sha256}.tmp{os.getpid()}")
-    try:  # a cache that cannot be written only costs the next start its seconds
-        tok.save_pretrained(tmp)
-        files = sorted(p.name for p in tmp.iterdir() if p.name in TOKENIZER_FILES)
-        (tmp / "hashes.json").write_text(json.dumps({f: sha256_file(tmp / f) for f in files}))
-        if cached.exists():  # stale or damaged: replaced
-            shutil.rmtree(cached)
-        os.replace(tmp, cached)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tok
+    def derive() -> Any:
+        try:
+            return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                                              local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"could not read GGUF file {path}: {e}") from None
+
+    return converted("tokenizers", sha256, derive, lambda tok, d: tok.save_pretrained(d),
+                     lambda d: transformers.PreTrainedTokenizerFast.from_pretrained(
+                         d, local_files_only=True))
+
+
+def gguf_torch_model(path: Path, sha256: str) -> Any:
+    """A GGUF file's causal LM de-quantized to float32 torch weights.
+
+    transformers' GGUF reader takes ~25 s for smollm2 (135M parameters; it parses the
+    vocabulary again and builds a name map per tensor). Converted once, the float model is
+    kept in the cache (conversions.py: `gguf-torch/<the GGUF's sha256>/`, safetensors and
+    config.json, verified on every load) and read back in a few seconds: the same
+    tensors, bit for bit. Not kept where the cache's disk would be left with less than
+    twice its size free."""
+    import torch
+    import transformers
+
+    def derive() -> Any:
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, local_files_only=True,
+                torch_dtype=torch.float32, **_dequantize_gguf_kwargs(),
+                **_gguf_config_kwargs(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"could not read GGUF file {path}: {e}") from None
+        return drop_dense_quantizer_marker(model)
+
+    def save(model: Any, d: Path) -> None:
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        if shutil.disk_usage(d).free < 2 * size:
+            raise OSError(f"{size / 2**20:.0f} MiB of weights would fill the disk")
+        model.save_pretrained(d, safe_serialization=True)
+
+    def read(d: Path) -> Any:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            d, local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
+
+    return converted("gguf-torch", sha256, derive, save, read).eval()
 
 
 def _gguf_config_kwargs(path: Path) -> dict[str, Any]:

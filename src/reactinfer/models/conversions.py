@@ -1,0 +1,61 @@
+"""Conversions kept in ReAct's cache (core/cache.py): what is slow to derive from a model
+file (a GGUF's tokenizer, its de-quantized torch weights) is derived once and kept under
+REACT_CACHE_DIR/<kind>/<the file's sha256>/, with the sha256 of every file of the entry in
+`hashes.json`, verified on every load: a damaged or partial entry is derived again and
+replaced. An entry is written whole or not at all (a directory renamed into place), and a
+cache that cannot be written only costs the next load its seconds."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ..core.cache import cache_dir
+from ..core.files import sha256_file
+
+T = TypeVar("T")
+HASHES = "hashes.json"
+log = logging.getLogger(__name__)
+
+
+def entry_dir(kind: str, sha256: str) -> Path:
+    return cache_dir() / kind / sha256
+
+
+def verified(entry: Path) -> bool:
+    """The entry is there, and every file it lists has the bytes it had when written."""
+    try:
+        want = json.loads((entry / HASHES).read_text())
+        return bool(want) and all(sha256_file(entry / f, cached=False) == h
+                                  for f, h in want.items())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def converted(kind: str, sha256: str, derive: Callable[[], T], save: Callable[[T, Path], None],
+              read: Callable[[Path], T]) -> T:
+    """`read` of the verified entry for this file, else `derive()`, kept by `save` (into
+    an empty directory) for the next time."""
+    entry = entry_dir(kind, sha256)
+    if verified(entry):
+        return read(entry)
+    value = derive()
+    tmp = entry.with_name(f"{sha256}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save(value, tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        (tmp / HASHES).write_text(json.dumps({f: sha256_file(tmp / f, cached=False)
+                                              for f in files}))
+        if entry.exists():  # stale or damaged: replaced
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    except (OSError, ValueError, RuntimeError, NotImplementedError) as e:
+        log.info("not kept in the cache (%s): %s", entry, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return value
