@@ -115,3 +115,22 @@ def test_a_draft_model_is_a_setting_checked_at_the_door(tmp_path):
     with pytest.raises(UserError, match="needs a draft model"):
         Speculation("draft", 4)
     assert Speculation("off", 4, draft=object()).proposer is None
+
+
+def test_a_failing_draft_model_gives_way_to_prompt_lookup_in_auto():
+    """A draft model whose engine cannot start: "auto" falls back to prompt lookup,
+    "draft" (asked for by name) stops proposing; neither raises at every step."""
+    class Broken:
+        def decode_engine(self, *a, **k):
+            raise RuntimeError("llama.cpp could not make a context")
+
+    for mode, source, after in (("auto", "lookup", [7, 8, 9, 10]), ("draft", "", [])):
+        spec = Speculation(mode, 4, draft=Broken())
+        d = seq()
+        d.variant = SimpleNamespace(draft_engine=None, engine=SimpleNamespace(
+            slots=2, step_tokens=64, n_ctx=128, flash_attn="auto"))
+        with pytest.raises(RuntimeError):
+            spec.propose(d, 1)
+        assert "from now on" in spec.failed([d])
+        assert spec.source == source
+        assert spec.propose(seq(), 1) == after

@@ -421,9 +421,10 @@ class DecodeLoop:
         try:
             drafts = self.spec.propose_all([d for _, d in nxt], decoding)
         except Exception:  # noqa: BLE001  (a failed draft costs its speed, never the answer)
-            log.exception("speculative drafts failed; these tokens decode without one")
-            for _, d in nxt:
-                self.spec.release(d)
+            source = self.spec.source
+            now = self.spec.failed([d for _, d in nxt])
+            log.exception("speculative drafts (%s) failed; these tokens decode without "
+                          "one, and %s", source, now)
             drafts = [[] for _ in nxt]
         for (eng, d), draft in zip(nxt, drafts, strict=True):
             eng.feed(d.sid, d.tokens[-1], draft)

@@ -229,6 +229,22 @@ class Speculation:
         if self.proposer is not None:
             self.proposer.release(d)
 
+    def failed(self, ds: Sequence[Any]) -> str:
+        """The proposer raised (a draft model whose engine cannot start, say): `ds`
+        decode without a draft, and later drafts come by prompt lookup ("auto" with a
+        draft model), else none come: a broken proposer must not cost every step an
+        exception. What happens now, in words."""
+        for d in ds:
+            try:
+                self.release(d)
+            except Exception:  # noqa: BLE001  (what the broken proposer held is dropped)
+                pass
+        if self.mode == "auto" and self.source == "draft":
+            self.source, self.proposer = "lookup", Lookup()
+            return "drafts come by prompt lookup from now on"
+        self.source, self.proposer = "", None
+        return "no drafts from now on"
+
     def verified(self, d: Any, proposed: int, accepted: int) -> None:
         """One draft checked: the sequence's acceptance EWMA moves, and its next draft's
         length follows (doubled when all was accepted, else one past what was)."""
