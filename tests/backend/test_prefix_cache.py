@@ -138,3 +138,23 @@ def test_idle_caches_are_bounded_least_recently_used_first(make):
     assert off.cached_tokens == 0
     with pytest.raises(ValueError):
         engine(cache_tokens=-1)
+
+
+def test_a_step_lays_its_sequences_out_in_slot_order(make):
+    """llama.cpp runs a step on per-sequence streams in one pass per run of consecutive
+    sequence ids: the step writes its tokens in slot order, whatever order the sequences
+    joined in, and a new sequence takes the lowest empty slot."""
+    engine, ids = make
+    eng = engine(slots=3, cache_tokens=0)
+    a, b, c = (eng.start(ids[i * 10:i * 10 + 5], 4) for i in range(3))
+    assert (a, b, c) == (0, 1, 2)
+    eng.step()
+    eng.release(a)
+    d = eng.start(ids[50:55], 4)  # joins last, in the lowest slot
+    assert d == 0
+    for sid in (b, c):
+        eng.feed(sid, ids[60])
+    eng.step()
+    batch = eng._batch
+    order = [batch.seq_id[i][0] for i in range(batch.n_tokens)]
+    assert order == sorted(order) and set(order) == {0, 1, 2}
