@@ -1,6 +1,6 @@
 """Conversions kept in ReAct's cache (core/cache.py): what is slow to derive from a model
 file (a GGUF's tokenizer, its de-quantized torch weights) is derived once and kept under
-REACT_CACHE_DIR/<kind>/<the file's sha256>/, with the sha256 of every file of the entry in
+REACT_CACHE_DIR/<kind>/<the file's sha256 ...>/, with the sha256 of every file of the entry in
 `hashes.json`, verified on every load: a damaged or partial entry is derived again and
 replaced. An entry is written whole or not at all (a directory renamed into place), and a
 cache that cannot be written only costs the next load its seconds."""
@@ -22,8 +22,8 @@ HASHES = "hashes.json"
 log = logging.getLogger(__name__)
 
 
-def entry_dir(kind: str, sha256: str) -> Path:
-    return cache_dir() / kind / sha256
+def entry_dir(kind: str, key: str) -> Path:
+    return cache_dir() / kind / key
 
 
 def verified(entry: Path) -> bool:
@@ -36,15 +36,20 @@ def verified(entry: Path) -> bool:
         return False
 
 
-def converted(kind: str, sha256: str, derive: Callable[[], T], save: Callable[[T, Path], None],
+def converted(kind: str, key: str, derive: Callable[[], T], save: Callable[[T, Path], None],
               read: Callable[[Path], T]) -> T:
-    """`read` of the verified entry for this file, else `derive()`, kept by `save` (into
-    an empty directory) for the next time."""
-    entry = entry_dir(kind, sha256)
+    """`read` of the verified entry `key` (the file's sha256, and what else decides the
+    conversion), else `derive()`, kept by `save` (into an empty directory) for the next
+    time. An entry that verifies but does not read (written by another version) is
+    derived again."""
+    entry = entry_dir(kind, key)
     if verified(entry):
-        return read(entry)
+        try:
+            return read(entry)
+        except (OSError, ValueError) as e:
+            log.info("cache entry %s does not read (%s): converted again", entry, e)
     value = derive()
-    tmp = entry.with_name(f"{sha256}.tmp{os.getpid()}")
+    tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -161,10 +161,10 @@ def gguf_torch_model(path: Path, sha256: str) -> Any:
 
     transformers' GGUF reader takes ~25 s for smollm2 (135M parameters; it parses the
     vocabulary again and builds a name map per tensor). Converted once, the float model is
-    kept in the cache (conversions.py: `gguf-torch/<the GGUF's sha256>/`, safetensors and
-    config.json, verified on every load) and read back in a few seconds: the same
-    tensors, bit for bit. Not kept where the cache's disk would be left with less than
-    twice its size free."""
+    kept in the cache (conversions.py: under `gguf-torch/`, keyed by the GGUF's sha256 and
+    the transformers version; safetensors and config.json, verified on every load) and
+    read back in a few seconds: the same tensors, bit for bit. Not kept where the cache's
+    disk would be left with less than twice its size free."""
     import torch
     import transformers
 
@@ -188,7 +188,9 @@ def gguf_torch_model(path: Path, sha256: str) -> Any:
         return transformers.AutoModelForCausalLM.from_pretrained(
             d, local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
 
-    return converted("gguf-torch", sha256, derive, save, read).eval()
+    # the conversion is transformers': another version may convert otherwise
+    key = f"{sha256}-transformers-{transformers.__version__}"
+    return converted("gguf-torch", key, derive, save, read).eval()
 
 
 def _gguf_config_kwargs(path: Path) -> dict[str, Any]:
