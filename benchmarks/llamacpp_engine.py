@@ -3,7 +3,10 @@ a ~490-token prompt (llama-cpp-python alone, its defaults, all threads: one row 
 e.g. the packaged Q4_1 against q8_0 / q4_0 files made by `react optimize`), and what
 flash attention does to the decode engine (`--flash-attn auto` against `off`): a prompt's
 evaluation and one decode step of 1, 4 and 8 sequences with ~300-token contexts, the two
-settings taking turns round by round (median of the rounds).
+settings taking turns round by round (median of the rounds). Also a step's layout: one
+`llama_decode` of a token for each of 8 sequences (a KV stream each, as the engine has
+them) written in slot order and reversed. llama.cpp splits such a batch into one pass
+over the weights per run of consecutive sequence ids, so the engine writes slot order.
 
     PYTHONPATH=src python benchmarks/llamacpp_engine.py          # results/llamacpp_engine.*
     PYTHONPATH=src python benchmarks/llamacpp_engine.py --files OUT/variants/*/model.gguf
@@ -80,6 +83,45 @@ def flash_attn_ab(path: str, rounds: int, steps: int = 20) -> dict[str, dict[str
     return {fa: {k: median(v) for k, v in d.items()} for fa, d in got.items()}
 
 
+def step_layout(path: str, rounds: int, steps: int = 20) -> dict[str, float]:
+    """Seconds of one decode step of 8 sequences (300-token KV streams), its tokens
+    written in slot order and reversed (median of the rounds)."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=64, n_threads=THREADS, verbose=False)
+    p = llama_cpp.llama_context_default_params()
+    p.n_ctx, p.n_seq_max, p.kv_unified = 2048 * 8, 8, False
+    p.n_batch = p.n_ubatch = 512
+    p.n_threads = p.n_threads_batch = THREADS
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, p)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def decode(items: list[tuple[int, int, int, int]]) -> None:  # (seq, token, pos, logits)
+        for n, (seq, tok, pos, logits) in enumerate(items):
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = tok, pos, 1
+            batch.seq_id[n][0], batch.logits[n] = seq, logits
+        batch.n_tokens = len(items)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+
+    try:
+        for seq in range(8):
+            decode([(seq, 100 + (7 * seq + i) % 20000, i, int(i == 299)) for i in range(300)])
+        times: dict[str, list[float]] = {"slot order": [], "reversed": []}
+        for _ in range(rounds):
+            for name, order in (("slot order", range(8)), ("reversed", range(7, -1, -1))):
+                t0 = time.perf_counter()
+                for k in range(steps):
+                    decode([(seq, 200, 300 + k, 1) for seq in order])
+                times[name].append((time.perf_counter() - t0) / steps)
+                for seq in range(8):
+                    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), seq, 300, -1)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+    return {k: median(v) for k, v in times.items()}
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = ["# llama.cpp under `react serve`: prompt evaluation by file, flash attention", "",
              r["hardware_summary"], "", f"Prompt: {r['prompt_tokens']} tokens, "
@@ -93,6 +135,11 @@ def markdown(r: dict[str, Any]) -> str:
     for fa, m in ab.items():
         lines.append(f"| {fa} | {m['prompt']:.2f} | {m['step_b1'] * 1e3:.1f} | "
                      f"{m['step_b4'] * 1e3:.1f} | {m['step_b8'] * 1e3:.1f} |")
+    lay = r["step_layout"]
+    lines += ["", f"One decode step of 8 sequences on {r['engine_file']} (a KV stream each, "
+              "300-token contexts), its tokens in:", "",
+              *table_head("layout", "step ms"),
+              *(f"| {k} | {v * 1e3:.1f} |" for k, v in lay.items())]
     return "\n".join(lines + ["", r["note"]] if r["note"] else lines)
 
 
@@ -112,7 +159,8 @@ def main() -> None:
         n, prefill[Path(path).name if path == packaged else path] = prefill_s(path, a.rounds)
     result = {"prompt_tokens": n, "rounds": a.rounds, "prefill": prefill,
               "engine_file": Path(packaged).name,
-              "flash_attn": flash_attn_ab(packaged, a.rounds), "note": a.note, **hardware()}
+              "flash_attn": flash_attn_ab(packaged, a.rounds),
+              "step_layout": step_layout(packaged, a.rounds), "note": a.note, **hardware()}
     write_results(Path(a.out) / "llamacpp_engine", result, markdown(result) + "\n")
 
 
