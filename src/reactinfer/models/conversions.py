@@ -1,9 +1,10 @@
 """Conversions kept in ReAct's cache (core/cache.py): what is slow to derive from a model
 file (a GGUF's tokenizer, its de-quantized torch weights) is derived once and kept under
-REACT_CACHE_DIR/<kind>/<the file's sha256 ...>/, with the sha256 of every file of the entry in
-`hashes.json`, verified on every load: a damaged or partial entry is derived again and
-replaced. An entry is written whole or not at all (a directory renamed into place), and a
-cache that cannot be written only costs the next load its seconds."""
+REACT_CACHE_DIR/<kind>/<key>/ (the key: the file's sha256 and what else decides the
+conversion), with the sha256 of every file of the entry in `hashes.json`, verified on
+every load: a damaged or partial entry is derived again and replaced. An entry is written
+whole or not at all (a directory renamed into place), and a cache that cannot be written
+only costs the next load its seconds."""
 from __future__ import annotations
 
 import json
@@ -22,10 +23,6 @@ HASHES = "hashes.json"
 log = logging.getLogger(__name__)
 
 
-def entry_dir(kind: str, key: str) -> Path:
-    return cache_dir() / kind / key
-
-
 def verified(entry: Path) -> bool:
     """The entry is there, and every file it lists has the bytes it had when written."""
     try:
@@ -42,7 +39,7 @@ def converted(kind: str, key: str, derive: Callable[[], T], save: Callable[[T, P
     conversion), else `derive()`, kept by `save` (into an empty directory) for the next
     time. An entry that verifies but does not read (written by another version) is
     derived again."""
-    entry = entry_dir(kind, key)
+    entry = cache_dir() / kind / key
     if verified(entry):
         try:
             return read(entry)
