@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   — create .venv, install everything, optimize/measure the default model
 #   make test  — the same set-up, then lint (ruff, mypy) and the test suite
+#   (make test-docs runs every guide's commands; CI runs both)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= all,test
 
-.PHONY: run test test-fast test-unit install clean lint anchor-env
+.PHONY: run test test-docs test-fast test-unit install clean lint anchor-env
 
 install: $(STAMP)
 
@@ -29,8 +30,14 @@ run: $(STAMP)
 # Ray Serve's replica-restart test runs in a process of its own (REACT_SLOW_TESTS=1): after
 # the other suites in one process its restarted replica was not scheduled in time.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q --durations=25 -m "not docs" tests
 	REACT_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_cluster_serve.py
+
+# Every command and Python example of README.md and docs/*.md, run as a reader runs them
+# (tests/integration/test_docs.py): real optimize runs, engines and Ray, ~16 minutes on 2
+# cores. CI (.ci/run) runs it after `make test`.
+test-docs: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=10 -m docs tests/integration/test_docs.py
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

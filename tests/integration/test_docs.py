@@ -1,6 +1,9 @@
 """The docs are executed: every command and Python example in README.md and docs/*.md runs
 here, in a fresh directory per document, so a guide that drifts from the code fails
-`make test`. Budgets, durations and eval sizes are shrunk (SHRINK) so the whole set takes
+`make test-docs` (CI runs it after `make test`: the guides' real optimize runs, Ray
+start-ups and engine builds take about 16 minutes on 2 cores, longer than the rest of the
+suite; the checks below that the SKIP and EXPECT tables still match the docs run in
+`make test`). Budgets, durations and eval sizes are shrunk (SHRINK) so each guide takes
 minutes; a line that cannot run here is listed in SKIP with the reason, and a test checks
 that every SKIP entry still names a line of the docs.
 
@@ -332,6 +335,7 @@ def run_python_block(s: Session, code: str) -> None:
     check_output(code.strip().splitlines()[0] + " ...", code.splitlines(), stdout)
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_the_document_runs(doc: Path, tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
