@@ -1,5 +1,5 @@
 """A GGUF file's de-quantized torch model is converted once and kept in the cache
-(models/conversions.py): a second load reads the very tensors back, and a damaged entry
+(core/cache.py): a second load reads the very tensors back, and a damaged entry
 is found by its hash and converted again."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _same(a, b) -> None:
 
 def test_a_gguf_model_is_converted_once_and_read_back_the_same(tmp_path, monkeypatch):
     from reactinfer.backends.convert import to_backend
+    from reactinfer.core.cache import HASHES, verified
     from reactinfer.core.files import sha256_file
-    from reactinfer.models.conversions import HASHES, verified
     from reactinfer.testing import tiny_handle
 
     path = to_backend(tiny_handle("causal-lm"), "llama.cpp", outtype="f32",

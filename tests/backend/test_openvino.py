@@ -285,18 +285,19 @@ def test_smooth_quant_auto_is_recorded_and_no_worse_than_nncf_default_on_calibra
 def test_a_tuned_alpha_is_kept_and_the_same_build_quantizes_once(embed, tmp_path, monkeypatch):
     """A whole SmoothQuant tuning is kept in the cache: the same model on the same
     calibration items quantizes once, at that alpha. The key moves with the items and the
-    settings; an entry that is not one of the alphas tried is no entry."""
+    settings; a damaged entry, or one whose alpha is not one of those tried, is no entry."""
     import nncf
     import openvino as ov
 
     from reactinfer.backends import openvino_int8 as oi
+    from reactinfer.core.cache import keep, read_kept
 
     monkeypatch.setenv("REACT_CACHE_DIR", str(tmp_path))
     calls, real = [], nncf.quantize
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = to_backend(embed, "openvino", precision="int8", calibration_items=8)
     assert len(calls) == len(oi.SMOOTH_QUANT_ALPHAS)
-    [entry] = (tmp_path / "smooth-quant").glob("*.json")
+    [entry] = (tmp_path / "smooth-quant").iterdir()
     calls.clear()
     again = to_backend(embed, "openvino", precision="int8", calibration_items=8)
     assert len(calls) == 1
@@ -307,10 +308,15 @@ def test_a_tuned_alpha_is_kept_and_the_same_build_quantizes_once(embed, tmp_path
     assert key == oi.tuning_key(model, [dict(f) for f in feeds], "enable", [])
     assert key != oi.tuning_key(model, feeds + feeds, "enable", [])  # other items
     assert key != oi.tuning_key(model, feeds, "disable", [])  # other settings
-    assert oi._cached_alpha(entry) == first.backend_options["smooth_quant"]
-    for bad in ('{"alpha": 0.33}', "{not json", '{"other": 1}'):
-        entry.write_text(bad)
-        assert oi._cached_alpha(entry) is None  # tuned again
+    def cached() -> float | None:
+        return read_kept(oi.TUNINGS, entry.name, oi._read_alpha)
+
+    assert cached() == first.backend_options["smooth_quant"]
+    (entry / oi.ALPHA_FILE).write_text('{"alpha": 0.8}  ')  # damaged: its hash differs
+    assert cached() is None
+    for bad in ('{"alpha": 0.33}', "{not json", '{"other": 1}'):  # sound, but no alpha tried
+        keep(oi.TUNINGS, entry.name, lambda d, b=bad: (d / oi.ALPHA_FILE).write_text(b))
+        assert cached() is None  # tuned again
 
 
 def test_rank_layers_puts_the_layer_whose_input_breaks_int8_first(tmp_path):

@@ -79,8 +79,8 @@ def test_checkpoint_converted_once_to_verified_safetensors(tmp_path, monkeypatch
     torch.save({"a.weight": torch.arange(6.0).reshape(2, 3),
                 "bn.num_batches_tracked": torch.tensor(7)}, pth)
     first = efficientnet_weights(pth)
-    cached = list((tmp_path / "cache").glob("*.safetensors"))
-    assert len(cached) == 1 and cached[0].with_suffix(".sha256").exists()
+    cached = list((tmp_path / "cache" / "efficientnet-lite0").glob("*/*.safetensors"))
+    assert len(cached) == 1 and (cached[0].parent / "hashes.json").exists()
     mtime = cached[0].stat().st_mtime_ns
     again = efficientnet_weights(pth)  # read from the cache, not converted again
     assert cached[0].stat().st_mtime_ns == mtime

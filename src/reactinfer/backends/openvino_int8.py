@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.cache import cache_dir
+from ..core.cache import entry_dir, keep, read_kept
 from ..core.deadline import check as check_deadline
 from ..core.deadline import seconds_left
 from ..core.errors import UserError
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
 # NNCF's transformer default first: a tie keeps it, and a deadline that leaves room for one
 # alpha only gets NNCF's default
 SMOOTH_QUANT_ALPHAS = (0.95, 0.9, 0.85, 0.8, 0.7)
+TUNINGS, ALPHA_FILE = "smooth-quant", "alpha.json"  # the cache's entries (core/cache.py)
 # One NNCF quantization (and the comparison of its output) costs about this many float
 # conversions of the same model (export + ov.convert_model): on minilm, 2 cores, loaded,
 # the bf16 conversion took 23 s and five tuned alphas ~230 s (planning only: Backend.build_cost).
@@ -142,15 +142,16 @@ def quantize_int8(handle: ModelHandle, model: Any, n_items: int, fp32_layers: li
     if smooth_quant != "auto":
         return run(smooth_quant), smooth_quant
     key = tuning_key(model, data, overflow_fix, sorted(fp32_layers))
-    path = cache_dir() / "smooth-quant" / f"{key}.json"
-    known = _cached_alpha(path)
+    known = read_kept(TUNINGS, key, _read_alpha)
     if known is not None:
         logging.getLogger(__name__).info("SmoothQuant alpha %s, tuned before on the same model "
-                                         "and calibration items (%s)", known, path)
+                                         "and calibration items (%s)", known,
+                                         entry_dir(TUNINGS, key))
         return run(known), known
     alpha, errors, best = tune_smooth_quant(model, data, run)
     if len(errors) == len(SMOOTH_QUANT_ALPHAS):  # a tuning a deadline cut short is not kept
-        _keep_alpha(path, alpha, errors)
+        keep(TUNINGS, key, lambda d: (d / ALPHA_FILE).write_text(json.dumps({
+            "alpha": alpha, "output_error": {str(a): e for a, e in errors.items()}})))
     logging.getLogger(__name__).info("SmoothQuant alpha %s (output error by alpha: %s)",
                                      alpha, errors)
     return best, alpha
@@ -177,25 +178,12 @@ def tuning_key(model: Any, feeds: Sequence[dict[str, np.ndarray]], *settings: An
     return h.hexdigest()
 
 
-def _cached_alpha(path: Path) -> float | None:
-    """The alpha a whole tuning chose, where the cache holds a sound entry for it."""
-    try:
-        alpha = json.loads(path.read_text())["alpha"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(alpha) if alpha in SMOOTH_QUANT_ALPHAS else None
-
-
-def _keep_alpha(path: Path, alpha: float, errors: dict[float, float]) -> None:
-    """Into the cache, written whole or not at all (a read-only home costs a tuning)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"alpha": alpha, "output_error": {
-            str(a): e for a, e in errors.items()}}))
-        os.replace(tmp, path)
-    except OSError as e:
-        logging.getLogger(__name__).info("SmoothQuant alpha not cached (%s)", e)
+def _read_alpha(entry: Path) -> float:
+    """The alpha a whole tuning chose (ValueError for one not among the alphas tried now)."""
+    alpha = json.loads((entry / ALPHA_FILE).read_text())["alpha"]
+    if alpha not in SMOOTH_QUANT_ALPHAS:
+        raise ValueError(f"alpha {alpha!r} is not one of {SMOOTH_QUANT_ALPHAS}")
+    return float(alpha)
 
 
 def tune_smooth_quant(model: Any, feeds: Sequence[dict[str, np.ndarray]],

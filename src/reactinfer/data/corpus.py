@@ -18,7 +18,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from ..core.cache import cache_dir
+from ..core.cache import kept
 from ..core.errors import UserError
 
 PARTS = ("calibration", "train", "eval")
@@ -88,32 +88,19 @@ def build_corpus() -> dict[str, list[str]]:
     return parts
 
 
-def _cache_path() -> Path:
-    base = cache_dir()
-    tag = f"{sys.implementation.cache_tag}-{sys.version_info.micro}"
-    return base / f"corpus-v2-{tag}.json"  # v2: the eval part holds up to 2,000
-
-
 def load_corpus() -> dict[str, list[str]]:
-    """All parts; built once per Python version and cached (building takes seconds)."""
-    path = _cache_path()
-    if path.exists():
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            if set(data) == set(PARTS):
-                return data
-        except (OSError, json.JSONDecodeError):
-            pass  # a broken cache is rebuilt
-    data = build_corpus()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        pass  # read-only home: work without a cache
-    return data
+    """All parts; built once per Python version and kept in the cache (core/cache.py:
+    building takes seconds)."""
+    tag = f"v2-{sys.implementation.cache_tag}-{sys.version_info.micro}"  # v2: eval ≤ 2,000
+
+    def read(entry: Path) -> dict[str, list[str]]:
+        data = json.loads((entry / "corpus.json").read_text(encoding="utf-8"))
+        if set(data) != set(PARTS):
+            raise ValueError(f"parts {sorted(data)}, not {sorted(PARTS)}")
+        return data
+
+    return kept("corpus", tag, build_corpus, lambda data, d: (d / "corpus.json").write_text(
+        json.dumps(data), encoding="utf-8"), read)
 
 
 def corpus_part(part: str, limit: int | None = None) -> list[str]:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.cache import kept
 from ..core.errors import UserError
 from ..core.files import is_unsafe, sha256_file, sha256_files
 from ..core.handle import ModelHandle, check_task, takes_images, task_names
 from ..core.images import as_preprocess
-from .conversions import converted
 from .hf import hf_from_pretrained
 from .zoo import BUILTINS
 
@@ -139,7 +139,7 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
 
     transformers reads it with gguf-py, which walks every string of the vocabulary and
     merges (about 7 s for smollm2's 49k tokens, and it imports torch). Converted once, it
-    is kept in the cache (conversions.py: `tokenizers/<the GGUF's sha256>/`, verified on
+    is kept in the cache (core/cache.py: `tokenizers/<the GGUF's sha256>/`, verified on
     every load) and read back with `PreTrainedTokenizerFast` in about 0.3 s, without
     torch."""
     import transformers
@@ -151,9 +151,9 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"could not read GGUF file {path}: {e}") from None
 
-    return converted("tokenizers", sha256, derive, lambda tok, d: tok.save_pretrained(d),
-                     lambda d: transformers.PreTrainedTokenizerFast.from_pretrained(
-                         d, local_files_only=True))
+    return kept("tokenizers", sha256, derive, lambda tok, d: tok.save_pretrained(d),
+                lambda d: transformers.PreTrainedTokenizerFast.from_pretrained(
+                    d, local_files_only=True))
 
 
 def gguf_torch_model(path: Path, sha256: str) -> Any:
@@ -161,7 +161,7 @@ def gguf_torch_model(path: Path, sha256: str) -> Any:
 
     transformers' GGUF reader takes ~25 s for smollm2 (135M parameters; it parses the
     vocabulary again and builds a name map per tensor). Converted once, the float model is
-    kept in the cache (conversions.py: under `gguf-torch/`, keyed by the GGUF's sha256 and
+    kept in the cache (core/cache.py: under `gguf-torch/`, keyed by the GGUF's sha256 and
     the transformers version; safetensors and config.json, verified on every load) and
     read back in a few seconds: the same tensors, bit for bit. Not kept where the cache's
     disk would be left with less than twice its size free."""
@@ -190,7 +190,7 @@ def gguf_torch_model(path: Path, sha256: str) -> Any:
 
     # the conversion is transformers': another version may convert otherwise
     key = f"{sha256}-transformers-{transformers.__version__}"
-    return converted("gguf-torch", key, derive, save, read).eval()
+    return kept("gguf-torch", key, derive, save, read).eval()
 
 
 def _gguf_config_kwargs(path: Path) -> dict[str, Any]:

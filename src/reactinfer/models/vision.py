@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.artifact import root_source
-from ..core.cache import cache_dir
+from ..core.cache import kept
 from ..core.errors import UserError
 from ..core.files import sha256_file
 from ..core.images import ImagePreprocess
@@ -56,31 +56,19 @@ def _read_verified(path: Path, sha256: str) -> dict[str, torch.Tensor]:
 
 
 def efficientnet_weights(pth: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint as safetensors in the cache: converted on first use, then read (and
-    hash-verified) from there. A damaged cache entry is converted again."""
+    """The checkpoint as safetensors in the cache (core/cache.py): converted on first use,
+    then read (and hash-verified) from there. A damaged cache entry is converted again."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    tag = sha256_file(pth)[:16]
-    target = cache_dir() / f"efficientnet-lite0-{tag}.safetensors"
-    record = target.with_suffix(".sha256")
-    if target.exists() and record.exists():
-        try:
-            return _read_verified(target, record.read_text().strip())
-        except UserError:
-            pass  # convert again below
-    # A file from a package we install; weights_only refuses anything but tensors.
-    state = torch.load(pth, weights_only=True, map_location="cpu")
-    state = {k: v.contiguous() for k, v in state.items()}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        save_file(state, str(tmp))
-        record.write_text(sha256_file(tmp))
-        tmp.replace(target)
-    except OSError:
-        pass  # read-only home: use the converted tensors without a cache
-    return state
+    def derive() -> dict[str, torch.Tensor]:
+        # A file from a package we install; weights_only refuses anything but tensors.
+        state = torch.load(pth, weights_only=True, map_location="cpu")
+        return {k: v.contiguous() for k, v in state.items()}
+
+    return kept("efficientnet-lite0", sha256_file(pth), derive,
+                lambda state, d: save_file(state, str(d / "model.safetensors")),
+                lambda d: load_file(str(d / "model.safetensors")))
 
 
 def _efficientnet() -> torch.nn.Module:
