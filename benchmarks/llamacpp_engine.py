@@ -7,6 +7,11 @@ settings taking turns round by round (median of the rounds). Also a step's layou
 `llama_decode` of a token for each of 8 sequences (a KV stream each, as the engine has
 them) written in slot order and reversed. llama.cpp splits such a batch into one pass
 over the weights per run of consecutive sequence ids, so the engine writes slot order.
+And the floor of a burst of chats on a cached system prompt (serve_prefix.py's "8 at
+once, warm"): serve_prefix's 8 questions, as chat turns after its system prompt, all
+joining one engine step, timed until each has its first logits (no HTTP), against 8
+prompts of equal length (the same number of tokens in all): a step's prompts of unequal
+lengths also split into passes (one per distinct length).
 
     PYTHONPATH=src python benchmarks/llamacpp_engine.py          # results/llamacpp_engine.*
     PYTHONPATH=src python benchmarks/llamacpp_engine.py --files OUT/variants/*/model.gguf
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, hardware, median, table_head, write_results
-from serve_prefix import SYSTEM
+from serve_prefix import QUESTIONS, SYSTEM
 
 THREADS = os.cpu_count() or 1
 PROMPT = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
@@ -122,6 +127,51 @@ def step_layout(path: str, rounds: int, steps: int = 20) -> dict[str, float]:
     return {k: median(v) for k, v in times.items()}
 
 
+def burst(path: str, rounds: int) -> dict[str, float]:
+    """Seconds until 8 chat turns joining one engine step, after the first of them ran
+    alone (so its system prompt, and its whole turn, are cached), each have logits:
+    serve_prefix's questions, and the first with 7 prompts of equal length (as many
+    tokens in all, give or take 6); with the tokens the 7 others add (median of the
+    rounds)."""
+    from llama_cpp import Llama
+
+    from reactinfer.backends.llamacpp_engine import DecodeEngine
+
+    llm = Llama(model_path=path, n_ctx=64, n_threads=THREADS, verbose=False)
+    eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 2048, 8, 512)
+
+    def first_logits(prompts: list[list[int]]) -> float:
+        t0 = time.perf_counter()
+        sids, got = [eng.start(p, 4) for p in prompts], set[int]()
+        while len(got) < len(sids):
+            out = eng.step()
+            for sid, logits in out.logits.items():
+                got.add(sid)
+                eng.feed(sid, int(logits.argmax()))
+        seconds = time.perf_counter() - t0
+        for sid in sids:
+            eng.release(sid)
+        return seconds
+
+    times: dict[str, list[float]] = {"questions": [], "equal lengths": []}
+    n = 0
+    for r in range(rounds):
+        head = llm.tokenize(f"<|im_start|>system\nRound {r}. {SYSTEM}<|im_end|>\n".encode(),
+                            special=True)
+        turns = [llm.tokenize(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+                              .encode(), special=True, add_bos=False) for q in QUESTIONS]
+        first_logits([head + turns[0]])  # serve_prefix's first turn: now in an idle slot
+        lead = next(i for i in range(min(map(len, turns)))  # "<|im_start|>user\n", cached
+                    if len({t[i] for t in turns}) > 1)
+        n = sum(len(t) - lead for t in turns[1:])  # the first is cached whole
+        times["questions"].append(first_logits([head + t for t in turns]))
+        same = [turns[0][:lead] + [300 + (97 * (r * 8 + i) + 13 * j) % 30000
+                                   for j in range(n // 7)] for i in range(7)]
+        times["equal lengths"].append(first_logits([head + t for t in [turns[0], *same]]))
+    return {"tokens": float(n), "equal_tokens": float(n // 7 * 7),
+            **{k: median(v) for k, v in times.items()}}
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = ["# llama.cpp under `react serve`: prompt evaluation by file, flash attention", "",
              r["hardware_summary"], "", f"Prompt: {r['prompt_tokens']} tokens, "
@@ -140,6 +190,15 @@ def markdown(r: dict[str, Any]) -> str:
               "300-token contexts), its tokens in:", "",
               *table_head("layout", "step ms"),
               *(f"| {k} | {v * 1e3:.1f} |" for k, v in lay.items())]
+    lines += ["", "8 chat turns joining one engine step (the first asked before: its turn is "
+              "cached, the others' system prompt too), until each has its first logits (no "
+              "HTTP; the floor of serve_prefix.py's 8 at once, warm):",
+              "", *table_head("file", "tokens to evaluate", "the 8 questions ms",
+                              "7 of equal length ms", "ms a token (equal)")]
+    for name, b in r["burst"].items():
+        lines.append(f"| {name} | {b['tokens']:.0f} | {b['questions'] * 1e3:.0f} | "
+                     f"{b['equal lengths'] * 1e3:.0f} | "
+                     f"{b['equal lengths'] * 1e3 / b['equal_tokens']:.2f} |")
     return "\n".join(lines + ["", r["note"]] if r["note"] else lines)
 
 
@@ -154,10 +213,12 @@ def main() -> None:
     from reactinfer.models.zoo import BUILTINS
 
     packaged = str(BUILTINS["smollm2"].path())
-    prefill, n = {}, 0
+    prefill, bursts, n = {}, {}, 0
     for path in [packaged, *a.files]:
-        n, prefill[Path(path).name if path == packaged else path] = prefill_s(path, a.rounds)
-    result = {"prompt_tokens": n, "rounds": a.rounds, "prefill": prefill,
+        name = Path(path).name if path == packaged else path
+        n, prefill[name] = prefill_s(path, a.rounds)
+        bursts[name] = burst(path, a.rounds)
+    result = {"prompt_tokens": n, "rounds": a.rounds, "prefill": prefill, "burst": bursts,
               "engine_file": Path(packaged).name,
               "flash_attn": flash_attn_ab(packaged, a.rounds),
               "step_layout": step_layout(packaged, a.rounds), "note": a.note, **hardware()}

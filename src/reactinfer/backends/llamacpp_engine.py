@@ -309,7 +309,7 @@ class DecodeEngine:
                 budget -= take if prefill else 0
         # in slot order: llama.cpp runs a step on per-sequence streams in passes over runs of
         # consecutive sequence ids (split_equal), so 8 sequences in any other order cost up
-        # to 8 passes over the weights (smollm2 Q4_1, 8 tokens: 49 ms sorted, 96 reversed;
+        # to 8 passes over the weights (smollm2 Q4_1, 8 tokens: 43 ms sorted, 84 reversed;
         # benchmarks/llamacpp_engine.py)
         takes.sort(key=lambda t: t[0].slot)
         drafted: list[tuple[_Seq, int]] = []  # (sequence, batch index of its sampled token)
