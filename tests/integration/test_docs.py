@@ -43,7 +43,7 @@ BIN = Path(sys.executable).parent
 # A line (or Python block) starting with the key is not run, for the reason given.
 SKIP = {
     "make run": "the main job: CI runs `make test`, which builds the same environment",
-    "make test": "this test runs inside it",
+    "make test": "CI runs it; this test runs in `make test-docs`, beside it",
     ". .venv/bin/activate": "the harness puts the environment's bin first on PATH",
     "react optimize ./my-hf-model": "needs the user's own model and data",
     "react compress my-model/": "needs the user's own model and data",

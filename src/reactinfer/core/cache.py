@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -54,7 +55,7 @@ def read_kept(kind: str, key: str, read: Callable[[Path], T]) -> T | None:
         return None
     try:
         return read(entry)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001  (whatever a reader raises: derived again)
         log.info("cache entry %s does not read (%s): derived again", entry, e)
         return None
 
@@ -63,20 +64,25 @@ def keep(kind: str, key: str, save: Callable[[Path], object]) -> None:
     """A new entry: `save` writes its files into an empty directory, which replaces the
     entry whole once their hashes are recorded; nothing is kept where that fails."""
     entry = entry_dir(kind, key)
-    tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
+    tmp: Path | None = None
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp", dir=entry.parent))  # one per writer
         save(tmp)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         (tmp / HASHES).write_text(json.dumps({f: sha256_file(tmp / f, cached=False)
                                               for f in files}))
-        if entry.exists():  # stale or damaged: replaced
+        if entry.exists():  # stale, damaged, or unreadable here: replaced
             shutil.rmtree(entry)
         os.replace(tmp, entry)
-    except (OSError, ValueError, RuntimeError, NotImplementedError) as e:
+        tmp = None
+    except OSError as e:  # a read-only or full disk
         log.info("not kept in the cache (%s): %s", entry, e)
-        shutil.rmtree(tmp, ignore_errors=True)
+    except Exception:  # noqa: BLE001  (a writer's failure costs the next use, not this one)
+        log.warning("not kept in the cache (%s)", entry, exc_info=True)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def kept(kind: str, key: str, derive: Callable[[], T], save: Callable[[T, Path], object],

@@ -139,9 +139,10 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
 
     transformers reads it with gguf-py, which walks every string of the vocabulary and
     merges (about 7 s for smollm2's 49k tokens, and it imports torch). Converted once, it
-    is kept in the cache (core/cache.py: `tokenizers/<the GGUF's sha256>/`, verified on
-    every load) and read back with `PreTrainedTokenizerFast` in about 0.3 s, without
-    torch."""
+    is kept in the cache (core/cache.py: `tokenizers/<the GGUF's sha256 and the versions
+    that save it>/`, verified on every load) and read back with `PreTrainedTokenizerFast`
+    in about 0.3 s, without torch."""
+    import tokenizers
     import transformers
 
     def derive() -> Any:
@@ -151,7 +152,9 @@ def gguf_tokenizer(path: Path, sha256: str) -> Any:
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"could not read GGUF file {path}: {e}") from None
 
-    return kept("tokenizers", sha256, derive, lambda tok, d: tok.save_pretrained(d),
+    # saved by these transformers and tokenizers: other versions may not read it back
+    key = f"{sha256}-transformers-{transformers.__version__}-tokenizers-{tokenizers.__version__}"
+    return kept("tokenizers", key, derive, lambda tok, d: tok.save_pretrained(d),
                 lambda d: transformers.PreTrainedTokenizerFast.from_pretrained(
                     d, local_files_only=True))
 
