@@ -8,10 +8,10 @@ settings taking turns round by round (median of the rounds). Also a step's layou
 them) written in slot order and reversed. llama.cpp splits such a batch into one pass
 over the weights per run of consecutive sequence ids, so the engine writes slot order.
 And the floor of a burst of chats on a cached system prompt (serve_prefix.py's "8 at
-once, warm"): serve_prefix's 8 questions, as chat turns after its system prompt, all
-joining one engine step, timed until each has its first logits (no HTTP), against 8
-prompts of equal length (the same number of tokens in all): a step's prompts of unequal
-lengths also split into passes (one per distinct length).
+once, warm"): serve_prefix's 8 questions, as chat turns after its system prompt, the
+first asked before, all joining one engine step, timed until each has its first logits
+(no HTTP); against the first with 7 prompts of equal length adding as many tokens: a
+step's prompts of unequal lengths also split into passes.
 
     PYTHONPATH=src python benchmarks/llamacpp_engine.py          # results/llamacpp_engine.*
     PYTHONPATH=src python benchmarks/llamacpp_engine.py --files OUT/variants/*/model.gguf
@@ -129,10 +129,11 @@ def step_layout(path: str, rounds: int, steps: int = 20) -> dict[str, float]:
 
 def burst(path: str, rounds: int) -> dict[str, float]:
     """Seconds until 8 chat turns joining one engine step, after the first of them ran
-    alone (so its system prompt, and its whole turn, are cached), each have logits:
-    serve_prefix's questions, and the first with 7 prompts of equal length (as many
-    tokens in all, give or take 6); with the tokens the 7 others add (median of the
-    rounds)."""
+    alone (its system prompt and its whole turn are then cached; the 7 others copy the
+    prefix they share with it), each have logits: serve_prefix's questions, and the first
+    with 7 prompts of equal length adding as many tokens in all (give or take 3). Each
+    variant has a system prompt of its own in each round, and they take turns going
+    first. With the tokens each adds (median of the rounds)."""
     from llama_cpp import Llama
 
     from reactinfer.backends.llamacpp_engine import DecodeEngine
@@ -153,22 +154,27 @@ def burst(path: str, rounds: int) -> dict[str, float]:
             eng.release(sid)
         return seconds
 
-    times: dict[str, list[float]] = {"questions": [], "equal lengths": []}
-    n = 0
+    def shared(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                    min(len(a), len(b)))
+
+    turns = [llm.tokenize(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+                          .encode(), special=True, add_bos=False) for q in QUESTIONS]
+    lead = min(shared(t, turns[0]) for t in turns[1:])  # "<|im_start|>user\n"
+    adds = {"questions": sum(len(t) - shared(t, turns[0]) for t in turns[1:])}
+    size = round(adds["questions"] / 7)
+    adds["equal lengths"] = 7 * size
+    times: dict[str, list[float]] = {k: [] for k in adds}
     for r in range(rounds):
-        head = llm.tokenize(f"<|im_start|>system\nRound {r}. {SYSTEM}<|im_end|>\n".encode(),
-                            special=True)
-        turns = [llm.tokenize(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-                              .encode(), special=True, add_bos=False) for q in QUESTIONS]
-        first_logits([head + turns[0]])  # serve_prefix's first turn: now in an idle slot
-        lead = next(i for i in range(min(map(len, turns)))  # "<|im_start|>user\n", cached
-                    if len({t[i] for t in turns}) > 1)
-        n = sum(len(t) - lead for t in turns[1:])  # the first is cached whole
-        times["questions"].append(first_logits([head + t for t in turns]))
-        same = [turns[0][:lead] + [300 + (97 * (r * 8 + i) + 13 * j) % 30000
-                                   for j in range(n // 7)] for i in range(7)]
-        times["equal lengths"].append(first_logits([head + t for t in [turns[0], *same]]))
-    return {"tokens": float(n), "equal_tokens": float(n // 7 * 7),
+        for k in (list(adds) if r % 2 == 0 else list(adds)[::-1]):
+            head = llm.tokenize(f"<|im_start|>system\nRound {r}, {k}. {SYSTEM}<|im_end|>\n"
+                                .encode(), special=True)
+            first_logits([head + turns[0]])  # serve_prefix's first turn: now in an idle slot
+            rest = turns[1:] if k == "questions" else [
+                turns[0][:lead] + [300 + (97 * (r * 8 + i) + 13 * j) % 30000
+                                   for j in range(size)] for i in range(7)]
+            times[k].append(first_logits([head + t for t in [turns[0], *rest]]))
+    return {"tokens": float(adds["questions"]), "equal_tokens": float(adds["equal lengths"]),
             **{k: median(v) for k, v in times.items()}}
 
 
@@ -191,13 +197,13 @@ def markdown(r: dict[str, Any]) -> str:
               *table_head("layout", "step ms"),
               *(f"| {k} | {v * 1e3:.1f} |" for k, v in lay.items())]
     lines += ["", "8 chat turns joining one engine step (the first asked before: its turn is "
-              "cached, the others' system prompt too), until each has its first logits (no "
-              "HTTP; the floor of serve_prefix.py's 8 at once, warm):",
-              "", *table_head("file", "tokens to evaluate", "the 8 questions ms",
-                              "7 of equal length ms", "ms a token (equal)")]
+              "cached, and the others copy the prefix they share with it), until each has "
+              "its first logits (no HTTP; the floor of serve_prefix.py's 8 at once, warm):",
+              "", *table_head("file", "tokens the 7 add", "the 8 questions ms",
+                              "7 of equal length ms", "their tokens", "ms a token (equal)")]
     for name, b in r["burst"].items():
         lines.append(f"| {name} | {b['tokens']:.0f} | {b['questions'] * 1e3:.0f} | "
-                     f"{b['equal lengths'] * 1e3:.0f} | "
+                     f"{b['equal lengths'] * 1e3:.0f} | {b['equal_tokens']:.0f} | "
                      f"{b['equal lengths'] * 1e3 / b['equal_tokens']:.2f} |")
     return "\n".join(lines + ["", r["note"]] if r["note"] else lines)
 
