@@ -34,7 +34,7 @@ test: $(STAMP) lint
 	REACT_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_cluster_serve.py
 
 # Every command and Python example of README.md and docs/*.md, run as a reader runs them
-# (tests/integration/test_docs.py): real optimize runs, engines and Ray, ~16 minutes on 2
+# (tests/integration/test_docs.py): real optimize runs, engines and Ray, ~15 minutes on 2
 # cores. CI (.ci/run) runs it after `make test`.
 test-docs: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=10 -m docs tests/integration/test_docs.py

@@ -1,7 +1,7 @@
 """The docs are executed: every command and Python example in README.md and docs/*.md runs
 here, in a fresh directory per document, so a guide that drifts from the code fails
 `make test-docs` (CI runs it after `make test`: the guides' real optimize runs, Ray
-start-ups and engine builds take about 16 minutes on 2 cores, longer than the rest of the
+start-ups and engine builds take about 15 minutes on 2 cores, longer than the rest of the
 suite; the checks below that the SKIP and EXPECT tables still match the docs run in
 `make test`). Budgets, durations and eval sizes are shrunk (SHRINK) so each guide takes
 minutes; a line that cannot run here is listed in SKIP with the reason, and a test checks
