@@ -136,7 +136,7 @@ def burst(path: str, rounds: int) -> dict[str, float]:
     first. With the tokens each adds (median of the rounds)."""
     from llama_cpp import Llama
 
-    from reactinfer.backends.llamacpp_engine import DecodeEngine
+    from reactinfer.backends.llamacpp_engine import DecodeEngine, common_prefix
 
     llm = Llama(model_path=path, n_ctx=64, n_threads=THREADS, verbose=False)
     eng = DecodeEngine(llm._model, llm.n_vocab(), THREADS, 2048, 8, 512)
@@ -154,14 +154,10 @@ def burst(path: str, rounds: int) -> dict[str, float]:
             eng.release(sid)
         return seconds
 
-    def shared(a: list[int], b: list[int]) -> int:
-        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                    min(len(a), len(b)))
-
     turns = [llm.tokenize(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
                           .encode(), special=True, add_bos=False) for q in QUESTIONS]
-    lead = min(shared(t, turns[0]) for t in turns[1:])  # "<|im_start|>user\n"
-    adds = {"questions": sum(len(t) - shared(t, turns[0]) for t in turns[1:])}
+    lead = min(common_prefix(t, turns[0]) for t in turns[1:])  # "<|im_start|>user\n"
+    adds = {"questions": sum(len(t) - common_prefix(t, turns[0]) for t in turns[1:])}
     size = round(adds["questions"] / 7)
     adds["equal lengths"] = 7 * size
     times: dict[str, list[float]] = {k: [] for k in adds}

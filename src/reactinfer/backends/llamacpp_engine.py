@@ -75,9 +75,9 @@ class _Seq:
     draft: int = 0  # of `pending`, how many are proposed tokens after the sampled one
 
 
-def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """The length of the common prefix of a and b, at most `limit`."""
-    n = min(len(a), len(b), limit)
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int | None = None) -> int:
+    """The length of the common prefix of token sequences a and b, at most `limit`."""
+    n = min(len(a), len(b), len(a) if limit is None else limit)
     for i in range(n):
         if a[i] != b[i]:
             return i
@@ -180,14 +180,14 @@ class DecodeEngine:
         limit = len(prompt) - 1 if self.cache_tokens else 0  # the last token makes logits
         best, n = -1, 0  # an idle slot first: reused in place, no copy
         for slot, toks in self._idle.items():
-            if (m := _common(toks, prompt, limit)) > n:
+            if (m := common_prefix(toks, prompt, limit)) > n:
                 best, n = slot, m
         src, later, n_later = None, None, n
         for other in self._seqs.values():  # a running one's prompt, evaluated or to be
             ready = other.done if other.wait is None else []
-            if (m := _common(ready, prompt, limit)) > n:
+            if (m := common_prefix(ready, prompt, limit)) > n:
                 src, n = other, m
-            if (m := _common(other.done + other.pending, prompt, limit)) > n_later:
+            if (m := common_prefix(other.done + other.pending, prompt, limit)) > n_later:
                 later, n_later = other, m
         if later is not None and n_later - n >= WAIT_MIN_TOKENS:
             src, n = later, n_later  # worth a step's wait: it evaluates them for both
@@ -226,11 +226,12 @@ class DecodeEngine:
         src = seq.wait
         assert src is not None
         alive = self._seqs.get(src.slot) is src
-        need = min(seq.need, _common(src.done + src.pending, seq.pending, len(seq.pending) - 1))
+        need = min(seq.need, common_prefix(src.done + src.pending, seq.pending,
+                                           len(seq.pending) - 1))
         if alive and (src.wait is not None or len(src.done) < need):
             return False
         toks = src.done if alive else self._idle.get(src.slot, [])
-        n = _common(toks, seq.pending, len(seq.pending) - 1)
+        n = common_prefix(toks, seq.pending, len(seq.pending) - 1)
         self._reuse(seq, seq.pending[:n], copy_from=src.slot)
         return True
 

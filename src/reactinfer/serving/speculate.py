@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..backends.llamacpp_engine import common_prefix
 from ..core.errors import UserError
 
 MODES = ("auto", "off", "lookup", "draft")  # lookup, draft: always propose, whatever the load
@@ -129,7 +130,7 @@ class DraftModel:
             ctx = list(d.req.prompt_ids) + d.tokens
             if id(d) in self.seqs:
                 eng, sid, held = self.seqs[id(d)]
-                keep = min(_common(held, ctx), len(ctx) - 1)  # the last token makes logits
+                keep = common_prefix(held, ctx, len(ctx) - 1)  # the last token makes logits
                 eng.resume(sid, keep, ctx[keep:])
                 held[keep:] = ctx[keep:]
             else:
@@ -163,11 +164,6 @@ class DraftModel:
 
 # Where drafts come from, by name (ServeConfig.speculate names one, or "auto" picks).
 PROPOSERS: dict[str, Callable[[Any], Proposer]] = {"lookup": Lookup, "draft": DraftModel}
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 @dataclass
